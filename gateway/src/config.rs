@@ -1,0 +1,524 @@
+//! Configuration: the typed settings of one gateway process, where they come
+//! from, and whether they make sense.
+//!
+//! Sources, later ones winning: built-in defaults, one TOML file, environment
+//! variables named `GATEWAY_<SECTION>_<KEY>` (one per key, e.g.
+//! `GATEWAY_LAYER_PREFIX`), then `--set section.key=value` flags. The `[layer]`
+//! section reuses channels_redis' own setting names so an operator can copy
+//! their Django `CHANNEL_LAYERS` values. Every error names the offending key.
+//!
+//! This module reads files and the environment once at start and does nothing
+//! else: it must not open sockets or know how a setting is used.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize, Serializer};
+
+/// Sections whose keys may be set from `GATEWAY_<SECTION>_<KEY>` variables.
+const SECTIONS: &[&str] = &["server", "auth", "layer", "events", "log"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error("`--set {0}`: expected section.key=value")]
+    BadOverride(String),
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(error: figment::Error) -> Self {
+        ConfigError::Load(Box::new(error))
+    }
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// A string that never shows up in `Debug` output, logs or `check-config`.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { "<redacted>" })
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub layer: LayerConfig,
+    pub events: EventsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Public listener: WebSocket upgrades and health probes.
+    pub listen: SocketAddr,
+    /// Operator listener: `/metrics`, `/healthz`, `/readyz`. Keep it off the internet.
+    pub admin_listen: SocketAddr,
+    /// HTTP worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A peer silent for longer than this (no pong, no frame) is dropped.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Frames waiting for one socket; a socket that falls this far behind is closed.
+    pub outbound_queue: usize,
+    /// Largest frame a client may send, in bytes.
+    pub max_inbound_frame: usize,
+    /// How long a connect may wait for its group memberships to be written.
+    #[serde(with = "humantime_serde")]
+    pub join_timeout: Duration,
+    /// Upper bound on the shutdown sequence after SIGTERM / SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9000)),
+            workers: 0,
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(60),
+            outbound_queue: 256,
+            max_inbound_frame: 4096,
+            join_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC secret shared with the backend (SimpleJWT's `SIGNING_KEY`).
+    pub jwt_secret: Secret,
+    /// The one algorithm tokens must be signed with.
+    pub jwt_algorithm: String,
+    /// Seconds of clock skew tolerated on `exp`.
+    pub leeway: u64,
+    pub token_query_param: String,
+    pub token_cookie: String,
+    /// Claims tried in order for the user id (SimpleJWT's `USER_ID_CLAIM` first).
+    pub user_id_claims: Vec<String>,
+    /// Group each socket joins; `{user_id}` is replaced by the token's user id.
+    pub user_group_template: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: Secret::default(),
+            jwt_algorithm: "HS256".into(),
+            leeway: 0,
+            token_query_param: "token".into(),
+            token_cookie: "access_token".into(),
+            user_id_claims: vec!["user_id".into(), "sub".into()],
+            user_group_template: "user_{user_id}".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerBackend {
+    /// `channels_redis.core.RedisChannelLayer`.
+    Core,
+    /// `channels_redis.pubsub.RedisPubSubChannelLayer`.
+    Pubsub,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SerializerFormatSetting {
+    Msgpack,
+    Json,
+}
+
+/// One entry of channels_redis' `hosts`: a URL, a `[host, port]` pair, or a
+/// table with an `address` URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HostSetting {
+    Url(String),
+    Pair(String, u16),
+    Table { address: String },
+}
+
+impl HostSetting {
+    /// The Redis URL this entry stands for.
+    pub fn url(&self) -> String {
+        match self {
+            HostSetting::Url(url) | HostSetting::Table { address: url } => url.clone(),
+            HostSetting::Pair(host, port) => format!("redis://{host}:{port}"),
+        }
+    }
+
+    /// The URL with any password replaced, for logs and `check-config`.
+    pub fn redacted_url(&self) -> String {
+        redact_url_password(&self.url())
+    }
+}
+
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            let user = if userinfo.contains(':') {
+                format!("{user}:<redacted>")
+            } else {
+                "<redacted>".to_string()
+            };
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LayerConfig {
+    pub backend: LayerBackend,
+    /// Same order as the backend's `hosts`: the shard ring depends on it.
+    pub hosts: Vec<HostSetting>,
+    pub prefix: String,
+    /// Seconds a queued message lives (`expiry`).
+    pub expiry: u64,
+    /// Seconds a group membership lives without a refresh (`group_expiry`).
+    pub group_expiry: u64,
+    /// The backend's `capacity`; reported only, since senders enforce it.
+    pub capacity: u64,
+    pub random_prefix_length: usize,
+    pub serializer_format: SerializerFormatSetting,
+    /// How often live memberships are re-added; default a quarter of `group_expiry`.
+    #[serde(with = "humantime_serde")]
+    pub membership_refresh: Option<Duration>,
+    /// Messages taken from the queue key per round trip.
+    pub receive_batch: usize,
+}
+
+impl Default for LayerConfig {
+    fn default() -> Self {
+        LayerConfig {
+            backend: LayerBackend::Core,
+            hosts: vec![HostSetting::Url("redis://127.0.0.1:6379".into())],
+            prefix: "asgi".into(),
+            expiry: 60,
+            group_expiry: 86_400,
+            capacity: 100,
+            random_prefix_length: 12,
+            serializer_format: SerializerFormatSetting::Msgpack,
+            membership_refresh: None,
+            receive_batch: 512,
+        }
+    }
+}
+
+impl LayerConfig {
+    pub fn membership_refresh_interval(&self) -> Duration {
+        self.membership_refresh
+            .unwrap_or_else(|| Duration::from_millis(self.group_expiry.saturating_mul(1000) / 4))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Event types other than `send_notification` forwarded as
+    /// `{"type": ..., ...rest}`; all others are dropped and counted.
+    pub passthrough_types: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+impl Config {
+    /// Layers defaults, the optional TOML file, `GATEWAY_*` variables and
+    /// `--set` overrides, then validates the result.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid(
+                    "--config",
+                    format!("file {} does not exist", path.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("GATEWAY_").map(|name| {
+            let name = name.as_str().to_ascii_lowercase();
+            match name.split_once('_') {
+                Some((section, key)) if SECTIONS.contains(&section) => {
+                    format!("{section}.{key}").into()
+                }
+                _ => name.into(),
+            }
+        }));
+        for item in overrides {
+            let (key, value) = item
+                .split_once('=')
+                .filter(|(key, _)| key.contains('.'))
+                .ok_or_else(|| ConfigError::BadOverride(item.clone()))?;
+            let value: figment::value::Value = value
+                .parse()
+                .map_err(|_| ConfigError::BadOverride(item.clone()))?;
+            figment = figment.merge(Serialized::global(key, value));
+        }
+        let config: Config = figment.extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: ranges, names and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let server = &self.server;
+        if server.listen == server.admin_listen {
+            return Err(invalid(
+                "server.admin_listen",
+                "must differ from server.listen",
+            ));
+        }
+        if server.ping_interval < Duration::from_millis(100) {
+            return Err(invalid("server.ping_interval", "must be at least 100ms"));
+        }
+        if server.pong_timeout <= server.ping_interval {
+            return Err(invalid(
+                "server.pong_timeout",
+                "must be longer than server.ping_interval",
+            ));
+        }
+        if server.outbound_queue == 0 {
+            return Err(invalid("server.outbound_queue", "must be at least 1"));
+        }
+        if server.max_inbound_frame < 128 {
+            return Err(invalid("server.max_inbound_frame", "must be at least 128"));
+        }
+
+        let auth = &self.auth;
+        crate::jwtverify::parse_algorithm(&auth.jwt_algorithm)
+            .map_err(|reason| invalid("auth.jwt_algorithm", reason))?;
+        if auth.user_id_claims.is_empty() {
+            return Err(invalid(
+                "auth.user_id_claims",
+                "must name at least one claim",
+            ));
+        }
+        if !auth.user_group_template.contains("{user_id}") {
+            return Err(invalid(
+                "auth.user_group_template",
+                "must contain {user_id}",
+            ));
+        }
+        let sample_group = auth.user_group_template.replace("{user_id}", "1");
+        if !shared_proto::names::is_valid_group_name(&sample_group) {
+            return Err(invalid(
+                "auth.user_group_template",
+                "does not make a valid channels group name",
+            ));
+        }
+        if auth.token_query_param.is_empty() || auth.token_cookie.is_empty() {
+            return Err(invalid(
+                "auth.token_query_param",
+                "token_query_param and token_cookie must not be empty",
+            ));
+        }
+
+        let layer = &self.layer;
+        if layer.hosts.is_empty() {
+            return Err(invalid("layer.hosts", "must list at least one Redis host"));
+        }
+        for host in &layer.hosts {
+            let url = host.url();
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://"))
+            {
+                return Err(invalid(
+                    "layer.hosts",
+                    format!(
+                        "`{}` is not a redis://, rediss:// or unix:// URL",
+                        host.redacted_url()
+                    ),
+                ));
+            }
+        }
+        if !layer
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            return Err(invalid(
+                "layer.prefix",
+                "use letters, digits and - _ . : only",
+            ));
+        }
+        if layer.expiry == 0 {
+            return Err(invalid("layer.expiry", "must be at least 1 second"));
+        }
+        if layer.group_expiry < 2 {
+            return Err(invalid("layer.group_expiry", "must be at least 2 seconds"));
+        }
+        let refresh = layer.membership_refresh_interval();
+        if refresh.is_zero() || refresh >= Duration::from_secs(layer.group_expiry) {
+            return Err(invalid(
+                "layer.membership_refresh",
+                "must be above zero and below group_expiry",
+            ));
+        }
+        if layer.random_prefix_length > 64 {
+            return Err(invalid("layer.random_prefix_length", "must be at most 64"));
+        }
+        if layer.receive_batch == 0 || layer.receive_batch > 10_000 {
+            return Err(invalid(
+                "layer.receive_batch",
+                "must be between 1 and 10000",
+            ));
+        }
+        for event_type in &self.events.passthrough_types {
+            if event_type == crate::events::NOTIFICATION_TYPE {
+                return Err(invalid(
+                    "events.passthrough_types",
+                    "send_notification is always relayed as {\"message\": ...}",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings `serve` cannot run without, checked apart from `validate` so
+    /// `gen-token` and `check-config` can explain them.
+    pub fn require_serving_secrets(&self) -> Result<(), ConfigError> {
+        if self.auth.jwt_secret.is_empty() {
+            return Err(invalid(
+                "auth.jwt_secret",
+                "is required (set GATEWAY_AUTH_JWT_SECRET or [auth] jwt_secret)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets and URL passwords redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.layer.hosts = self
+            .layer
+            .hosts
+            .iter()
+            .map(|host| HostSetting::Url(host.redacted_url()))
+            .collect();
+        toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# cannot render: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn bad_value_names_its_key() {
+        let error = Config::load(None, &["layer.group_expiry=1".into()]).unwrap_err();
+        assert!(error.to_string().contains("layer.group_expiry"), "{error}");
+        let error = Config::load(None, &["layer.expiry=\"soon\"".into()]).unwrap_err();
+        assert!(error.to_string().contains("expiry"), "{error}");
+    }
+
+    #[test]
+    fn hosts_accept_channels_redis_forms() {
+        let config: Config = Figment::new()
+            .merge(Toml::string(
+                r#"
+                [layer]
+                hosts = ["redis://a:1/0", ["b", 2], { address = "redis://c:3" }]
+                "#,
+            ))
+            .extract()
+            .expect("parses");
+        let urls: Vec<String> = config.layer.hosts.iter().map(HostSetting::url).collect();
+        assert_eq!(urls, ["redis://a:1/0", "redis://b:2", "redis://c:3"]);
+    }
+
+    #[test]
+    fn passwords_and_secrets_are_redacted() {
+        assert_eq!(
+            redact_url_password("redis://user:pw@host:1/2"),
+            "redis://user:<redacted>@host:1/2"
+        );
+        assert_eq!(
+            redact_url_password("rediss://:pw@host"),
+            "rediss://:<redacted>@host"
+        );
+        let mut config = Config::default();
+        config.auth.jwt_secret = Secret::new("s3cr3t");
+        config.layer.hosts = vec![HostSetting::Url("redis://u:hunter2@h:1".into())];
+        let shown = config.to_redacted_toml();
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+}

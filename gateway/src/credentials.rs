@@ -1,0 +1,144 @@
+//! Credentials: finds the bearer token in a WebSocket handshake request.
+//!
+//! Looks, in this order, at the `Authorization: Bearer` header, the configured
+//! query parameter and the configured cookie. It must not verify anything (see
+//! `jwtverify`) and must never log or copy the token anywhere but the caller.
+
+use actix_web::http::header::{HeaderMap, AUTHORIZATION, COOKIE};
+
+/// Where the token was found, for logs and metrics (never the token itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Header,
+    Query,
+    Cookie,
+}
+
+impl TokenSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            TokenSource::Header => "header",
+            TokenSource::Query => "query",
+            TokenSource::Cookie => "cookie",
+        }
+    }
+}
+
+pub struct TokenLookup<'a> {
+    pub query_param: &'a str,
+    pub cookie: &'a str,
+}
+
+impl TokenLookup<'_> {
+    pub fn find(&self, headers: &HeaderMap, query: &str) -> Option<(String, TokenSource)> {
+        if let Some(token) = bearer_token(headers) {
+            return Some((token.to_string(), TokenSource::Header));
+        }
+        if let Some(token) = query_value(query, self.query_param) {
+            return Some((token, TokenSource::Query));
+        }
+        cookie_value(headers, self.cookie).map(|token| (token.to_string(), TokenSource::Cookie))
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (percent_decode(key)? == name)
+            .then(|| percent_decode(value))
+            .flatten()
+            .filter(|value| !value.is_empty())
+    })
+}
+
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (key, value) = pair.trim().split_once('=')?;
+            let value = value.trim().trim_matches('"');
+            (key.trim() == name && !value.is_empty()).then_some(value)
+        })
+}
+
+/// Decodes `%XX` escapes and `+` as a space; `None` for broken escapes or
+/// non-UTF-8 results, which no JWT contains.
+fn percent_decode(input: &str) -> Option<String> {
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while let Some(&byte) = bytes.get(index) {
+        match byte {
+            b'%' => {
+                let hex = bytes.get(index + 1..index + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                index += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                index += 1;
+            }
+            _ => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        map
+    }
+
+    const LOOKUP: TokenLookup<'static> = TokenLookup {
+        query_param: "token",
+        cookie: "access_token",
+    };
+
+    #[test]
+    fn header_query_and_cookie_are_found() {
+        let found = LOOKUP.find(&headers(&[("authorization", "Bearer abc.def")]), "");
+        assert_eq!(found, Some(("abc.def".into(), TokenSource::Header)));
+        let found = LOOKUP.find(&HeaderMap::new(), "a=1&token=x%2Ey&b");
+        assert_eq!(found, Some(("x.y".into(), TokenSource::Query)));
+        let found = LOOKUP.find(
+            &headers(&[("cookie", "sessionid=s; access_token=\"c.d\"")]),
+            "",
+        );
+        assert_eq!(found, Some(("c.d".into(), TokenSource::Cookie)));
+    }
+
+    #[test]
+    fn absent_or_broken_values_find_nothing() {
+        assert_eq!(LOOKUP.find(&HeaderMap::new(), "token=&x=%zz"), None);
+        assert_eq!(LOOKUP.find(&HeaderMap::new(), "token=%e2%28"), None);
+        assert_eq!(LOOKUP.find(&HeaderMap::new(), "token=%4"), None);
+        assert_eq!(
+            LOOKUP.find(&headers(&[("authorization", "Basic abc")]), ""),
+            None
+        );
+    }
+}

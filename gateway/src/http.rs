@@ -1,0 +1,194 @@
+//! HTTP: the routes of the public and the admin listener.
+//!
+//! Owns the WebSocket handshake (authenticate, join the user's group in
+//! Redis, then upgrade, so nothing published after the upgrade can be
+//! missed) and the plain HTTP answers of `/healthz`, `/readyz` and
+//! `/metrics`. It must not log request URIs: they may carry a token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use tracing::Instrument;
+
+use crate::credentials::TokenLookup;
+use crate::health::Health;
+use crate::jwtverify::{AuthError, TokenVerifier};
+use crate::layer::Layer;
+use crate::metrics::{ConnectResult, Metrics};
+use crate::outbox::Outbox;
+use crate::registry::Registry;
+use crate::socket::{self, Membership, SocketSettings};
+
+/// Everything a handshake needs, shared by all workers.
+pub struct Gateway {
+    pub verifier: TokenVerifier,
+    pub token_query_param: String,
+    pub token_cookie: String,
+    pub user_group_template: String,
+    pub registry: Arc<Registry>,
+    pub layer: Arc<Layer>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub socket_settings: Arc<SocketSettings>,
+    pub outbound_queue: usize,
+    pub max_inbound_frame: usize,
+    pub join_timeout: Duration,
+}
+
+pub fn public_routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/ws/notifications/", web::get().to(notifications_socket))
+        .route("/ws/notifications", web::get().to(notifications_socket))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+pub fn admin_routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/metrics", web::get().to(metrics))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
+}
+
+fn refusal(status: StatusCode, error: &str, reason: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header(("Cache-Control", "no-store"))
+        .json(serde_json::json!({ "error": error, "reason": reason }))
+}
+
+fn peer(request: &HttpRequest) -> String {
+    request
+        .peer_addr()
+        .map_or_else(|| "unknown".to_string(), |address| address.ip().to_string())
+}
+
+async fn notifications_socket(
+    request: HttpRequest,
+    body: web::Payload,
+    gateway: web::Data<Gateway>,
+) -> HttpResponse {
+    let metrics = &gateway.metrics;
+    if gateway.health.is_draining() {
+        metrics.connect(ConnectResult::Draining);
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "server is shutting down",
+        );
+    }
+
+    let lookup = TokenLookup {
+        query_param: &gateway.token_query_param,
+        cookie: &gateway.token_cookie,
+    };
+    let identity = lookup
+        .find(request.headers(), request.query_string())
+        .ok_or(AuthError::MissingToken)
+        .and_then(|(token, _source)| gateway.verifier.verify(&token));
+    let group = identity.and_then(|identity| {
+        let group = gateway
+            .user_group_template
+            .replace("{user_id}", &identity.user_id);
+        if shared_proto::names::is_valid_group_name(&group) {
+            Ok((identity, group))
+        } else {
+            Err(AuthError::InvalidUserId)
+        }
+    });
+    let (identity, group) = match group {
+        Ok(found) => found,
+        Err(error) => {
+            metrics.connect(ConnectResult::Unauthorized);
+            metrics.auth_failure(error.label());
+            tracing::warn!(reason = error.label(), peer = %peer(&request), "handshake refused: {error}");
+            return refusal(StatusCode::UNAUTHORIZED, "unauthorized", error.label());
+        }
+    };
+
+    let (response, session, messages) = match actix_ws::handle(&request, body) {
+        Ok(parts) => parts,
+        Err(error) => {
+            metrics.connect(ConnectResult::BadHandshake);
+            tracing::debug!(%error, "not a WebSocket handshake");
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "bad_handshake",
+                "expected a WebSocket upgrade",
+            );
+        }
+    };
+
+    let outbox = Arc::new(Outbox::new(gateway.outbound_queue));
+    let groups: Vec<Arc<str>> = vec![Arc::from(group.as_str())];
+    let (conn, _transitions) = gateway.registry.register(outbox.clone(), &groups);
+    metrics.sockets_open.inc();
+    let channel = gateway.registry.naming().channel(conn);
+    let membership = Membership {
+        conn,
+        channel: channel.clone(),
+        groups,
+        registry: gateway.registry.clone(),
+        layer: gateway.layer.clone(),
+        metrics: gateway.metrics.clone(),
+    };
+    let span =
+        tracing::info_span!("socket", conn = %format_args!("{conn:x}"), user = %identity.user_id);
+
+    // Join before the upgrade completes, like the Channels consumer's
+    // group_add before accept(): a message sent the moment the socket opens
+    // is already addressed to it.
+    let joined = tokio::time::timeout(
+        gateway.join_timeout,
+        gateway.layer.join(&membership.groups, &channel),
+    )
+    .instrument(span.clone())
+    .await;
+    if let Err(reason) = joined
+        .map_err(|_| "timed out".to_string())
+        .and_then(|joined| joined.map_err(|error| error.to_string()))
+    {
+        metrics.connect(ConnectResult::RedisUnavailable);
+        span.in_scope(|| tracing::warn!(%reason, "group join failed; refusing the socket"));
+        drop(membership);
+        return refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "notifications are unavailable right now; retry later",
+        );
+    }
+
+    metrics.connect(ConnectResult::Accepted);
+    span.in_scope(|| tracing::info!(group = %group, "socket opened"));
+    socket::spawn(
+        session,
+        messages.max_frame_size(gateway.max_inbound_frame),
+        outbox,
+        membership,
+        gateway.socket_settings.clone(),
+        span,
+    );
+    response
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn readyz(gateway: web::Data<Gateway>) -> HttpResponse {
+    match gateway.health.readiness() {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
+        Err(reason) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("not ready: {}\n", reason.label())),
+    }
+}
+
+async fn metrics(gateway: web::Data<Gateway>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(gateway.metrics.render())
+}

@@ -1,0 +1,429 @@
+//! Core layer: the receiving side of `channels_redis.core.RedisChannelLayer`.
+//!
+//! Three tasks: the receiver drains this process's one queue key
+//! (`<prefix>specific.<process>!`) with a blocking pop plus batched pops and
+//! feeds the router; the membership writer turns joins, leaves and refreshes
+//! into one pipeline per Redis host per batch; the keeper re-adds every live
+//! membership well before `group_expiry` and right after any reconnect, since
+//! Channels itself never refreshes and a Redis restart wipes them. It must not
+//! render frames or touch sockets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use parking_lot::Mutex;
+use shared_proto::names;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{HostRing, LayerError};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::redis::{MembershipWrites, RedisHost};
+use crate::registry::Registry;
+use crate::router::{unix_now, Router};
+use crate::shutdown::Shutdown;
+
+/// How long one blocking pop waits; also the receiver's heartbeat period.
+pub const RECEIVE_BLOCK: Duration = Duration::from_secs(1);
+/// Pending membership operations; connects wait when it is full.
+const MEMBERSHIP_QUEUE: usize = 16_384;
+/// Operations folded into one round of pipelines.
+const MEMBERSHIP_BATCH: usize = 2_048;
+/// Channels per `ZADD`, so one refresh of a huge group is not one huge command.
+const MEMBERS_PER_COMMAND: usize = 1_000;
+
+pub struct CoreSettings {
+    pub prefix: String,
+    pub group_expiry: u64,
+    pub refresh_interval: Duration,
+    pub receive_batch: usize,
+}
+
+enum MembershipOp {
+    Join {
+        groups: Vec<Arc<str>>,
+        channel: String,
+        done: oneshot::Sender<Result<(), LayerError>>,
+    },
+    Leave {
+        groups: Vec<Arc<str>>,
+        channel: String,
+    },
+    RefreshAll,
+    RemoveAll,
+    Flush {
+        done: oneshot::Sender<()>,
+    },
+}
+
+pub struct CoreLayer {
+    ops: mpsc::Sender<MembershipOp>,
+    stop: Shutdown,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    hosts: HostRing,
+    receive_host: RedisHost,
+}
+
+impl CoreLayer {
+    /// Connects to every host and starts the layer's tasks.
+    pub fn start(
+        hosts: HostRing,
+        registry: Arc<Registry>,
+        router: Arc<Router>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        settings: CoreSettings,
+    ) -> Result<CoreLayer, LayerError> {
+        let non_local = registry.naming().non_local_part().to_string();
+        let queue_key = names::queue_key(&settings.prefix, &non_local);
+        let receive_host = hosts
+            .host(hosts.index_for(&non_local))
+            .ok_or_else(|| LayerError::Unavailable("no Redis host configured".into()))?
+            .twin();
+        for host in hosts.hosts() {
+            host.start();
+        }
+        receive_host.start();
+        tracing::info!(
+            queue_key = %queue_key,
+            receive_host = receive_host.label(),
+            hosts = hosts.len(),
+            "core layer started"
+        );
+
+        let stop = Shutdown::new();
+        let (ops, ops_rx) = mpsc::channel(MEMBERSHIP_QUEUE);
+        let needs_refresh = Arc::new(AtomicBool::new(false));
+        let settings = Arc::new(settings);
+        let tasks = vec![
+            tokio::spawn(receive(
+                receive_host.clone(),
+                queue_key,
+                settings.receive_batch,
+                router,
+                health.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(write_memberships(
+                ops_rx,
+                hosts.clone(),
+                registry,
+                settings.clone(),
+                metrics.clone(),
+                needs_refresh.clone(),
+            )),
+            tokio::spawn(keep_memberships(
+                ops.clone(),
+                hosts.clone(),
+                receive_host.clone(),
+                settings,
+                health,
+                metrics,
+                needs_refresh,
+                stop.clone(),
+            )),
+        ];
+        Ok(CoreLayer {
+            ops,
+            stop,
+            tasks: Mutex::new(tasks),
+            hosts,
+            receive_host,
+        })
+    }
+
+    pub async fn join(&self, groups: &[Arc<str>], channel: &str) -> Result<(), LayerError> {
+        let (done, written) = oneshot::channel();
+        self.ops
+            .send(MembershipOp::Join {
+                groups: groups.to_vec(),
+                channel: channel.to_string(),
+                done,
+            })
+            .await
+            .map_err(|_| LayerError::Stopped)?;
+        written.await.map_err(|_| LayerError::Stopped)?
+    }
+
+    pub fn leave(&self, groups: &[Arc<str>], channel: String) {
+        let op = MembershipOp::Leave {
+            groups: groups.to_vec(),
+            channel,
+        };
+        if let Err(mpsc::error::TrySendError::Full(op)) = self.ops.try_send(op) {
+            // Rare (a disconnect storm): wait for room off this thread
+            // rather than leave a stale member behind.
+            let ops = self.ops.clone();
+            tokio::spawn(async move {
+                let _ = ops.send(op).await;
+            });
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        let (done, flushed) = oneshot::channel();
+        let sent = self.ops.send(MembershipOp::RemoveAll).await.is_ok()
+            && self.ops.send(MembershipOp::Flush { done }).await.is_ok();
+        if sent {
+            let _ = flushed.await;
+        }
+        self.stop.trigger();
+        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().drain(..).collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        for host in self.hosts.hosts() {
+            host.stop().await;
+        }
+        self.receive_host.stop().await;
+    }
+}
+
+/// Drains the queue key: a blocking pop when idle, plain batched pops while
+/// a backlog lasts. Each round trip is a readiness heartbeat.
+async fn receive(
+    host: RedisHost,
+    queue_key: String,
+    batch: usize,
+    router: Arc<Router>,
+    health: Arc<Health>,
+    stop: Shutdown,
+) {
+    let mut backlog = false;
+    loop {
+        let block = (!backlog).then_some(RECEIVE_BLOCK);
+        let popped = tokio::select! {
+            _ = stop.triggered() => return,
+            popped = host.pop_queue(&queue_key, batch, block) => popped,
+        };
+        match popped {
+            Ok(payloads) => {
+                health.receiver_beat();
+                backlog = payloads.len() >= batch;
+                for queued in &payloads {
+                    router.route_queued(&queued.payload, queued.sent_at);
+                }
+            }
+            Err(error) => {
+                backlog = false;
+                tracing::warn!(%error, "receiving from the queue key failed; retrying");
+                tokio::select! {
+                    _ = stop.triggered() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Folds queued membership operations into one pipeline per host.
+async fn write_memberships(
+    mut ops: mpsc::Receiver<MembershipOp>,
+    hosts: HostRing,
+    registry: Arc<Registry>,
+    settings: Arc<CoreSettings>,
+    metrics: Arc<Metrics>,
+    needs_refresh: Arc<AtomicBool>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while ops.recv_many(&mut batch, MEMBERSHIP_BATCH).await > 0 {
+        let mut plan = WritePlan::new(hosts.len());
+        let mut joins = Vec::new();
+        let mut flushes = Vec::new();
+        for op in batch.drain(..) {
+            match op {
+                MembershipOp::Join {
+                    groups,
+                    channel,
+                    done,
+                } => {
+                    let touched: Vec<usize> = groups
+                        .iter()
+                        .map(|group| plan.add(&hosts, &settings.prefix, group, &channel))
+                        .collect();
+                    joins.push((touched, done));
+                }
+                MembershipOp::Leave { groups, channel } => {
+                    for group in &groups {
+                        plan.remove(&hosts, &settings.prefix, group, &channel);
+                    }
+                }
+                MembershipOp::RefreshAll => {
+                    for (group, channels) in registry.memberships() {
+                        for channel in &channels {
+                            plan.add(&hosts, &settings.prefix, &group, channel);
+                        }
+                    }
+                }
+                MembershipOp::RemoveAll => {
+                    for (group, channels) in registry.memberships() {
+                        for channel in &channels {
+                            plan.remove(&hosts, &settings.prefix, &group, channel);
+                        }
+                    }
+                }
+                MembershipOp::Flush { done } => flushes.push(done),
+            }
+        }
+        let outcomes = plan.execute(&hosts, settings.group_expiry).await;
+        if outcomes.iter().any(Result::is_err) {
+            metrics.membership_writes_failed.inc();
+            needs_refresh.store(true, Ordering::Relaxed);
+        }
+        for (touched, done) in joins {
+            let failure = touched.iter().find_map(|index| {
+                outcomes
+                    .get(*index)
+                    .and_then(|outcome| outcome.clone().err())
+            });
+            let _ = done.send(match failure {
+                None => Ok(()),
+                Some(reason) => Err(LayerError::Unavailable(reason)),
+            });
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Membership writes of one batch, merged per host and per group key.
+struct WritePlan {
+    adds: Vec<HashMap<String, Vec<String>>>,
+    removes: Vec<HashMap<String, Vec<String>>>,
+}
+
+impl WritePlan {
+    fn new(host_count: usize) -> WritePlan {
+        WritePlan {
+            adds: vec![HashMap::new(); host_count],
+            removes: vec![HashMap::new(); host_count],
+        }
+    }
+
+    fn add(&mut self, hosts: &HostRing, prefix: &str, group: &str, channel: &str) -> usize {
+        let index = hosts.index_for(group);
+        if let Some(keys) = self.adds.get_mut(index) {
+            keys.entry(names::group_key(prefix, group))
+                .or_default()
+                .push(channel.to_string());
+        }
+        index
+    }
+
+    fn remove(&mut self, hosts: &HostRing, prefix: &str, group: &str, channel: &str) {
+        let index = hosts.index_for(group);
+        if let Some(keys) = self.removes.get_mut(index) {
+            keys.entry(names::group_key(prefix, group))
+                .or_default()
+                .push(channel.to_string());
+        }
+    }
+
+    /// Adds go before removes, so a socket that joined and left within one
+    /// batch ends up absent. Returns each host's outcome by index.
+    async fn execute(self, hosts: &HostRing, group_expiry: u64) -> Vec<Result<(), String>> {
+        let score = unix_now();
+        let expiry = i64::try_from(group_expiry).unwrap_or(i64::MAX);
+        let writes: Vec<MembershipWrites> = self
+            .adds
+            .into_iter()
+            .zip(self.removes)
+            .map(|(adds, removes)| MembershipWrites {
+                adds: split_large(adds),
+                removes: split_large(removes),
+            })
+            .collect();
+        join_all(
+            hosts
+                .hosts()
+                .iter()
+                .zip(&writes)
+                .map(|(host, writes)| async move {
+                    host.write_memberships(writes, score, expiry)
+                        .await
+                        .map_err(|error| {
+                            tracing::warn!(%error, "membership write failed");
+                            error.to_string()
+                        })
+                }),
+        )
+        .await
+    }
+}
+
+fn split_large(keys: HashMap<String, Vec<String>>) -> Vec<(String, Vec<String>)> {
+    let mut commands = Vec::with_capacity(keys.len());
+    for (key, mut channels) in keys {
+        while channels.len() > MEMBERS_PER_COMMAND {
+            let rest = channels.split_off(MEMBERS_PER_COMMAND);
+            commands.push((key.clone(), channels));
+            channels = rest;
+        }
+        commands.push((key, channels));
+    }
+    commands
+}
+
+/// Tracks connectivity for readiness, and asks for a full re-add of live
+/// memberships periodically, after every reconnect and after failed writes.
+#[allow(clippy::too_many_arguments)]
+async fn keep_memberships(
+    ops: mpsc::Sender<MembershipOp>,
+    hosts: HostRing,
+    receive_host: RedisHost,
+    settings: Arc<CoreSettings>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    needs_refresh: Arc<AtomicBool>,
+    stop: Shutdown,
+) {
+    let mut reconnects = tokio::task::JoinSet::new();
+    for host in hosts.hosts().iter().chain(std::iter::once(&receive_host)) {
+        let mut events = host.reconnects();
+        let needs_refresh = needs_refresh.clone();
+        let metrics = metrics.clone();
+        let label = host.label().to_string();
+        reconnects.spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(_) => {
+                        metrics.redis_reconnects.inc();
+                        tracing::info!(host = %label, "Redis connected; re-adding memberships");
+                        needs_refresh.store(true, Ordering::Relaxed);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        needs_refresh.store(true, Ordering::Relaxed);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    let tick = Duration::from_millis(100);
+    let mut since_refresh = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = stop.triggered() => break,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let connected =
+            hosts.hosts().iter().all(RedisHost::is_connected) && receive_host.is_connected();
+        health.set_redis_connected(connected);
+        since_refresh += tick;
+        let due = since_refresh >= settings.refresh_interval;
+        if (due || needs_refresh.load(Ordering::Relaxed)) && connected {
+            needs_refresh.store(false, Ordering::Relaxed);
+            since_refresh = Duration::ZERO;
+            if ops.send(MembershipOp::RefreshAll).await.is_err() {
+                break;
+            }
+        }
+    }
+    reconnects.abort_all();
+}

@@ -1,0 +1,92 @@
+//! Layers: the gateway's side of a channels_redis channel layer.
+//!
+//! A layer makes a socket a member of its groups in Redis (so Django's
+//! `group_send` reaches it), receives what Django sends, and hands every
+//! payload to the router. `core` speaks `RedisChannelLayer`'s sorted-set
+//! protocol; the pub/sub layer will sit beside it behind the same `Layer`
+//! type. Layers own their background tasks; they must not touch sockets
+//! directly (the router and the outboxes do).
+
+pub mod core;
+
+use std::sync::Arc;
+
+use shared_proto::shard::shard_index;
+
+use crate::config::LayerConfig;
+use crate::redis::{RedisError, RedisHost};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the layer is shutting down")]
+    Stopped,
+}
+
+/// The configured Redis hosts, in the backend's `hosts` order.
+#[derive(Clone)]
+pub struct HostRing {
+    hosts: Vec<RedisHost>,
+}
+
+impl HostRing {
+    pub fn from_config(config: &LayerConfig) -> Result<HostRing, RedisError> {
+        let hosts = config
+            .hosts
+            .iter()
+            .map(|host| RedisHost::new(&host.url(), host.redacted_url()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(HostRing { hosts })
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// The index channels_redis picks for `name` (a group name, or the
+    /// non-local part of a channel).
+    pub fn index_for(&self, name: &str) -> usize {
+        shard_index(name, self.hosts.len())
+    }
+
+    pub fn host(&self, index: usize) -> Option<&RedisHost> {
+        self.hosts.get(index)
+    }
+
+    pub fn hosts(&self) -> &[RedisHost] {
+        &self.hosts
+    }
+}
+
+/// The layer this process runs, as configured by `layer.backend`.
+pub enum Layer {
+    Core(core::CoreLayer),
+}
+
+impl Layer {
+    /// Adds `channel` to `groups` in Redis; resolves once written.
+    pub async fn join(&self, groups: &[Arc<str>], channel: &str) -> Result<(), LayerError> {
+        match self {
+            Layer::Core(layer) => layer.join(groups, channel).await,
+        }
+    }
+
+    /// Removes `channel` from `groups`, in the background.
+    pub fn leave(&self, groups: &[Arc<str>], channel: String) {
+        match self {
+            Layer::Core(layer) => layer.leave(groups, channel),
+        }
+    }
+
+    /// Removes every remaining membership of this process and stops receiving.
+    pub async fn shutdown(&self) {
+        match self {
+            Layer::Core(layer) => layer.shutdown().await,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The notification gateway: holds authenticated WebSockets from browsers and
+//! relays what an unchanged Django backend sends with channels_redis.
+//!
+//! See ARCHITECTURE.md for the map of modules and the path of one message.
+
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod events;
+pub mod health;
+pub mod http;
+pub mod jwtverify;
+pub mod layer;
+pub mod metrics;
+pub mod outbox;
+pub mod redis;
+pub mod registry;
+pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod socket;
+pub mod telemetry;

@@ -1,0 +1,254 @@
+//! Metrics: every number the gateway exports, in one Prometheus registry.
+//!
+//! Owns metric names, help texts and label values, and renders the text
+//! exposition for `/metrics`. Label values are fixed words chosen here, never
+//! user input (no tokens, user ids or group names). It must not decide when
+//! something is counted; callers do.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Why a message or a frame was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The socket's outbox was full; the socket is closed.
+    SlowConsumer,
+    /// An event `type` that is neither `send_notification` nor passed through.
+    UnknownType,
+    /// The Redis payload could not be decoded.
+    DecodeError,
+    /// The event could not be turned into JSON (bytes, ext types, no `message`).
+    RenderError,
+    /// The channel names a socket this process no longer holds.
+    NoLocalSocket,
+    /// The channel belongs to another process (misrouted or foreign).
+    ForeignChannel,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::SlowConsumer,
+        DropReason::UnknownType,
+        DropReason::DecodeError,
+        DropReason::RenderError,
+        DropReason::NoLocalSocket,
+        DropReason::ForeignChannel,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::UnknownType => "unknown_type",
+            DropReason::DecodeError => "decode_error",
+            DropReason::RenderError => "render_error",
+            DropReason::NoLocalSocket => "no_local_socket",
+            DropReason::ForeignChannel => "foreign_channel",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sockets_open: IntGauge,
+    connects: IntCounterVec,
+    auth_failures: IntCounterVec,
+    redis_messages: IntCounterVec,
+    pub frames_delivered: IntCounter,
+    drops: IntCounterVec,
+    pub redis_reconnects: IntCounter,
+    pub membership_writes_failed: IntCounter,
+    pub publish_lag: Histogram,
+    pub client_frames: IntCounter,
+}
+
+/// Outcome of one upgrade request.
+#[derive(Debug, Clone, Copy)]
+pub enum ConnectResult {
+    Accepted,
+    Unauthorized,
+    BadHandshake,
+    RedisUnavailable,
+    Draining,
+}
+
+impl ConnectResult {
+    fn label(self) -> &'static str {
+        match self {
+            ConnectResult::Accepted => "accepted",
+            ConnectResult::Unauthorized => "unauthorized",
+            ConnectResult::BadHandshake => "bad_handshake",
+            ConnectResult::RedisUnavailable => "redis_unavailable",
+            ConnectResult::Draining => "draining",
+        }
+    }
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
+    // Names are constants of this module, so a clash is a bug caught by the tests.
+    if let Err(error) = registry.register(Box::new(metric.clone())) {
+        tracing::error!(%error, "metric registration failed");
+    }
+    metric
+}
+
+fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), &[label])
+        .unwrap_or_else(|error| unreachable!("metric {name} has a valid definition: {error}"))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let metrics = Metrics {
+            sockets_open: register(
+                &registry,
+                IntGauge::new("gateway_sockets_open", "WebSocket connections open now")
+                    .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            connects: register(
+                &registry,
+                counter_vec(
+                    "gateway_connects_total",
+                    "WebSocket upgrade requests by result",
+                    "result",
+                ),
+            ),
+            auth_failures: register(
+                &registry,
+                counter_vec(
+                    "gateway_auth_failures_total",
+                    "Refused handshakes by reason",
+                    "reason",
+                ),
+            ),
+            redis_messages: register(
+                &registry,
+                counter_vec(
+                    "gateway_redis_messages_total",
+                    "Payloads received from Redis by layer",
+                    "layer",
+                ),
+            ),
+            frames_delivered: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_frames_delivered_total",
+                    "Text frames handed to client sockets",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            drops: register(
+                &registry,
+                counter_vec(
+                    "gateway_drops_total",
+                    "Messages or frames not delivered, by reason",
+                    "reason",
+                ),
+            ),
+            redis_reconnects: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_redis_reconnects_total",
+                    "Reconnections to any Redis host",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            membership_writes_failed: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_membership_write_failures_total",
+                    "Pipelines of group membership writes that failed",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            publish_lag: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gateway_publish_lag_seconds",
+                        "From the channels_redis send time (queue score) to routing",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
+                    ]),
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            client_frames: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_client_frames_total",
+                    "Data frames received from clients",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            registry,
+        };
+        // Export every label value from the start so dashboards and alerts see zeros.
+        for reason in DropReason::ALL {
+            metrics.drops.with_label_values(&[reason.label()]);
+        }
+        metrics
+    }
+
+    pub fn connect(&self, result: ConnectResult) {
+        self.connects.with_label_values(&[result.label()]).inc();
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    pub fn redis_message(&self, layer: &'static str) {
+        self.redis_messages.with_label_values(&[layer]).inc();
+    }
+
+    pub fn dropped(&self, reason: DropReason) {
+        self.dropped_many(reason, 1);
+    }
+
+    pub fn dropped_many(&self, reason: DropReason, count: u64) {
+        self.drops
+            .with_label_values(&[reason.label()])
+            .inc_by(count);
+    }
+
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "metrics encoding failed");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_metrics_render() {
+        let metrics = Metrics::new();
+        metrics.connect(ConnectResult::Accepted);
+        metrics.dropped(DropReason::UnknownType);
+        let text = metrics.render();
+        for name in [
+            "gateway_sockets_open",
+            "gateway_connects_total{result=\"accepted\"} 1",
+            "gateway_drops_total{reason=\"unknown_type\"} 1",
+            "gateway_drops_total{reason=\"slow_consumer\"} 0",
+            "gateway_publish_lag_seconds_bucket",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

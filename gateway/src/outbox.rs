@@ -1,0 +1,151 @@
+//! Outbox: the bounded queue of frames waiting for one socket.
+//!
+//! Producers (the router, shutdown, the backend) push shared frame bytes or ask
+//! for a close; the socket's own task drains it. A full outbox refuses the push
+//! instead of waiting, so one slow reader never stalls delivery to anyone else.
+//! It allocates nothing until a frame is queued. It must not know about
+//! WebSocket framing or Redis.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use bytestring::ByteString;
+use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
+use shared_proto::close::CloseCode;
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// The outbox is full: the socket is not keeping up.
+    Full,
+    /// The socket is closing; the frame was discarded.
+    Closed,
+}
+
+/// What the socket task should do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Frames to send, oldest first (drained together to batch writes).
+    Frames(Vec<ByteString>),
+    Close(CloseCode, &'static str),
+}
+
+pub struct Outbox {
+    capacity: usize,
+    state: Mutex<State>,
+    waker: AtomicWaker,
+}
+
+struct State {
+    frames: VecDeque<ByteString>,
+    close: Option<(CloseCode, &'static str)>,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Outbox {
+        Outbox {
+            capacity,
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                close: None,
+            }),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    pub fn push(&self, frame: ByteString) -> Pushed {
+        let mut state = self.state.lock();
+        if state.close.is_some() {
+            return Pushed::Closed;
+        }
+        if state.frames.len() >= self.capacity {
+            return Pushed::Full;
+        }
+        state.frames.push_back(frame);
+        drop(state);
+        self.waker.wake();
+        Pushed::Queued
+    }
+
+    /// Asks the socket to close; the first request wins and queued frames
+    /// are discarded, since the close is what the client must see next.
+    pub fn close(&self, code: CloseCode, reason: &'static str) {
+        let mut state = self.state.lock();
+        if state.close.is_none() {
+            state.close = Some((code, reason));
+            state.frames = VecDeque::new();
+        }
+        drop(state);
+        self.waker.wake();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().close.is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.state.lock().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
+        self.waker.register(cx.waker());
+        let mut state = self.state.lock();
+        if let Some((code, reason)) = state.close {
+            return Poll::Ready(Next::Close(code, reason));
+        }
+        if state.frames.is_empty() {
+            return Poll::Pending;
+        }
+        let frames: Vec<ByteString> = state.frames.drain(..).collect();
+        // Give back a burst's memory: idle sockets are the common case.
+        if state.frames.capacity() > 16 {
+            state.frames.shrink_to_fit();
+        }
+        Poll::Ready(Next::Frames(frames))
+    }
+
+    pub async fn next(&self) -> Next {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_come_out_in_order_until_full() {
+        let outbox = Outbox::new(2);
+        assert_eq!(outbox.push("a".into()), Pushed::Queued);
+        assert_eq!(outbox.push("b".into()), Pushed::Queued);
+        assert_eq!(outbox.push("c".into()), Pushed::Full);
+        match outbox.next().await {
+            Next::Frames(frames) => assert_eq!(frames, ["a", "b"]),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(outbox.push("d".into()), Pushed::Queued);
+    }
+
+    #[tokio::test]
+    async fn close_wins_over_queued_frames() {
+        let outbox = Outbox::new(4);
+        outbox.push("a".into());
+        outbox.close(CloseCode::SlowConsumer, "slow");
+        outbox.close(CloseCode::Normal, "ignored");
+        assert_eq!(outbox.push("b".into()), Pushed::Closed);
+        match outbox.next().await {
+            Next::Close(code, reason) => {
+                assert_eq!(code, CloseCode::SlowConsumer);
+                assert_eq!(reason, "slow");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

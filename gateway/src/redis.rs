@@ -1,0 +1,285 @@
+//! Redis access: the only module that talks to the Redis client library (fred).
+//!
+//! Owns connecting (with reconnects, backoff and jitter), the few commands the
+//! layers need, and turning replies into plain Rust values. It knows key names
+//! only as strings handed in by the layers and must not decide what to write or
+//! when; swapping fred for another client should touch this file alone.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::prelude::{
+    ClientLike, Config as FredConfig, Error as FredError, EventInterface, KeysInterface,
+    ReconnectPolicy, SortedSetsInterface, TcpConfig, Value,
+};
+use fred::types::Builder;
+use tokio::sync::broadcast;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("invalid Redis URL {url}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("Redis command failed on {host}: {source}")]
+    Command {
+        host: String,
+        #[source]
+        source: FredError,
+    },
+    #[error("unexpected Redis reply on {host}: {what}")]
+    Reply { host: String, what: &'static str },
+}
+
+/// One payload taken off a channels_redis queue key, with the score the
+/// sender gave it (its UNIX send time).
+#[derive(Debug, Clone)]
+pub struct QueuedPayload {
+    pub payload: Bytes,
+    pub sent_at: f64,
+}
+
+/// Membership writes for one Redis host, sent as one pipeline.
+#[derive(Debug, Default)]
+pub struct MembershipWrites {
+    /// Group key → channels to add with the batch's score.
+    pub adds: Vec<(String, Vec<String>)>,
+    /// Group key → channels to remove.
+    pub removes: Vec<(String, Vec<String>)>,
+}
+
+impl MembershipWrites {
+    pub fn is_empty(&self) -> bool {
+        self.adds.is_empty() && self.removes.is_empty()
+    }
+}
+
+/// A connection to one Redis host of the backend's `hosts` list.
+#[derive(Clone)]
+pub struct RedisHost {
+    client: fred::clients::Client,
+    label: String,
+}
+
+impl RedisHost {
+    /// Builds the client without connecting; `label` is the redacted URL.
+    pub fn new(url: &str, label: String) -> Result<RedisHost, RedisError> {
+        let mut config = FredConfig::from_url(url).map_err(|error| RedisError::BadUrl {
+            url: label.clone(),
+            reason: error.details().to_string(),
+        })?;
+        // Never give up: a gateway without Redis is unready, not dead.
+        config.fail_fast = false;
+        let mut policy = ReconnectPolicy::new_exponential(0, 50, 1_000, 2);
+        policy.set_jitter(100);
+        let client = Builder::from_config(config)
+            .set_policy(policy)
+            .with_connection_config(|connection| {
+                connection.connection_timeout = Duration::from_secs(3);
+                connection.internal_command_timeout = Duration::from_secs(3);
+                connection.max_command_attempts = 3;
+                connection.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..TcpConfig::default()
+                };
+                connection.unresponsive.max_timeout = Some(Duration::from_secs(10));
+                connection.unresponsive.interval = Duration::from_secs(1);
+            })
+            .with_performance_config(|performance| {
+                performance.default_command_timeout = Duration::from_secs(5);
+            })
+            .build()
+            .map_err(|error| RedisError::BadUrl {
+                url: label.clone(),
+                reason: error.details().to_string(),
+            })?;
+        Ok(RedisHost { client, label })
+    }
+
+    /// A second connection to the same host, for commands that block it.
+    pub fn twin(&self) -> RedisHost {
+        RedisHost {
+            client: self.client.clone_new(),
+            label: self.label.clone(),
+        }
+    }
+
+    /// Starts connecting in the background; reconnects forever.
+    pub fn start(&self) {
+        drop(self.client.connect());
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// Fires after every successful reconnect (not the first connect).
+    pub fn reconnects(&self) -> broadcast::Receiver<fred::types::config::Server> {
+        self.client.reconnect_rx()
+    }
+
+    pub async fn stop(&self) {
+        let _ = self.client.quit().await;
+    }
+
+    fn command_error(&self, source: FredError) -> RedisError {
+        RedisError::Command {
+            host: self.label.clone(),
+            source,
+        }
+    }
+
+    /// `ZADD` (+ `EXPIRE`) and `ZREM` in one pipeline, as channels_redis'
+    /// group_add / group_discard would, but many at once.
+    pub async fn write_memberships(
+        &self,
+        writes: &MembershipWrites,
+        score: f64,
+        group_expiry: i64,
+    ) -> Result<(), RedisError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let pipeline = self.client.pipeline();
+        for (key, channels) in &writes.adds {
+            let members: Vec<(f64, &str)> = channels.iter().map(|c| (score, c.as_str())).collect();
+            let () = pipeline
+                .zadd(key.as_str(), None, None, false, false, members)
+                .await
+                .map_err(|error| self.command_error(error))?;
+            let () = pipeline
+                .expire(key.as_str(), group_expiry, None)
+                .await
+                .map_err(|error| self.command_error(error))?;
+        }
+        for (key, channels) in &writes.removes {
+            let members: Vec<&str> = channels.iter().map(String::as_str).collect();
+            let () = pipeline
+                .zrem(key.as_str(), members)
+                .await
+                .map_err(|error| self.command_error(error))?;
+        }
+        let results = pipeline.try_all::<Value>().await;
+        match results.into_iter().find_map(Result::err) {
+            Some(error) => Err(self.command_error(error)),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes up to `max` payloads from a queue key in score order. With
+    /// `block`, waits up to that long for the first one (`BZPOPMIN`) and takes
+    /// the rest in the same round trip (`ZPOPMIN` pipelined behind it). Keep
+    /// `block` well under the 5 s command timeout.
+    pub async fn pop_queue(
+        &self,
+        key: &str,
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<QueuedPayload>, RedisError> {
+        let mut popped = Vec::new();
+        match block {
+            Some(timeout) => {
+                let pipeline = self.client.pipeline();
+                let () = pipeline
+                    .bzpopmin(key, timeout.as_secs_f64())
+                    .await
+                    .map_err(|error| self.command_error(error))?;
+                let () = pipeline
+                    .zpopmin(key, Some(max.saturating_sub(1)))
+                    .await
+                    .map_err(|error| self.command_error(error))?;
+                let replies: Vec<Value> = pipeline
+                    .all()
+                    .await
+                    .map_err(|error| self.command_error(error))?;
+                let mut replies = replies.into_iter();
+                match replies.next() {
+                    Some(Value::Null) | None => return Ok(popped),
+                    Some(Value::Array(triple)) => {
+                        let mut triple = triple.into_iter();
+                        let (_key, member, score) = (triple.next(), triple.next(), triple.next());
+                        let (Some(member), Some(score)) = (member, score) else {
+                            return Err(
+                                self.bad_reply("BZPOPMIN reply is not [key, member, score]")
+                            );
+                        };
+                        popped.push(self.queued_payload(member, score)?);
+                    }
+                    Some(_) => return Err(self.bad_reply("BZPOPMIN reply is not an array")),
+                }
+                if let Some(rest) = replies.next() {
+                    self.push_pairs(rest, &mut popped)?;
+                }
+            }
+            None => {
+                let reply: Value = self
+                    .client
+                    .zpopmin(key, Some(max))
+                    .await
+                    .map_err(|error| self.command_error(error))?;
+                self.push_pairs(reply, &mut popped)?;
+            }
+        }
+        Ok(popped)
+    }
+
+    fn bad_reply(&self, what: &'static str) -> RedisError {
+        RedisError::Reply {
+            host: self.label.clone(),
+            what,
+        }
+    }
+
+    fn queued_payload(&self, member: Value, score: Value) -> Result<QueuedPayload, RedisError> {
+        let payload = match member {
+            Value::Bytes(bytes) => bytes,
+            Value::String(text) => text.into_inner(),
+            _ => return Err(self.bad_reply("queue member is not a string")),
+        };
+        let sent_at = score
+            .as_f64()
+            .ok_or_else(|| self.bad_reply("queue score is not a number"))?;
+        Ok(QueuedPayload { payload, sent_at })
+    }
+
+    /// `ZPOPMIN key count` answers a flat `[member, score, …]` array (RESP2)
+    /// or an array of pairs (RESP3); accept both.
+    fn push_pairs(&self, reply: Value, out: &mut Vec<QueuedPayload>) -> Result<(), RedisError> {
+        let items = match reply {
+            Value::Null => return Ok(()),
+            Value::Array(items) => items,
+            _ => return Err(self.bad_reply("ZPOPMIN reply is not an array")),
+        };
+        let mut items = items.into_iter();
+        while let Some(item) = items.next() {
+            match item {
+                Value::Array(pair) => {
+                    let mut pair = pair.into_iter();
+                    let (Some(member), Some(score)) = (pair.next(), pair.next()) else {
+                        return Err(self.bad_reply("ZPOPMIN pair is incomplete"));
+                    };
+                    out.push(self.queued_payload(member, score)?);
+                }
+                member => {
+                    let score = items
+                        .next()
+                        .ok_or_else(|| self.bad_reply("ZPOPMIN reply has an odd length"))?;
+                    out.push(self.queued_payload(member, score)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Round trip used by readiness to tell "connected" from "answering".
+    pub async fn ping(&self) -> Result<(), RedisError> {
+        let _: Value = self
+            .client
+            .ping(None)
+            .await
+            .map_err(|error| self.command_error(error))?;
+        Ok(())
+    }
+}

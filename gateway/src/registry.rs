@@ -1,0 +1,231 @@
+//! Registry: which sockets this process holds, under which channel names, in
+//! which groups.
+//!
+//! Owns connection ids, the mapping from a channels_redis channel name
+//! (`specific.<process>!<conn>`) back to a socket's outbox, and the local view
+//! of group membership that the layers re-add to Redis. Lookups are sharded so
+//! connects, disconnects and routing never contend on one lock. It must not do
+//! I/O: layers and the router act on what it answers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::outbox::Outbox;
+
+pub type ConnId = u64;
+
+const SHARDS: usize = 64;
+
+/// Channel names of this process: `specific.<process-id>!<conn-id-hex>`.
+///
+/// The process id starts with `gw-`, which a Python `uuid4().hex` never
+/// contains, so operators can target the gateway's queue keys with a
+/// `channel_capacity` pattern such as `specific.gw-*`.
+#[derive(Debug, Clone)]
+pub struct ChannelNaming {
+    process_id: String,
+    non_local: String,
+}
+
+impl ChannelNaming {
+    pub fn random() -> ChannelNaming {
+        let process_id = format!("gw-{:024x}", rand::random::<u128>() >> 32);
+        ChannelNaming::with_process_id(process_id)
+    }
+
+    pub fn with_process_id(process_id: String) -> ChannelNaming {
+        let non_local = format!("specific.{process_id}!");
+        ChannelNaming {
+            process_id,
+            non_local,
+        }
+    }
+
+    pub fn process_id(&self) -> &str {
+        &self.process_id
+    }
+
+    /// `specific.<process>!`: the part that names this process's queue key.
+    pub fn non_local_part(&self) -> &str {
+        &self.non_local
+    }
+
+    pub fn channel(&self, conn: ConnId) -> String {
+        format!("{}{conn:x}", self.non_local)
+    }
+
+    /// The connection a channel name addresses, if it belongs to this process.
+    pub fn conn_of(&self, channel: &str) -> Option<ConnId> {
+        let local = channel.strip_prefix(self.non_local.as_str())?;
+        if local.is_empty() || local.len() > 16 {
+            return None;
+        }
+        ConnId::from_str_radix(local, 16).ok()
+    }
+}
+
+/// Groups whose local membership changed from none to some, or back.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GroupTransitions {
+    pub now_active: Vec<Arc<str>>,
+    pub now_empty: Vec<Arc<str>>,
+}
+
+pub struct Registry {
+    naming: ChannelNaming,
+    next_conn: AtomicU64,
+    sockets: Box<[RwLock<HashMap<ConnId, Arc<Outbox>>>]>,
+    groups: Mutex<HashMap<Arc<str>, HashSet<ConnId>>>,
+}
+
+impl Registry {
+    pub fn new(naming: ChannelNaming) -> Registry {
+        Registry {
+            naming,
+            next_conn: AtomicU64::new(1),
+            sockets: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn naming(&self) -> &ChannelNaming {
+        &self.naming
+    }
+
+    fn shard(&self, conn: ConnId) -> &RwLock<HashMap<ConnId, Arc<Outbox>>> {
+        // Connection ids are sequential, so the low bits spread evenly.
+        &self.sockets[(conn as usize) % SHARDS]
+    }
+
+    /// Adds a socket and its groups; returns the groups that had no local
+    /// member before (a pub/sub layer subscribes to those).
+    pub fn register(&self, outbox: Arc<Outbox>, groups: &[Arc<str>]) -> (ConnId, GroupTransitions) {
+        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.shard(conn).write().insert(conn, outbox);
+        let mut transitions = GroupTransitions::default();
+        let mut local_groups = self.groups.lock();
+        for group in groups {
+            let members = local_groups.entry(group.clone()).or_default();
+            if members.is_empty() {
+                transitions.now_active.push(group.clone());
+            }
+            members.insert(conn);
+        }
+        (conn, transitions)
+    }
+
+    /// Removes a socket; returns the groups it leaves without a local member.
+    pub fn unregister(&self, conn: ConnId, groups: &[Arc<str>]) -> GroupTransitions {
+        self.shard(conn).write().remove(&conn);
+        let mut transitions = GroupTransitions::default();
+        let mut local_groups = self.groups.lock();
+        for group in groups {
+            if let Some(members) = local_groups.get_mut(group) {
+                members.remove(&conn);
+                if members.is_empty() {
+                    local_groups.remove(group);
+                    transitions.now_empty.push(group.clone());
+                }
+            }
+        }
+        transitions
+    }
+
+    pub fn outbox(&self, conn: ConnId) -> Option<Arc<Outbox>> {
+        self.shard(conn).read().get(&conn).cloned()
+    }
+
+    /// Runs `deliver` on the outbox a channel name addresses, without
+    /// cloning it; false when no local socket has that name.
+    pub fn with_channel<R>(&self, channel: &str, deliver: impl FnOnce(&Outbox) -> R) -> Option<R> {
+        let conn = self.naming.conn_of(channel)?;
+        self.shard(conn)
+            .read()
+            .get(&conn)
+            .map(|outbox| deliver(outbox))
+    }
+
+    pub fn socket_count(&self) -> usize {
+        self.sockets.iter().map(|shard| shard.read().len()).sum()
+    }
+
+    /// Every live (group, channel) membership, for re-adding to Redis.
+    pub fn memberships(&self) -> Vec<(Arc<str>, Vec<String>)> {
+        self.groups
+            .lock()
+            .iter()
+            .map(|(group, members)| {
+                let channels = members
+                    .iter()
+                    .map(|conn| self.naming.channel(*conn))
+                    .collect();
+                (group.clone(), channels)
+            })
+            .collect()
+    }
+
+    /// Local members of a group (pub/sub routing, backend disconnects).
+    pub fn group_members(&self, group: &str) -> Vec<ConnId> {
+        self.groups
+            .lock()
+            .get(group)
+            .map(|members| members.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every outbox, for closing them all at shutdown.
+    pub fn all_outboxes(&self) -> Vec<Arc<Outbox>> {
+        self.sockets
+            .iter()
+            .flat_map(|shard| shard.read().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_round_trip_and_foreign_names_do_not_match() {
+        let naming = ChannelNaming::with_process_id("gw-abc".into());
+        let channel = naming.channel(255);
+        assert_eq!(channel, "specific.gw-abc!ff");
+        assert!(shared_proto::names::is_valid_channel_name(&channel));
+        assert_eq!(naming.conn_of(&channel), Some(255));
+        assert_eq!(naming.conn_of("specific.gw-abd!ff"), None);
+        assert_eq!(naming.conn_of("specific.gw-abc!"), None);
+        assert_eq!(naming.conn_of("specific.gw-abc!zz"), None);
+        assert_eq!(naming.conn_of("specific.gw-abc!11111111111111111"), None);
+        let random = ChannelNaming::random();
+        assert!(shared_proto::names::is_valid_channel_name(
+            &random.channel(u64::MAX)
+        ));
+    }
+
+    #[test]
+    fn group_transitions_track_first_and_last_member() {
+        let registry = Registry::new(ChannelNaming::with_process_id("gw-1".into()));
+        let group: Arc<str> = Arc::from("user_1");
+        let (a, t) = registry.register(Arc::new(Outbox::new(1)), std::slice::from_ref(&group));
+        assert_eq!(t.now_active, vec![group.clone()]);
+        let (b, t) = registry.register(Arc::new(Outbox::new(1)), std::slice::from_ref(&group));
+        assert!(t.now_active.is_empty());
+        assert_eq!(registry.group_members("user_1").len(), 2);
+        assert!(registry
+            .unregister(a, std::slice::from_ref(&group))
+            .now_empty
+            .is_empty());
+        assert_eq!(
+            registry
+                .unregister(b, std::slice::from_ref(&group))
+                .now_empty,
+            vec![group]
+        );
+        assert_eq!(registry.socket_count(), 0);
+        assert!(registry.memberships().is_empty());
+    }
+}
