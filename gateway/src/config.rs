@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -25,7 +25,7 @@ const SECTIONS: &[&str] = &["server", "auth", "layer", "events", "log"];
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{0}")]
-    Load(Box<figment::Error>),
+    Load(String),
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
     #[error("`--set {0}`: expected section.key=value")]
@@ -33,8 +33,31 @@ pub enum ConfigError {
 }
 
 impl From<figment::Error> for ConfigError {
+    /// Names each bad key in its TOML spelling (`layer.expiry`) whatever
+    /// source it came from, and says which source that was.
     fn from(error: figment::Error) -> Self {
-        ConfigError::Load(Box::new(error))
+        let described: Vec<String> = error
+            .into_iter()
+            .map(|error| {
+                let key = error
+                    .path
+                    .iter()
+                    .map(|part| part.to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(".");
+                let source = error
+                    .metadata
+                    .as_ref()
+                    .map(|metadata| format!(" (from {})", metadata.name))
+                    .unwrap_or_default();
+                if key.is_empty() {
+                    format!("{}{source}", error.kind)
+                } else {
+                    format!("invalid value for `{key}`: {}{source}", error.kind)
+                }
+            })
+            .collect();
+        ConfigError::Load(described.join("; "))
     }
 }
 
@@ -318,10 +341,16 @@ impl Config {
                 .split_once('=')
                 .filter(|(key, _)| key.contains('.'))
                 .ok_or_else(|| ConfigError::BadOverride(item.clone()))?;
-            let value: figment::value::Value = value
-                .parse()
-                .map_err(|_| ConfigError::BadOverride(item.clone()))?;
-            figment = figment.merge(Serialized::global(key, value));
+            // `--set a.b=VALUE` is the TOML dotted key `a.b = VALUE`; a bare
+            // word that is not TOML is taken as a string.
+            let mut line = format!("{key} = {value}");
+            if line.parse::<toml::Table>().is_err() {
+                line = format!("{key} = {}", toml::Value::String(value.to_string()));
+            }
+            if line.parse::<toml::Table>().is_err() {
+                return Err(ConfigError::BadOverride(item.clone()));
+            }
+            figment = figment.merge(Toml::string(&line));
         }
         let config: Config = figment.extract()?;
         config.validate()?;

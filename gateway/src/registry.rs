@@ -19,6 +19,9 @@ pub type ConnId = u64;
 
 const SHARDS: usize = 64;
 
+/// One lock's worth of the socket table.
+type SocketShard = RwLock<HashMap<ConnId, Arc<Outbox>>>;
+
 /// Channel names of this process: `specific.<process-id>!<conn-id-hex>`.
 ///
 /// The process id starts with `gw-`, which a Python `uuid4().hex` never
@@ -77,7 +80,7 @@ pub struct GroupTransitions {
 pub struct Registry {
     naming: ChannelNaming,
     next_conn: AtomicU64,
-    sockets: Box<[RwLock<HashMap<ConnId, Arc<Outbox>>>]>,
+    sockets: Box<[SocketShard]>,
     groups: Mutex<HashMap<Arc<str>, HashSet<ConnId>>>,
 }
 
@@ -95,7 +98,7 @@ impl Registry {
         &self.naming
     }
 
-    fn shard(&self, conn: ConnId) -> &RwLock<HashMap<ConnId, Arc<Outbox>>> {
+    fn shard(&self, conn: ConnId) -> &SocketShard {
         // Connection ids are sequential, so the low bits spread evenly.
         &self.sockets[(conn as usize) % SHARDS]
     }

@@ -129,6 +129,7 @@ async fn run(
                     Some(Err(ProtocolError::Overflow)) => {
                         break Ending::Closed(CloseCode::MessageTooBig, "frame too large");
                     }
+                    Some(Err(ProtocolError::Io(_))) => return Ending::ConnectionLost,
                     Some(Err(_)) => break Ending::Closed(CloseCode::PolicyViolation, "protocol error"),
                 }
             }

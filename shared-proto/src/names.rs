@@ -1,0 +1,124 @@
+//! Channel names, group names and the Redis keys / pub-sub channels
+//! channels_redis derives from them.
+//!
+//! This module owns those string shapes (including the places where
+//! channels_redis puts no separator at all) and the validity rules. It must
+//! not choose prefixes, process ids or shards; callers pass them in.
+//!
+//! Validity is the strict ASCII reading of Channels' rules. Python's own
+//! regexes are Unicode-aware (`\d`, `\w`) and accept a trailing newline (`$`),
+//! so Channels accepts a few odd names these checks reject on purpose.
+
+/// Channels requires names strictly shorter than this (in characters; the
+/// valid alphabet is ASCII, so also in bytes).
+pub const MAX_NAME_LENGTH: usize = 100;
+
+/// Separates the process part of a specific channel name from its local part.
+const LOCAL_SEPARATOR: char = '!';
+
+/// Core layer group key: `{prefix}:group:{group}`, a sorted set of channels.
+pub fn group_key(prefix: &str, group: &str) -> String {
+    format!("{prefix}:group:{group}")
+}
+
+/// Core layer queue key: `{prefix}{non_local}` with **no** separator, e.g.
+/// `asgispecific.abc!`.
+pub fn queue_key(prefix: &str, non_local: &str) -> String {
+    format!("{prefix}{non_local}")
+}
+
+/// The backup key channels_redis' receiver keeps next to a queue key.
+pub fn inflight_key(queue_key: &str) -> String {
+    format!("{queue_key}$inflight")
+}
+
+/// Pub/sub layer group channel: `{prefix}__group__{group}`.
+pub fn pubsub_group_channel(prefix: &str, group: &str) -> String {
+    format!("{prefix}__group__{group}")
+}
+
+/// A process-specific channel name: `specific.{process_id}!{local}`.
+pub fn specific_channel(process_id: &str, local: &str) -> String {
+    format!("specific.{process_id}!{local}")
+}
+
+/// Everything up to and including the first `!`, or the whole name when
+/// there is none (Channels' `non_local_name`).
+pub fn non_local_part(channel: &str) -> &str {
+    match channel.find(LOCAL_SEPARATOR) {
+        Some(index) => channel
+            .get(..index + LOCAL_SEPARATOR.len_utf8())
+            .unwrap_or(channel),
+        None => channel,
+    }
+}
+
+/// What follows the first `!`, or `None` for a name without one.
+pub fn local_part(channel: &str) -> Option<&str> {
+    channel.split_once(LOCAL_SEPARATOR).map(|(_, local)| local)
+}
+
+fn is_name_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')
+}
+
+/// `^[a-zA-Z0-9\-_.]+$` and shorter than [`MAX_NAME_LENGTH`].
+pub fn is_valid_group_name(name: &str) -> bool {
+    !name.is_empty() && name.len() < MAX_NAME_LENGTH && name.bytes().all(is_name_byte)
+}
+
+/// `^[a-zA-Z0-9\-_.]+(![a-zA-Z0-9\-_.]*)?$` and shorter than
+/// [`MAX_NAME_LENGTH`].
+pub fn is_valid_channel_name(name: &str) -> bool {
+    if name.len() >= MAX_NAME_LENGTH {
+        return false;
+    }
+    let (head, local) = match name.split_once(LOCAL_SEPARATOR) {
+        Some((head, local)) => (head, local),
+        None => (name, ""),
+    };
+    !head.is_empty() && head.bytes().all(is_name_byte) && local.bytes().all(is_name_byte)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        assert_eq!(group_key("asgi", "user_42"), "asgi:group:user_42");
+        assert_eq!(queue_key("asgi", "specific.abc!"), "asgispecific.abc!");
+        assert_eq!(
+            inflight_key("asgispecific.abc!"),
+            "asgispecific.abc!$inflight"
+        );
+        assert_eq!(
+            pubsub_group_channel("asgi", "user_42"),
+            "asgi__group__user_42"
+        );
+        assert_eq!(specific_channel("abc", "def"), "specific.abc!def");
+    }
+
+    #[test]
+    fn parts() {
+        assert_eq!(non_local_part("specific.abc!def"), "specific.abc!");
+        assert_eq!(non_local_part("a!b!c"), "a!");
+        assert_eq!(non_local_part("plain"), "plain");
+        assert_eq!(local_part("specific.abc!def"), Some("def"));
+        assert_eq!(local_part("specific.abc!"), Some(""));
+        assert_eq!(local_part("plain"), None);
+    }
+
+    #[test]
+    fn validity() {
+        assert!(is_valid_channel_name("specific.abc!"));
+        assert!(is_valid_channel_name("specific.abc!def"));
+        assert!(!is_valid_channel_name("!def"));
+        assert!(!is_valid_channel_name("a!b!c"));
+        assert!(!is_valid_channel_name(""));
+        assert!(is_valid_group_name("user_42"));
+        assert!(!is_valid_group_name("user 42"));
+        assert!(!is_valid_group_name(&"a".repeat(100)));
+        assert!(is_valid_group_name(&"a".repeat(99)));
+    }
+}

@@ -1,0 +1,174 @@
+//! Property tests: encode/decode round trips, decoders that never panic on
+//! arbitrary bytes, and string rendering that any JSON parser reads back.
+
+use proptest::collection::{vec, SizeRange};
+use proptest::prelude::*;
+use rmpv::Value;
+use shared_proto::{
+    parse_client_frame, render_float, render_str, render_value, Message, PayloadCodec,
+    SerializerFormat,
+};
+
+fn cases(count: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases: count,
+        ..ProptestConfig::default()
+    }
+}
+
+fn scalar(include_bytes: bool) -> BoxedStrategy<Value> {
+    let mut options: Vec<BoxedStrategy<Value>> = vec![
+        Just(Value::Nil).boxed(),
+        any::<bool>().prop_map(Value::Boolean).boxed(),
+        any::<i64>().prop_map(Value::from).boxed(),
+        any::<u64>().prop_map(Value::from).boxed(),
+        (-200i64..300).prop_map(Value::from).boxed(),
+        any::<f64>().prop_map(Value::F64).boxed(),
+        ".{0,40}".prop_map(Value::from).boxed(),
+    ];
+    if include_bytes {
+        options.push(vec(any::<u8>(), 0..40).prop_map(Value::Binary).boxed());
+        options.push(
+            (0i8..=127, vec(any::<u8>(), 0..20))
+                .prop_map(|(code, data)| Value::Ext(code, data))
+                .boxed(),
+        );
+    }
+    proptest::strategy::Union::new(options).boxed()
+}
+
+/// Nested values as a Python publisher could build them; `include_bytes`
+/// adds bin and ext, which only msgpack can carry.
+fn nested(include_bytes: bool) -> BoxedStrategy<Value> {
+    scalar(include_bytes)
+        .prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                vec(inner.clone(), 0..6).prop_map(Value::Array),
+                vec((".{0,12}", inner), 0..6).prop_map(|pairs| {
+                    Value::Map(
+                        pairs
+                            .into_iter()
+                            .map(|(key, value)| (Value::from(key), value))
+                            .collect(),
+                    )
+                }),
+            ]
+        })
+        .boxed()
+}
+
+fn message(include_bytes: bool, fields: impl Into<SizeRange>) -> impl Strategy<Value = Message> {
+    vec((".{0,16}", nested(include_bytes)), fields).prop_map(|pairs| {
+        let entries = pairs
+            .into_iter()
+            .map(|(key, value)| (Value::from(key), value))
+            .collect();
+        Message::from_value(Value::Map(entries)).expect("generated value is a map")
+    })
+}
+
+/// NaN never equals itself, so compare with floats by bit pattern.
+fn same_value(left: &Value, right: &Value) -> bool {
+    match (left, right) {
+        (Value::F64(a), Value::F64(b)) => a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Map(a), Value::Map(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|((ka, va), (kb, vb))| same_value(ka, kb) && same_value(va, vb))
+        }
+        _ => left == right,
+    }
+}
+
+fn codecs() -> [PayloadCodec; 4] {
+    [
+        PayloadCodec::core_layer(SerializerFormat::Msgpack),
+        PayloadCodec::core_layer(SerializerFormat::Json),
+        PayloadCodec::pubsub_layer(SerializerFormat::Msgpack),
+        PayloadCodec::pubsub_layer(SerializerFormat::Json),
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    #[test]
+    fn msgpack_round_trip(message in message(true, 0..8)) {
+        let mut rng = rand::rng();
+        for prefix in [0, 12] {
+            let codec = PayloadCodec::new(SerializerFormat::Msgpack, prefix);
+            let payload = codec.encode(&message, &mut rng).unwrap();
+            let decoded = codec.decode(&payload).unwrap();
+            prop_assert!(same_value(&decoded.into_value(), &message.clone().into_value()));
+        }
+    }
+
+    #[test]
+    fn json_round_trip(message in message(false, 0..8)) {
+        let mut rng = rand::rng();
+        for prefix in [0, 12] {
+            let codec = PayloadCodec::new(SerializerFormat::Json, prefix);
+            let payload = codec.encode(&message, &mut rng).unwrap();
+            let decoded = codec.decode(&payload).unwrap();
+            prop_assert!(same_value(&decoded.into_value(), &message.clone().into_value()));
+        }
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in vec(any::<u8>(), 0..256)) {
+        for codec in codecs() {
+            let _ = codec.decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn decoding_mutated_payloads_never_panics(
+        message in message(true, 1..5),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        for codec in codecs() {
+            let Ok(mut payload) = codec.serialize(&message) else { continue };
+            for (index, byte) in &flips {
+                let position = index.index(payload.len());
+                payload[position] ^= byte;
+            }
+            let _ = codec.deserialize(&payload);
+            let _ = codec.deserialize(&payload[..cut.index(payload.len() + 1)]);
+        }
+    }
+
+    #[test]
+    fn rendered_strings_parse_back(text in any::<String>()) {
+        let mut out = String::new();
+        render_str(&text, &mut out);
+        prop_assert!(out.is_ascii());
+        let parsed: String = serde_json::from_str(&out).unwrap();
+        prop_assert_eq!(parsed, text);
+    }
+
+    #[test]
+    fn rendered_finite_floats_parse_back(number in any::<f64>().prop_filter("finite", |n| n.is_finite())) {
+        let mut out = String::new();
+        render_float(number, &mut out);
+        let parsed: f64 = out.parse().unwrap();
+        prop_assert_eq!(parsed.to_bits(), number.to_bits());
+    }
+
+    #[test]
+    fn rendered_values_are_valid_json(value in nested(false)) {
+        let mut out = String::new();
+        if render_value(&value, &mut out).is_ok() && !out.contains("NaN") && !out.contains("Infinity") {
+            prop_assert!(serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{}", out);
+        }
+    }
+
+    #[test]
+    fn client_frame_parsing_never_panics(text in ".{0,200}") {
+        let _ = parse_client_frame(&text);
+    }
+}

@@ -1,0 +1,23 @@
+//! Integration-test harness of the notification gateway.
+//!
+//! It owns the test-side processes and clients only: a throw-away Redis per test
+//! ([`redis_server`], asserted through the tiny RESP client in [`resp`]), the REAL
+//! Python `channels_redis` publisher ([`python`]), the gateway binary under test
+//! ([`gateway_proc`]), a browser-like WebSocket client ([`ws_client`]) and
+//! convenience JWTs ([`tokens`]). It must not re-implement gateway logic, must
+//! never use the Redis on port 6379, and ends only processes it started, by PID.
+
+pub mod gateway_proc;
+pub mod procs;
+pub mod python;
+pub mod redis_server;
+pub mod resp;
+pub mod tokens;
+pub mod ws_client;
+
+pub use gateway_proc::{GatewayConfig, GatewayLauncher, GatewayProcess};
+pub use procs::Signal;
+pub use python::{python_bin, JsonText, LayerDriver, SimpleJwtPair, ToDriverJson};
+pub use redis_server::RedisServer;
+pub use resp::{RespClient, RespValue};
+pub use ws_client::{ConnectError, TokenIn, WsClient};

@@ -1,0 +1,67 @@
+//! Convenience JWT minting in Rust (jsonwebtoken, HS256) for tests that need a
+//! token but are not about token interop: [`mint`] and [`claims_for_user`],
+//! which mirrors the claims djangorestframework-simplejwt 5.5 puts in an access
+//! token.
+//!
+//! Interop tests about what Django really issues must use
+//! [`crate::python::LayerDriver::simplejwt`] / `mint_jwt` (the real Python
+//! libraries) instead; this module must not be the only source of tokens for
+//! those.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+/// Seconds since the UNIX epoch.
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// HS256-signs `claims` with `secret` (header `{"alg":"HS256","typ":"JWT"}`).
+pub fn try_mint(secret: &str, claims: &Value) -> Result<String> {
+    mint_with(
+        &Header::new(Algorithm::HS256),
+        &EncodingKey::from_secret(secret.as_bytes()),
+        claims,
+    )
+}
+
+/// [`try_mint`]; panics only if jsonwebtoken cannot sign at all (a broken
+/// crypto backend), which no test can work around.
+pub fn mint(secret: &str, claims: Value) -> String {
+    match try_mint(secret, &claims) {
+        Ok(token) => token,
+        Err(err) => panic!("minting a test JWT failed: {err:#}"),
+    }
+}
+
+/// Signs with any header/key (RS256 from PEM, a `kid`, a wrong `alg`, ...).
+pub fn mint_with(header: &Header, key: &EncodingKey, claims: &Value) -> Result<String> {
+    jsonwebtoken::encode(header, claims, key).context("jsonwebtoken::encode")
+}
+
+/// 32 random lowercase hex digits, like simplejwt's `uuid4().hex` jti.
+pub fn random_jti() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Claims shaped like a simplejwt 5.5 access token for `user_id`, valid for
+/// `ttl_secs` from now (negative = already expired):
+/// `{"token_type":"access","exp":..,"iat":..,"jti":..,"user_id":"<id>"}`.
+/// simplejwt 5.5 stores `user_id` as `str(user.id)`, so it is a string here.
+pub fn claims_for_user(user_id: impl std::fmt::Display, ttl_secs: i64) -> Value {
+    let now = now_secs();
+    json!({
+        "token_type": "access",
+        "exp": now.saturating_add(ttl_secs),
+        "iat": now,
+        "jti": random_jti(),
+        "user_id": user_id.to_string(),
+    })
+}
