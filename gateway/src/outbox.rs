@@ -30,7 +30,7 @@ pub enum Pushed {
 pub enum Next {
     /// Frames to send, oldest first (drained together to batch writes).
     Frames(Vec<ByteString>),
-    Close(CloseCode, &'static str),
+    Close(CloseCode),
 }
 
 pub struct Outbox {
@@ -41,7 +41,7 @@ pub struct Outbox {
 
 struct State {
     frames: VecDeque<ByteString>,
-    close: Option<(CloseCode, &'static str)>,
+    close: Option<CloseCode>,
 }
 
 impl Outbox {
@@ -72,10 +72,10 @@ impl Outbox {
 
     /// Asks the socket to close; the first request wins and queued frames
     /// are discarded, since the close is what the client must see next.
-    pub fn close(&self, code: CloseCode, reason: &'static str) {
+    pub fn close(&self, code: CloseCode) {
         let mut state = self.state.lock();
         if state.close.is_none() {
-            state.close = Some((code, reason));
+            state.close = Some(code);
             state.frames = VecDeque::new();
         }
         drop(state);
@@ -97,8 +97,8 @@ impl Outbox {
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
         self.waker.register(cx.waker());
         let mut state = self.state.lock();
-        if let Some((code, reason)) = state.close {
-            return Poll::Ready(Next::Close(code, reason));
+        if let Some(code) = state.close {
+            return Poll::Ready(Next::Close(code));
         }
         if state.frames.is_empty() {
             return Poll::Pending;
@@ -137,14 +137,11 @@ mod tests {
     async fn close_wins_over_queued_frames() {
         let outbox = Outbox::new(4);
         outbox.push("a".into());
-        outbox.close(CloseCode::SlowConsumer, "slow");
-        outbox.close(CloseCode::Normal, "ignored");
+        outbox.close(CloseCode::SlowConsumer);
+        outbox.close(CloseCode::Normal);
         assert_eq!(outbox.push("b".into()), Pushed::Closed);
         match outbox.next().await {
-            Next::Close(code, reason) => {
-                assert_eq!(code, CloseCode::SlowConsumer);
-                assert_eq!(reason, "slow");
-            }
+            Next::Close(code) => assert_eq!(code, CloseCode::SlowConsumer),
             other => panic!("unexpected {other:?}"),
         }
     }

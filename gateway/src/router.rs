@@ -94,7 +94,7 @@ impl Router {
         let outcome = self.registry.with_channel(channel, |outbox| {
             let pushed = outbox.push(frame.clone());
             if pushed == Pushed::Full {
-                outbox.close(CloseCode::SlowConsumer, "slow consumer");
+                outbox.close(CloseCode::SlowConsumer);
             }
             pushed
         });

@@ -162,7 +162,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     public_handle.pause().await;
     let open = registry.socket_count();
     for outbox in registry.all_outboxes() {
-        outbox.close(CloseCode::GoingAway, "server shutting down");
+        outbox.close(CloseCode::GoingAway);
     }
     let deadline = tokio::time::Instant::now() + config.server.shutdown_timeout;
     while registry.socket_count() > 0 && tokio::time::Instant::now() < deadline {

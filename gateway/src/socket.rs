@@ -50,7 +50,7 @@ impl Drop for Membership {
 enum Ending {
     ClientClosed,
     ConnectionLost,
-    Closed(CloseCode, &'static str),
+    Closed(CloseCode),
 }
 
 pub fn spawn(
@@ -99,7 +99,7 @@ async fn run(
                         }
                     }
                 }
-                Next::Close(code, reason) => break Ending::Closed(code, reason),
+                Next::Close(code) => break Ending::Closed(code),
             },
             message = messages.recv() => {
                 last_heard = Instant::now();
@@ -119,7 +119,7 @@ async fn run(
                     }
                     Some(Ok(Message::Binary(_))) | Some(Ok(Message::Continuation(_))) => {
                         metrics.client_frames.inc();
-                        break Ending::Closed(CloseCode::UnsupportedData, "binary frames are not accepted");
+                        break Ending::Closed(CloseCode::UnsupportedData);
                     }
                     Some(Ok(Message::Close(_))) => {
                         // Echo the close as RFC 6455 asks, then stop.
@@ -127,15 +127,15 @@ async fn run(
                         return Ending::ClientClosed;
                     }
                     Some(Err(ProtocolError::Overflow)) => {
-                        break Ending::Closed(CloseCode::MessageTooBig, "frame too large");
+                        break Ending::Closed(CloseCode::MessageTooBig);
                     }
                     Some(Err(ProtocolError::Io(_))) => return Ending::ConnectionLost,
-                    Some(Err(_)) => break Ending::Closed(CloseCode::PolicyViolation, "protocol error"),
+                    Some(Err(_)) => break Ending::Closed(CloseCode::PolicyViolation),
                 }
             }
             _ = pings.tick() => {
                 if last_heard.elapsed() > settings.pong_timeout {
-                    break Ending::Closed(CloseCode::PingTimeout, "no pong in time");
+                    break Ending::Closed(CloseCode::PingTimeout);
                 }
                 if session.ping(b"").await.is_err() {
                     return Ending::ConnectionLost;
@@ -143,10 +143,10 @@ async fn run(
             }
         }
     };
-    if let Ending::Closed(code, reason) = &ending {
+    if let Ending::Closed(code) = ending {
         let close = CloseReason {
             code: actix_ws::CloseCode::Other(code.as_u16()),
-            description: Some((*reason).to_string()),
+            description: Some(code.reason().to_string()),
         };
         let _ = timeout(send_timeout, session.close(Some(close))).await;
     }

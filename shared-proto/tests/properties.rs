@@ -1,6 +1,9 @@
 //! Property tests: encode/decode round trips, decoders that never panic on
 //! arbitrary bytes, and string rendering that any JSON parser reads back.
 
+mod common;
+
+use common::same_value;
 use proptest::collection::{vec, SizeRange};
 use proptest::prelude::*;
 use rmpv::Value;
@@ -65,23 +68,6 @@ fn message(include_bytes: bool, fields: impl Into<SizeRange>) -> impl Strategy<V
             .collect();
         Message::from_value(Value::Map(entries)).expect("generated value is a map")
     })
-}
-
-/// NaN never equals itself, so compare with floats by bit pattern.
-fn same_value(left: &Value, right: &Value) -> bool {
-    match (left, right) {
-        (Value::F64(a), Value::F64(b)) => a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_value(x, y))
-        }
-        (Value::Map(a), Value::Map(b)) => {
-            a.len() == b.len()
-                && a.iter()
-                    .zip(b)
-                    .all(|((ka, va), (kb, vb))| same_value(ka, kb) && same_value(va, vb))
-        }
-        _ => left == right,
-    }
 }
 
 fn codecs() -> [PayloadCodec; 4] {

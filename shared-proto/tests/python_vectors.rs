@@ -2,7 +2,10 @@
 //! (msgpack, json, channels_redis) — see `testdata/gen_vectors.py`. Nothing
 //! here runs Python; the vectors are compiled in.
 
+mod common;
 mod vectors;
+
+use common::same_value;
 
 use rmpv::Value;
 use shared_proto::{
@@ -17,23 +20,6 @@ fn reference_value(packed: &[u8]) -> Value {
     let value = rmpv::decode::read_value(&mut cursor).expect("vector is valid msgpack");
     assert!(cursor.is_empty(), "vector has trailing bytes");
     value
-}
-
-/// Equality that treats two NaNs with the same bits as equal.
-fn same_value(left: &Value, right: &Value) -> bool {
-    match (left, right) {
-        (Value::F64(a), Value::F64(b)) => a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-        (Value::Array(a), Value::Array(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_value(x, y))
-        }
-        (Value::Map(a), Value::Map(b)) => {
-            a.len() == b.len()
-                && a.iter()
-                    .zip(b)
-                    .all(|((ka, va), (kb, vb))| same_value(ka, kb) && same_value(va, vb))
-        }
-        _ => left == right,
-    }
 }
 
 #[test]

@@ -58,6 +58,21 @@ async fn stack() -> Stack {
     stack_with(|config| config).await
 }
 
+impl Stack {
+    /// `group_send(group, {"type": "send_notification", "message": <message JSON>})`
+    /// through the real channels_redis.
+    async fn notify(&mut self, group: &str, message: &str) {
+        self.publisher
+            .group_send(group, notification(message))
+            .await
+            .expect("group_send");
+    }
+}
+
+async fn expect_frame(socket: &mut WsClient, expected: &str) {
+    assert_eq!(socket.recv_text(WAIT).await.expect("frame"), expected);
+}
+
 fn token(user: impl std::fmt::Display) -> String {
     mint(SECRET, claims_for_user(user, 300))
 }
@@ -103,29 +118,17 @@ async fn group_send_reaches_every_socket_of_that_user_and_nobody_else() {
     let mut bob = connect(&stack.gateway, 7).await;
 
     stack
-        .publisher
-        .group_send("user_42", notification(r#""You have a task due soon!""#))
-        .await
-        .expect("group_send");
+        .notify("user_42", r#""You have a task due soon!""#)
+        .await;
     for socket in &mut alice {
-        assert_eq!(
-            socket.recv_text(WAIT).await.expect("frame"),
-            r#"{"message": "You have a task due soon!"}"#
-        );
+        expect_frame(socket, r#"{"message": "You have a task due soon!"}"#).await;
     }
     bob.expect_silence(Duration::from_millis(500))
         .await
         .expect("another user receives nothing");
 
-    stack
-        .publisher
-        .group_send("user_7", notification(r#""for bob""#))
-        .await
-        .expect("group_send");
-    assert_eq!(
-        bob.recv_text(WAIT).await.expect("frame"),
-        r#"{"message": "for bob"}"#
-    );
+    stack.notify("user_7", r#""for bob""#).await;
+    expect_frame(&mut bob, r#"{"message": "for bob"}"#).await;
     for socket in &mut alice {
         socket
             .expect_silence(Duration::from_millis(200))
@@ -186,11 +189,7 @@ async fn values_arrive_as_the_same_json_the_consumer_sent() {
             .expected_frame(JsonText::new(case.clone()))
             .await
             .expect("python json.dumps");
-        stack
-            .publisher
-            .group_send("user_5", notification(case))
-            .await
-            .expect("group_send");
+        stack.notify("user_5", case).await;
         let frame = socket.recv_text(WAIT).await.expect("frame");
         assert_eq!(
             frame, expected,
@@ -274,15 +273,8 @@ async fn missing_or_invalid_tokens_get_401_without_upgrade() {
         let mut socket = WsClient::connect(&url, credentials)
             .await
             .expect("simplejwt access token accepted");
-        stack
-            .publisher
-            .group_send("user_9", notification(r#""hi""#))
-            .await
-            .expect("group_send");
-        assert_eq!(
-            socket.recv_text(WAIT).await.expect("frame"),
-            r#"{"message": "hi"}"#
-        );
+        stack.notify("user_9", r#""hi""#).await;
+        expect_frame(&mut socket, r#"{"message": "hi"}"#).await;
         socket.close().await.expect("close");
     }
     let no_slash = WsClient::connect(
@@ -335,16 +327,9 @@ async fn two_gateway_processes_both_deliver_to_one_user() {
     let mut on_second = connect(&second, 21).await;
     assert_eq!(group_members(&stack.redis, "user_21").await.len(), 2);
 
-    stack
-        .publisher
-        .group_send("user_21", notification(r#""both""#))
-        .await
-        .expect("group_send");
+    stack.notify("user_21", r#""both""#).await;
     for socket in [&mut on_first, &mut on_second] {
-        assert_eq!(
-            socket.recv_text(WAIT).await.expect("frame"),
-            r#"{"message": "both"}"#
-        );
+        expect_frame(socket, r#"{"message": "both"}"#).await;
         socket
             .expect_silence(Duration::from_millis(200))
             .await
@@ -357,11 +342,7 @@ async fn a_socket_outlives_group_expiry() {
     let mut stack = stack_with(|config| config.group_expiry(3)).await;
     let mut socket = connect(&stack.gateway, 31).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    stack
-        .publisher
-        .group_send("user_31", notification(r#""still here""#))
-        .await
-        .expect("group_send");
+    stack.notify("user_31", r#""still here""#).await;
     assert_eq!(
         socket.recv_text(WAIT).await.expect("frame after 10 s"),
         r#"{"message": "still here"}"#
@@ -424,11 +405,7 @@ async fn malformed_payloads_are_counted_and_skipped() {
             .await
             .expect("zadd garbage");
     }
-    stack
-        .publisher
-        .group_send("user_51", notification(r#""after garbage""#))
-        .await
-        .expect("group_send");
+    stack.notify("user_51", r#""after garbage""#).await;
     assert_eq!(
         socket
             .recv_text(WAIT)
@@ -471,11 +448,7 @@ async fn other_event_types_are_dropped_or_passed_through_and_the_socket_stays() 
         socket.recv_text(WAIT).await.expect("passed through"),
         r#"{"type": "task.updated", "id": 7, "title": "\u00c9crire"}"#
     );
-    stack
-        .publisher
-        .group_send("user_61", notification(r#""still open""#))
-        .await
-        .expect("group_send");
+    stack.notify("user_61", r#""still open""#).await;
     assert_eq!(
         socket.recv_text(WAIT).await.expect("socket still open"),
         r#"{"message": "still open"}"#
@@ -498,11 +471,7 @@ async fn a_slow_reader_is_closed_with_4004_and_others_are_not_slowed() {
     let big = format!("\"{}\"", "y".repeat(60 * 1024));
     // ~24 MB for the slow reader: more than the kernel buffers hold.
     for _ in 0..400 {
-        stack
-            .publisher
-            .group_send("user_71", notification(&big))
-            .await
-            .expect("group_send");
+        stack.notify("user_71", &big).await;
     }
     stack
         .publisher
@@ -559,7 +528,7 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
     let code = silent.wait_close(WAIT).await.expect("closed");
     assert!(code == 4005 || code == 1006, "closed with {code}");
     assert!(
-        stack.gateway.wait_for_log("no pong in time", WAIT).await,
+        stack.gateway.wait_for_log("PingTimeout", WAIT).await,
         "the gateway closed it for the ping timeout"
     );
     assert_eq!(metric(&stack.gateway, "gateway_sockets_open ").await, 1.0);

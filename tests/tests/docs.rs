@@ -1,0 +1,53 @@
+//! The README's close-code table is what clients are built from, so it must
+//! agree with the one table in `shared_proto::close`.
+
+use shared_proto::{CloseCode, ReconnectAdvice};
+use tests::procs::repo_root;
+
+#[test]
+fn readme_close_codes_match_the_protocol_table() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let section = readme
+        .split("### Close codes")
+        .nth(1)
+        .expect("README has a Close codes section");
+    let mut documented = 0;
+    for row in section.lines().take_while(|line| !line.starts_with("##")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let Some(code) = cells.get(1).and_then(|cell| cell.parse::<u16>().ok()) else {
+            continue;
+        };
+        let advice_text = cells.get(3).copied().unwrap_or_default();
+        let code = CloseCode::from_u16(code)
+            .unwrap_or_else(|| panic!("README documents {code}, which the protocol lacks"));
+        let expected_words = match code.reconnect_advice() {
+            ReconnectAdvice::Never => "not reconnect",
+            ReconnectAdvice::AfterNewToken => "new token",
+            ReconnectAdvice::Backoff => "reconnect",
+            ReconnectAdvice::AfterHint => "hint",
+        };
+        assert!(
+            advice_text.contains(expected_words),
+            "README advice for {} ({advice_text:?}) disagrees with {:?}",
+            code.as_u16(),
+            code.reconnect_advice()
+        );
+        documented += 1;
+    }
+    // Every code the gateway sends today is documented.
+    for code in [
+        CloseCode::GoingAway,
+        CloseCode::UnsupportedData,
+        CloseCode::PolicyViolation,
+        CloseCode::MessageTooBig,
+        CloseCode::SlowConsumer,
+        CloseCode::PingTimeout,
+    ] {
+        assert!(
+            section.contains(&format!("| {} |", code.as_u16())),
+            "{} is sent but not documented",
+            code.as_u16()
+        );
+    }
+    assert!(documented >= 6);
+}
