@@ -260,6 +260,8 @@ pub struct LayerConfig {
     pub capacity: u64,
     pub random_prefix_length: usize,
     pub serializer_format: SerializerFormatSetting,
+    /// Fernet keys as in Django (first encrypts, any decrypts); empty = off.
+    pub symmetric_encryption_keys: Vec<Secret>,
     /// How often live memberships are re-added; default a quarter of `group_expiry`.
     #[serde(with = "humantime_serde")]
     pub membership_refresh: Option<Duration>,
@@ -278,6 +280,7 @@ impl Default for LayerConfig {
             capacity: 100,
             random_prefix_length: 12,
             serializer_format: SerializerFormatSetting::Msgpack,
+            symmetric_encryption_keys: Vec::new(),
             membership_refresh: None,
             receive_batch: 512,
         }
@@ -285,6 +288,24 @@ impl Default for LayerConfig {
 }
 
 impl LayerConfig {
+    /// The Fernet keys, if the layer encrypts; the TTL is channels_redis'
+    /// `expiry + 10` on the core layer and none on the pub/sub layer.
+    pub fn encryption(&self) -> Option<shared_proto::Encryption> {
+        if self.symmetric_encryption_keys.is_empty() {
+            return None;
+        }
+        let keys: Vec<&str> = self
+            .symmetric_encryption_keys
+            .iter()
+            .map(Secret::expose)
+            .collect();
+        let ttl = match self.backend {
+            LayerBackend::Core => Some(self.expiry.saturating_add(10)),
+            LayerBackend::Pubsub => None,
+        };
+        shared_proto::Encryption::new(&keys, ttl).ok()
+    }
+
     pub fn membership_refresh_interval(&self) -> Duration {
         self.membership_refresh
             .unwrap_or_else(|| Duration::from_millis(self.group_expiry.saturating_mul(1000) / 4))
@@ -451,6 +472,12 @@ impl Config {
             return Err(invalid(
                 "layer.membership_refresh",
                 "must be above zero and below group_expiry",
+            ));
+        }
+        if layer.symmetric_encryption_keys.iter().any(Secret::is_empty) {
+            return Err(invalid(
+                "layer.symmetric_encryption_keys",
+                "keys must not be empty strings",
             ));
         }
         if layer.random_prefix_length > 64 {

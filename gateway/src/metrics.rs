@@ -17,8 +17,10 @@ pub enum DropReason {
     SlowConsumer,
     /// An event `type` that is neither `send_notification` nor passed through.
     UnknownType,
-    /// The Redis payload could not be decoded.
+    /// The Redis payload could not be decoded (or decrypted).
     DecodeError,
+    /// An encrypted payload older than the Fernet TTL (`expiry + 10`).
+    Expired,
     /// The event could not be turned into JSON (bytes, ext types, no `message`).
     RenderError,
     /// The channel names a socket this process no longer holds.
@@ -28,10 +30,11 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::SlowConsumer,
         DropReason::UnknownType,
         DropReason::DecodeError,
+        DropReason::Expired,
         DropReason::RenderError,
         DropReason::NoLocalSocket,
         DropReason::ForeignChannel,
@@ -42,6 +45,7 @@ impl DropReason {
             DropReason::SlowConsumer => "slow_consumer",
             DropReason::UnknownType => "unknown_type",
             DropReason::DecodeError => "decode_error",
+            DropReason::Expired => "expired",
             DropReason::RenderError => "render_error",
             DropReason::NoLocalSocket => "no_local_socket",
             DropReason::ForeignChannel => "foreign_channel",

@@ -12,7 +12,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytestring::ByteString;
 use shared_proto::close::CloseCode;
-use shared_proto::payload::PayloadCodec;
+use shared_proto::encryption::DecryptError;
+use shared_proto::payload::{DecodeError, PayloadCodec};
+use shared_proto::Encryption;
 
 use crate::events::EventMapper;
 use crate::metrics::{DropReason, Metrics};
@@ -23,6 +25,7 @@ pub struct Router {
     registry: Arc<Registry>,
     events: EventMapper,
     codec: PayloadCodec,
+    encryption: Option<Encryption>,
     metrics: Arc<Metrics>,
     last_warning_secs: AtomicU64,
 }
@@ -32,12 +35,14 @@ impl Router {
         registry: Arc<Registry>,
         events: EventMapper,
         codec: PayloadCodec,
+        encryption: Option<Encryption>,
         metrics: Arc<Metrics>,
     ) -> Router {
         Router {
             registry,
             events,
             codec,
+            encryption,
             metrics,
             last_warning_secs: AtomicU64::new(0),
         }
@@ -50,8 +55,15 @@ impl Router {
         if sent_at > 0.0 && now >= sent_at {
             self.metrics.publish_lag.observe(now - sent_at);
         }
-        let message = match self.codec.decode(payload) {
+        let message = match self
+            .codec
+            .decode_with(payload, self.encryption.as_ref(), now as u64)
+        {
             Ok(message) => message,
+            Err(DecodeError::Decrypt(DecryptError::Expired { .. })) => {
+                self.metrics.dropped(DropReason::Expired);
+                return;
+            }
             Err(error) => {
                 self.metrics.dropped(DropReason::DecodeError);
                 self.warn_rate_limited(|| {

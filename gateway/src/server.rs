@@ -59,6 +59,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         registry.clone(),
         EventMapper::new(&config.events.passthrough_types),
         PayloadCodec::new(format, config.layer.random_prefix_length),
+        config.layer.encryption(),
         metrics.clone(),
     ));
     let hosts = HostRing::from_config(&config.layer).context("layer.hosts")?;

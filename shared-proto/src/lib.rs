@@ -16,6 +16,7 @@
 //! they are given.
 
 pub mod close;
+pub mod encryption;
 pub mod frame;
 pub mod message;
 pub mod names;
@@ -24,6 +25,7 @@ pub mod pyjson;
 pub mod shard;
 
 pub use close::{CloseCode, CloseCodeInfo, ReconnectAdvice, CLOSE_CODES};
+pub use encryption::{DecryptError, Encryption, EncryptionConfigError};
 pub use frame::{
     parse_client_frame, render_notification, render_passthrough, ClientFrame, ClientFrameError,
 };

@@ -6,107 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use tests::gateway_bin;
+mod common;
+
+use common::*;
+use serde_json::json;
 use tests::python::JsonText;
 use tests::tokens::{claims_for_user, mint};
-use tests::{
-    GatewayConfig, GatewayLauncher, GatewayProcess, LayerDriver, RedisServer, Signal, TokenIn,
-    WsClient,
-};
-
-const SECRET: &str = "test-secret";
-const WAIT: Duration = Duration::from_secs(5);
-
-struct Stack {
-    redis: RedisServer,
-    gateway: GatewayProcess,
-    publisher: LayerDriver,
-}
-
-async fn start_gateway(config: &mut GatewayConfig) -> GatewayProcess {
-    GatewayLauncher::new()
-        .bin(gateway_bin!())
-        .start_config(config)
-        .await
-        .expect("gateway starts and becomes ready")
-}
-
-async fn publisher_for(redis: &RedisServer, extra: Value) -> LayerDriver {
-    let mut config = json!({ "hosts": [redis.url()] });
-    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
-        config.extend(extra.clone());
-    }
-    LayerDriver::start("core", config)
-        .await
-        .expect("python channels_redis publisher starts")
-}
-
-async fn stack_with(configure: impl FnOnce(GatewayConfig) -> GatewayConfig) -> Stack {
-    let redis = RedisServer::start().expect("redis starts");
-    let mut config = configure(GatewayConfig::new(&redis.url()).expect("config"));
-    let gateway = start_gateway(&mut config).await;
-    let publisher = publisher_for(&redis, json!({})).await;
-    Stack {
-        redis,
-        gateway,
-        publisher,
-    }
-}
-
-async fn stack() -> Stack {
-    stack_with(|config| config).await
-}
-
-impl Stack {
-    /// `group_send(group, {"type": "send_notification", "message": <message JSON>})`
-    /// through the real channels_redis.
-    async fn notify(&mut self, group: &str, message: &str) {
-        self.publisher
-            .group_send(group, notification(message))
-            .await
-            .expect("group_send");
-    }
-}
-
-async fn expect_frame(socket: &mut WsClient, expected: &str) {
-    assert_eq!(socket.recv_text(WAIT).await.expect("frame"), expected);
-}
-
-fn token(user: impl std::fmt::Display) -> String {
-    mint(SECRET, claims_for_user(user, 300))
-}
-
-async fn connect(gateway: &GatewayProcess, user: impl std::fmt::Display) -> WsClient {
-    WsClient::connect(
-        &gateway.ws_url("/ws/notifications/"),
-        TokenIn::Query(token(user)),
-    )
-    .await
-    .expect("socket opens")
-}
-
-fn notification(message: &str) -> JsonText {
-    JsonText::new(format!(
-        r#"{{"type": "send_notification", "message": {message}}}"#
-    ))
-}
-
-async fn metric(gateway: &GatewayProcess, line_prefix: &str) -> f64 {
-    let (status, body) = gateway.admin_get("/metrics").await.expect("metrics answer");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|line| line.strip_prefix(line_prefix))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn group_members(redis: &RedisServer, group: &str) -> Vec<String> {
-    redis
-        .cmd(&["ZRANGE", &format!("asgi:group:{group}"), "0", "-1"])
-        .await
-        .expect("zrange")
-}
+use tests::{GatewayConfig, Signal, TokenIn, WsClient};
 
 #[tokio::test]
 async fn group_send_reaches_every_socket_of_that_user_and_nobody_else() {

@@ -4,11 +4,11 @@
 //!
 //! `payload = random_prefix + maybe_encrypt(serialize(message))`. This module
 //! owns the prefix, the two serializers (`msgpack.packb`/`unpackb` and
-//! `json.dumps`/`loads` with Python's defaults) and their error types. The
-//! encryption step is a seam only: [`PayloadCodec::strip_random_prefix`] and
-//! [`PayloadCodec::deserialize`] are separate so a Fernet layer can sit between
-//! them later. It must not talk to Redis, read clocks or pick randomness itself
-//! (callers pass an RNG), and decoding must never panic, whatever the bytes.
+//! `json.dumps`/`loads` with Python's defaults) and their error types; the
+//! Fernet step between prefix and body is [`crate::encryption`], applied by
+//! [`PayloadCodec::decode_with`]. It must not talk to Redis, read clocks or
+//! pick randomness itself (callers pass an RNG and the time), and decoding
+//! must never panic, whatever the bytes.
 
 mod json_read;
 mod msgpack_read;
@@ -19,6 +19,7 @@ use std::str::FromStr;
 
 use rand::RngCore;
 
+use crate::encryption::{DecryptError, Encryption};
 use crate::message::Message;
 use crate::pyjson::{self, RenderError};
 
@@ -94,6 +95,9 @@ pub enum DecodeError {
         /// What was wrong.
         kind: JsonErrorKind,
     },
+    /// Encryption is configured and the body is not a token it accepts.
+    #[error(transparent)]
+    Decrypt(#[from] DecryptError),
     /// The body decoded, but to something other than a map.
     #[error("payload holds a {found}, not a map")]
     NotAMap {
@@ -246,6 +250,22 @@ impl PayloadCodec {
     pub fn decode(&self, raw: &[u8]) -> Result<Message, DecodeError> {
         let body = self.strip_random_prefix(raw)?;
         self.deserialize(body)
+    }
+
+    /// Like [`decode`](Self::decode), decrypting the body first when the
+    /// layer has `symmetric_encryption_keys`; `now_secs` is the current UNIX
+    /// time for the Fernet TTL check.
+    pub fn decode_with(
+        &self,
+        raw: &[u8],
+        encryption: Option<&Encryption>,
+        now_secs: u64,
+    ) -> Result<Message, DecodeError> {
+        let body = self.strip_random_prefix(raw)?;
+        match encryption {
+            None => self.deserialize(body),
+            Some(encryption) => self.deserialize(&encryption.decrypt(body, now_secs)?),
+        }
     }
 
     /// The part of a payload after the random prefix (still encrypted, when a

@@ -1,0 +1,109 @@
+//! What the gateway's integration tests share: a stack of a private
+//! redis-server, the real gateway binary and a real channels_redis publisher,
+//! plus helpers to connect sockets and read metrics. It must not hold test
+//! cases.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tests::gateway_bin;
+use tests::python::JsonText;
+use tests::tokens::{claims_for_user, mint};
+use tests::{
+    GatewayConfig, GatewayLauncher, GatewayProcess, LayerDriver, RedisServer, TokenIn, WsClient,
+};
+
+pub const SECRET: &str = "test-secret";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+pub struct Stack {
+    pub redis: RedisServer,
+    pub gateway: GatewayProcess,
+    pub publisher: LayerDriver,
+}
+
+pub async fn start_gateway(config: &mut GatewayConfig) -> GatewayProcess {
+    GatewayLauncher::new()
+        .bin(gateway_bin!())
+        .start_config(config)
+        .await
+        .expect("gateway starts and becomes ready")
+}
+
+pub async fn publisher_for(redis: &RedisServer, extra: Value) -> LayerDriver {
+    let mut config = json!({ "hosts": [redis.url()] });
+    if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+        config.extend(extra.clone());
+    }
+    LayerDriver::start("core", config)
+        .await
+        .expect("python channels_redis publisher starts")
+}
+
+pub async fn stack_with(configure: impl FnOnce(GatewayConfig) -> GatewayConfig) -> Stack {
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = configure(GatewayConfig::new(&redis.url()).expect("config"));
+    let gateway = start_gateway(&mut config).await;
+    let publisher = publisher_for(&redis, json!({})).await;
+    Stack {
+        redis,
+        gateway,
+        publisher,
+    }
+}
+
+pub async fn stack() -> Stack {
+    stack_with(|config| config).await
+}
+
+impl Stack {
+    /// `group_send(group, {"type": "send_notification", "message": <message JSON>})`
+    /// through the real channels_redis.
+    pub async fn notify(&mut self, group: &str, message: &str) {
+        self.publisher
+            .group_send(group, notification(message))
+            .await
+            .expect("group_send");
+    }
+}
+
+pub async fn expect_frame(socket: &mut WsClient, expected: &str) {
+    assert_eq!(socket.recv_text(WAIT).await.expect("frame"), expected);
+}
+
+pub fn token(user: impl std::fmt::Display) -> String {
+    mint(SECRET, claims_for_user(user, 300))
+}
+
+pub async fn connect(gateway: &GatewayProcess, user: impl std::fmt::Display) -> WsClient {
+    WsClient::connect(
+        &gateway.ws_url("/ws/notifications/"),
+        TokenIn::Query(token(user)),
+    )
+    .await
+    .expect("socket opens")
+}
+
+pub fn notification(message: &str) -> JsonText {
+    JsonText::new(format!(
+        r#"{{"type": "send_notification", "message": {message}}}"#
+    ))
+}
+
+pub async fn metric(gateway: &GatewayProcess, line_prefix: &str) -> f64 {
+    let (status, body) = gateway.admin_get("/metrics").await.expect("metrics answer");
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|line| line.strip_prefix(line_prefix))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub async fn group_members(redis: &RedisServer, group: &str) -> Vec<String> {
+    redis
+        .cmd(&["ZRANGE", &format!("asgi:group:{group}"), "0", "-1"])
+        .await
+        .expect("zrange")
+}
