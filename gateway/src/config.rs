@@ -288,6 +288,14 @@ impl Default for LayerConfig {
 }
 
 impl LayerConfig {
+    /// Random bytes in front of each payload: the pub/sub layer never adds any.
+    pub fn payload_prefix_length(&self) -> usize {
+        match self.backend {
+            LayerBackend::Core => self.random_prefix_length,
+            LayerBackend::Pubsub => 0,
+        }
+    }
+
     /// The Fernet keys, if the layer encrypts; the TTL is channels_redis'
     /// `expiry + 10` on the core layer and none on the pub/sub layer.
     pub fn encryption(&self) -> Option<shared_proto::Encryption> {

@@ -27,10 +27,13 @@ pub enum DropReason {
     NoLocalSocket,
     /// The channel belongs to another process (misrouted or foreign).
     ForeignChannel,
+    /// Pub/sub messages discarded because the router fell behind a
+    /// subscriber connection's buffer.
+    SubscriberLag,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::SlowConsumer,
         DropReason::UnknownType,
         DropReason::DecodeError,
@@ -38,6 +41,7 @@ impl DropReason {
         DropReason::RenderError,
         DropReason::NoLocalSocket,
         DropReason::ForeignChannel,
+        DropReason::SubscriberLag,
     ];
 
     pub fn label(self) -> &'static str {
@@ -49,6 +53,7 @@ impl DropReason {
             DropReason::RenderError => "render_error",
             DropReason::NoLocalSocket => "no_local_socket",
             DropReason::ForeignChannel => "foreign_channel",
+            DropReason::SubscriberLag => "subscriber_lag",
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::{
     ClientLike, Config as FredConfig, Error as FredError, EventInterface, KeysInterface,
-    ReconnectPolicy, SortedSetsInterface, TcpConfig, Value,
+    PubsubInterface, ReconnectPolicy, SortedSetsInterface, TcpConfig, Value,
 };
 use fred::types::Builder;
 use tokio::sync::broadcast;
@@ -52,6 +52,48 @@ impl MembershipWrites {
     }
 }
 
+fn bad_url(label: &str, error: &FredError) -> RedisError {
+    RedisError::BadUrl {
+        url: label.to_string(),
+        reason: error.details().to_string(),
+    }
+}
+
+/// Client settings shared by every connection: reconnect forever with
+/// jittered exponential backoff (50 ms to 1 s), bounded command timeouts,
+/// and detection of connections that stop answering.
+fn builder(url: &str, label: &str) -> Result<Builder, RedisError> {
+    let mut config = FredConfig::from_url(url).map_err(|error| bad_url(label, &error))?;
+    // Never give up: a gateway without Redis is unready, not dead.
+    config.fail_fast = false;
+    let mut policy = ReconnectPolicy::new_exponential(0, 50, 1_000, 2);
+    policy.set_jitter(100);
+    let mut builder = Builder::from_config(config);
+    builder
+        .set_policy(policy)
+        .with_connection_config(|connection| {
+            connection.connection_timeout = Duration::from_secs(3);
+            connection.internal_command_timeout = Duration::from_secs(3);
+            connection.max_command_attempts = 3;
+            connection.tcp = TcpConfig {
+                nodelay: Some(true),
+                ..TcpConfig::default()
+            };
+            connection.unresponsive.max_timeout = Some(Duration::from_secs(10));
+            connection.unresponsive.interval = Duration::from_secs(1);
+        })
+        .with_performance_config(|performance| {
+            performance.default_command_timeout = Duration::from_secs(5);
+            // Published messages wait here until the router takes them; a
+            // burst larger than this is counted as lost, not buffered forever.
+            performance.broadcast_channel_capacity = PUBLISHED_BACKLOG;
+        });
+    Ok(builder)
+}
+
+/// Pub/sub messages one subscriber connection may hold for the router.
+const PUBLISHED_BACKLOG: usize = 16_384;
+
 /// A connection to one Redis host of the backend's `hosts` list.
 #[derive(Clone)]
 pub struct RedisHost {
@@ -62,35 +104,9 @@ pub struct RedisHost {
 impl RedisHost {
     /// Builds the client without connecting; `label` is the redacted URL.
     pub fn new(url: &str, label: String) -> Result<RedisHost, RedisError> {
-        let mut config = FredConfig::from_url(url).map_err(|error| RedisError::BadUrl {
-            url: label.clone(),
-            reason: error.details().to_string(),
-        })?;
-        // Never give up: a gateway without Redis is unready, not dead.
-        config.fail_fast = false;
-        let mut policy = ReconnectPolicy::new_exponential(0, 50, 1_000, 2);
-        policy.set_jitter(100);
-        let client = Builder::from_config(config)
-            .set_policy(policy)
-            .with_connection_config(|connection| {
-                connection.connection_timeout = Duration::from_secs(3);
-                connection.internal_command_timeout = Duration::from_secs(3);
-                connection.max_command_attempts = 3;
-                connection.tcp = TcpConfig {
-                    nodelay: Some(true),
-                    ..TcpConfig::default()
-                };
-                connection.unresponsive.max_timeout = Some(Duration::from_secs(10));
-                connection.unresponsive.interval = Duration::from_secs(1);
-            })
-            .with_performance_config(|performance| {
-                performance.default_command_timeout = Duration::from_secs(5);
-            })
+        let client = builder(url, &label)?
             .build()
-            .map_err(|error| RedisError::BadUrl {
-                url: label.clone(),
-                reason: error.details().to_string(),
-            })?;
+            .map_err(|error| bad_url(&label, &error))?;
         Ok(RedisHost { client, label })
     }
 
@@ -281,5 +297,128 @@ impl RedisHost {
             .await
             .map_err(|error| self.command_error(error))?;
         Ok(())
+    }
+}
+
+/// One message received on a subscribed pub/sub channel.
+pub struct Published {
+    /// The pub/sub channel name (UTF-8, as Redis channel names from
+    /// channels_redis always are).
+    pub channel: Bytes,
+    pub payload: Bytes,
+}
+
+/// What reading the next published message gave.
+pub enum NextPublished {
+    Message(Published),
+    /// The router fell this many messages behind and they were discarded.
+    Lagged(u64),
+    Closed,
+}
+
+/// A subscriber connection to one Redis host (pub/sub layer).
+#[derive(Clone)]
+pub struct RedisSubscriber {
+    client: fred::clients::SubscriberClient,
+    label: String,
+}
+
+impl RedisSubscriber {
+    pub fn new(url: &str, label: String) -> Result<RedisSubscriber, RedisError> {
+        let client = builder(url, &label)?
+            .build_subscriber_client()
+            .map_err(|error| bad_url(&label, &error))?;
+        Ok(RedisSubscriber { client, label })
+    }
+
+    pub fn start(&self) {
+        drop(self.client.connect());
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    pub fn reconnects(&self) -> broadcast::Receiver<fred::types::config::Server> {
+        self.client.reconnect_rx()
+    }
+
+    fn command_error(&self, source: FredError) -> RedisError {
+        RedisError::Command {
+            host: self.label.clone(),
+            source,
+        }
+    }
+
+    /// One `SUBSCRIBE` for all of `channels`.
+    pub async fn subscribe(&self, channels: Vec<String>) -> Result<(), RedisError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .subscribe(channels)
+            .await
+            .map_err(|error| self.command_error(error))
+    }
+
+    /// One `UNSUBSCRIBE` for all of `channels`.
+    pub async fn unsubscribe(&self, channels: Vec<String>) -> Result<(), RedisError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .unsubscribe(channels)
+            .await
+            .map_err(|error| self.command_error(error))
+    }
+
+    /// Subscribes again to everything this client tracks, after a reconnect.
+    pub async fn resubscribe(&self) -> Result<(), RedisError> {
+        let channels: Vec<String> = self
+            .client
+            .tracked_channels()
+            .into_iter()
+            .map(|channel| channel.to_string())
+            .collect();
+        self.subscribe(channels).await
+    }
+
+    pub fn messages(&self) -> PublishedMessages {
+        PublishedMessages {
+            receiver: self.client.message_rx(),
+        }
+    }
+
+    pub async fn stop(&self) {
+        let _ = self.client.quit().await;
+    }
+}
+
+/// The stream of messages one subscriber connection receives.
+pub struct PublishedMessages {
+    receiver: broadcast::Receiver<fred::types::Message>,
+}
+
+impl PublishedMessages {
+    pub async fn next(&mut self) -> NextPublished {
+        match self.receiver.recv().await {
+            Ok(message) => {
+                let payload = match message.value {
+                    Value::Bytes(bytes) => bytes,
+                    Value::String(text) => text.into_inner(),
+                    _ => Bytes::new(),
+                };
+                NextPublished::Message(Published {
+                    channel: message.channel.into_inner(),
+                    payload,
+                })
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => NextPublished::Lagged(missed),
+            Err(broadcast::error::RecvError::Closed) => NextPublished::Closed,
+        }
     }
 }

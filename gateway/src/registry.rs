@@ -137,18 +137,18 @@ impl Registry {
         transitions
     }
 
-    pub fn outbox(&self, conn: ConnId) -> Option<Arc<Outbox>> {
-        self.shard(conn).read().get(&conn).cloned()
-    }
-
-    /// Runs `deliver` on the outbox a channel name addresses, without
-    /// cloning it; false when no local socket has that name.
-    pub fn with_channel<R>(&self, channel: &str, deliver: impl FnOnce(&Outbox) -> R) -> Option<R> {
-        let conn = self.naming.conn_of(channel)?;
+    /// Runs `deliver` on a socket's outbox without cloning it; `None` when
+    /// no local socket has that id.
+    pub fn with_conn<R>(&self, conn: ConnId, deliver: impl FnOnce(&Outbox) -> R) -> Option<R> {
         self.shard(conn)
             .read()
             .get(&conn)
             .map(|outbox| deliver(outbox))
+    }
+
+    /// Whether any local socket is in `group`.
+    pub fn has_group(&self, group: &str) -> bool {
+        self.groups.lock().contains_key(group)
     }
 
     pub fn socket_count(&self) -> usize {

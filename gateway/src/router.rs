@@ -1,7 +1,9 @@
 //! Router: from one Redis payload to the outboxes of the sockets it addresses.
 //!
 //! Decodes the channels_redis payload once, renders the client frame once,
-//! and pushes the same shared bytes to every local channel the message lists.
+//! and pushes the same shared bytes to every local socket it addresses: the
+//! channels a core-layer payload lists, or the local members of the group a
+//! pub/sub message was published to.
 //! Every message that is not delivered is counted with its reason; a bad
 //! payload never stops the next one. It must not do I/O or wait: a full
 //! outbox closes that socket instead of slowing the others.
@@ -14,12 +16,12 @@ use bytestring::ByteString;
 use shared_proto::close::CloseCode;
 use shared_proto::encryption::DecryptError;
 use shared_proto::payload::{DecodeError, PayloadCodec};
-use shared_proto::Encryption;
+use shared_proto::{Encryption, Message};
 
 use crate::events::EventMapper;
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::Pushed;
-use crate::registry::Registry;
+use crate::registry::{ConnId, Registry};
 
 pub struct Router {
     registry: Arc<Registry>,
@@ -27,6 +29,8 @@ pub struct Router {
     codec: PayloadCodec,
     encryption: Option<Encryption>,
     metrics: Arc<Metrics>,
+    /// `<prefix>__group__`: how pub/sub channel names begin.
+    pubsub_group_prefix: String,
     last_warning_secs: AtomicU64,
 }
 
@@ -37,6 +41,7 @@ impl Router {
         codec: PayloadCodec,
         encryption: Option<Encryption>,
         metrics: Arc<Metrics>,
+        prefix: &str,
     ) -> Router {
         Router {
             registry,
@@ -44,6 +49,7 @@ impl Router {
             codec,
             encryption,
             metrics,
+            pubsub_group_prefix: shared_proto::names::pubsub_group_channel(prefix, ""),
             last_warning_secs: AtomicU64::new(0),
         }
     }
@@ -55,22 +61,8 @@ impl Router {
         if sent_at > 0.0 && now >= sent_at {
             self.metrics.publish_lag.observe(now - sent_at);
         }
-        let message = match self
-            .codec
-            .decode_with(payload, self.encryption.as_ref(), now as u64)
-        {
-            Ok(message) => message,
-            Err(DecodeError::Decrypt(DecryptError::Expired { .. })) => {
-                self.metrics.dropped(DropReason::Expired);
-                return;
-            }
-            Err(error) => {
-                self.metrics.dropped(DropReason::DecodeError);
-                self.warn_rate_limited(|| {
-                    tracing::warn!(%error, bytes = payload.len(), "undecodable payload skipped");
-                });
-                return;
-            }
+        let Some(message) = self.decode(payload, now) else {
+            return;
         };
         let channels = match message.channels() {
             Ok(channels) => channels,
@@ -82,28 +74,87 @@ impl Router {
                 return;
             }
         };
-        let frame = match self.events.frame(&message) {
-            Ok(frame) => frame,
+        let Some(frame) = self.frame(&message, channels.len()) else {
+            return;
+        };
+        for channel in channels.iter() {
+            let Ok(channel) = channel else {
+                self.metrics.dropped(DropReason::DecodeError);
+                continue;
+            };
+            match self.registry.naming().conn_of(channel) {
+                Some(conn) => self.deliver(conn, &frame),
+                None => self.metrics.dropped(DropReason::ForeignChannel),
+            }
+        }
+    }
+
+    /// Routes one pub/sub-layer message, addressed by the group its channel
+    /// names (`<prefix>__group__<group>`), to every local member.
+    pub fn route_published(&self, channel: &[u8], payload: &[u8]) {
+        self.metrics.redis_message("pubsub");
+        let group = std::str::from_utf8(channel)
+            .ok()
+            .and_then(|channel| channel.strip_prefix(self.pubsub_group_prefix.as_str()));
+        let Some(group) = group else {
+            self.metrics.dropped(DropReason::ForeignChannel);
+            return;
+        };
+        let Some(message) = self.decode(payload, unix_now()) else {
+            return;
+        };
+        let members = self.registry.group_members(group);
+        if members.is_empty() {
+            self.metrics.dropped(DropReason::NoLocalSocket);
+            return;
+        }
+        let Some(frame) = self.frame(&message, members.len()) else {
+            return;
+        };
+        for conn in members {
+            self.deliver(conn, &frame);
+        }
+    }
+
+    fn decode(&self, payload: &[u8], now: f64) -> Option<Message> {
+        match self
+            .codec
+            .decode_with(payload, self.encryption.as_ref(), now as u64)
+        {
+            Ok(message) => Some(message),
+            Err(DecodeError::Decrypt(DecryptError::Expired { .. })) => {
+                self.metrics.dropped(DropReason::Expired);
+                None
+            }
+            Err(error) => {
+                self.metrics.dropped(DropReason::DecodeError);
+                self.warn_rate_limited(|| {
+                    tracing::warn!(%error, bytes = payload.len(), "undecodable payload skipped");
+                });
+                None
+            }
+        }
+    }
+
+    /// The shared frame for `message`, or `None` (counted once per
+    /// recipient) when it has none.
+    fn frame(&self, message: &Message, recipients: usize) -> Option<ByteString> {
+        match self.events.frame(message) {
+            Ok(frame) => Some(frame),
             Err(reason) => {
-                self.metrics.dropped_many(reason, channels.len() as u64);
+                self.metrics.dropped_many(reason, recipients as u64);
                 if reason == DropReason::RenderError {
                     self.warn_rate_limited(|| {
                         tracing::warn!("event cannot be rendered as JSON; dropped");
                     });
                 }
-                return;
-            }
-        };
-        for channel in channels.iter() {
-            match channel {
-                Ok(channel) => self.deliver(channel, &frame),
-                Err(_) => self.metrics.dropped(DropReason::DecodeError),
+                None
             }
         }
     }
 
-    fn deliver(&self, channel: &str, frame: &ByteString) {
-        let outcome = self.registry.with_channel(channel, |outbox| {
+    fn deliver(&self, conn: ConnId, frame: &ByteString) {
+        let outcome = self.registry.with_conn(conn, |outbox| {
             let pushed = outbox.push(frame.clone());
             if pushed == Pushed::Full {
                 outbox.close(CloseCode::SlowConsumer);
@@ -113,11 +164,7 @@ impl Router {
         match outcome {
             Some(Pushed::Queued) => {}
             Some(Pushed::Full) => self.metrics.dropped(DropReason::SlowConsumer),
-            Some(Pushed::Closed) => self.metrics.dropped(DropReason::NoLocalSocket),
-            None if self.registry.naming().conn_of(channel).is_some() => {
-                self.metrics.dropped(DropReason::NoLocalSocket)
-            }
-            None => self.metrics.dropped(DropReason::ForeignChannel),
+            Some(Pushed::Closed) | None => self.metrics.dropped(DropReason::NoLocalSocket),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::health::Health;
 use crate::http::{admin_routes, public_routes, Gateway};
 use crate::jwtverify::TokenVerifier;
 use crate::layer::core::{CoreLayer, CoreSettings, RECEIVE_BLOCK};
+use crate::layer::pubsub::PubSubLayer;
 use crate::layer::{HostRing, Layer};
 use crate::metrics::Metrics;
 use crate::registry::{ChannelNaming, Registry};
@@ -58,14 +59,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let router = Arc::new(Router::new(
         registry.clone(),
         EventMapper::new(&config.events.passthrough_types),
-        PayloadCodec::new(format, config.layer.random_prefix_length),
+        PayloadCodec::new(format, config.layer.payload_prefix_length()),
         config.layer.encryption(),
         metrics.clone(),
+        &config.layer.prefix,
     ));
-    let hosts = HostRing::from_config(&config.layer).context("layer.hosts")?;
     let layer = match config.layer.backend {
         LayerBackend::Core => Layer::Core(CoreLayer::start(
-            hosts,
+            HostRing::from_config(&config.layer).context("layer.hosts")?,
             registry.clone(),
             router,
             health.clone(),
@@ -77,8 +78,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 receive_batch: config.layer.receive_batch,
             },
         )?),
-        LayerBackend::Pubsub => anyhow::bail!(
-            "invalid value for `layer.backend`: the pub/sub layer is not available in this release; use \"core\""
+        LayerBackend::Pubsub => Layer::Pubsub(
+            PubSubLayer::start(
+                &config.layer,
+                registry.clone(),
+                router,
+                health.clone(),
+                metrics.clone(),
+            )
+            .context("layer.hosts")?,
         ),
     };
     let layer = Arc::new(layer);

@@ -3,11 +3,12 @@
 //! A layer makes a socket a member of its groups in Redis (so Django's
 //! `group_send` reaches it), receives what Django sends, and hands every
 //! payload to the router. `core` speaks `RedisChannelLayer`'s sorted-set
-//! protocol; the pub/sub layer will sit beside it behind the same `Layer`
-//! type. Layers own their background tasks; they must not touch sockets
+//! protocol, `pubsub` `RedisPubSubChannelLayer`'s channel subscriptions;
+//! both sit behind the same `Layer` type. Layers own their background tasks; they must not touch sockets
 //! directly (the router and the outboxes do).
 
 pub mod core;
+pub mod pubsub;
 
 use std::sync::Arc;
 
@@ -66,6 +67,7 @@ impl HostRing {
 /// The layer this process runs, as configured by `layer.backend`.
 pub enum Layer {
     Core(core::CoreLayer),
+    Pubsub(pubsub::PubSubLayer),
 }
 
 impl Layer {
@@ -73,6 +75,7 @@ impl Layer {
     pub async fn join(&self, groups: &[Arc<str>], channel: &str) -> Result<(), LayerError> {
         match self {
             Layer::Core(layer) => layer.join(groups, channel).await,
+            Layer::Pubsub(layer) => layer.join(groups).await,
         }
     }
 
@@ -80,6 +83,7 @@ impl Layer {
     pub fn leave(&self, groups: &[Arc<str>], channel: String) {
         match self {
             Layer::Core(layer) => layer.leave(groups, channel),
+            Layer::Pubsub(layer) => layer.leave(groups),
         }
     }
 
@@ -87,6 +91,7 @@ impl Layer {
     pub async fn shutdown(&self) {
         match self {
             Layer::Core(layer) => layer.shutdown().await,
+            Layer::Pubsub(layer) => layer.shutdown().await,
         }
     }
 }

@@ -33,20 +33,39 @@ pub async fn start_gateway(config: &mut GatewayConfig) -> GatewayProcess {
 }
 
 pub async fn publisher_for(redis: &RedisServer, extra: Value) -> LayerDriver {
-    let mut config = json!({ "hosts": [redis.url()] });
+    layer_publisher("core", &[redis], extra).await
+}
+
+/// A real channels_redis layer (`core` or `pubsub`) over `hosts`, in order,
+/// with extra CONFIG entries.
+pub async fn layer_publisher(layer: &str, hosts: &[&RedisServer], extra: Value) -> LayerDriver {
+    let urls: Vec<String> = hosts.iter().map(|redis| redis.url()).collect();
+    let mut config = json!({ "hosts": urls });
     if let (Some(config), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
         config.extend(extra.clone());
     }
-    LayerDriver::start("core", config)
+    LayerDriver::start(layer, config)
         .await
         .expect("python channels_redis publisher starts")
 }
 
 pub async fn stack_with(configure: impl FnOnce(GatewayConfig) -> GatewayConfig) -> Stack {
+    layer_stack("core", configure).await
+}
+
+/// A stack whose gateway and publisher both run `layer` (`core` or `pubsub`).
+pub async fn layer_stack(
+    layer: &str,
+    configure: impl FnOnce(GatewayConfig) -> GatewayConfig,
+) -> Stack {
     let redis = RedisServer::start().expect("redis starts");
-    let mut config = configure(GatewayConfig::new(&redis.url()).expect("config"));
+    let mut config = configure(
+        GatewayConfig::new(&redis.url())
+            .expect("config")
+            .backend(layer),
+    );
     let gateway = start_gateway(&mut config).await;
-    let publisher = publisher_for(&redis, json!({})).await;
+    let publisher = layer_publisher(layer, &[&redis], json!({})).await;
     Stack {
         redis,
         gateway,

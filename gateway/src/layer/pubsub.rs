@@ -1,0 +1,329 @@
+//! Pub/sub layer: the receiving side of `channels_redis.pubsub.RedisPubSubChannelLayer`.
+//!
+//! Django `PUBLISH`es each `group_send` to `<prefix>__group__<group>` on the
+//! host the crc32 ring picks for that channel name; nothing is stored in
+//! Redis. So this layer subscribes to a group's channel while at least one
+//! local socket is in the group and unsubscribes when the last leaves, in one
+//! `SUBSCRIBE`/`UNSUBSCRIBE` per host per batch of changes; it subscribes
+//! again to everything after a reconnect. A join resolves only once the
+//! subscription is confirmed, so nothing published after the upgrade is
+//! missed. It must not render frames or touch sockets.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use parking_lot::Mutex;
+use shared_proto::names;
+use shared_proto::shard::shard_index;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::LayerError;
+use crate::config::LayerConfig;
+use crate::health::Health;
+use crate::metrics::{DropReason, Metrics};
+use crate::redis::{NextPublished, RedisError, RedisSubscriber};
+use crate::registry::Registry;
+use crate::router::Router;
+use crate::shutdown::Shutdown;
+
+const SUBSCRIPTION_QUEUE: usize = 16_384;
+const SUBSCRIPTION_BATCH: usize = 2_048;
+
+enum SubscriptionOp {
+    Join {
+        groups: Vec<Arc<str>>,
+        done: oneshot::Sender<Result<(), LayerError>>,
+    },
+    Leave {
+        groups: Vec<Arc<str>>,
+    },
+    UnsubscribeAll {
+        done: oneshot::Sender<()>,
+    },
+}
+
+pub struct PubSubLayer {
+    ops: mpsc::Sender<SubscriptionOp>,
+    stop: Shutdown,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    subscribers: Vec<RedisSubscriber>,
+}
+
+impl PubSubLayer {
+    pub fn start(
+        config: &LayerConfig,
+        registry: Arc<Registry>,
+        router: Arc<Router>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> Result<PubSubLayer, RedisError> {
+        let subscribers = config
+            .hosts
+            .iter()
+            .map(|host| RedisSubscriber::new(&host.url(), host.redacted_url()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let stop = Shutdown::new();
+        let mut tasks = Vec::new();
+        for subscriber in &subscribers {
+            subscriber.start();
+            tasks.push(tokio::spawn(receive(
+                subscriber.clone(),
+                router.clone(),
+                metrics.clone(),
+                stop.clone(),
+            )));
+        }
+        let (ops, ops_rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
+        tasks.push(tokio::spawn(manage_subscriptions(
+            ops_rx,
+            subscribers.clone(),
+            config.prefix.clone(),
+            registry,
+        )));
+        tasks.push(tokio::spawn(keep_subscriptions(
+            subscribers.clone(),
+            health,
+            metrics,
+            stop.clone(),
+        )));
+        tracing::info!(hosts = subscribers.len(), "pub/sub layer started");
+        Ok(PubSubLayer {
+            ops,
+            stop,
+            tasks: Mutex::new(tasks),
+            subscribers,
+        })
+    }
+
+    pub async fn join(&self, groups: &[Arc<str>]) -> Result<(), LayerError> {
+        let (done, subscribed) = oneshot::channel();
+        self.ops
+            .send(SubscriptionOp::Join {
+                groups: groups.to_vec(),
+                done,
+            })
+            .await
+            .map_err(|_| LayerError::Stopped)?;
+        subscribed.await.map_err(|_| LayerError::Stopped)?
+    }
+
+    pub fn leave(&self, groups: &[Arc<str>]) {
+        let op = SubscriptionOp::Leave {
+            groups: groups.to_vec(),
+        };
+        if let Err(mpsc::error::TrySendError::Full(op)) = self.ops.try_send(op) {
+            let ops = self.ops.clone();
+            tokio::spawn(async move {
+                let _ = ops.send(op).await;
+            });
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self
+            .ops
+            .send(SubscriptionOp::UnsubscribeAll { done })
+            .await
+            .is_ok()
+        {
+            let _ = finished.await;
+        }
+        self.stop.trigger();
+        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().drain(..).collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+        for subscriber in &self.subscribers {
+            subscriber.stop().await;
+        }
+    }
+}
+
+/// Hands every published message of one connection to the router.
+async fn receive(
+    subscriber: RedisSubscriber,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+    stop: Shutdown,
+) {
+    let mut messages = subscriber.messages();
+    loop {
+        let next = tokio::select! {
+            _ = stop.triggered() => return,
+            next = messages.next() => next,
+        };
+        match next {
+            NextPublished::Message(published) => {
+                router.route_published(&published.channel, &published.payload)
+            }
+            NextPublished::Lagged(missed) => {
+                metrics.dropped_many(DropReason::SubscriberLag, missed);
+                tracing::warn!(
+                    missed,
+                    host = subscriber.label(),
+                    "router fell behind a subscriber"
+                );
+            }
+            NextPublished::Closed => return,
+        }
+    }
+}
+
+/// Serialises subscription changes and folds each batch into one
+/// `UNSUBSCRIBE` and one `SUBSCRIBE` per host. Whether a group should be
+/// subscribed is read from the registry when the batch runs, so a join and
+/// a leave racing each other end in the state the registry holds.
+async fn manage_subscriptions(
+    mut ops: mpsc::Receiver<SubscriptionOp>,
+    subscribers: Vec<RedisSubscriber>,
+    prefix: String,
+    registry: Arc<Registry>,
+) {
+    let mut subscribed: HashSet<Arc<str>> = HashSet::new();
+    let mut batch = Vec::with_capacity(256);
+    while ops.recv_many(&mut batch, SUBSCRIPTION_BATCH).await > 0 {
+        let mut touched: Vec<Arc<str>> = Vec::new();
+        let mut joins = Vec::new();
+        let mut finished = Vec::new();
+        let mut unsubscribe_all = false;
+        for op in batch.drain(..) {
+            match op {
+                SubscriptionOp::Join { groups, done } => {
+                    touched.extend(groups.iter().cloned());
+                    joins.push((groups, done));
+                }
+                SubscriptionOp::Leave { groups } => touched.extend(groups),
+                SubscriptionOp::UnsubscribeAll { done } => {
+                    unsubscribe_all = true;
+                    finished.push(done);
+                }
+            }
+        }
+        let mut to_subscribe = Vec::new();
+        let mut to_unsubscribe = Vec::new();
+        if unsubscribe_all {
+            to_unsubscribe.extend(subscribed.iter().cloned());
+        } else {
+            for group in touched {
+                let wanted = registry.has_group(&group);
+                let active = subscribed.contains(&group);
+                if wanted && !active && !to_subscribe.contains(&group) {
+                    to_subscribe.push(group);
+                } else if !wanted && active && !to_unsubscribe.contains(&group) {
+                    to_unsubscribe.push(group);
+                }
+            }
+        }
+        let unsubscribed = per_host(&subscribers, &prefix, &to_unsubscribe, false).await;
+        for group in unsubscribed {
+            subscribed.remove(&group);
+        }
+        let newly = per_host(&subscribers, &prefix, &to_subscribe, true).await;
+        subscribed.extend(newly);
+        for (groups, done) in joins {
+            let ready = groups.iter().all(|group| subscribed.contains(group));
+            let _ = done.send(if ready {
+                Ok(())
+            } else {
+                Err(LayerError::Unavailable("SUBSCRIBE failed".into()))
+            });
+        }
+        for done in finished {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Sends one (UN)SUBSCRIBE per host for `groups`; returns the groups whose
+/// host confirmed it.
+async fn per_host(
+    subscribers: &[RedisSubscriber],
+    prefix: &str,
+    groups: &[Arc<str>],
+    subscribe: bool,
+) -> Vec<Arc<str>> {
+    if groups.is_empty() {
+        return Vec::new();
+    }
+    let mut by_host: Vec<(Vec<String>, Vec<Arc<str>>)> =
+        vec![Default::default(); subscribers.len()];
+    for group in groups {
+        let channel = names::pubsub_group_channel(prefix, group);
+        if let Some((channels, members)) = by_host.get_mut(shard_index(&channel, subscribers.len()))
+        {
+            channels.push(channel);
+            members.push(group.clone());
+        }
+    }
+    let outcomes = join_all(subscribers.iter().zip(by_host).map(
+        |(subscriber, (channels, members))| async move {
+            let result = if subscribe {
+                subscriber.subscribe(channels).await
+            } else {
+                subscriber.unsubscribe(channels).await
+            };
+            match result {
+                Ok(()) => members,
+                Err(error) => {
+                    tracing::warn!(%error, subscribe, "subscription change failed");
+                    Vec::new()
+                }
+            }
+        },
+    ))
+    .await;
+    outcomes.into_iter().flatten().collect()
+}
+
+/// Readiness from connectivity, and a fresh SUBSCRIBE of every tracked
+/// channel after each reconnect (Redis forgets subscriptions with the
+/// connection).
+async fn keep_subscriptions(
+    subscribers: Vec<RedisSubscriber>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    stop: Shutdown,
+) {
+    let mut watchers = tokio::task::JoinSet::new();
+    for subscriber in &subscribers {
+        let mut events = subscriber.reconnects();
+        let subscriber = subscriber.clone();
+        let metrics = metrics.clone();
+        watchers.spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        metrics.redis_reconnects.inc();
+                        tracing::info!(
+                            host = subscriber.label(),
+                            "Redis connected; subscribing again"
+                        );
+                        if let Err(error) = subscriber.resubscribe().await {
+                            tracing::warn!(%error, "re-subscribing failed");
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    loop {
+        let connected = subscribers.iter().all(RedisSubscriber::is_connected);
+        health.set_redis_connected(connected);
+        if connected {
+            // Nothing polls on this layer: a live subscriber connection is
+            // the receiver running.
+            health.receiver_beat();
+        }
+        tokio::select! {
+            _ = stop.triggered() => break,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    watchers.abort_all();
+}
