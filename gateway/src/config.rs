@@ -356,15 +356,23 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("GATEWAY_").map(|name| {
-            let name = name.as_str().to_ascii_lowercase();
-            match name.split_once('_') {
-                Some((section, key)) if SECTIONS.contains(&section) => {
-                    format!("{section}.{key}").into()
-                }
-                _ => name.into(),
-            }
-        }));
+        // Only `GATEWAY_<SECTION>_<KEY>` names are settings; others that
+        // share the prefix (`GATEWAY_CONFIG`) are not.
+        figment = figment.merge(
+            Env::prefixed("GATEWAY_")
+                .filter(|name| {
+                    let name = name.as_str().to_ascii_lowercase();
+                    name.split_once('_')
+                        .is_some_and(|(section, _)| SECTIONS.contains(&section))
+                })
+                .map(|name| {
+                    let name = name.as_str().to_ascii_lowercase();
+                    match name.split_once('_') {
+                        Some((section, key)) => format!("{section}.{key}").into(),
+                        None => name.into(),
+                    }
+                }),
+        );
         for item in overrides {
             let (key, value) = item
                 .split_once('=')

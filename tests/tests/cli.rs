@@ -81,6 +81,23 @@ fn a_bad_value_fails_with_its_key_and_a_non_zero_exit() {
 }
 
 #[test]
+fn the_config_file_can_come_from_gateway_config() {
+    let dir = std::env::temp_dir().join(format!("gateway-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        "[layer]\nprefix = \"fromfile\"\n[auth]\njwt_secret = \"x\"\n",
+    )
+    .expect("write config");
+    let path = file.to_string_lossy().into_owned();
+    let output = gateway(&["check-config"], &[("GATEWAY_CONFIG", path.as_str())]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("prefix = \"fromfile\""));
+}
+
+#[test]
 fn gen_token_mints_a_verifiable_access_token() {
     let output = gateway(
         &["gen-token", "--user-id", "42", "--lifetime", "60"],

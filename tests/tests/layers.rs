@@ -121,3 +121,39 @@ async fn the_json_serializer_delivers_the_same_frames() {
         .expect("group_send");
     expect_frame(&mut socket, &expected).await;
 }
+
+#[tokio::test]
+async fn a_5000_message_burst_loses_nothing_with_the_documented_channel_capacity() {
+    let redis = RedisServer::start().expect("redis");
+    let mut config = tests::GatewayConfig::new(&redis.url()).expect("config");
+    let gateway = start_gateway(&mut config).await;
+    // What the README tells operators to add to CHANNEL_LAYERS.
+    let mut publisher = publisher_for(
+        &redis,
+        json!({ "channel_capacity": { "specific.gw-*": 10000 } }),
+    )
+    .await;
+    let mut socket = connect(&gateway, 4).await;
+    publisher
+        .group_send_seq(
+            "user_4",
+            5000,
+            json!({"type": "send_notification", "message": {"n": 0}}),
+            "n",
+        )
+        .await
+        .expect("burst");
+    for expected in 0..5000 {
+        let frame = socket.recv_json(WAIT).await.expect("frame");
+        assert_eq!(frame["message"]["n"], json!(expected), "no loss, in order");
+    }
+    socket
+        .expect_silence(Duration::from_millis(200))
+        .await
+        .expect("no duplicates");
+    let stderr = publisher.stderr_text();
+    assert!(
+        !stderr.contains("over capacity"),
+        "channels_redis dropped nothing: {stderr}"
+    );
+}
