@@ -267,6 +267,10 @@ pub struct LayerConfig {
     pub membership_refresh: Option<Duration>,
     /// Messages taken from the queue key per round trip.
     pub receive_batch: usize,
+    /// How often the process sends itself a canary through Redis; `0s`
+    /// turns the canary (and its readiness check) off.
+    #[serde(with = "humantime_serde")]
+    pub canary_interval: Duration,
 }
 
 impl Default for LayerConfig {
@@ -283,6 +287,7 @@ impl Default for LayerConfig {
             symmetric_encryption_keys: Vec::new(),
             membership_refresh: None,
             receive_batch: 512,
+            canary_interval: Duration::from_secs(1),
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Health: the liveness and readiness verdicts behind `/healthz` and `/readyz`.
 //!
 //! Readiness means this process can deliver right now: every Redis host is
-//! connected, the receiver has completed a round trip recently, and the
-//! process is not draining. It only keeps and judges flags set by others; it
+//! connected, the receiver has completed a round trip recently, a canary sent
+//! through Redis the way Django sends came back recently, and the process is
+//! not draining. It only keeps and judges flags set by others; it
 //! must not probe Redis itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,6 +16,10 @@ pub struct Health {
     receiver_stale_after: Duration,
     redis_connected: AtomicBool,
     draining: AtomicBool,
+    /// Milliseconds since `started` of the last canary that came back.
+    canary_beat_ms: AtomicU64,
+    /// `None` when the canary is disabled.
+    canary_stale_after: Option<Duration>,
 }
 
 /// Why the process is not ready, for the `/readyz` body and logs.
@@ -22,6 +27,7 @@ pub struct Health {
 pub enum NotReady {
     RedisDisconnected,
     ReceiverStalled,
+    CanaryMissing,
     Draining,
 }
 
@@ -30,29 +36,49 @@ impl NotReady {
         match self {
             NotReady::RedisDisconnected => "redis_disconnected",
             NotReady::ReceiverStalled => "receiver_stalled",
+            NotReady::CanaryMissing => "canary_missing",
             NotReady::Draining => "draining",
         }
     }
 }
 
 impl Health {
-    pub fn new(receiver_stale_after: Duration) -> Health {
+    pub fn new(receiver_stale_after: Duration, canary_stale_after: Option<Duration>) -> Health {
         Health {
             started: Instant::now(),
             receiver_beat_ms: AtomicU64::new(u64::MAX),
             receiver_stale_after,
             redis_connected: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            canary_beat_ms: AtomicU64::new(u64::MAX),
+            canary_stale_after,
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn is_stale(&self, beat: &AtomicU64, limit: Duration) -> bool {
+        let beat = beat.load(Ordering::Relaxed);
+        beat == u64::MAX || self.now_ms().saturating_sub(beat) > limit.as_millis() as u64
+    }
+
     pub fn receiver_beat(&self) {
-        let now = self.started.elapsed().as_millis() as u64;
-        self.receiver_beat_ms.store(now, Ordering::Relaxed);
+        self.receiver_beat_ms
+            .store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn canary_beat(&self) {
+        self.canary_beat_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     pub fn set_redis_connected(&self, connected: bool) {
         self.redis_connected.store(connected, Ordering::Relaxed);
+    }
+
+    pub fn redis_connected(&self) -> bool {
+        self.redis_connected.load(Ordering::Relaxed)
     }
 
     pub fn start_draining(&self) {
@@ -63,6 +89,12 @@ impl Health {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Canaries are enabled and none came back recently.
+    pub fn canary_missing(&self) -> bool {
+        self.canary_stale_after
+            .is_some_and(|limit| self.is_stale(&self.canary_beat_ms, limit))
+    }
+
     pub fn readiness(&self) -> Result<(), NotReady> {
         if self.is_draining() {
             return Err(NotReady::Draining);
@@ -70,12 +102,11 @@ impl Health {
         if !self.redis_connected.load(Ordering::Relaxed) {
             return Err(NotReady::RedisDisconnected);
         }
-        let beat = self.receiver_beat_ms.load(Ordering::Relaxed);
-        let now = self.started.elapsed().as_millis() as u64;
-        if beat == u64::MAX
-            || now.saturating_sub(beat) > self.receiver_stale_after.as_millis() as u64
-        {
+        if self.is_stale(&self.receiver_beat_ms, self.receiver_stale_after) {
             return Err(NotReady::ReceiverStalled);
+        }
+        if self.canary_missing() {
+            return Err(NotReady::CanaryMissing);
         }
         Ok(())
     }
@@ -86,12 +117,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ready_only_with_redis_a_recent_beat_and_no_drain() {
-        let health = Health::new(Duration::from_secs(5));
+    fn ready_only_with_redis_recent_beats_and_no_drain() {
+        let health = Health::new(Duration::from_secs(5), Some(Duration::from_secs(5)));
         assert_eq!(health.readiness(), Err(NotReady::RedisDisconnected));
         health.set_redis_connected(true);
         assert_eq!(health.readiness(), Err(NotReady::ReceiverStalled));
         health.receiver_beat();
+        assert_eq!(health.readiness(), Err(NotReady::CanaryMissing));
+        health.canary_beat();
         assert_eq!(health.readiness(), Ok(()));
         health.start_draining();
         assert_eq!(health.readiness(), Err(NotReady::Draining));

@@ -58,6 +58,14 @@ fn refusal(status: StatusCode, error: &str, reason: &str) -> HttpResponse {
         .json(serde_json::json!({ "error": error, "reason": reason }))
 }
 
+fn unavailable() -> HttpResponse {
+    refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "notifications are unavailable right now; retry later",
+    )
+}
+
 fn peer(request: &HttpRequest) -> String {
     request
         .peer_addr()
@@ -107,6 +115,13 @@ async fn notifications_socket(
         }
     };
 
+    // Without Redis no join can succeed: say so at once rather than after
+    // `join_timeout`, and keep doomed writes out of the client's queue.
+    if !gateway.health.redis_connected() {
+        metrics.connect(ConnectResult::RedisUnavailable);
+        return unavailable();
+    }
+
     let (response, session, messages) = match actix_ws::handle(&request, body) {
         Ok(parts) => parts,
         Err(error) => {
@@ -152,11 +167,7 @@ async fn notifications_socket(
         metrics.connect(ConnectResult::RedisUnavailable);
         span.in_scope(|| tracing::warn!(%reason, "group join failed; refusing the socket"));
         drop(membership);
-        return refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "notifications are unavailable right now; retry later",
-        );
+        return unavailable();
     }
 
     metrics.connect(ConnectResult::Accepted);

@@ -70,6 +70,8 @@ pub struct Metrics {
     pub membership_writes_failed: IntCounter,
     pub publish_lag: Histogram,
     pub client_frames: IntCounter,
+    pub canary_round_trip: Histogram,
+    pub canaries_received: IntCounter,
 }
 
 /// Outcome of one upgrade request.
@@ -191,6 +193,27 @@ impl Metrics {
                 IntCounter::new(
                     "gateway_client_frames_total",
                     "Data frames received from clients",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            canary_round_trip: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gateway_canary_round_trip_seconds",
+                        "A canary group_send from this process back to itself through Redis",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    ]),
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            canaries_received: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_canaries_received_total",
+                    "Canaries that came back through Redis",
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),

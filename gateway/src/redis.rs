@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fred::prelude::{
     ClientLike, Config as FredConfig, Error as FredError, EventInterface, KeysInterface,
-    PubsubInterface, ReconnectPolicy, SortedSetsInterface, TcpConfig, Value,
+    LuaInterface, PubsubInterface, ReconnectPolicy, SortedSetsInterface, TcpConfig, Value,
 };
 use fred::types::Builder;
 use tokio::sync::broadcast;
@@ -286,6 +286,54 @@ impl RedisHost {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Every member of a sorted set (a group's channel names).
+    pub async fn sorted_set_members(&self, key: &str) -> Result<Vec<String>, RedisError> {
+        self.client
+            .zrange(key, 0, -1, None, false, None, false)
+            .await
+            .map_err(|error| self.command_error(error))
+    }
+
+    /// Queues one payload the way channels_redis' group_send does: `ZADD`
+    /// with the send time as score and refresh the key's TTL, unless the key
+    /// already holds `capacity` payloads. Returns whether it was queued.
+    pub async fn queue_payload(
+        &self,
+        queue_key: &str,
+        payload: Bytes,
+        capacity: u64,
+        expiry: u64,
+        sent_at: f64,
+    ) -> Result<bool, RedisError> {
+        const QUEUE_UNLESS_FULL: &str = "\
+            if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end \
+            redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) \
+            redis.call('EXPIRE', KEYS[1], ARGV[4]) \
+            return 1";
+        let args: Vec<Value> = vec![
+            Value::Bytes(payload),
+            Value::String(capacity.to_string().into()),
+            Value::Double(sent_at),
+            Value::String(expiry.to_string().into()),
+        ];
+        let queued: i64 = self
+            .client
+            .eval(QUEUE_UNLESS_FULL, vec![queue_key], args)
+            .await
+            .map_err(|error| self.command_error(error))?;
+        Ok(queued == 1)
+    }
+
+    /// `PUBLISH`, as the pub/sub layer's group_send does.
+    pub async fn publish(&self, channel: &str, payload: Bytes) -> Result<(), RedisError> {
+        let _: i64 = self
+            .client
+            .publish(channel, Value::Bytes(payload))
+            .await
+            .map_err(|error| self.command_error(error))?;
         Ok(())
     }
 

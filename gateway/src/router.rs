@@ -18,6 +18,7 @@ use shared_proto::encryption::DecryptError;
 use shared_proto::payload::{DecodeError, PayloadCodec};
 use shared_proto::{Encryption, Message};
 
+use crate::canary::Canary;
 use crate::events::EventMapper;
 use crate::metrics::{DropReason, Metrics};
 use crate::outbox::Pushed;
@@ -31,6 +32,7 @@ pub struct Router {
     metrics: Arc<Metrics>,
     /// `<prefix>__group__`: how pub/sub channel names begin.
     pubsub_group_prefix: String,
+    canary: Option<Arc<Canary>>,
     last_warning_secs: AtomicU64,
 }
 
@@ -42,6 +44,7 @@ impl Router {
         encryption: Option<Encryption>,
         metrics: Arc<Metrics>,
         prefix: &str,
+        canary: Option<Arc<Canary>>,
     ) -> Router {
         Router {
             registry,
@@ -50,6 +53,7 @@ impl Router {
             encryption,
             metrics,
             pubsub_group_prefix: shared_proto::names::pubsub_group_channel(prefix, ""),
+            canary,
             last_warning_secs: AtomicU64::new(0),
         }
     }
@@ -116,7 +120,27 @@ impl Router {
         }
     }
 
+    /// The payload the backend would write for `message`: serialized,
+    /// encrypted if configured, behind the random prefix.
+    pub fn encode(&self, message: &Message) -> Option<bytes::Bytes> {
+        let mut payload = self.codec.encode(message, &mut rand::rng()).ok()?;
+        if let Some(encryption) = &self.encryption {
+            let body = payload.split_off(self.codec.random_prefix_length);
+            payload.extend(encryption.encrypt(&body, unix_now() as u64));
+        }
+        Some(payload.into())
+    }
+
+    /// Decodes a payload; a canary is taken here and never reaches sockets.
     fn decode(&self, payload: &[u8], now: f64) -> Option<Message> {
+        let message = self.decode_any(payload, now)?;
+        match &self.canary {
+            Some(canary) if canary.observe(&message) => None,
+            _ => Some(message),
+        }
+    }
+
+    fn decode_any(&self, payload: &[u8], now: f64) -> Option<Message> {
         match self
             .codec
             .decode_with(payload, self.encryption.as_ref(), now as u64)

@@ -16,6 +16,7 @@ use anyhow::Context;
 use shared_proto::close::CloseCode;
 use shared_proto::payload::{PayloadCodec, SerializerFormat};
 
+use crate::canary::Canary;
 use crate::config::{Config, LayerBackend, SerializerFormatSetting};
 use crate::events::EventMapper;
 use crate::health::Health;
@@ -23,9 +24,10 @@ use crate::http::{admin_routes, public_routes, Gateway};
 use crate::jwtverify::TokenVerifier;
 use crate::layer::core::{CoreLayer, CoreSettings, RECEIVE_BLOCK};
 use crate::layer::pubsub::PubSubLayer;
-use crate::layer::{HostRing, Layer};
+use crate::layer::{CanarySending, HostRing, Layer};
 use crate::metrics::Metrics;
-use crate::registry::{ChannelNaming, Registry};
+use crate::outbox::Outbox;
+use crate::registry::{ChannelNaming, ConnId, Registry};
 use crate::router::Router;
 use crate::shutdown::termination_signal;
 use crate::socket::SocketSettings;
@@ -44,14 +46,53 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Makes this process's canary channel a member of its canary group, like a
+/// socket (so refreshes and re-subscriptions cover it), retrying until Redis
+/// takes the join. Returns what to unregister at shutdown.
+fn join_canary_group(
+    canary: &Canary,
+    registry: &Arc<Registry>,
+    layer: &Arc<Layer>,
+) -> (ConnId, Vec<Arc<str>>) {
+    let groups = vec![canary.group().clone()];
+    let (conn, _) = registry.register(Arc::new(Outbox::new(1)), &groups);
+    let channel = registry.naming().channel(conn);
+    let layer = layer.clone();
+    let joining = groups.clone();
+    actix_web::rt::spawn(async move {
+        loop {
+            let joined =
+                tokio::time::timeout(Duration::from_secs(5), layer.join(&joining, &channel));
+            if let Ok(Ok(())) = joined.await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    (conn, groups)
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     raise_open_files_limit();
 
     let metrics = Arc::new(Metrics::new());
+    let canary_interval = config.layer.canary_interval;
+    let canary_enabled = !canary_interval.is_zero();
     // A blocking pop returns at least every RECEIVE_BLOCK; three missed
-    // round trips mean Redis or the receiver is stuck.
-    let health = Arc::new(Health::new(RECEIVE_BLOCK * 3));
+    // round trips mean Redis or the receiver is stuck. Five missed canaries
+    // (and never less than 3 s) mean messages are not coming through.
+    let health = Arc::new(Health::new(
+        RECEIVE_BLOCK * 3,
+        canary_enabled.then(|| (canary_interval * 5).max(Duration::from_secs(3))),
+    ));
     let registry = Arc::new(Registry::new(ChannelNaming::random()));
+    let canary = canary_enabled.then(|| {
+        Arc::new(Canary::new(
+            registry.naming().process_id(),
+            health.clone(),
+            metrics.clone(),
+        ))
+    });
     let format = match config.layer.serializer_format {
         SerializerFormatSetting::Msgpack => SerializerFormat::Msgpack,
         SerializerFormatSetting::Json => SerializerFormat::Json,
@@ -63,7 +104,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.layer.encryption(),
         metrics.clone(),
         &config.layer.prefix,
+        canary.clone(),
     ));
+    let canary_sending = canary.as_ref().map(|canary| CanarySending {
+        canary: canary.clone(),
+        router: router.clone(),
+        interval: canary_interval,
+    });
     let layer = match config.layer.backend {
         LayerBackend::Core => Layer::Core(CoreLayer::start(
             HostRing::from_config(&config.layer).context("layer.hosts")?,
@@ -73,9 +120,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
             metrics.clone(),
             CoreSettings {
                 prefix: config.layer.prefix.clone(),
+                expiry: config.layer.expiry,
                 group_expiry: config.layer.group_expiry,
+                capacity: config.layer.capacity,
                 refresh_interval: config.layer.membership_refresh_interval(),
                 receive_batch: config.layer.receive_batch,
+                canary: canary_sending.clone(),
             },
         )?),
         LayerBackend::Pubsub => Layer::Pubsub(
@@ -85,11 +135,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 router,
                 health.clone(),
                 metrics.clone(),
+                canary_sending,
             )
             .context("layer.hosts")?,
         ),
     };
     let layer = Arc::new(layer);
+    let canary_member = canary
+        .as_ref()
+        .map(|canary| join_canary_group(canary, &registry, &layer));
     tracing::info!(
         process = registry.naming().process_id(),
         listen = %config.server.listen,
@@ -169,6 +223,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     health.start_draining();
     public_handle.pause().await;
+    if let Some((conn, groups)) = canary_member {
+        registry.unregister(conn, &groups);
+        layer.leave(&groups, registry.naming().channel(conn));
+    }
     let open = registry.socket_count();
     for outbox in registry.all_outboxes() {
         outbox.close(CloseCode::GoingAway);

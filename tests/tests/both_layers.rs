@@ -38,6 +38,7 @@ on_both_layers!(
     a_stalled_redis_makes_it_unready_and_then_delivery_resumes,
     redis_down_at_start_then_ready_when_it_comes,
     sigterm_leaves_nothing_behind_in_redis,
+    canaries_come_back_through_redis,
 );
 
 async fn delivers_to_every_socket_of_the_user_only(layer: &str) {
@@ -348,4 +349,15 @@ async fn sigterm_leaves_nothing_behind_in_redis(layer: &str) {
     for user in [20, 21] {
         assert_eq!(presence(&stack.redis, layer, user).await, 0, "user {user}");
     }
+}
+
+async fn canaries_come_back_through_redis(layer: &str) {
+    let stack = layer_stack(layer, |config| config).await;
+    let deadline = Instant::now() + WAIT;
+    while metric(&stack.gateway, "gateway_canaries_received_total ").await < 2.0 {
+        assert!(Instant::now() < deadline, "canaries arrive every second");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, body) = stack.gateway.admin_get("/metrics").await.expect("metrics");
+    assert!(body.contains("gateway_canary_round_trip_seconds_count"));
 }

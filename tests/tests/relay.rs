@@ -524,3 +524,36 @@ async fn readiness_follows_redis_and_recovers_by_itself() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn memberships_lost_without_a_reconnect_make_it_unready_until_repaired() {
+    let mut stack = stack().await;
+    let mut socket = connect(&stack.gateway, 95).await;
+    // Everything gone while every connection stays up: no reconnect event
+    // tells the gateway; only the canary can.
+    stack.redis.cmd(&["FLUSHALL"]).await.expect("flushall");
+    let flushed = Instant::now();
+    let deadline = flushed + Duration::from_secs(10);
+    while stack.gateway.admin_get("/readyz").await.expect("readyz").0 == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "readiness notices the silent loss"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unready_after = flushed.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while stack.gateway.admin_get("/readyz").await.expect("readyz").0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "memberships are re-added by themselves"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "unready {unready_after:?} after FLUSHALL, ready again {:?} after it",
+        flushed.elapsed()
+    );
+    stack.notify("user_95", r#""after repair""#).await;
+    expect_frame(&mut socket, r#"{"message": "after repair"}"#).await;
+}

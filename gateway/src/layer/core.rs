@@ -19,7 +19,7 @@ use shared_proto::names;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{HostRing, LayerError};
+use super::{CanarySending, HostRing, LayerError};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::redis::{MembershipWrites, RedisHost};
@@ -33,14 +33,20 @@ pub const RECEIVE_BLOCK: Duration = Duration::from_secs(1);
 const MEMBERSHIP_QUEUE: usize = 16_384;
 /// Operations folded into one round of pipelines.
 const MEMBERSHIP_BATCH: usize = 2_048;
+/// How often a missing canary may trigger a full re-add of memberships.
+const CANARY_REPAIR_EVERY: Duration = Duration::from_secs(5);
 /// Channels per `ZADD`, so one refresh of a huge group is not one huge command.
 const MEMBERS_PER_COMMAND: usize = 1_000;
 
 pub struct CoreSettings {
     pub prefix: String,
+    pub expiry: u64,
     pub group_expiry: u64,
+    /// The backend's `capacity`, honoured when queueing the canary.
+    pub capacity: u64,
     pub refresh_interval: Duration,
     pub receive_batch: usize,
+    pub canary: Option<CanarySending>,
 }
 
 enum MembershipOp {
@@ -98,8 +104,23 @@ impl CoreLayer {
         let stop = Shutdown::new();
         let (ops, ops_rx) = mpsc::channel(MEMBERSHIP_QUEUE);
         let needs_refresh = Arc::new(AtomicBool::new(false));
+        let queue_host = hosts
+            .host(hosts.index_for(&non_local))
+            .cloned()
+            .ok_or_else(|| LayerError::Unavailable("no Redis host configured".into()))?;
+        let canary_task = settings.canary.clone().map(|sending| {
+            tokio::spawn(send_canaries(
+                sending,
+                hosts.clone(),
+                queue_host,
+                queue_key.clone(),
+                non_local.clone(),
+                (settings.prefix.clone(), settings.capacity, settings.expiry),
+                stop.clone(),
+            ))
+        });
         let settings = Arc::new(settings);
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(receive(
                 receive_host.clone(),
                 queue_key,
@@ -127,6 +148,7 @@ impl CoreLayer {
                 stop.clone(),
             )),
         ];
+        tasks.extend(canary_task);
         Ok(CoreLayer {
             ops,
             stop,
@@ -407,6 +429,7 @@ async fn keep_memberships(
     }
     let tick = Duration::from_millis(100);
     let mut since_refresh = Duration::ZERO;
+    let mut since_repair = CANARY_REPAIR_EVERY;
     loop {
         tokio::select! {
             _ = stop.triggered() => break,
@@ -416,6 +439,15 @@ async fn keep_memberships(
             hosts.hosts().iter().all(RedisHost::is_connected) && receive_host.is_connected();
         health.set_redis_connected(connected);
         since_refresh += tick;
+        since_repair += tick;
+        // Connected but the canary is not coming back: memberships were
+        // lost without a reconnect (FLUSHALL, a failover to a stale
+        // replica, an operator's DEL). Re-add them rather than wait hours.
+        if connected && health.canary_missing() && since_repair >= CANARY_REPAIR_EVERY {
+            since_repair = Duration::ZERO;
+            tracing::warn!("canary missing while connected; re-adding memberships");
+            needs_refresh.store(true, Ordering::Relaxed);
+        }
         let due = since_refresh >= settings.refresh_interval;
         if (due || needs_refresh.load(Ordering::Relaxed)) && connected {
             needs_refresh.store(false, Ordering::Relaxed);
@@ -426,4 +458,57 @@ async fn keep_memberships(
         }
     }
     reconnects.abort_all();
+}
+
+/// Every `interval`, group_sends a canary to this process's own canary
+/// group exactly as channels_redis would: read the group's members from
+/// Redis, then queue one payload listing this process's channels among them.
+/// A lost membership therefore means no canary, and readiness notices.
+async fn send_canaries(
+    sending: CanarySending,
+    hosts: HostRing,
+    queue_host: RedisHost,
+    queue_key: String,
+    non_local: String,
+    (prefix, capacity, expiry): (String, u64, u64),
+    stop: Shutdown,
+) {
+    let group = sending.canary.group().clone();
+    let group_key = names::group_key(&prefix, &group);
+    loop {
+        tokio::select! {
+            _ = stop.triggered() => return,
+            _ = tokio::time::sleep(sending.interval) => {}
+        }
+        let Some(group_host) = hosts.host(hosts.index_for(&group)) else {
+            return;
+        };
+        let members = match group_host.sorted_set_members(&group_key).await {
+            Ok(members) => members,
+            Err(error) => {
+                tracing::debug!(%error, "canary: reading the group failed");
+                continue;
+            }
+        };
+        let ours: Vec<String> = members
+            .into_iter()
+            .filter(|channel| channel.starts_with(non_local.as_str()))
+            .collect();
+        if ours.is_empty() {
+            continue;
+        }
+        let Some(payload) = sending
+            .canary
+            .event(&ours)
+            .and_then(|event| sending.router.encode(&event))
+        else {
+            continue;
+        };
+        if let Err(error) = queue_host
+            .queue_payload(&queue_key, payload, capacity, expiry, unix_now())
+            .await
+        {
+            tracing::debug!(%error, "canary: queueing failed");
+        }
+    }
 }

@@ -11,11 +11,23 @@ pub mod core;
 pub mod pubsub;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use shared_proto::shard::shard_index;
 
+use crate::canary::Canary;
 use crate::config::LayerConfig;
 use crate::redis::{RedisError, RedisHost};
+use crate::router::Router;
+
+/// What a layer needs to send the process's canary through Redis.
+#[derive(Clone)]
+pub struct CanarySending {
+    pub canary: Arc<Canary>,
+    /// Encodes the canary event exactly as the backend encodes its events.
+    pub router: Arc<Router>,
+    pub interval: Duration,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayerError {

@@ -20,7 +20,7 @@ use shared_proto::shard::shard_index;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::LayerError;
+use super::{CanarySending, HostRing, LayerError};
 use crate::config::LayerConfig;
 use crate::health::Health;
 use crate::metrics::{DropReason, Metrics};
@@ -50,6 +50,7 @@ pub struct PubSubLayer {
     stop: Shutdown,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     subscribers: Vec<RedisSubscriber>,
+    publishers: HostRing,
 }
 
 impl PubSubLayer {
@@ -59,6 +60,7 @@ impl PubSubLayer {
         router: Arc<Router>,
         health: Arc<Health>,
         metrics: Arc<Metrics>,
+        canary: Option<CanarySending>,
     ) -> Result<PubSubLayer, RedisError> {
         let subscribers = config
             .hosts
@@ -89,12 +91,25 @@ impl PubSubLayer {
             metrics,
             stop.clone(),
         )));
+        let publishers = HostRing::from_config(config)?;
+        if let Some(sending) = canary {
+            for host in publishers.hosts() {
+                host.start();
+            }
+            tasks.push(tokio::spawn(send_canaries(
+                sending,
+                publishers.clone(),
+                config.prefix.clone(),
+                stop.clone(),
+            )));
+        }
         tracing::info!(hosts = subscribers.len(), "pub/sub layer started");
         Ok(PubSubLayer {
             ops,
             stop,
             tasks: Mutex::new(tasks),
             subscribers,
+            publishers,
         })
     }
 
@@ -140,6 +155,9 @@ impl PubSubLayer {
         }
         for subscriber in &self.subscribers {
             subscriber.stop().await;
+        }
+        for host in self.publishers.hosts() {
+            host.stop().await;
         }
     }
 }
@@ -326,4 +344,35 @@ async fn keep_subscriptions(
         }
     }
     watchers.abort_all();
+}
+
+/// Every `interval`, publishes a canary to this process's canary group the
+/// way the pub/sub layer's group_send does; it comes back only while the
+/// subscription is alive.
+async fn send_canaries(
+    sending: CanarySending,
+    publishers: HostRing,
+    prefix: String,
+    stop: Shutdown,
+) {
+    let channel = names::pubsub_group_channel(&prefix, sending.canary.group());
+    let Some(host) = publishers.host(publishers.index_for(&channel)) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.triggered() => return,
+            _ = tokio::time::sleep(sending.interval) => {}
+        }
+        let Some(payload) = sending
+            .canary
+            .event(&[])
+            .and_then(|event| sending.router.encode(&event))
+        else {
+            continue;
+        };
+        if let Err(error) = host.publish(&channel, payload).await {
+            tracing::debug!(%error, "canary: publishing failed");
+        }
+    }
 }

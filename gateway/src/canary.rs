@@ -1,0 +1,78 @@
+//! Canary: proof, end to end, that a message sent the way Django sends one
+//! still reaches this process.
+//!
+//! Each process is the only member of a group of its own
+//! (`gateway-canary.<process>`); its layer periodically sends a
+//! `gateway.canary` event to that group through the same Redis path the
+//! backend uses (group membership, queue key or pub/sub channel, receiver,
+//! decoder). This module names the group, builds the event, and when one
+//! comes back records the round trip and tells readiness. Lost memberships,
+//! a dead receiver or a broken subscription all show up as canaries that stop
+//! arriving — the silent-loss failure no health check of a connection can
+//! see. It must not do I/O; layers send, the router hands canaries back.
+
+use std::sync::Arc;
+
+use rmpv::Value;
+use shared_proto::Message;
+
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::router::unix_now;
+
+/// The event type of a canary; never shown to clients.
+pub const CANARY_TYPE: &str = "gateway.canary";
+const SENT_AT: &str = "sent_at";
+
+pub struct Canary {
+    group: Arc<str>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl Canary {
+    pub fn new(process_id: &str, health: Arc<Health>, metrics: Arc<Metrics>) -> Canary {
+        Canary {
+            group: Arc::from(format!("gateway-canary.{process_id}")),
+            health,
+            metrics,
+        }
+    }
+
+    /// The group only this process's canary channel belongs to.
+    pub fn group(&self) -> &Arc<str> {
+        &self.group
+    }
+
+    /// A canary event stamped now, with the `__asgi_channel__` list a core
+    /// layer group_send carries (empty for the pub/sub layer).
+    pub fn event(&self, channels: &[String]) -> Option<Message> {
+        let mut entries = vec![
+            (Value::from("type"), Value::from(CANARY_TYPE)),
+            (Value::from(SENT_AT), Value::from(unix_now())),
+        ];
+        if !channels.is_empty() {
+            entries.push((
+                Value::from("__asgi_channel__"),
+                Value::Array(channels.iter().map(|c| Value::from(c.as_str())).collect()),
+            ));
+        }
+        Message::from_value(Value::Map(entries)).ok()
+    }
+
+    /// Whether `message` is a canary; if so, records its round trip.
+    pub fn observe(&self, message: &Message) -> bool {
+        if message.message_type() != Some(CANARY_TYPE) {
+            return false;
+        }
+        if let Some(sent_at) = message.get(SENT_AT).and_then(Value::as_f64) {
+            let round_trip = unix_now() - sent_at;
+            if round_trip >= 0.0 {
+                self.metrics.canary_round_trip.observe(round_trip);
+            }
+        }
+        self.metrics.canaries_received.inc();
+        self.health.canary_beat();
+        true
+    }
+}
