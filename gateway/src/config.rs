@@ -12,7 +12,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
@@ -201,27 +201,114 @@ pub enum SerializerFormatSetting {
 }
 
 /// One entry of channels_redis' `hosts`: a URL, a `[host, port]` pair, or a
-/// table with an `address` URL.
+/// table (an `address` URL with options, or a Sentinel master).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum HostSetting {
     Url(String),
     Pair(String, u16),
-    Table { address: String },
+    Table(HostTable),
+}
+
+/// The dict form of a `hosts` entry, with redis-py's option names.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostTable {
+    /// `redis://`, `rediss://` or `unix://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Sentinel `[host, port]` pairs; with `master_name`, instead of `address`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sentinels: Vec<(String, u16)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
+    /// PEM file with the CA certificates that sign the server's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_ca_certs: Option<PathBuf>,
+    /// Credentials and database of a Sentinel-managed master (URLs carry
+    /// their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<u8>,
+}
+
+/// Where one host entry points.
+pub enum HostTarget<'a> {
+    /// A URL, and a CA file when the entry names one.
+    Url {
+        url: String,
+        ca_file: Option<&'a Path>,
+    },
+    Sentinel {
+        sentinels: &'a [(String, u16)],
+        master_name: &'a str,
+        table: &'a HostTable,
+    },
 }
 
 impl HostSetting {
-    /// The Redis URL this entry stands for.
-    pub fn url(&self) -> String {
+    pub fn target(&self) -> Result<HostTarget<'_>, String> {
         match self {
-            HostSetting::Url(url) | HostSetting::Table { address: url } => url.clone(),
-            HostSetting::Pair(host, port) => format!("redis://{host}:{port}"),
+            HostSetting::Url(url) => Ok(HostTarget::Url {
+                url: url.clone(),
+                ca_file: None,
+            }),
+            HostSetting::Pair(host, port) => Ok(HostTarget::Url {
+                url: format!("redis://{host}:{port}"),
+                ca_file: None,
+            }),
+            HostSetting::Table(table) => match (&table.address, &table.master_name) {
+                (Some(url), None) if table.sentinels.is_empty() => Ok(HostTarget::Url {
+                    url: url.clone(),
+                    ca_file: table.ssl_ca_certs.as_deref(),
+                }),
+                (None, Some(master_name)) if !table.sentinels.is_empty() => {
+                    Ok(HostTarget::Sentinel {
+                        sentinels: &table.sentinels,
+                        master_name,
+                        table,
+                    })
+                }
+                _ => {
+                    Err("a table needs either `address`, or `sentinels` with `master_name`".into())
+                }
+            },
         }
     }
 
-    /// The URL with any password replaced, for logs and `check-config`.
-    pub fn redacted_url(&self) -> String {
-        redact_url_password(&self.url())
+    /// What to call this host in logs and metrics: its URL with any password
+    /// replaced, or its Sentinel master.
+    pub fn label(&self) -> String {
+        match self.target() {
+            Ok(HostTarget::Url { url, .. }) => redact_url_password(&url),
+            Ok(HostTarget::Sentinel {
+                sentinels,
+                master_name,
+                ..
+            }) => {
+                let addresses: Vec<String> = sentinels
+                    .iter()
+                    .map(|(host, port)| format!("{host}:{port}"))
+                    .collect();
+                format!("sentinel://{}/{master_name}", addresses.join(","))
+            }
+            Err(_) => "<invalid host>".to_string(),
+        }
+    }
+
+    /// The same entry with URL passwords replaced, for `check-config`.
+    fn redacted(&self) -> HostSetting {
+        match self {
+            HostSetting::Url(url) => HostSetting::Url(redact_url_password(url)),
+            HostSetting::Pair(..) => self.clone(),
+            HostSetting::Table(table) => HostSetting::Table(HostTable {
+                address: table.address.as_deref().map(redact_url_password),
+                ..table.clone()
+            }),
+        }
     }
 }
 
@@ -458,18 +545,35 @@ impl Config {
             return Err(invalid("layer.hosts", "must list at least one Redis host"));
         }
         for host in &layer.hosts {
-            let url = host.url();
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("unix://"))
+            match host.target() {
+                Err(reason) => return Err(invalid("layer.hosts", reason)),
+                Ok(HostTarget::Url { url, .. }) => {
+                    if !["redis://", "rediss://", "unix://"]
+                        .iter()
+                        .any(|scheme| url.starts_with(scheme))
+                    {
+                        return Err(invalid(
+                            "layer.hosts",
+                            format!(
+                                "`{}` is not a redis://, rediss:// or unix:// URL",
+                                host.label()
+                            ),
+                        ));
+                    }
+                }
+                Ok(HostTarget::Sentinel { .. }) => {}
+            }
+            if let HostSetting::Table(HostTable {
+                ssl_ca_certs: Some(path),
+                ..
+            }) = host
             {
-                return Err(invalid(
-                    "layer.hosts",
-                    format!(
-                        "`{}` is not a redis://, rediss:// or unix:// URL",
-                        host.redacted_url()
-                    ),
-                ));
+                if !path.is_file() {
+                    return Err(invalid(
+                        "layer.hosts",
+                        format!("ssl_ca_certs {} is not a readable file", path.display()),
+                    ));
+                }
             }
         }
         if !layer
@@ -536,12 +640,7 @@ impl Config {
     /// The effective configuration as TOML, secrets and URL passwords redacted.
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
-        shown.layer.hosts = self
-            .layer
-            .hosts
-            .iter()
-            .map(|host| HostSetting::Url(host.redacted_url()))
-            .collect();
+        shown.layer.hosts = self.layer.hosts.iter().map(HostSetting::redacted).collect();
         toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# cannot render: {error}"))
     }
 }
@@ -569,13 +668,23 @@ mod tests {
             .merge(Toml::string(
                 r#"
                 [layer]
-                hosts = ["redis://a:1/0", ["b", 2], { address = "redis://c:3" }]
+                hosts = ["redis://a:1/0", ["b", 2], { address = "redis://c:3" },
+                         { sentinels = [["s1", 26379], ["s2", 26380]], master_name = "mymaster" }]
                 "#,
             ))
             .extract()
             .expect("parses");
-        let urls: Vec<String> = config.layer.hosts.iter().map(HostSetting::url).collect();
-        assert_eq!(urls, ["redis://a:1/0", "redis://b:2", "redis://c:3"]);
+        let labels: Vec<String> = config.layer.hosts.iter().map(HostSetting::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "redis://a:1/0",
+                "redis://b:2",
+                "redis://c:3",
+                "sentinel://s1:26379,s2:26380/mymaster"
+            ]
+        );
+        config.validate().expect("all forms are valid");
     }
 
     #[test]

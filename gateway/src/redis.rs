@@ -7,13 +7,21 @@
 
 use std::time::Duration;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use fred::prelude::{
     ClientLike, Config as FredConfig, Error as FredError, EventInterface, KeysInterface,
     LuaInterface, PubsubInterface, ReconnectPolicy, SortedSetsInterface, TcpConfig, Value,
 };
+use fred::types::config::{Server, ServerConfig, TlsConfig, TlsConnector};
 use fred::types::Builder;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use tokio::sync::broadcast;
+
+use crate::config::{HostSetting, HostTarget};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
@@ -59,11 +67,125 @@ fn bad_url(label: &str, error: &FredError) -> RedisError {
     }
 }
 
+/// The client configuration for one `hosts` entry: a URL (`redis://`,
+/// `rediss://`, `unix://`, with user, password and database as redis-py
+/// reads them) or a Sentinel master.
+fn fred_config(host: &HostSetting) -> Result<FredConfig, RedisError> {
+    let label = host.label();
+    let bad = |reason: String| RedisError::BadUrl {
+        url: label.clone(),
+        reason,
+    };
+    let target = host.target().map_err(bad)?;
+    let config = match target {
+        HostTarget::Url { url, .. } if url.starts_with("unix://") => {
+            unix_socket_config(&url).map_err(bad)?
+        }
+        HostTarget::Url { url, ca_file } => {
+            let mut config =
+                FredConfig::from_url(&url).map_err(|error| bad(error.details().to_string()))?;
+            if url.starts_with("rediss://") || ca_file.is_some() {
+                config.tls = Some(tls_config(ca_file).map_err(bad)?);
+            }
+            config
+        }
+        HostTarget::Sentinel {
+            sentinels,
+            master_name,
+            table,
+        } => FredConfig {
+            server: ServerConfig::Sentinel {
+                hosts: sentinels
+                    .iter()
+                    .map(|(host, port)| Server::new(host.as_str(), *port))
+                    .collect(),
+                service_name: master_name.to_string(),
+                username: None,
+                password: None,
+            },
+            username: table.username.clone(),
+            password: table
+                .password
+                .as_ref()
+                .map(|secret| secret.expose().to_string()),
+            database: table.db,
+            tls: match &table.ssl_ca_certs {
+                Some(path) => Some(tls_config(Some(path)).map_err(bad)?),
+                None => None,
+            },
+            ..FredConfig::default()
+        },
+    };
+    Ok(config)
+}
+
+/// redis-py's `unix://[[user]:[password]@]/path/redis.sock[?db=N]`.
+fn unix_socket_config(url: &str) -> Result<FredConfig, String> {
+    let rest = url.strip_prefix("unix://").unwrap_or(url);
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (userinfo, path) = match rest.rsplit_once('@') {
+        Some((userinfo, path)) => (Some(userinfo), path),
+        None => (None, rest),
+    };
+    if !path.starts_with('/') {
+        return Err("a unix:// URL needs an absolute socket path".into());
+    }
+    let (username, password) = match userinfo.map(|info| info.split_once(':')) {
+        Some(Some((user, password))) => (
+            (!user.is_empty()).then(|| user.to_string()),
+            Some(password.to_string()),
+        ),
+        Some(None) => (None, userinfo.map(str::to_string)),
+        None => (None, None),
+    };
+    let database = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("db="))
+        .map(|db| {
+            db.parse::<u8>()
+                .map_err(|_| format!("db={db} is not a database number"))
+        })
+        .transpose()?;
+    Ok(FredConfig {
+        server: ServerConfig::Unix { path: path.into() },
+        username,
+        password,
+        database,
+        ..FredConfig::default()
+    })
+}
+
+/// TLS trusting the system's CAs, or only those in `ca_file` (PEM).
+fn tls_config(ca_file: Option<&Path>) -> Result<TlsConfig, String> {
+    let Some(path) = ca_file else {
+        return TlsConnector::default_rustls()
+            .map(TlsConfig::from)
+            .map_err(|error| error.details().to_string());
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(path)
+        .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    for certificate in certificates {
+        let certificate =
+            certificate.map_err(|error| format!("bad PEM in {}: {error}", path.display()))?;
+        roots
+            .add(certificate)
+            .map_err(|error| format!("bad CA certificate in {}: {error}", path.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConfig::from(TlsConnector::from(client)))
+}
+
 /// Client settings shared by every connection: reconnect forever with
 /// jittered exponential backoff (50 ms to 1 s), bounded command timeouts,
 /// and detection of connections that stop answering.
-fn builder(url: &str, label: &str) -> Result<Builder, RedisError> {
-    let mut config = FredConfig::from_url(url).map_err(|error| bad_url(label, &error))?;
+fn builder(host: &HostSetting) -> Result<Builder, RedisError> {
+    let mut config = fred_config(host)?;
     // Never give up: a gateway without Redis is unready, not dead.
     config.fail_fast = false;
     let mut policy = ReconnectPolicy::new_exponential(0, 50, 1_000, 2);
@@ -102,9 +224,10 @@ pub struct RedisHost {
 }
 
 impl RedisHost {
-    /// Builds the client without connecting; `label` is the redacted URL.
-    pub fn new(url: &str, label: String) -> Result<RedisHost, RedisError> {
-        let client = builder(url, &label)?
+    /// Builds the client without connecting.
+    pub fn new(host: &HostSetting) -> Result<RedisHost, RedisError> {
+        let label = host.label();
+        let client = builder(host)?
             .build()
             .map_err(|error| bad_url(&label, &error))?;
         Ok(RedisHost { client, label })
@@ -372,8 +495,9 @@ pub struct RedisSubscriber {
 }
 
 impl RedisSubscriber {
-    pub fn new(url: &str, label: String) -> Result<RedisSubscriber, RedisError> {
-        let client = builder(url, &label)?
+    pub fn new(host: &HostSetting) -> Result<RedisSubscriber, RedisError> {
+        let label = host.label();
+        let client = builder(host)?
             .build_subscriber_client()
             .map_err(|error| bad_url(&label, &error))?;
         Ok(RedisSubscriber { client, label })
@@ -468,5 +592,28 @@ impl PublishedMessages {
             Err(broadcast::error::RecvError::Lagged(missed)) => NextPublished::Lagged(missed),
             Err(broadcast::error::RecvError::Closed) => NextPublished::Closed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_socket_urls_read_like_redis_py() {
+        let config = unix_socket_config("unix://user:pw@/run/redis.sock?db=4").expect("valid");
+        assert_eq!(config.username.as_deref(), Some("user"));
+        assert_eq!(config.password.as_deref(), Some("pw"));
+        assert_eq!(config.database, Some(4));
+        assert!(
+            matches!(config.server, ServerConfig::Unix { ref path } if path == Path::new("/run/redis.sock"))
+        );
+        let config = unix_socket_config("unix:///tmp/r.sock").expect("valid");
+        assert_eq!(
+            (config.username, config.password, config.database),
+            (None, None, None)
+        );
+        assert!(unix_socket_config("unix://relative.sock").is_err());
+        assert!(unix_socket_config("unix:///r.sock?db=x").is_err());
     }
 }

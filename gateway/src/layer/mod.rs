@@ -48,7 +48,7 @@ impl HostRing {
         let hosts = config
             .hosts
             .iter()
-            .map(|host| RedisHost::new(&host.url(), host.redacted_url()))
+            .map(RedisHost::new)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(HostRing { hosts })
     }

@@ -65,7 +65,7 @@ impl PubSubLayer {
         let subscribers = config
             .hosts
             .iter()
-            .map(|host| RedisSubscriber::new(&host.url(), host.redacted_url()))
+            .map(RedisSubscriber::new)
             .collect::<Result<Vec<_>, _>>()?;
         let stop = Shutdown::new();
         let mut tasks = Vec::new();
