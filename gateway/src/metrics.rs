@@ -68,6 +68,7 @@ pub struct Metrics {
     drops: IntCounterVec,
     pub redis_reconnects: IntCounter,
     pub membership_writes_failed: IntCounter,
+    pub membership_pipelines: IntCounter,
     pub publish_lag: Histogram,
     pub client_frames: IntCounter,
     pub canary_round_trip: Histogram,
@@ -171,6 +172,14 @@ impl Metrics {
                 IntCounter::new(
                     "gateway_membership_write_failures_total",
                     "Pipelines of group membership writes that failed",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            membership_pipelines: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_membership_pipelines_total",
+                    "Round trips that wrote group memberships (many joins and leaves each)",
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),

@@ -39,6 +39,7 @@ on_both_layers!(
     redis_down_at_start_then_ready_when_it_comes,
     sigterm_leaves_nothing_behind_in_redis,
     canaries_come_back_through_redis,
+    concurrent_connects_share_round_trips,
 );
 
 async fn delivers_to_every_socket_of_the_user_only(layer: &str) {
@@ -360,4 +361,47 @@ async fn canaries_come_back_through_redis(layer: &str) {
     }
     let (_, body) = stack.gateway.admin_get("/metrics").await.expect("metrics");
     assert!(body.contains("gateway_canary_round_trip_seconds_count"));
+}
+
+/// Calls of one Redis command so far (`INFO commandstats`).
+async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats = redis
+        .cmd(&["INFO", "commandstats"])
+        .await
+        .expect("commandstats")
+        .join("\n");
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn concurrent_connects_share_round_trips(layer: &str) {
+    let stack = layer_stack(layer, |config| config).await;
+    let before_subscribes = command_calls(&stack.redis, "subscribe").await;
+    let before_pipelines =
+        metric(&stack.gateway, "gateway_membership_pipelines_total ").await as u64;
+    let url = stack.gateway.ws_url("/ws/notifications/");
+    let connects = (0..300).map(|user| {
+        let url = url.clone();
+        async move {
+            tests::WsClient::connect(&url, tests::TokenIn::Query(token(1000 + user)))
+                .await
+                .expect("socket opens")
+        }
+    });
+    let sockets = futures_util::future::join_all(connects).await;
+    assert_eq!(sockets.len(), 300);
+    // Round trips that carried the 300 joins: membership pipelines on the
+    // core layer, SUBSCRIBE commands (each for many channels) on pub/sub.
+    let round_trips = if layer == "core" {
+        metric(&stack.gateway, "gateway_membership_pipelines_total ").await as u64
+            - before_pipelines
+    } else {
+        command_calls(&stack.redis, "subscribe").await - before_subscribes
+    };
+    eprintln!("{layer}: 300 concurrent connects of distinct users took {round_trips} round trips");
+    assert!(round_trips < 300, "{round_trips} round trips for 300 joins");
 }

@@ -292,7 +292,7 @@ async fn write_memberships(
                 MembershipOp::Flush { done } => flushes.push(done),
             }
         }
-        let outcomes = plan.execute(&hosts, settings.group_expiry).await;
+        let outcomes = plan.execute(&hosts, settings.group_expiry, &metrics).await;
         if outcomes.iter().any(Result::is_err) {
             metrics.membership_writes_failed.inc();
             needs_refresh.store(true, Ordering::Relaxed);
@@ -349,7 +349,12 @@ impl WritePlan {
 
     /// Adds go before removes, so a socket that joined and left within one
     /// batch ends up absent. Returns each host's outcome by index.
-    async fn execute(self, hosts: &HostRing, group_expiry: u64) -> Vec<Result<(), String>> {
+    async fn execute(
+        self,
+        hosts: &HostRing,
+        group_expiry: u64,
+        metrics: &Metrics,
+    ) -> Vec<Result<(), String>> {
         let score = unix_now();
         let expiry = i64::try_from(group_expiry).unwrap_or(i64::MAX);
         let writes: Vec<MembershipWrites> = self
@@ -361,6 +366,8 @@ impl WritePlan {
                 removes: split_large(removes),
             })
             .collect();
+        let pipelines = writes.iter().filter(|writes| !writes.is_empty()).count();
+        metrics.membership_pipelines.inc_by(pipelines as u64);
         join_all(
             hosts
                 .hosts()
