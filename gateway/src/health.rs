@@ -95,6 +95,13 @@ impl Health {
             .is_some_and(|limit| self.is_stale(&self.canary_beat_ms, limit))
     }
 
+    /// The canary is missing for longer than a freshly started process
+    /// needs for its first one: something lost messages, repair is due.
+    pub fn canary_overdue(&self) -> bool {
+        self.canary_stale_after
+            .is_some_and(|limit| self.canary_missing() && self.now_ms() > limit.as_millis() as u64)
+    }
+
     pub fn readiness(&self) -> Result<(), NotReady> {
         if self.is_draining() {
             return Err(NotReady::Draining);

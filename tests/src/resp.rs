@@ -1,11 +1,12 @@
 //! A minimal async RESP2 client over a tokio `TcpStream`, for test assertions
 //! and for poking Redis directly (ZRANGE a queue key, SUBSCRIBE to a pub/sub
-//! channel, DEBUG SLEEP, ...).
+//! channel, DEBUG SLEEP, ...), with plain pipelining for the native publisher
+//! ([`crate::publisher`]).
 //!
 //! It parses exactly what tests need: simple strings, errors, integers, bulk
 //! strings, arrays and nil. It is not a Redis client for the product (the
 //! gateway uses its own), has no pooling, reconnects or RESP3, and must never be
-//! pointed at a server the test did not start.
+//! pointed at a server the test or benchmark did not start.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -139,17 +140,38 @@ impl RespClient {
             bail!("empty redis command");
         }
         let mut buf = Vec::with_capacity(64);
-        buf.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for arg in args {
-            let arg = arg.as_ref();
-            buf.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            buf.extend_from_slice(arg);
-            buf.extend_from_slice(b"\r\n");
-        }
+        encode_command(args, &mut buf);
         let stream = self.stream.get_mut();
         stream.write_all(&buf).await.context("writing to redis")?;
         stream.flush().await.context("flushing to redis")?;
         Ok(())
+    }
+
+    /// Pipelining: writes every command of `commands` in ONE write, then reads
+    /// exactly one reply per command, in order (error replies are returned as
+    /// `RespValue::Error`, not as `Err`). An empty command is refused before
+    /// anything is written.
+    pub async fn pipeline<C, A>(&mut self, commands: &[C]) -> Result<Vec<RespValue>>
+    where
+        C: AsRef<[A]>,
+        A: AsRef<[u8]>,
+    {
+        let mut buf = Vec::with_capacity(256 * commands.len().max(1));
+        for command in commands {
+            let args = command.as_ref();
+            if args.is_empty() {
+                bail!("empty redis command in pipeline");
+            }
+            encode_command(args, &mut buf);
+        }
+        let stream = self.stream.get_mut();
+        stream.write_all(&buf).await.context("writing to redis")?;
+        stream.flush().await.context("flushing to redis")?;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            replies.push(self.read_value().await?);
+        }
+        Ok(replies)
     }
 
     /// Reads the next reply (or pushed pub/sub message).
@@ -228,6 +250,17 @@ impl RespClient {
         }
         line.truncate(line.len() - 2);
         Ok(line)
+    }
+}
+
+/// Appends one command in RESP2 (an array of bulk strings) to `buf`.
+pub fn encode_command<A: AsRef<[u8]>>(args: &[A], buf: &mut Vec<u8>) {
+    buf.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        let arg = arg.as_ref();
+        buf.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        buf.extend_from_slice(arg);
+        buf.extend_from_slice(b"\r\n");
     }
 }
 

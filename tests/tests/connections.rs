@@ -73,7 +73,13 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (path("ca.pem"), path("server.pem"), path("server.key"))
 }
 
-async fn delivers(gateway: &tests::GatewayProcess, publisher: &mut LayerDriver, user: u32) {
+/// Connects `user`, proves a group_send reaches the socket, and hands the
+/// still-open socket back.
+async fn delivers(
+    gateway: &tests::GatewayProcess,
+    publisher: &mut LayerDriver,
+    user: u32,
+) -> tests::WsClient {
     let mut socket = connect(gateway, user).await;
     publisher
         .group_send(
@@ -83,6 +89,7 @@ async fn delivers(gateway: &tests::GatewayProcess, publisher: &mut LayerDriver, 
         .await
         .expect("group_send");
     expect_frame(&mut socket, r#"{"message": "over this connection"}"#).await;
+    socket
 }
 
 #[tokio::test]
@@ -119,7 +126,7 @@ async fn tls_with_a_private_ca() {
         { "address": address, "ssl_ca_certs": ca.to_string_lossy() }
     ]))
     .await;
-    delivers(&gateway, &mut publisher, 1).await;
+    let _open = delivers(&gateway, &mut publisher, 1).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -138,7 +145,7 @@ async fn unix_socket_with_a_database_index() {
     let mut config = GatewayConfig::new(&url).expect("config");
     let gateway = start_gateway(&mut config).await;
     let mut publisher = python_publisher(json!([url])).await;
-    delivers(&gateway, &mut publisher, 2).await;
+    let _open = delivers(&gateway, &mut publisher, 2).await;
     let mut client = redis.client().await.expect("client");
     client.cmd(&["SELECT", "2"]).await.expect("select");
     let keys = client
@@ -164,7 +171,7 @@ async fn acl_user_password_and_database_from_the_url() {
     let mut config = GatewayConfig::new(&url).expect("config");
     let gateway = start_gateway(&mut config).await;
     let mut publisher = python_publisher(json!([url])).await;
-    delivers(&gateway, &mut publisher, 3).await;
+    let _open = delivers(&gateway, &mut publisher, 3).await;
     let clients = redis
         .cmd(&["CLIENT", "LIST"])
         .await

@@ -450,7 +450,7 @@ async fn keep_memberships(
         // Connected but the canary is not coming back: memberships were
         // lost without a reconnect (FLUSHALL, a failover to a stale
         // replica, an operator's DEL). Re-add them rather than wait hours.
-        if connected && health.canary_missing() && since_repair >= CANARY_REPAIR_EVERY {
+        if connected && health.canary_overdue() && since_repair >= CANARY_REPAIR_EVERY {
             since_repair = Duration::ZERO;
             tracing::warn!("canary missing while connected; re-adding memberships");
             needs_refresh.store(true, Ordering::Relaxed);

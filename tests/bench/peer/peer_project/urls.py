@@ -1,0 +1,3 @@
+"""No HTTP routes: the peer serves only the notification WebSocket."""
+
+urlpatterns = []

@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Turns the result files of one ``scripts/bench`` run into
+``docs/benchmarks.json`` (raw), ``docs/benchmarks.md`` (machine, versions,
+the gateway and the Daphne peer side by side, ratios) and
+``docs/benchmarks-latency.svg`` (p50/p99 latency against the per-user publish
+rate, drawn by hand: no plotting library, no network).
+
+Usage: report.py RESULTS_DIR META_JSON DOCS_DIR
+It only reads what the run wrote; it starts nothing and measures nothing.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+
+def load(results: Path):
+    out = {}
+    for path in sorted(results.glob("*.json")):
+        try:
+            out[path.stem] = json.loads(path.read_text())
+        except ValueError as err:
+            out[path.stem] = {"error": f"unreadable result: {err}"}
+    return out
+
+
+def fmt(value, digits=1):
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def ratio(gw, peer, higher_is_better=True):
+    if not isinstance(gw, (int, float)) or not isinstance(peer, (int, float)):
+        return "—"
+    if gw == 0 or peer == 0:
+        return "—"
+    r = gw / peer if higher_is_better else peer / gw
+    return f"{r:,.1f}×"
+
+
+def idle_row(res):
+    if not res or "rss" not in res:
+        return None, None, None
+    per = [r.get("per_socket_kib") for r in res["rss"] if r.get("per_socket_kib") is not None]
+    return (res["connect"]["ok"], per[0] if per else None, res["connect"]["rate_per_s"])
+
+
+def best_clean_rate(res):
+    """Highest step with zero loss and p99 <= 50 ms."""
+    best = None
+    for step in (res or {}).get("steps", []):
+        lat = step.get("latency") or {}
+        if step.get("lost", 1) == 0 and lat.get("p99_ms", 1e9) <= 50.0:
+            best = step
+    return best
+
+
+def svg_plot(series, path: Path):
+    """series: {label: [(rate, p50, p99), ...]}"""
+    width, height, left, bottom, top, right = 760, 420, 70, 50, 30, 180
+    points = [p for s in series.values() for p in s]
+    if not points:
+        path.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>\n')
+        return
+    import math
+
+    xs = [max(p[0], 1) for p in points]
+    ys = [max(v, 0.01) for p in points for v in (p[1], p[2]) if v is not None]
+    x0, x1 = math.floor(math.log10(min(xs))), math.ceil(math.log10(max(xs)) + 1e-9)
+    y0, y1 = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)) + 1e-9)
+    if x1 == x0:
+        x1 += 1
+    if y1 == y0:
+        y1 += 1
+    pw, ph = width - left - right, height - top - bottom
+
+    def X(v):
+        return left + (math.log10(max(v, 1)) - x0) / (x1 - x0) * pw
+
+    def Y(v):
+        return top + ph - (math.log10(max(v, 0.01)) - y0) / (y1 - y0) * ph
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="18" font-size="14">Per-user latency vs publish rate (log–log)</text>',
+    ]
+    for e in range(x0, x1 + 1):
+        x = X(10**e)
+        out.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + ph}" stroke="#ddd"/>')
+        out.append(f'<text x="{x:.1f}" y="{top + ph + 18}" text-anchor="middle">{10**e:g}</text>')
+    for e in range(y0, y1 + 1):
+        y = Y(10**e)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{10**e:g}</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 10}" text-anchor="middle">messages/s</text>')
+    out.append(f'<text x="16" y="{top + ph / 2}" transform="rotate(-90 16 {top + ph / 2})" '
+               f'text-anchor="middle">latency ms</text>')
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    legend_y = top + 10
+    for i, (label, pts) in enumerate(series.items()):
+        color = colors[i % len(colors)]
+        for j, (name, dash) in enumerate((("p50", ""), ("p99", "6,4"))):
+            coords = [(X(p[0]), Y(p[1 + j])) for p in pts if p[1 + j] is not None]
+            if not coords:
+                continue
+            poly = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
+            dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+            out.append(f'<polyline points="{poly}" fill="none" stroke="{color}" '
+                       f'stroke-width="2"{dash_attr}/>')
+            for x, y in coords:
+                out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
+            lx = left + pw + 15
+            out.append(f'<line x1="{lx}" y1="{legend_y}" x2="{lx + 25}" y2="{legend_y}" '
+                       f'stroke="{color}" stroke-width="2"{dash_attr}/>')
+            out.append(f'<text x="{lx + 30}" y="{legend_y + 4}">{label} {name}</text>')
+            legend_y += 18
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
+def main() -> int:
+    results, meta_path, docs = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    meta = json.loads(meta_path.read_text())
+    res = load(results)
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / "benchmarks.json").write_text(
+        json.dumps({"meta": meta, "results": res}, indent=1, sort_keys=True) + "\n")
+
+    series = {}
+    for stack, label in (("gateway", "gateway"), ("peer", "Daphne peer")):
+        steps = (res.get(f"{stack}-per-user") or {}).get("steps", [])
+        pts = []
+        for s in steps:
+            lat = s.get("latency") or {}
+            if lat:
+                pts.append((s.get("achieved_rate") or s["target_rate"], lat.get("p50_ms"), lat.get("p99_ms")))
+        if pts:
+            series[label] = pts
+    svg_plot(series, docs / "benchmarks-latency.svg")
+
+    lines = ["# Benchmarks: the gateway against the Channels consumer under Daphne", ""]
+    lines += [
+        "Written by `scripts/bench` (do not edit by hand; rerun it). Raw results: "
+        "[`benchmarks.json`](benchmarks.json). Both stacks ran in the same run, on the same "
+        "machine, against the same freshly started `redis-server`, with the same HS256 JWT "
+        "work per handshake; messages were published by the native publisher "
+        "(`tests/src/publisher.rs`, checked byte for byte against the real channels_redis by "
+        "`tests/tests/native_publisher.rs`), carrying a publish timestamp and a sequence number.",
+        "",
+        "## Machine and versions",
+        "",
+    ]
+    for key, value in meta.items():
+        if key not in ("knobs", "notes"):
+            lines.append(f"- **{key}**: {value}")
+    lines += ["", "Scale knobs of this run:", "", "```"]
+    for key, value in sorted(meta.get("knobs", {}).items()):
+        lines.append(f"{key}={value}")
+    lines += ["```", "", "## Results", ""]
+    lines += ["| scenario | gateway | Daphne peer | gateway ÷ peer | target |", "|---|---|---|---|---|"]
+
+    def add(name, gw, peer, target, higher=True, digits=1):
+        lines.append(f"| {name} | {fmt(gw, digits)} | {fmt(peer, digits)} | "
+                     f"{ratio(gw, peer, higher)} | {target} |")
+
+    for size in meta.get("knobs", {}).get("BENCH_IDLE_SOCKETS", "").split():
+        g = idle_row(res.get(f"gateway-idle-{size}"))
+        p = idle_row(res.get(f"peer-idle-{size}"))
+        add(f"idle RSS KiB/socket, {size} requested (gateway opened {fmt(g[0])}, peer {fmt(p[0])})",
+            g[1], p[1], "≤ 8 KiB (15k)", higher=False, digits=2)
+        add(f"connects/s while opening {size}", g[2], p[2], "≥ 10,000 /process")
+    multi = res.get("gateway-multi")
+    if multi:
+        lines.append(f"| {fmt(multi.get('sockets'))} idle over {multi.get('processes')} gateway processes, "
+                     f"total RSS MiB | {fmt(multi.get('total_rss_mib'))} | not run | — | ≤ 1024 MiB |")
+    g_best = best_clean_rate(res.get("gateway-per-user"))
+    p_best = best_clean_rate(res.get("peer-per-user"))
+    add("per-user: highest rate with zero loss and p99 ≤ 50 ms (msgs/s achieved)",
+        g_best and g_best.get("achieved_rate"), p_best and p_best.get("achieved_rate"),
+        "≥ 50,000 zero loss")
+    for stack in ("gateway", "peer"):
+        r = res.get(f"{stack}-per-user") or {}
+        if "stopped_at_rate" in r:
+            lines.append(f"| per-user ramp of the {stack} stopped at target rate | "
+                         f"{fmt(r['stopped_at_rate']) if stack == 'gateway' else ''} | "
+                         f"{fmt(r['stopped_at_rate']) if stack == 'peer' else ''} | — | loss or p99 > 50 ms |")
+    gf = ((res.get("gateway-fixed") or {}).get("steps") or [{}])[0]
+    pf = ((res.get("peer-fixed") or {}).get("steps") or [{}])[0]
+    add(f"fixed rate {meta.get('knobs', {}).get('BENCH_FIXED_RATE', '?')} msg/s: p99 ms",
+        (gf.get("latency") or {}).get("p99_ms"), (pf.get("latency") or {}).get("p99_ms"),
+        "≤ 5 ms", higher=False, digits=2)
+    add("fixed rate: lost messages", gf.get("lost"), pf.get("lost"), "0", higher=False)
+    gb = ((res.get("gateway-broadcast") or {}).get("steps") or [{}])[0]
+    pb = ((res.get("peer-broadcast") or {}).get("steps") or [{}])[0]
+    gbs = (res.get("gateway-broadcast") or {}).get("sockets")
+    pbs = (res.get("peer-broadcast") or {}).get("sockets")
+    add(f"broadcast deliveries/s (gateway {fmt(gbs)} sockets, peer {fmt(pbs)})",
+        gb.get("deliveries_per_s"), pb.get("deliveries_per_s"), "≥ 500,000 (10k sockets)")
+    add("broadcast p99 ms", (gb.get("latency") or {}).get("p99_ms"),
+        (pb.get("latency") or {}).get("p99_ms"), "—", higher=False, digits=2)
+    add("broadcast lost deliveries", gb.get("lost"), pb.get("lost"), "0", higher=False)
+    gs = (res.get("gateway-storm") or {}).get("storm") or {}
+    ps = (res.get("peer-storm") or {}).get("storm") or {}
+    add(f"reconnect storm: s until all rejoined (gateway {fmt(gs.get('dropped'))}, peer {fmt(ps.get('dropped'))})",
+        gs.get("all_joined_s"), ps.get("all_joined_s"), "—", higher=False, digits=2)
+    add("reconnect storm: s until a message reached all", gs.get("message_reached_all_s"),
+        ps.get("message_reached_all_s"), "≤ 3 s (15k)", higher=False, digits=2)
+    ceiling = best_clean_rate(res.get("redis-ceiling"))
+    if res.get("redis-ceiling"):
+        steps = res["redis-ceiling"].get("steps", [])
+        top = max((s.get("achieved_rate", 0) for s in steps), default=None)
+        lines.append(f"| native publisher alone against Redis (no sockets): highest achieved msgs/s | "
+                     f"{fmt(top)} | — | — | the ceiling |")
+    lines += ["", "Ratios are gateway ÷ peer for rates and peer ÷ gateway for costs (RSS, "
+              "latency, seconds): above 1× the gateway is better.", ""]
+
+    lines += ["## Per-user ramp", "", "![latency vs rate](benchmarks-latency.svg)", ""]
+    lines += ["| stack | target msg/s | achieved | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | misrouted | over capacity |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for stack in ("gateway", "peer"):
+        for s in (res.get(f"{stack}-per-user") or {}).get("steps", []):
+            lat = s.get("latency") or {}
+            lines.append(
+                f"| {stack} | {fmt(s.get('target_rate'))} | {fmt(s.get('achieved_rate'), 0)} | "
+                f"{fmt(lat.get('p50_ms'), 2)} | {fmt(lat.get('p99_ms'), 2)} | {fmt(lat.get('p999_ms'), 2)} | "
+                f"{fmt(lat.get('max_ms'), 2)} | {fmt(s.get('lost'))} | {fmt(s.get('duplicates'))} | "
+                f"{fmt(s.get('misroutes'))} | {fmt(s.get('over_capacity'))} |")
+    lines += ["", "## Notes", ""]
+    for note in meta.get("notes", []):
+        lines.append(f"- {note}")
+    failed = [k for k, v in res.items() if isinstance(v, dict) and "error" in v]
+    if failed:
+        lines.append(f"- Scenarios that produced no result: {', '.join(failed)} (see `benchmarks.json`).")
+    (docs / "benchmarks.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,924 @@
+//! `loadgen`: the benchmark load generator. It opens N authenticated
+//! WebSockets to a gateway (or to the Daphne peer: anything serving
+//! `/ws/notifications/?token=JWT`), spread over the source addresses
+//! 127.0.0.2–127.0.0.250, publishes through the native core-layer publisher
+//! (`tests::publisher`) and measures what arrives: connect rate, RSS per idle
+//! socket of the server PIDs it is given, publish→receipt latency (hdrhistogram,
+//! from the publish timestamp carried in each message), loss, duplicates and
+//! misroutes, and the time a reconnect storm takes. It prints one JSON object.
+//!
+//! It owns load and measurement only: it must not start or stop servers or
+//! Redis (`scripts/bench` and the tests do), must target loopback only, and
+//! every mode is bounded in sockets and time and ends by itself.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use rmpv::Value;
+use serde::Deserialize;
+use serde_json::json;
+use shards::Shards;
+use tests::publisher::{notification, NativePublisher, PublisherConfig};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Connect N sockets, hold them, report connect rate and RSS.
+    Idle,
+    /// One user per socket; publish at each rate of `--rates` in turn.
+    PerUser,
+    /// Every socket is the same user; publish `--messages` to that one group.
+    Broadcast,
+    /// Connect N (one user), drop all at once, reconnect, time until a
+    /// message reaches all of them again.
+    ReconnectStorm,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    about = "WebSocket load generator for the notification gateway"
+)]
+struct Args {
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Server address, loopback only (`127.0.0.1:8000`).
+    #[arg(long)]
+    target: SocketAddr,
+    #[arg(long, default_value = "/ws/notifications/")]
+    path: String,
+    /// HS256 secret the server verifies tokens with.
+    #[arg(long, env = "LOADGEN_SECRET")]
+    secret: String,
+    /// Redis of the channel layer (`redis://127.0.0.1:PORT`), repeatable in
+    /// the backend's `hosts` order. Needed by every mode but `idle`.
+    #[arg(long)]
+    redis: Vec<String>,
+    #[arg(long, default_value_t = 100)]
+    sockets: usize,
+    /// User ids are `user_base + i` (per-user) or `user_base` (broadcast, storm).
+    #[arg(long, default_value_t = 1_000_000)]
+    user_base: u64,
+    /// Last octet of the first / last source address 127.0.0.X.
+    #[arg(long, default_value_t = 2)]
+    src_first: u8,
+    #[arg(long, default_value_t = 250)]
+    src_last: u8,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Give up on a handshake after this many seconds.
+    #[arg(long, default_value_t = 20.0)]
+    connect_timeout_secs: f64,
+    /// Idle: seconds to hold the sockets after all connected.
+    #[arg(long, default_value_t = 5.0)]
+    hold_secs: f64,
+    /// Idle: seconds between the last connect and the RSS sample.
+    #[arg(long, default_value_t = 2.0)]
+    settle_secs: f64,
+    /// Created (empty) once every socket is connected.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Server process whose VmRSS is sampled before and after connecting
+    /// (repeatable).
+    #[arg(long)]
+    server_pid: Vec<u32>,
+    /// Per-user: message rates (msgs/s) of the ramp, in order.
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
+    rates: Vec<u64>,
+    /// Per-user: seconds per rate step.
+    #[arg(long, default_value_t = 5.0)]
+    step_secs: f64,
+    /// Per-user: stop the ramp after a step with loss or a p99 above this.
+    #[arg(long, default_value_t = 50.0)]
+    stop_p99_ms: f64,
+    /// Broadcast: messages to publish.
+    #[arg(long, default_value_t = 100)]
+    messages: u64,
+    /// Broadcast: publish rate in msgs/s.
+    #[arg(long, default_value_t = 100)]
+    broadcast_rate: u64,
+    /// Parallel publisher connections.
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+    /// Seconds to wait for stragglers after the last publish.
+    #[arg(long, default_value_t = 5.0)]
+    drain_secs: f64,
+    /// The publisher's `capacity` (as Django's CHANNEL_LAYERS would set it).
+    #[arg(long, default_value_t = 100)]
+    capacity: u64,
+    /// `channel_capacity` entries `GLOB=N` (repeatable).
+    #[arg(long)]
+    channel_capacity: Vec<String>,
+    #[arg(long, default_value = "asgi")]
+    prefix: String,
+    /// Free-form label copied into the output.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Write the JSON result here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// A sharded mutex so recording latencies from thousands of socket tasks
+/// does not serialise on one lock.
+mod shards {
+    use std::sync::{Mutex, MutexGuard};
+
+    pub struct Shards<T> {
+        shards: Vec<Mutex<T>>,
+    }
+
+    impl<T> Shards<T> {
+        pub fn try_new<E>(count: usize, make: impl Fn() -> Result<T, E>) -> Result<Self, E> {
+            let shards = (0..count.max(1))
+                .map(|_| make().map(Mutex::new))
+                .collect::<Result<_, E>>()?;
+            Ok(Shards { shards })
+        }
+
+        pub fn with<R>(&self, index: usize, f: impl FnOnce(&mut T) -> R) -> R {
+            f(&mut lock(&self.shards[index % self.shards.len()]))
+        }
+
+        pub fn all(&self) -> impl Iterator<Item = MutexGuard<'_, T>> {
+            self.shards.iter().map(lock)
+        }
+    }
+
+    fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+        match mutex.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+const HIST_SHARDS: usize = 32;
+
+/// What arrived during one step (one rate, or one broadcast run).
+struct StepStats {
+    received: AtomicU64,
+    duplicates: AtomicU64,
+    out_of_order: AtomicU64,
+    misroutes: AtomicU64,
+    first_recv_us: AtomicU64,
+    last_recv_us: AtomicU64,
+    latency: Shards<Histogram<u64>>,
+}
+
+fn new_histogram() -> Result<Histogram<u64>> {
+    // 1 µs .. 10 min, 3 significant digits.
+    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")
+}
+
+impl StepStats {
+    fn new() -> Result<StepStats> {
+        Ok(StepStats {
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
+            misroutes: AtomicU64::new(0),
+            first_recv_us: AtomicU64::new(u64::MAX),
+            last_recv_us: AtomicU64::new(0),
+            latency: Shards::try_new(HIST_SHARDS, new_histogram)?,
+        })
+    }
+
+    fn merged(&self) -> Result<Histogram<u64>> {
+        let mut out = new_histogram()?;
+        for shard in self.latency.all() {
+            out.add(&*shard).context("merging histograms")?;
+        }
+        Ok(out)
+    }
+}
+
+/// Shared by every socket task.
+struct Shared {
+    steps: Vec<StepStats>,
+    unexpected_closes: AtomicU64,
+    bad_frames: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct Frame {
+    message: Body,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    seq: u64,
+    ts: u64,
+    u: u64,
+    k: usize,
+    p: usize,
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+struct Connector {
+    target: SocketAddr,
+    path: String,
+    secret: String,
+    src_first: u8,
+    src_count: usize,
+    timeout: Duration,
+}
+
+impl Connector {
+    /// TCP from 127.0.0.X (port chosen at connect time), then the handshake.
+    async fn open(&self, index: usize, user: u64) -> Result<Ws> {
+        let octet = u8::try_from(usize::from(self.src_first) + index % self.src_count)
+            .context("source address octet")?;
+        let src = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, octet), 0));
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .context("socket")?;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid fd we own, a c_int option value of the right size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("IP_BIND_ADDRESS_NO_PORT");
+        }
+        socket.set_nonblocking(true).context("nonblocking")?;
+        socket
+            .bind(&src.into())
+            .with_context(|| format!("bind {src}"))?;
+        let socket = TcpSocket::from_std_stream(socket.into());
+        let tcp = socket
+            .connect(self.target)
+            .await
+            .with_context(|| format!("connect {} from {src}", self.target))?;
+        tcp.set_nodelay(true).ok();
+        let claims = tests::tokens::claims_for_user(user, 3600);
+        let token = tests::tokens::try_mint(&self.secret, &claims)?;
+        let url = format!("ws://{}{}?token={}", self.target, self.path, token);
+        let request = url.into_client_request().context("request")?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_write_buffer_size(64 * 1024);
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
+                .await
+                .context("websocket handshake")?;
+        Ok(ws)
+    }
+
+    async fn open_retrying(&self, index: usize, user: u64, deadline: Instant) -> Result<(Ws, u32)> {
+        let mut failures = 0u32;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                bail!("socket {index}: no connection before the deadline ({failures} failures)");
+            }
+            match tokio::time::timeout(remaining.min(self.timeout), self.open(index, user)).await {
+                Ok(Ok(ws)) => return Ok((ws, failures)),
+                Ok(Err(_)) | Err(_) => {
+                    failures += 1;
+                    let backoff = 20u64 * u64::from(failures.min(10));
+                    tokio::time::sleep(Duration::from_millis(backoff)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Reads one socket until told to stop; records every data frame.
+async fn run_socket(
+    mut ws: Ws,
+    index: usize,
+    user: u64,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    // Every (step, seq) seen, for exact duplicate counts; the last seq per
+    // publisher connection, for order (each publisher's sends are in order).
+    let mut seen: HashSet<(usize, u64)> = HashSet::new();
+    let mut last_by_publisher: Vec<Option<u64>> = Vec::new();
+    loop {
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    return;
+                }
+            }
+            next = ws.next() => match next {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let recv = now_us();
+                    let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else {
+                        shared.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let body = frame.message;
+                    let Some(step) = shared.steps.get(body.k) else {
+                        shared.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    if body.u != user {
+                        step.misroutes.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if !seen.insert((body.k, body.seq)) {
+                        step.duplicates.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if body.p < 1024 {
+                        if last_by_publisher.len() <= body.p {
+                            last_by_publisher.resize(body.p + 1, None);
+                        }
+                        let last = &mut last_by_publisher[body.p];
+                        if last.is_some_and(|l| body.seq < l) {
+                            step.out_of_order.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            *last = Some(body.seq);
+                        }
+                    }
+                    let latency = recv.saturating_sub(body.ts).max(1);
+                    step.latency.with(index, |h| h.saturating_record(latency));
+                    step.first_recv_us.fetch_min(recv, Ordering::Relaxed);
+                    step.last_recv_us.fetch_max(recv, Ordering::Relaxed);
+                    step.received.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    if !*stop.borrow() {
+                        shared.unexpected_closes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+struct Fleet {
+    tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+struct ConnectReport {
+    ok: usize,
+    failed: usize,
+    retries: u64,
+    elapsed: Duration,
+}
+
+impl ConnectReport {
+    fn to_json(&self) -> serde_json::Value {
+        let secs = self.elapsed.as_secs_f64();
+        json!({
+            "ok": self.ok,
+            "failed": self.failed,
+            "retries": self.retries,
+            "elapsed_s": secs,
+            "rate_per_s": if secs > 0.0 { self.ok as f64 / secs } else { 0.0 },
+        })
+    }
+}
+
+/// Opens `count` sockets (user of socket i = `user_of(i)`) and starts their
+/// reader tasks.
+async fn connect_fleet(
+    connector: Arc<Connector>,
+    count: usize,
+    user_of: impl Fn(usize) -> u64,
+    concurrency: usize,
+    shared: Arc<Shared>,
+) -> Result<(Fleet, ConnectReport)> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+    let retries = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    let mut handshakes = Vec::with_capacity(count);
+    for index in 0..count {
+        let user = user_of(index);
+        let connector = Arc::clone(&connector);
+        let limit = Arc::clone(&limit);
+        let retries = Arc::clone(&retries);
+        handshakes.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await.ok()?;
+            match connector.open_retrying(index, user, deadline).await {
+                Ok((ws, failures)) => {
+                    retries.fetch_add(u64::from(failures), Ordering::Relaxed);
+                    Some((ws, index, user))
+                }
+                Err(_) => None,
+            }
+        }));
+    }
+    let mut tasks = Vec::with_capacity(count);
+    let mut failed = 0;
+    for handshake in handshakes {
+        match handshake.await {
+            Ok(Some((ws, index, user))) => tasks.push(tokio::spawn(run_socket(
+                ws,
+                index,
+                user,
+                Arc::clone(&shared),
+                stop_rx.clone(),
+            ))),
+            _ => failed += 1,
+        }
+    }
+    let elapsed = started.elapsed();
+    let report = ConnectReport {
+        ok: tasks.len(),
+        failed,
+        retries: retries.load(Ordering::Relaxed),
+        elapsed,
+    };
+    Ok((
+        Fleet {
+            tasks,
+            stop: stop_tx,
+        },
+        report,
+    ))
+}
+
+impl Fleet {
+    /// Clean close of every socket.
+    async fn close(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    /// Drops every socket at once (no close handshake).
+    async fn kill(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+fn latency_json(hist: &Histogram<u64>) -> serde_json::Value {
+    let ms = |us: u64| us as f64 / 1000.0;
+    if hist.is_empty() {
+        return json!(null);
+    }
+    json!({
+        "count": hist.len(),
+        "p50_ms": ms(hist.value_at_quantile(0.50)),
+        "p90_ms": ms(hist.value_at_quantile(0.90)),
+        "p99_ms": ms(hist.value_at_quantile(0.99)),
+        "p999_ms": ms(hist.value_at_quantile(0.999)),
+        "max_ms": ms(hist.max()),
+        "mean_ms": hist.mean() / 1000.0,
+    })
+}
+
+/// Publishes `plan` (target user, expected deliveries) messages of step `k`
+/// at `rate`/s over `publishers` connections; returns (published,
+/// over_capacity, publish seconds, expected deliveries).
+async fn publish_step(
+    args: &Args,
+    config: &PublisherConfig,
+    k: usize,
+    total: u64,
+    rate: u64,
+    target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync>,
+) -> Result<(u64, u64, f64)> {
+    let publishers = args.publishers.max(1) as u64;
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for p in 0..publishers {
+        let mut publisher = NativePublisher::connect(&args.redis, config.clone()).await?;
+        let target_of = Arc::clone(&target_of);
+        let mine = (0..total).filter(|seq| seq % publishers == p).count() as u64;
+        let my_rate = (rate as f64 / publishers as f64).max(1.0);
+        handles.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            let mut over = 0u64;
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            while sent < mine {
+                tick.tick().await;
+                let due = ((started.elapsed().as_secs_f64() * my_rate) as u64).min(mine);
+                let n = due.saturating_sub(sent).min(2000);
+                if n == 0 {
+                    continue;
+                }
+                let mut batch = Vec::with_capacity(n as usize);
+                let ts = now_us();
+                for j in sent..sent + n {
+                    let seq = p + j * publishers;
+                    let user = target_of(seq);
+                    let body = Value::Map(vec![
+                        (Value::from("seq"), Value::from(seq)),
+                        (Value::from("ts"), Value::from(ts)),
+                        (Value::from("u"), Value::from(user)),
+                        (Value::from("k"), Value::from(k as u64)),
+                        (Value::from("p"), Value::from(p)),
+                    ]);
+                    batch.push((format!("user_{user}"), notification(body)?));
+                }
+                for outcome in publisher.group_send_many(&batch).await? {
+                    over += outcome.over_capacity;
+                }
+                sent += n;
+            }
+            Ok::<(u64, u64), anyhow::Error>((sent, over))
+        }));
+    }
+    let mut published = 0;
+    let mut over = 0;
+    for handle in handles {
+        let (sent, dropped) = handle.await.context("publisher task")??;
+        published += sent;
+        over += dropped;
+    }
+    Ok((published, over, started.elapsed().as_secs_f64()))
+}
+
+/// Waits until `expected` deliveries of step `k` arrived or `drain` passed
+/// without progress.
+async fn drain(shared: &Shared, k: usize, expected: u64, drain: Duration) {
+    let mut last = 0;
+    let mut since = Instant::now();
+    loop {
+        let step = &shared.steps[k];
+        let seen = step.received.load(Ordering::Relaxed)
+            + step.duplicates.load(Ordering::Relaxed)
+            + step.misroutes.load(Ordering::Relaxed);
+        if seen >= expected {
+            return;
+        }
+        if seen != last {
+            last = seen;
+            since = Instant::now();
+        } else if since.elapsed() >= drain {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One step's publishing side, for [`step_json`].
+struct Published {
+    k: usize,
+    target_rate: u64,
+    published: u64,
+    over_capacity: u64,
+    publish_secs: f64,
+    expected: u64,
+    started_us: u64,
+}
+
+/// The step's result, its loss and its p99 in ms.
+fn step_json(shared: &Shared, p: &Published) -> Result<(serde_json::Value, u64, f64)> {
+    let step = &shared.steps[p.k];
+    let received = step.received.load(Ordering::Relaxed);
+    let hist = step.merged()?;
+    let last = step.last_recv_us.load(Ordering::Relaxed);
+    let span = last.saturating_sub(p.started_us) as f64 / 1e6;
+    let lost = p.expected.saturating_sub(received);
+    let p99_ms = if hist.is_empty() {
+        f64::INFINITY
+    } else {
+        hist.value_at_quantile(0.99) as f64 / 1000.0
+    };
+    let achieved = if p.publish_secs > 0.0 {
+        p.published as f64 / p.publish_secs
+    } else {
+        0.0
+    };
+    Ok((
+        json!({
+            "target_rate": p.target_rate,
+            "published": p.published,
+            "achieved_rate": achieved,
+            "over_capacity": p.over_capacity,
+            "expected": p.expected,
+            "received": received,
+            "lost": lost,
+            "duplicates": step.duplicates.load(Ordering::Relaxed),
+            "out_of_order": step.out_of_order.load(Ordering::Relaxed),
+            "misroutes": step.misroutes.load(Ordering::Relaxed),
+            "deliveries_per_s": if span > 0.0 { received as f64 / span } else { 0.0 },
+            "latency": latency_json(&hist),
+        }),
+        lost,
+        p99_ms,
+    ))
+}
+
+fn publisher_config(args: &Args) -> Result<PublisherConfig> {
+    let mut config = PublisherConfig {
+        prefix: args.prefix.clone(),
+        capacity: args.capacity,
+        ..PublisherConfig::default()
+    };
+    for entry in &args.channel_capacity {
+        let (glob, n) = entry
+            .rsplit_once('=')
+            .ok_or_else(|| anyhow!("--channel-capacity wants GLOB=N, got {entry:?}"))?;
+        config
+            .channel_capacity
+            .push((glob.to_string(), n.parse().context("channel capacity")?));
+    }
+    Ok(config)
+}
+
+async fn run(args: Args) -> Result<serde_json::Value> {
+    if !args.target.ip().is_loopback() {
+        bail!("--target must be a loopback address");
+    }
+    if args.src_first < 1 || args.src_last < args.src_first {
+        bail!("bad source address range");
+    }
+    if args.mode != Mode::Idle && args.redis.is_empty() {
+        bail!("--redis is required for {:?}", args.mode);
+    }
+    let fd_limit = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
+    if (args.sockets as u64) + 200 > fd_limit {
+        bail!(
+            "{} sockets need more than the fd limit {fd_limit}: use several loadgen processes",
+            args.sockets
+        );
+    }
+    let steps_needed = match args.mode {
+        Mode::PerUser => args.rates.len().max(1),
+        _ => 1,
+    };
+    let shared = Arc::new(Shared {
+        steps: (0..steps_needed)
+            .map(|_| StepStats::new())
+            .collect::<Result<_>>()?,
+        unexpected_closes: AtomicU64::new(0),
+        bad_frames: AtomicU64::new(0),
+    });
+    let connector = Arc::new(Connector {
+        target: args.target,
+        path: args.path.clone(),
+        secret: args.secret.clone(),
+        src_first: args.src_first,
+        src_count: usize::from(args.src_last - args.src_first) + 1,
+        timeout: Duration::from_secs_f64(args.connect_timeout_secs),
+    });
+    let config = publisher_config(&args)?;
+    let n = args.sockets;
+    let base = args.user_base;
+    let rss_before: Vec<(u32, Option<u64>)> = args
+        .server_pid
+        .iter()
+        .map(|&p| (p, vm_rss_kib(p)))
+        .collect();
+
+    let mut out = json!({
+        "mode": format!("{:?}", args.mode),
+        "label": args.label,
+        "sockets": n,
+        "fd_limit": fd_limit,
+        "target": args.target.to_string(),
+    });
+    let per_user = args.mode == Mode::PerUser;
+    let user_of = move |i: usize| if per_user { base + i as u64 } else { base };
+    let (fleet, connect) = connect_fleet(
+        Arc::clone(&connector),
+        n,
+        user_of,
+        args.connect_concurrency,
+        Arc::clone(&shared),
+    )
+    .await?;
+    out["connect"] = connect.to_json();
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, b"").with_context(|| format!("writing {}", path.display()))?;
+    }
+
+    match args.mode {
+        Mode::Idle => {
+            tokio::time::sleep(Duration::from_secs_f64(args.settle_secs)).await;
+            let mut rss = Vec::new();
+            for (pid, before) in &rss_before {
+                let after = vm_rss_kib(*pid);
+                let per_socket = match (before, after) {
+                    (Some(b), Some(a)) if connect.ok > 0 => {
+                        Some((a as f64 - *b as f64) / connect.ok as f64)
+                    }
+                    _ => None,
+                };
+                rss.push(json!({"pid": pid, "before_kib": before, "after_kib": after,
+                                "per_socket_kib": per_socket}));
+            }
+            out["rss"] = json!(rss);
+            tokio::time::sleep(Duration::from_secs_f64(args.hold_secs)).await;
+            out["still_open"] = json!(fleet.tasks.iter().filter(|t| !t.is_finished()).count());
+            fleet.close().await;
+        }
+        Mode::PerUser => {
+            let mut steps = Vec::new();
+            let count = n.max(1) as u64;
+            for (k, &rate) in args.rates.iter().enumerate() {
+                let total = ((rate as f64) * args.step_secs).round().max(1.0) as u64;
+                let started_us = now_us();
+                let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> =
+                    Arc::new(move |seq| base + seq % count);
+                let (published, over, secs) =
+                    publish_step(&args, &config, k, total, rate, target_of).await?;
+                // Without sockets (the Redis-alone ceiling) nothing is expected.
+                let expected = if n == 0 { 0 } else { published };
+                drain(
+                    &shared,
+                    k,
+                    expected,
+                    Duration::from_secs_f64(args.drain_secs),
+                )
+                .await;
+                let (json, lost, p99) = step_json(
+                    &shared,
+                    &Published {
+                        k,
+                        target_rate: rate,
+                        published,
+                        over_capacity: over,
+                        publish_secs: secs,
+                        expected,
+                        started_us,
+                    },
+                )?;
+                steps.push(json);
+                if n > 0 && (lost > 0 || p99 > args.stop_p99_ms) {
+                    out["stopped_at_rate"] = json!(rate);
+                    break;
+                }
+            }
+            out["steps"] = json!(steps);
+            fleet.close().await;
+        }
+        Mode::Broadcast => {
+            let started_us = now_us();
+            let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> = Arc::new(move |_| base);
+            let (published, over, secs) = publish_step(
+                &args,
+                &config,
+                0,
+                args.messages,
+                args.broadcast_rate,
+                target_of,
+            )
+            .await?;
+            let expected = published * connect.ok as u64;
+            drain(
+                &shared,
+                0,
+                expected,
+                Duration::from_secs_f64(args.drain_secs),
+            )
+            .await;
+            let (json, _, _) = step_json(
+                &shared,
+                &Published {
+                    k: 0,
+                    target_rate: args.broadcast_rate,
+                    published,
+                    over_capacity: over,
+                    publish_secs: secs,
+                    expected,
+                    started_us,
+                },
+            )?;
+            out["steps"] = json!([json]);
+            fleet.close().await;
+        }
+        Mode::ReconnectStorm => {
+            let before = connect.ok;
+            fleet.kill().await;
+            let storm_started = Instant::now();
+            let (fleet, again) = connect_fleet(
+                Arc::clone(&connector),
+                n,
+                user_of,
+                args.connect_concurrency,
+                Arc::clone(&shared),
+            )
+            .await?;
+            let joined = storm_started.elapsed();
+            let started_us = now_us();
+            let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> = Arc::new(move |_| base);
+            let (published, over, secs) =
+                publish_step(&args, &config, 0, 1, 1000, target_of).await?;
+            let expected = published * again.ok as u64;
+            drain(
+                &shared,
+                0,
+                expected,
+                Duration::from_secs_f64(args.drain_secs),
+            )
+            .await;
+            let reached_all = storm_started.elapsed();
+            let (json, lost, _) = step_json(
+                &shared,
+                &Published {
+                    k: 0,
+                    target_rate: 0,
+                    published,
+                    over_capacity: over,
+                    publish_secs: secs,
+                    expected,
+                    started_us,
+                },
+            )?;
+            out["storm"] = json!({
+                "dropped": before,
+                "reconnect": again.to_json(),
+                "all_joined_s": joined.as_secs_f64(),
+                "message_reached_all_s": if lost == 0 { json!(reached_all.as_secs_f64()) } else { json!(null) },
+                "delivery": json,
+            });
+            fleet.close().await;
+        }
+    }
+    out["unexpected_closes"] = json!(shared.unexpected_closes.load(Ordering::Relaxed));
+    out["bad_frames"] = json!(shared.bad_frames.load(Ordering::Relaxed));
+    Ok(out)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let out_path = args.out.clone();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("loadgen: cannot start the runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(result) => {
+            let text = result.to_string();
+            let written = match &out_path {
+                Some(path) => std::fs::write(path, format!("{text}\n"))
+                    .with_context(|| format!("writing {}", path.display())),
+                None => {
+                    println!("{text}");
+                    Ok(())
+                }
+            };
+            match written {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("loadgen: {err:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Err(err) => {
+            eprintln!("loadgen: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

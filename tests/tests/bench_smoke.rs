@@ -1,0 +1,162 @@
+//! Keeps the benchmark harness from rotting: runs every `loadgen` mode at a
+//! tiny scale (tens of sockets, seconds) against a debug gateway and its own
+//! redis-server, and checks correctness only — every socket connects, nothing
+//! is lost, duplicated or misrouted, no socket closes unexpectedly. No timing
+//! is asserted; the numbers belong to `scripts/bench`.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tests::gateway_bin;
+use tests::{GatewayConfig, GatewayLauncher, GatewayProcess, RedisServer};
+
+const SECRET: &str = "test-secret";
+/// Upper bound on one loadgen run; it stops by itself well before.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+async fn stack() -> (RedisServer, GatewayProcess) {
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = GatewayConfig::new(&redis.url()).expect("config");
+    let gateway = GatewayLauncher::new()
+        .bin(gateway_bin!())
+        .start_config(&mut config)
+        .await
+        .expect("gateway starts");
+    (redis, gateway)
+}
+
+async fn loadgen(redis: &RedisServer, gateway: &GatewayProcess, extra: &[&str]) -> Value {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    cmd.args(["--target", gateway.listen_addr()])
+        .args(["--secret", SECRET])
+        .args(["--redis", &redis.url()])
+        .args(["--channel-capacity", "specific.gw-*=10000"])
+        .args(["--connect-concurrency", "16"])
+        .args(["--drain-secs", "5"])
+        .args(extra)
+        .env_remove("LOADGEN_SECRET")
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    let output = tokio::time::timeout(RUN_LIMIT, cmd.output())
+        .await
+        .expect("loadgen ends by itself")
+        .expect("loadgen runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "loadgen failed: {stderr}");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "loadgen printed no JSON ({err}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn assert_connected(result: &Value, sockets: u64) {
+    assert_eq!(result["connect"]["ok"], sockets, "all connected: {result}");
+    assert_eq!(result["connect"]["failed"], 0, "{result}");
+    assert_eq!(result["unexpected_closes"], 0, "{result}");
+    assert_eq!(result["bad_frames"], 0, "{result}");
+}
+
+fn assert_clean_step(step: &Value) {
+    assert!(step["published"].as_u64().unwrap_or(0) > 0, "{step}");
+    assert_eq!(step["over_capacity"], 0, "{step}");
+    assert_eq!(step["lost"], 0, "{step}");
+    assert_eq!(step["duplicates"], 0, "{step}");
+    assert_eq!(step["misroutes"], 0, "{step}");
+    assert_eq!(step["received"], step["expected"], "{step}");
+    assert!(step["latency"]["count"].as_u64().unwrap_or(0) > 0, "{step}");
+}
+
+#[tokio::test]
+async fn idle_mode_connects_and_samples_rss() {
+    let (redis, gateway) = stack().await;
+    let pid = gateway.pid().to_string();
+    let result = loadgen(
+        &redis,
+        &gateway,
+        &[
+            "--mode",
+            "idle",
+            "--sockets",
+            "40",
+            "--hold-secs",
+            "1",
+            "--settle-secs",
+            "0.5",
+            "--server-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert_connected(&result, 40);
+    assert_eq!(result["still_open"], 40, "{result}");
+    assert!(result["rss"][0]["after_kib"].as_u64().is_some(), "{result}");
+}
+
+#[tokio::test]
+async fn per_user_mode_delivers_every_message_to_its_user_only() {
+    let (redis, gateway) = stack().await;
+    let result = loadgen(
+        &redis,
+        &gateway,
+        &[
+            "--mode",
+            "per-user",
+            "--sockets",
+            "30",
+            "--rates",
+            "50,200",
+            "--step-secs",
+            "1",
+        ],
+    )
+    .await;
+    assert_connected(&result, 30);
+    let steps = result["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{result}");
+    for step in steps {
+        assert_clean_step(step);
+    }
+}
+
+#[tokio::test]
+async fn broadcast_mode_reaches_every_socket_of_the_group() {
+    let (redis, gateway) = stack().await;
+    let result = loadgen(
+        &redis,
+        &gateway,
+        &[
+            "--mode",
+            "broadcast",
+            "--sockets",
+            "25",
+            "--messages",
+            "20",
+            "--broadcast-rate",
+            "50",
+        ],
+    )
+    .await;
+    assert_connected(&result, 25);
+    let step = &result["steps"][0];
+    assert_clean_step(step);
+    assert_eq!(step["expected"], 25 * 20, "{result}");
+}
+
+#[tokio::test]
+async fn reconnect_storm_mode_rejoins_and_delivers() {
+    let (redis, gateway) = stack().await;
+    let result = loadgen(
+        &redis,
+        &gateway,
+        &["--mode", "reconnect-storm", "--sockets", "30"],
+    )
+    .await;
+    assert_connected(&result, 30);
+    let storm = &result["storm"];
+    assert_eq!(storm["reconnect"]["ok"], 30, "{result}");
+    assert_eq!(storm["reconnect"]["failed"], 0, "{result}");
+    assert_clean_step(&storm["delivery"]);
+    assert!(storm["message_reached_all_s"].is_number(), "{result}");
+}
