@@ -135,6 +135,17 @@ pub struct ServerConfig {
     /// Upper bound on the shutdown sequence after SIGTERM / SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// After SIGTERM: readiness is false at once, new sockets are refused,
+    /// and the listener keeps running this long so load balancers notice.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// Sockets are then closed in batches spread over this window.
+    #[serde(with = "humantime_serde")]
+    pub drain_window: Duration,
+    /// Each drained client is told to wait a random time up to this before
+    /// reconnecting (`retry_after_ms=` in the close reason).
+    #[serde(with = "humantime_serde")]
+    pub drain_reconnect_jitter: Duration,
 }
 
 impl Default for ServerConfig {
@@ -149,6 +160,9 @@ impl Default for ServerConfig {
             max_inbound_frame: 4096,
             join_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            drain_delay: Duration::ZERO,
+            drain_window: Duration::ZERO,
+            drain_reconnect_jitter: Duration::from_secs(5),
         }
     }
 }
@@ -502,6 +516,13 @@ impl Config {
             return Err(invalid(
                 "server.pong_timeout",
                 "must be longer than server.ping_interval",
+            ));
+        }
+        if server.drain_delay + server.drain_window >= server.shutdown_timeout {
+            return Err(invalid(
+                "server.drain_window",
+                "drain_delay + drain_window must be shorter than server.shutdown_timeout, \
+                 which bounds the whole stop",
             ));
         }
         if server.outbound_queue == 0 {

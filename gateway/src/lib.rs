@@ -7,6 +7,7 @@ pub mod canary;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod drain;
 pub mod events;
 pub mod health;
 pub mod http;

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub publish_lag: Histogram,
     pub client_frames: IntCounter,
     pub canary_round_trip: Histogram,
+    pub draining: IntGauge,
+    pub drain_remaining: IntGauge,
     pub canaries_received: IntCounter,
 }
 
@@ -202,6 +204,19 @@ impl Metrics {
                 IntCounter::new(
                     "gateway_client_frames_total",
                     "Data frames received from clients",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            draining: register(
+                &registry,
+                IntGauge::new("gateway_draining", "1 while the process is shutting down")
+                    .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            drain_remaining: register(
+                &registry,
+                IntGauge::new(
+                    "gateway_drain_sockets_remaining",
+                    "Sockets not yet told to close during a drain",
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),

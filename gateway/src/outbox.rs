@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
@@ -30,7 +31,9 @@ pub enum Pushed {
 pub enum Next {
     /// Frames to send, oldest first (drained together to batch writes).
     Frames(Vec<ByteString>),
-    Close(CloseCode),
+    /// Close with this code; the duration is a "retry after" hint for the
+    /// client when the server is draining.
+    Close(CloseCode, Option<Duration>),
 }
 
 pub struct Outbox {
@@ -41,7 +44,7 @@ pub struct Outbox {
 
 struct State {
     frames: VecDeque<ByteString>,
-    close: Option<CloseCode>,
+    close: Option<(CloseCode, Option<Duration>)>,
 }
 
 impl Outbox {
@@ -73,9 +76,18 @@ impl Outbox {
     /// Asks the socket to close; the first request wins and queued frames
     /// are discarded, since the close is what the client must see next.
     pub fn close(&self, code: CloseCode) {
+        self.close_as(code, None);
+    }
+
+    /// Like `close`, telling the client how long to wait before reconnecting.
+    pub fn close_with_hint(&self, code: CloseCode, retry_after: Duration) {
+        self.close_as(code, Some(retry_after));
+    }
+
+    fn close_as(&self, code: CloseCode, retry_after: Option<Duration>) {
         let mut state = self.state.lock();
         if state.close.is_none() {
-            state.close = Some(code);
+            state.close = Some((code, retry_after));
             state.frames = VecDeque::new();
         }
         drop(state);
@@ -97,8 +109,8 @@ impl Outbox {
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
         self.waker.register(cx.waker());
         let mut state = self.state.lock();
-        if let Some(code) = state.close {
-            return Poll::Ready(Next::Close(code));
+        if let Some((code, retry_after)) = state.close {
+            return Poll::Ready(Next::Close(code, retry_after));
         }
         if state.frames.is_empty() {
             return Poll::Pending;
@@ -141,7 +153,7 @@ mod tests {
         outbox.close(CloseCode::Normal);
         assert_eq!(outbox.push("b".into()), Pushed::Closed);
         match outbox.next().await {
-            Next::Close(code) => assert_eq!(code, CloseCode::SlowConsumer),
+            Next::Close(code, hint) => assert_eq!((code, hint), (CloseCode::SlowConsumer, None)),
             other => panic!("unexpected {other:?}"),
         }
     }

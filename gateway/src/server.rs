@@ -3,9 +3,11 @@
 //!
 //! Start: raise the open-files limit, wire registry, router and layer, bind
 //! the public and admin listeners. Stop (SIGTERM / SIGINT): readiness goes
-//! false, the listener stops accepting, every socket is closed with 1001,
-//! this process's memberships are removed from Redis, then the process exits
-//! 0. It owns that order and nothing else.
+//! false and new sockets are refused at once, the listener stops accepting
+//! after `drain_delay`, sockets are closed with 1001 in batches over
+//! `drain_window` (see `drain`), this process's memberships are removed from
+//! Redis, then the process exits 0 — all within `shutdown_timeout`. It owns
+//! that order and nothing else.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -13,11 +15,11 @@ use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use shared_proto::close::CloseCode;
 use shared_proto::payload::{PayloadCodec, SerializerFormat};
 
 use crate::canary::Canary;
 use crate::config::{Config, LayerBackend, SerializerFormatSetting};
+use crate::drain::{self, DrainPlan};
 use crate::events::EventMapper;
 use crate::health::Health;
 use crate::http::{admin_routes, public_routes, Gateway};
@@ -221,17 +223,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
         result = &mut admin_task => anyhow::bail!("admin listener stopped: {result:?}"),
     }
 
+    // Readiness false and new sockets refused at once; the listener stays
+    // up for `drain_delay` so load balancers stop sending before it closes.
     health.start_draining();
+    metrics.draining.set(1);
+    let stop_started = tokio::time::Instant::now();
+    tokio::time::sleep(config.server.drain_delay).await;
     public_handle.pause().await;
     if let Some((conn, groups)) = canary_member {
         registry.unregister(conn, &groups);
         layer.leave(&groups, registry.naming().channel(conn));
     }
-    let open = registry.socket_count();
-    for outbox in registry.all_outboxes() {
-        outbox.close(CloseCode::GoingAway);
-    }
-    let deadline = tokio::time::Instant::now() + config.server.shutdown_timeout;
+    let open = drain::close_all(
+        &registry,
+        &DrainPlan {
+            window: config.server.drain_window,
+            reconnect_jitter: config.server.drain_reconnect_jitter,
+        },
+        &metrics,
+    )
+    .await;
+    let deadline = stop_started + config.server.shutdown_timeout;
     while registry.socket_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -15,6 +15,7 @@ use shared_proto::frame::{parse_client_frame, ClientFrame};
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
+use crate::drain::reason_with_hint;
 use crate::layer::Layer;
 use crate::metrics::Metrics;
 use crate::outbox::{Next, Outbox};
@@ -50,7 +51,7 @@ impl Drop for Membership {
 enum Ending {
     ClientClosed,
     ConnectionLost,
-    Closed(CloseCode),
+    Closed(CloseCode, Option<Duration>),
 }
 
 pub fn spawn(
@@ -99,7 +100,7 @@ async fn run(
                         }
                     }
                 }
-                Next::Close(code) => break Ending::Closed(code),
+                Next::Close(code, retry_after) => break Ending::Closed(code, retry_after),
             },
             message = messages.recv() => {
                 last_heard = Instant::now();
@@ -119,7 +120,7 @@ async fn run(
                     }
                     Some(Ok(Message::Binary(_))) | Some(Ok(Message::Continuation(_))) => {
                         metrics.client_frames.inc();
-                        break Ending::Closed(CloseCode::UnsupportedData);
+                        break Ending::Closed(CloseCode::UnsupportedData, None);
                     }
                     Some(Ok(Message::Close(_))) => {
                         // Echo the close as RFC 6455 asks, then stop.
@@ -127,15 +128,15 @@ async fn run(
                         return Ending::ClientClosed;
                     }
                     Some(Err(ProtocolError::Overflow)) => {
-                        break Ending::Closed(CloseCode::MessageTooBig);
+                        break Ending::Closed(CloseCode::MessageTooBig, None);
                     }
                     Some(Err(ProtocolError::Io(_))) => return Ending::ConnectionLost,
-                    Some(Err(_)) => break Ending::Closed(CloseCode::PolicyViolation),
+                    Some(Err(_)) => break Ending::Closed(CloseCode::PolicyViolation, None),
                 }
             }
             _ = pings.tick() => {
                 if last_heard.elapsed() > settings.pong_timeout {
-                    break Ending::Closed(CloseCode::PingTimeout);
+                    break Ending::Closed(CloseCode::PingTimeout, None);
                 }
                 if session.ping(b"").await.is_err() {
                     return Ending::ConnectionLost;
@@ -143,10 +144,14 @@ async fn run(
             }
         }
     };
-    if let Ending::Closed(code) = ending {
+    if let Ending::Closed(code, retry_after) = ending {
+        let description = match retry_after {
+            Some(retry_after) => reason_with_hint(code, retry_after),
+            None => code.reason().to_string(),
+        };
         let close = CloseReason {
             code: actix_ws::CloseCode::Other(code.as_u16()),
-            description: Some(code.reason().to_string()),
+            description: Some(description),
         };
         let _ = timeout(send_timeout, session.close(Some(close))).await;
     }
