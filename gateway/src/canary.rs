@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use rmpv::Value;
-use shared_proto::Message;
+use shared_proto::{Message, RouteView};
 
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -65,7 +65,22 @@ impl Canary {
         if message.message_type() != Some(CANARY_TYPE) {
             return false;
         }
-        if let Some(sent_at) = message.get(SENT_AT).and_then(Value::as_f64) {
+        self.record(message.get(SENT_AT).and_then(Value::as_f64));
+        true
+    }
+
+    /// [`Canary::observe`] for an event read by the single-pass reader: only
+    /// `type` and `sent_at` are looked at.
+    pub fn observe_view(&self, view: &RouteView<'_>) -> bool {
+        if view.message_type() != Some(CANARY_TYPE) {
+            return false;
+        }
+        self.record(view.field(SENT_AT).and_then(|sent_at| sent_at.as_f64()));
+        true
+    }
+
+    fn record(&self, sent_at: Option<f64>) {
+        if let Some(sent_at) = sent_at {
             let round_trip = unix_now() - sent_at;
             if round_trip >= 0.0 {
                 self.metrics.canary_round_trip.observe(round_trip);
@@ -73,6 +88,5 @@ impl Canary {
         }
         self.metrics.canaries_received.inc();
         self.health.canary_beat();
-        true
     }
 }

@@ -20,7 +20,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Sections whose keys may be set from `GATEWAY_<SECTION>_<KEY>` variables.
-const SECTIONS: &[&str] = &["server", "auth", "layer", "events", "log"];
+const SECTIONS: &[&str] = &["server", "auth", "limits", "layer", "events", "log"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -106,6 +106,7 @@ impl Serialize for Secret {
 pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
+    pub limits: LimitsConfig,
     pub layer: LayerConfig,
     pub events: EventsConfig,
     pub log: LogConfig,
@@ -129,6 +130,9 @@ pub struct ServerConfig {
     pub outbound_queue: usize,
     /// Largest frame a client may send, in bytes.
     pub max_inbound_frame: usize,
+    /// How long a client may take to send its complete handshake request.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
     /// How long a connect may wait for its group memberships to be written.
     #[serde(with = "humantime_serde")]
     pub join_timeout: Duration,
@@ -158,6 +162,7 @@ impl Default for ServerConfig {
             pong_timeout: Duration::from_secs(60),
             outbound_queue: 256,
             max_inbound_frame: 4096,
+            handshake_timeout: Duration::from_secs(5),
             join_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             drain_delay: Duration::ZERO,
@@ -167,14 +172,55 @@ impl Default for ServerConfig {
     }
 }
 
+/// What to do with a handshake that carries no `Origin` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MissingOrigin {
+    /// Accept it: browsers always send `Origin`, so such a client is not a
+    /// browser and cannot be the victim of cross-site WebSocket hijacking.
+    #[default]
+    Allow,
+    /// Refuse it with 403 (browser-only deployments).
+    Deny,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HMAC secret shared with the backend (SimpleJWT's `SIGNING_KEY`).
     pub jwt_secret: Secret,
-    /// The one algorithm tokens must be signed with.
-    pub jwt_algorithm: String,
-    /// Seconds of clock skew tolerated on `exp`.
+    /// A file holding the HMAC secret (a trailing newline is ignored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// The name of an environment variable holding the HMAC secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_env: Option<String>,
+    /// Legacy single algorithm; when `algorithms` is set it must be one of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_algorithm: Option<String>,
+    /// The algorithm allowlist (`none` is never accepted). Empty: the
+    /// `jwt_algorithm`, else HS256.
+    pub algorithms: Vec<String>,
+    /// PEM public key (RSA, EC P-256/P-384 or Ed25519), inline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+    /// The name of an environment variable holding the PEM public key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_env: Option<String>,
+    /// A JWKS document (`{"keys": [...]}`); tokens select a key by `kid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// Least time between re-reads of `jwks_file` prompted by an unknown `kid`.
+    #[serde(with = "humantime_serde")]
+    pub jwks_reload_interval: Duration,
+    /// Required `iss`; unset: not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (a token must name one); empty: not checked.
+    pub audience: Vec<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
     pub leeway: u64,
     pub token_query_param: String,
     pub token_cookie: String,
@@ -182,18 +228,72 @@ pub struct AuthConfig {
     pub user_id_claims: Vec<String>,
     /// Group each socket joins; `{user_id}` is replaced by the token's user id.
     pub user_group_template: String,
+    /// Origins allowed to open sockets (`https://app.example.com`,
+    /// `https://*.example.com`, `http://localhost:*`); empty: every origin.
+    pub allowed_origins: Vec<String>,
+    /// What to do when the handshake has no `Origin` header.
+    pub missing_origin: MissingOrigin,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             jwt_secret: Secret::default(),
-            jwt_algorithm: "HS256".into(),
+            jwt_secret_file: None,
+            jwt_secret_env: None,
+            jwt_algorithm: None,
+            algorithms: Vec::new(),
+            public_key: None,
+            public_key_file: None,
+            public_key_env: None,
+            jwks_file: None,
+            jwks_reload_interval: Duration::from_secs(30),
+            issuer: None,
+            audience: Vec::new(),
             leeway: 0,
             token_query_param: "token".into(),
             token_cookie: "access_token".into(),
             user_id_claims: vec!["user_id".into(), "sub".into()],
             user_group_template: "user_{user_id}".into(),
+            allowed_origins: Vec::new(),
+            missing_origin: MissingOrigin::Allow,
+        }
+    }
+}
+
+/// How much one process, user, client address and socket may take.
+/// Counts of 0 mean "no limit".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Sockets this process holds at most; more get 503 before the upgrade.
+    pub max_sockets: usize,
+    pub max_sockets_per_user: usize,
+    pub max_sockets_per_ip: usize,
+    /// New sockets per second this process accepts (token bucket); 0 = any.
+    pub connect_rate: f64,
+    pub connect_burst: f64,
+    /// Proxies (CIDRs or addresses) whose `client_ip_header` is believed.
+    pub trusted_proxies: Vec<String>,
+    pub client_ip_header: String,
+    /// Frames per second one client may send (token bucket); past it the
+    /// socket is closed with 4007. Clients have little to say.
+    pub inbound_rate: f64,
+    pub inbound_burst: f64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_sockets: 0,
+            max_sockets_per_user: 0,
+            max_sockets_per_ip: 0,
+            connect_rate: 0.0,
+            connect_burst: 100.0,
+            trusted_proxies: Vec::new(),
+            client_ip_header: "X-Forwarded-For".into(),
+            inbound_rate: 10.0,
+            inbound_burst: 20.0,
         }
     }
 }
@@ -533,8 +633,48 @@ impl Config {
         }
 
         let auth = &self.auth;
-        crate::jwtverify::parse_algorithm(&auth.jwt_algorithm)
-            .map_err(|reason| invalid("auth.jwt_algorithm", reason))?;
+        crate::jwtverify::allowed_algorithms(auth).map_err(|error| ConfigError::Invalid {
+            key: error.setting,
+            reason: error.reason,
+        })?;
+        for (set, key) in [
+            (
+                [
+                    !auth.jwt_secret.is_empty(),
+                    auth.jwt_secret_file.is_some(),
+                    auth.jwt_secret_env.is_some(),
+                ],
+                "auth.jwt_secret",
+            ),
+            (
+                [
+                    auth.public_key.is_some(),
+                    auth.public_key_file.is_some(),
+                    auth.public_key_env.is_some(),
+                ],
+                "auth.public_key",
+            ),
+        ] {
+            if set.iter().filter(|set| **set).count() > 1 {
+                return Err(invalid(
+                    key,
+                    format!("set only one of {key}, {key}_file and {key}_env"),
+                ));
+            }
+        }
+        if auth.jwks_reload_interval < Duration::from_secs(1) {
+            return Err(invalid("auth.jwks_reload_interval", "must be at least 1s"));
+        }
+        if auth.audience.iter().any(String::is_empty) {
+            return Err(invalid("auth.audience", "entries must not be empty"));
+        }
+        if auth.issuer.as_deref() == Some("") {
+            return Err(invalid("auth.issuer", "must not be empty (leave it unset)"));
+        }
+        for pattern in &auth.allowed_origins {
+            crate::origin::OriginPattern::parse(pattern)
+                .map_err(|error| invalid("auth.allowed_origins", error.to_string()))?;
+        }
         if auth.user_id_claims.is_empty() {
             return Err(invalid(
                 "auth.user_id_claims",
@@ -559,6 +699,22 @@ impl Config {
                 "auth.token_query_param",
                 "token_query_param and token_cookie must not be empty",
             ));
+        }
+
+        let limits = &self.limits;
+        for cidr in &limits.trusted_proxies {
+            crate::limits::parse_cidr(cidr)
+                .map_err(|reason| invalid("limits.trusted_proxies", reason))?;
+        }
+        for (key, value) in [
+            ("limits.connect_rate", limits.connect_rate),
+            ("limits.connect_burst", limits.connect_burst),
+            ("limits.inbound_rate", limits.inbound_rate),
+            ("limits.inbound_burst", limits.inbound_burst),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(invalid(key, "must be a number of at least 0"));
+            }
         }
 
         let layer = &self.layer;
@@ -648,13 +804,28 @@ impl Config {
 
     /// Settings `serve` cannot run without, checked apart from `validate` so
     /// `gen-token` and `check-config` can explain them.
+    /// Also loads every configured key (files, environment variables, the
+    /// JWKS document) so a bad key stops the process at start.
     pub fn require_serving_secrets(&self) -> Result<(), ConfigError> {
-        if self.auth.jwt_secret.is_empty() {
+        let auth = &self.auth;
+        if auth.jwt_secret.is_empty()
+            && auth.jwt_secret_file.is_none()
+            && auth.jwt_secret_env.is_none()
+            && auth.public_key.is_none()
+            && auth.public_key_file.is_none()
+            && auth.public_key_env.is_none()
+            && auth.jwks_file.is_none()
+        {
             return Err(invalid(
                 "auth.jwt_secret",
-                "is required (set GATEWAY_AUTH_JWT_SECRET or [auth] jwt_secret)",
+                "is required (set GATEWAY_AUTH_JWT_SECRET or [auth] jwt_secret), \
+                 unless auth.public_key or auth.jwks_file verifies tokens",
             ));
         }
+        crate::jwtverify::TokenVerifier::new(auth).map_err(|error| ConfigError::Invalid {
+            key: error.setting,
+            reason: error.reason,
+        })?;
         Ok(())
     }
 
@@ -706,6 +877,47 @@ mod tests {
             ]
         );
         config.validate().expect("all forms are valid");
+    }
+
+    #[test]
+    fn auth_settings_name_their_key() {
+        let cases = [
+            ("auth.algorithms=[\"none\"]", "auth.algorithms"),
+            ("auth.algorithms=[\"HS256\", \"XS1\"]", "auth.algorithms"),
+            (
+                "auth.allowed_origins=[\"example.com\"]",
+                "auth.allowed_origins",
+            ),
+            ("auth.jwt_secret_env=\"A\"", "auth.jwt_secret"),
+            ("auth.missing_origin=\"maybe\"", "missing_origin"),
+            (
+                "auth.jwks_reload_interval=\"10ms\"",
+                "auth.jwks_reload_interval",
+            ),
+        ];
+        for (setting, key) in cases {
+            let overrides = ["auth.jwt_secret=\"s\"".to_string(), setting.to_string()];
+            let error = Config::load(None, &overrides).unwrap_err();
+            assert!(error.to_string().contains(key), "{setting}: {error}");
+        }
+        let config = Config::load(
+            None,
+            &[
+                "auth.algorithms=[\"RS256\", \"PS256\"]".into(),
+                "auth.allowed_origins=[\"https://*.example.com\"]".into(),
+                "auth.missing_origin=\"deny\"".into(),
+            ],
+        )
+        .expect("valid without a key");
+        let error = config.require_serving_secrets().unwrap_err();
+        assert!(error.to_string().contains("auth.jwt_secret"), "{error}");
+        let mut with_secret = config.clone();
+        with_secret.auth.jwt_secret = Secret::new("s");
+        let error = with_secret.require_serving_secrets().unwrap_err();
+        assert!(
+            error.to_string().contains("auth.jwt_secret"),
+            "HMAC key, no HS: {error}"
+        );
     }
 
     #[test]

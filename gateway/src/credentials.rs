@@ -1,15 +1,26 @@
 //! Credentials: finds the bearer token in a WebSocket handshake request.
 //!
-//! Looks, in this order, at the `Authorization: Bearer` header, the configured
-//! query parameter and the configured cookie. It must not verify anything (see
+//! Looks, in this order, at the `Authorization: Bearer` header, the
+//! `Sec-WebSocket-Protocol` bearer form, the configured query parameter and
+//! the configured cookie; the first one present is used. The subprotocol form
+//! is what a browser can send without putting the token in the URL:
+//! `new WebSocket(url, ["bearer", token])` offers the two entries `bearer` and
+//! the token, and the handshake answers with [`BEARER_PROTOCOL`] alone (a
+//! browser fails a connection whose offered protocols get no answer, and the
+//! answer must never repeat the token). It must not verify anything (see
 //! `jwtverify`) and must never log or copy the token anywhere but the caller.
 
-use actix_web::http::header::{HeaderMap, AUTHORIZATION, COOKIE};
+use actix_web::http::header::{HeaderMap, AUTHORIZATION, COOKIE, SEC_WEBSOCKET_PROTOCOL};
+
+/// The subprotocol that marks the next offered entry as the token, and the
+/// one the server selects in its 101 response.
+pub const BEARER_PROTOCOL: &str = "bearer";
 
 /// Where the token was found, for logs and metrics (never the token itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenSource {
     Header,
+    Subprotocol,
     Query,
     Cookie,
 }
@@ -18,6 +29,7 @@ impl TokenSource {
     pub fn label(self) -> &'static str {
         match self {
             TokenSource::Header => "header",
+            TokenSource::Subprotocol => "subprotocol",
             TokenSource::Query => "query",
             TokenSource::Cookie => "cookie",
         }
@@ -34,6 +46,9 @@ impl TokenLookup<'_> {
         if let Some(token) = bearer_token(headers) {
             return Some((token.to_string(), TokenSource::Header));
         }
+        if let Some(token) = subprotocol_token(headers) {
+            return Some((token.to_string(), TokenSource::Subprotocol));
+        }
         if let Some(token) = query_value(query, self.query_param) {
             return Some((token, TokenSource::Query));
         }
@@ -46,6 +61,20 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The entry offered right after `bearer` in `Sec-WebSocket-Protocol`
+/// (over all header lines, in order).
+fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
+    let mut entries = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim);
+    entries.find(|entry| entry.eq_ignore_ascii_case(BEARER_PROTOCOL))?;
+    entries
+        .next()
+        .filter(|token| !token.is_empty() && !token.eq_ignore_ascii_case(BEARER_PROTOCOL))
 }
 
 fn query_value(query: &str, name: &str) -> Option<String> {
@@ -129,6 +158,38 @@ mod tests {
             "",
         );
         assert_eq!(found, Some(("c.d".into(), TokenSource::Cookie)));
+    }
+
+    #[test]
+    fn subprotocol_bearer_form() {
+        let found = LOOKUP.find(
+            &headers(&[("sec-websocket-protocol", "bearer, h.p.s")]),
+            "token=q.q.q",
+        );
+        assert_eq!(found, Some(("h.p.s".into(), TokenSource::Subprotocol)));
+        let found = LOOKUP.find(
+            &headers(&[
+                ("sec-websocket-protocol", "chat, Bearer"),
+                ("sec-websocket-protocol", "a.b.c"),
+            ]),
+            "",
+        );
+        assert_eq!(found, Some(("a.b.c".into(), TokenSource::Subprotocol)));
+        let found = LOOKUP.find(
+            &headers(&[
+                ("authorization", "Bearer h.h.h"),
+                ("sec-websocket-protocol", "bearer, s.s.s"),
+            ]),
+            "",
+        );
+        assert_eq!(found, Some(("h.h.h".into(), TokenSource::Header)));
+        for offered in ["bearer", "bearer, ", "chat, a.b.c", "bearer, bearer"] {
+            assert_eq!(
+                LOOKUP.find(&headers(&[("sec-websocket-protocol", offered)]), ""),
+                None,
+                "{offered}"
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! HTTP: the routes of the public and the admin listener.
 //!
-//! Owns the WebSocket handshake (authenticate, join the user's group in
-//! Redis, then upgrade, so nothing published after the upgrade can be
-//! missed) and the plain HTTP answers of `/healthz`, `/readyz` and
-//! `/metrics`. It must not log request URIs: they may carry a token.
+//! Owns the WebSocket handshake (check the origin, authenticate, join the
+//! user's group in Redis, then upgrade, so nothing published after the
+//! upgrade can be missed) and the plain HTTP answers of `/healthz`, `/readyz`
+//! and `/metrics`. It must not log request URIs, query strings or
+//! `Sec-WebSocket-Protocol` values: they may carry a token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,18 +13,22 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use tracing::Instrument;
 
-use crate::credentials::TokenLookup;
+use crate::credentials::{TokenLookup, BEARER_PROTOCOL};
 use crate::health::Health;
 use crate::jwtverify::{AuthError, TokenVerifier};
 use crate::layer::Layer;
+use crate::limits::{Limits, Refusal};
 use crate::metrics::{ConnectResult, Metrics};
+use crate::origin::{OriginPolicy, OriginVerdict};
 use crate::outbox::Outbox;
 use crate::registry::Registry;
-use crate::socket::{self, Membership, SocketSettings};
+use crate::socket::{self, Holder, Membership, SocketSettings};
 
 /// Everything a handshake needs, shared by all workers.
 pub struct Gateway {
-    pub verifier: TokenVerifier,
+    pub verifier: Arc<TokenVerifier>,
+    pub limits: Arc<Limits>,
+    pub origins: OriginPolicy,
     pub token_query_param: String,
     pub token_cookie: String,
     pub user_group_template: String,
@@ -66,6 +71,26 @@ fn unavailable() -> HttpResponse {
     )
 }
 
+/// 503 when this process is full (another pod may have room), 429 for the
+/// limits a client ran into itself.
+fn limited(gateway: &Gateway, why: Refusal, request: &HttpRequest) -> HttpResponse {
+    gateway.metrics.connect(ConnectResult::Limited(why));
+    tracing::warn!(reason = why.label(), peer = %peer(request), "handshake refused: limit reached");
+    let status = match why {
+        Refusal::ProcessFull => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::ConnectRate | Refusal::UserFull | Refusal::AddressFull => {
+            StatusCode::TOO_MANY_REQUESTS
+        }
+    };
+    refusal(status, "limited", why.label())
+}
+
+fn peer_ip(request: &HttpRequest) -> std::net::IpAddr {
+    request
+        .peer_addr()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |address| address.ip())
+}
+
 fn peer(request: &HttpRequest) -> String {
     request
         .peer_addr()
@@ -85,6 +110,30 @@ async fn notifications_socket(
             "draining",
             "server is shutting down",
         );
+    }
+
+    // Before any token is looked at: with cookie auth the browser attaches
+    // the user's cookie to a socket opened by any site, so only the origin
+    // tells the user's own pages from a hijacking one.
+    let verdict = gateway.origins.check(
+        request
+            .headers()
+            .get_all(actix_web::http::header::ORIGIN)
+            .map(|value| value.to_str().ok()),
+    );
+    if verdict != OriginVerdict::Allowed {
+        metrics.connect(ConnectResult::ForbiddenOrigin);
+        tracing::warn!(reason = verdict.label(), peer = %peer(&request), "handshake refused: origin not allowed");
+        return refusal(StatusCode::FORBIDDEN, "forbidden", verdict.label());
+    }
+
+    // Cheap refusals before any token work: the connect rate, and a client
+    // address that already holds its share.
+    let address = gateway
+        .limits
+        .client_address(peer_ip(&request), request.headers());
+    if let Err(why) = gateway.limits.precheck(address) {
+        return limited(&gateway, why, &request);
     }
 
     let lookup = TokenLookup {
@@ -115,6 +164,11 @@ async fn notifications_socket(
         }
     };
 
+    let admission = match gateway.limits.admit(&identity.user_id, address) {
+        Ok(admission) => admission,
+        Err(why) => return limited(&gateway, why, &request),
+    };
+
     // Without Redis no join can succeed: say so at once rather than after
     // `join_timeout`, and keep doomed writes out of the client's queue.
     if !gateway.health.redis_connected() {
@@ -122,18 +176,21 @@ async fn notifications_socket(
         return unavailable();
     }
 
-    let (response, session, messages) = match actix_ws::handle(&request, body) {
-        Ok(parts) => parts,
-        Err(error) => {
-            metrics.connect(ConnectResult::BadHandshake);
-            tracing::debug!(%error, "not a WebSocket handshake");
-            return refusal(
-                StatusCode::BAD_REQUEST,
-                "bad_handshake",
-                "expected a WebSocket upgrade",
-            );
-        }
-    };
+    // Selecting `bearer` (never the token entry) answers a client that sent
+    // its token as a subprotocol; others offered nothing we select.
+    let (response, session, messages) =
+        match actix_ws::handle_with_protocols(&request, body, &[BEARER_PROTOCOL]) {
+            Ok(parts) => parts,
+            Err(error) => {
+                metrics.connect(ConnectResult::BadHandshake);
+                tracing::debug!(%error, "not a WebSocket handshake");
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    "bad_handshake",
+                    "expected a WebSocket upgrade",
+                );
+            }
+        };
 
     let outbox = Arc::new(Outbox::new(gateway.outbound_queue));
     let groups: Vec<Arc<str>> = vec![Arc::from(group.as_str())];
@@ -147,6 +204,7 @@ async fn notifications_socket(
         registry: gateway.registry.clone(),
         layer: gateway.layer.clone(),
         metrics: gateway.metrics.clone(),
+        _admission: admission,
     };
     let span =
         tracing::info_span!("socket", conn = %format_args!("{conn:x}"), user = %identity.user_id);
@@ -178,6 +236,10 @@ async fn notifications_socket(
         outbox,
         membership,
         gateway.socket_settings.clone(),
+        Holder {
+            user_id: identity.user_id,
+            expires_at: identity.expires_at,
+        },
         span,
     );
     response
@@ -199,6 +261,11 @@ async fn readyz(gateway: web::Data<Gateway>) -> HttpResponse {
 }
 
 async fn metrics(gateway: web::Data<Gateway>) -> HttpResponse {
+    // Gauges that are cheaper to read at scrape time than to keep current.
+    gateway
+        .metrics
+        .groups_local
+        .set(gateway.registry.group_count() as i64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(gateway.metrics.render())

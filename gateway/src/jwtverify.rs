@@ -1,14 +1,25 @@
 //! JWT verification: turns a bearer token into the identity of one user.
 //!
-//! Owns the algorithm pin, signature and `exp` checks, SimpleJWT's
-//! `token_type` rule and the user-id claim lookup. It must not know where a
-//! token came from (see `credentials`) and must never log or return the token.
+//! Owns everything about trusting a token: the algorithm allowlist (`none` is
+//! never accepted), the verification keys (an HMAC secret, one public key,
+//! a JWKS document selected by `kid`) and where their bytes come from
+//! (inline, a file, an environment variable), the pairing of each key with
+//! the only algorithms its type can verify (so an HMAC check is never run
+//! with a public key), signature, `exp`, `nbf`, `iss` and `aud` checks with
+//! the configured leeway, SimpleJWT's `token_type` rule and the user-id claim
+//! lookup. It is the one module that verifies tokens. It must not know where a
+//! token came from (see `credentials`) and must never log or return the token
+//! or a key.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::{Mutex, RwLock};
 use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
@@ -16,7 +27,7 @@ use crate::config::AuthConfig;
 /// Why a token was refused; the label doubles as the metric label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("no token in query, Authorization header or cookie")]
+    #[error("no token in Authorization header, subprotocol, query or cookie")]
     MissingToken,
     #[error("token is not a well-formed JWT")]
     Malformed,
@@ -24,10 +35,20 @@ pub enum AuthError {
     BadSignature,
     #[error("token has expired")]
     Expired,
-    #[error("token is signed with an algorithm that is not allowed")]
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token is signed with an algorithm that is not allowed for any configured key")]
     WrongAlgorithm,
-    #[error("token lacks a required claim (exp or a user id claim)")]
+    #[error("token lacks a required claim (exp, iss, aud or a user id claim)")]
     MissingClaim,
+    #[error("token was issued by an issuer that is not configured")]
+    WrongIssuer,
+    #[error("token is meant for another audience")]
+    WrongAudience,
+    #[error("token names no key id (kid) and only JWKS keys could verify it")]
+    MissingKid,
+    #[error("token names a key id (kid) the JWKS document does not hold")]
+    UnknownKid,
     #[error("token is not an access token (SimpleJWT token_type)")]
     NotAccessToken,
     #[error("token's user id cannot name a channels group")]
@@ -41,11 +62,32 @@ impl AuthError {
             AuthError::Malformed => "malformed",
             AuthError::BadSignature => "bad_signature",
             AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
             AuthError::WrongAlgorithm => "wrong_algorithm",
             AuthError::MissingClaim => "missing_claim",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::MissingKid => "missing_kid",
+            AuthError::UnknownKid => "unknown_kid",
             AuthError::NotAccessToken => "not_access_token",
             AuthError::InvalidUserId => "invalid_user_id",
         }
+    }
+}
+
+/// A key setting that cannot be used; `setting` is its TOML name so the
+/// operator knows what to fix. The reason never contains key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value for `{setting}`: {reason}")]
+pub struct KeyError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+fn key_error(setting: &'static str, reason: impl Into<String>) -> KeyError {
+    KeyError {
+        setting,
+        reason: reason.into(),
     }
 }
 
@@ -63,43 +105,514 @@ impl fmt::Debug for Identity {
     }
 }
 
+const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const RSA: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+/// One algorithm name from the configuration. Every algorithm jsonwebtoken's
+/// RustCrypto backend can verify is accepted; `none` never is.
 pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
-    let algorithm =
-        Algorithm::from_str(name).map_err(|_| format!("unknown JWT algorithm `{name}`"))?;
-    match algorithm {
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Ok(algorithm),
-        _ => Err(format!(
-            "`{name}` needs a public key; this release verifies HS256, HS384 and HS512"
-        )),
+    if name.eq_ignore_ascii_case("none") {
+        return Err("`none` (unsigned tokens) is never allowed".into());
+    }
+    Algorithm::from_str(name).map_err(|_| {
+        format!(
+            "unknown JWT algorithm `{name}` (use HS256/384/512, RS256/384/512, \
+             PS256/384/512, ES256, ES384 or EdDSA)"
+        )
+    })
+}
+
+/// The algorithms tokens may use: `auth.algorithms`, else the legacy
+/// single `auth.jwt_algorithm`, else HS256 (SimpleJWT's default).
+pub fn allowed_algorithms(config: &AuthConfig) -> Result<Vec<Algorithm>, KeyError> {
+    let names: Vec<&str> = if !config.algorithms.is_empty() {
+        config.algorithms.iter().map(String::as_str).collect()
+    } else {
+        vec![config.jwt_algorithm.as_deref().unwrap_or("HS256")]
+    };
+    let mut allowed = Vec::new();
+    for name in names {
+        let algorithm =
+            parse_algorithm(name).map_err(|reason| key_error("auth.algorithms", reason))?;
+        if !allowed.contains(&algorithm) {
+            allowed.push(algorithm);
+        }
+    }
+    if let (Some(single), false) = (&config.jwt_algorithm, config.algorithms.is_empty()) {
+        let single =
+            parse_algorithm(single).map_err(|reason| key_error("auth.jwt_algorithm", reason))?;
+        if !allowed.contains(&single) {
+            return Err(key_error(
+                "auth.jwt_algorithm",
+                "is not in auth.algorithms; set only auth.algorithms",
+            ));
+        }
+    }
+    Ok(allowed)
+}
+
+/// Reads a setting given inline, as a file path or as an environment
+/// variable name; `None` when none of the three is set.
+fn key_material(
+    inline: Option<&str>,
+    file: Option<&Path>,
+    env: Option<&str>,
+    names: [&'static str; 3],
+) -> Result<Option<(Vec<u8>, &'static str)>, KeyError> {
+    let given = [inline.is_some(), file.is_some(), env.is_some()];
+    if given.iter().filter(|set| **set).count() > 1 {
+        return Err(key_error(
+            names[0],
+            format!(
+                "set only one of {}, {} and {}",
+                names[0], names[1], names[2]
+            ),
+        ));
+    }
+    if let Some(value) = inline {
+        return Ok(Some((value.as_bytes().to_vec(), names[0])));
+    }
+    if let Some(path) = file {
+        let mut bytes = std::fs::read(path).map_err(|error| {
+            key_error(
+                names[1],
+                format!("cannot read {}: {}", path.display(), error.kind()),
+            )
+        })?;
+        // Editors and `echo` end files with a newline no backend key has.
+        while bytes
+            .last()
+            .is_some_and(|byte| *byte == b'\n' || *byte == b'\r')
+        {
+            bytes.pop();
+        }
+        return Ok(Some((bytes, names[1])));
+    }
+    if let Some(name) = env {
+        let value = std::env::var(name).map_err(|_| {
+            key_error(
+                names[2],
+                format!("environment variable {name} is not set or not UTF-8"),
+            )
+        })?;
+        return Ok(Some((value.into_bytes(), names[2])));
+    }
+    Ok(None)
+}
+
+/// The HMAC secret, wherever it is configured.
+fn hmac_secret(config: &AuthConfig) -> Result<Option<Vec<u8>>, KeyError> {
+    let inline = (!config.jwt_secret.is_empty()).then(|| config.jwt_secret.expose());
+    let found = key_material(
+        inline,
+        config.jwt_secret_file.as_deref(),
+        config.jwt_secret_env.as_deref(),
+        [
+            "auth.jwt_secret",
+            "auth.jwt_secret_file",
+            "auth.jwt_secret_env",
+        ],
+    )?;
+    match found {
+        Some((bytes, setting)) if bytes.is_empty() => Err(key_error(setting, "is empty")),
+        Some((bytes, _)) => Ok(Some(bytes)),
+        None => Ok(None),
     }
 }
 
-/// Verifies tokens against one configured key and algorithm.
-pub struct TokenVerifier {
+/// One key and the algorithms it may verify: the intersection of the
+/// allowlist with what the key's type can do, so a token whose header names
+/// another family never reaches this key.
+struct VerifyingKey {
+    kid: Option<String>,
     key: DecodingKey,
-    validation: Validation,
+    algorithms: Vec<Algorithm>,
+}
+
+fn restrict(
+    possible: &[Algorithm],
+    allowed: &[Algorithm],
+    setting: &'static str,
+    what: &str,
+) -> Result<Vec<Algorithm>, KeyError> {
+    let algorithms: Vec<Algorithm> = possible
+        .iter()
+        .filter(|algorithm| allowed.contains(algorithm))
+        .copied()
+        .collect();
+    if algorithms.is_empty() {
+        return Err(key_error(
+            setting,
+            format!(
+                "{what} can verify only {} and auth.algorithms allows none of them",
+                names(possible)
+            ),
+        ));
+    }
+    Ok(algorithms)
+}
+
+fn names(algorithms: &[Algorithm]) -> String {
+    algorithms
+        .iter()
+        .map(|algorithm| format!("{algorithm:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// ECDSA algorithm for a SEC1 public point by its length (uncompressed or
+/// compressed): the curve decides the algorithm, nothing else may.
+fn ec_algorithm(point: &[u8]) -> Option<Algorithm> {
+    match point.len() {
+        65 | 33 => Some(Algorithm::ES256),
+        97 | 49 => Some(Algorithm::ES384),
+        _ => None,
+    }
+}
+
+/// A PEM public key (SPKI `PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY`).
+fn public_key_from_pem(
+    pem: &[u8],
+    allowed: &[Algorithm],
+    setting: &'static str,
+) -> Result<VerifyingKey, KeyError> {
+    let text = std::str::from_utf8(pem).map_err(|_| key_error(setting, "is not PEM text"))?;
+    if text.contains("PRIVATE KEY") {
+        return Err(key_error(
+            setting,
+            "is a private key; give the gateway only the public key",
+        ));
+    }
+    if !text.contains("PUBLIC KEY-----") {
+        return Err(key_error(
+            setting,
+            "is not a PEM `PUBLIC KEY` or `RSA PUBLIC KEY`",
+        ));
+    }
+    let (key, possible, what): (DecodingKey, Vec<Algorithm>, &str) =
+        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            (key, RSA.to_vec(), "an RSA key")
+        } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+            let algorithm = key
+                .try_get_as_bytes()
+                .ok()
+                .and_then(ec_algorithm)
+                .ok_or_else(|| key_error(setting, "EC keys must be on P-256 or P-384"))?;
+            (key, vec![algorithm], "an EC key")
+        } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+            if key.try_get_as_bytes().map(<[u8]>::len).ok() != Some(32) {
+                return Err(key_error(setting, "only Ed25519 EdDSA keys are supported"));
+            }
+            (key, vec![Algorithm::EdDSA], "an Ed25519 key")
+        } else {
+            return Err(key_error(
+                setting,
+                "is not an RSA, EC (P-256, P-384) or Ed25519 public key",
+            ));
+        };
+    Ok(VerifyingKey {
+        kid: None,
+        algorithms: restrict(&possible, allowed, setting, what)?,
+        key,
+    })
+}
+
+/// The usable signing keys of a JWKS document. Keys without a `kid`, with a
+/// `use` other than `sig`, symmetric (`oct`: a JWKS is often public, so an
+/// HMAC secret does not belong in one) or of unsupported curves are skipped.
+fn jwks_keys(document: &[u8], allowed: &[Algorithm]) -> Result<Vec<VerifyingKey>, String> {
+    let set: JwkSet = serde_json::from_slice(document)
+        .map_err(|error| format!("not a JWKS document ({:?} error)", error.classify()))?;
+    let mut keys: Vec<VerifyingKey> = Vec::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else {
+            continue;
+        };
+        if keys
+            .iter()
+            .any(|key| key.kid.as_deref() == Some(kid.as_str()))
+        {
+            return Err(format!("kid `{kid}` appears twice"));
+        }
+        if let Some(key) = jwk_key(jwk, kid, allowed) {
+            keys.push(key);
+        }
+    }
+    if keys.is_empty() {
+        return Err(format!(
+            "holds no signing key with a kid for {}",
+            names(allowed)
+        ));
+    }
+    Ok(keys)
+}
+
+fn jwk_key(jwk: &Jwk, kid: String, allowed: &[Algorithm]) -> Option<VerifyingKey> {
+    if matches!(&jwk.common.public_key_use, Some(usage) if *usage != PublicKeyUse::Signature) {
+        return None;
+    }
+    let possible: Vec<Algorithm> = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => RSA.to_vec(),
+        AlgorithmParameters::EllipticCurve(params) => match params.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => return None,
+        },
+        AlgorithmParameters::OctetKeyPair(params) if params.curve == EllipticCurve::Ed25519 => {
+            vec![Algorithm::EdDSA]
+        }
+        _ => return None,
+    };
+    // A key that names its algorithm may verify only that one.
+    let possible = match &jwk.common.key_algorithm {
+        Some(named) => {
+            let named = Algorithm::from_str(&named.to_string()).ok()?;
+            possible.into_iter().filter(|alg| *alg == named).collect()
+        }
+        None => possible,
+    };
+    let algorithms: Vec<Algorithm> = possible
+        .into_iter()
+        .filter(|algorithm| allowed.contains(algorithm))
+        .collect();
+    if algorithms.is_empty() {
+        return None;
+    }
+    let key = DecodingKey::from_jwk(jwk).ok()?;
+    Some(VerifyingKey {
+        kid: Some(kid),
+        key,
+        algorithms,
+    })
+}
+
+/// A JWKS file, re-read (at most once per `reload_interval`) when a token
+/// names a `kid` it does not hold, so keys rotate without a restart.
+struct JwksFile {
+    path: PathBuf,
+    keys: RwLock<Vec<VerifyingKey>>,
+    last_load: Mutex<Instant>,
+    reload_interval: Duration,
+}
+
+impl JwksFile {
+    fn load(path: &Path, allowed: &[Algorithm]) -> Result<Vec<VerifyingKey>, String> {
+        let document = std::fs::read(path)
+            .map_err(|error| format!("cannot read {}: {}", path.display(), error.kind()))?;
+        jwks_keys(&document, allowed)
+    }
+
+    fn has(&self, kid: &str) -> bool {
+        self.keys
+            .read()
+            .iter()
+            .any(|key| key.kid.as_deref() == Some(kid))
+    }
+
+    /// Re-reads the file unless that happened within `reload_interval`;
+    /// the rate limit bounds what a flood of made-up kids can cost (a small
+    /// blocking read on a handshake worker).
+    fn reload_for(&self, kid: &str, allowed: &[Algorithm]) {
+        {
+            let mut last = self.last_load.lock();
+            if last.elapsed() < self.reload_interval {
+                return;
+            }
+            *last = Instant::now();
+        }
+        match JwksFile::load(&self.path, allowed) {
+            Ok(keys) => {
+                let found = keys.iter().any(|key| key.kid.as_deref() == Some(kid));
+                tracing::info!(
+                    keys = keys.len(),
+                    found,
+                    "JWKS file reloaded for an unknown kid"
+                );
+                *self.keys.write() = keys;
+            }
+            Err(reason) => {
+                tracing::warn!(%reason, "JWKS file reload failed; keeping the previous keys");
+            }
+        }
+    }
+}
+
+/// Verifies tokens against the configured keys and allowlist.
+pub struct TokenVerifier {
+    allowed: Vec<Algorithm>,
+    /// Keys configured one by one (HMAC secret, public key): tried for any
+    /// `kid`, since SimpleJWT does not set one.
+    unnamed: Vec<VerifyingKey>,
+    jwks: Option<JwksFile>,
+    /// The claim checks, one per allowed algorithm (jsonwebtoken checks the
+    /// header's algorithm against this list as well).
+    validations: Vec<(Algorithm, Validation)>,
     user_id_claims: Vec<String>,
 }
 
 impl TokenVerifier {
-    pub fn new(config: &AuthConfig) -> Result<TokenVerifier, String> {
-        let algorithm = parse_algorithm(&config.jwt_algorithm)?;
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = config.leeway;
-        validation.validate_exp = true;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp"]);
+    pub fn new(config: &AuthConfig) -> Result<TokenVerifier, KeyError> {
+        let allowed = allowed_algorithms(config)?;
+        let mut unnamed = Vec::new();
+        if let Some(secret) = hmac_secret(config)? {
+            unnamed.push(VerifyingKey {
+                kid: None,
+                key: DecodingKey::from_secret(&secret),
+                algorithms: restrict(&HMAC, &allowed, "auth.jwt_secret", "an HMAC secret")?,
+            });
+        }
+        let public_key = key_material(
+            config.public_key.as_deref(),
+            config.public_key_file.as_deref(),
+            config.public_key_env.as_deref(),
+            [
+                "auth.public_key",
+                "auth.public_key_file",
+                "auth.public_key_env",
+            ],
+        )?;
+        if let Some((pem, setting)) = public_key {
+            unnamed.push(public_key_from_pem(&pem, &allowed, setting)?);
+        }
+        let jwks = match &config.jwks_file {
+            Some(path) => Some(JwksFile {
+                keys: RwLock::new(
+                    JwksFile::load(path, &allowed)
+                        .map_err(|reason| key_error("auth.jwks_file", reason))?,
+                ),
+                path: path.clone(),
+                last_load: Mutex::new(Instant::now()),
+                reload_interval: config.jwks_reload_interval,
+            }),
+            None => None,
+        };
+        if unnamed.is_empty() && jwks.is_none() {
+            return Err(key_error(
+                "auth.jwt_secret",
+                "no verification key: set auth.jwt_secret (or _file/_env), \
+                 auth.public_key (or _file/_env) or auth.jwks_file",
+            ));
+        }
+        // An allowed algorithm no key can ever verify is a configuration
+        // mistake (usually the wrong key type); say so at start.
+        for algorithm in &allowed {
+            let hmac = HMAC.contains(algorithm);
+            let covered = if hmac {
+                unnamed.iter().any(|key| key.algorithms.contains(algorithm))
+            } else {
+                jwks.is_some() || unnamed.iter().any(|key| key.algorithms.contains(algorithm))
+            };
+            if !covered {
+                return Err(key_error(
+                    "auth.algorithms",
+                    format!(
+                        "{algorithm:?} is allowed but no configured key can verify it ({})",
+                        if hmac {
+                            "HMAC needs auth.jwt_secret"
+                        } else {
+                            "it needs a matching auth.public_key or auth.jwks_file"
+                        }
+                    ),
+                ));
+            }
+        }
+        let leeway = config.leeway;
+        let validations = allowed
+            .iter()
+            .map(|algorithm| {
+                let mut validation = Validation::new(*algorithm);
+                validation.leeway = leeway;
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                let mut required = vec!["exp"];
+                if let Some(issuer) = &config.issuer {
+                    validation.set_issuer(&[issuer]);
+                    required.push("iss");
+                }
+                if config.audience.is_empty() {
+                    // Not configured: a token's `aud` is not checked.
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&config.audience);
+                    required.push("aud");
+                }
+                validation.set_required_spec_claims(&required);
+                (*algorithm, validation)
+            })
+            .collect();
         Ok(TokenVerifier {
-            key: DecodingKey::from_secret(config.jwt_secret.expose().as_bytes()),
-            validation,
+            allowed,
+            unnamed,
+            jwks,
+            validations,
             user_id_claims: config.user_id_claims.clone(),
         })
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
-            .map_err(|error| classify(error.kind()))?;
-        let claims = data.claims;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let algorithm = header.alg;
+        if !self.allowed.contains(&algorithm) {
+            return Err(AuthError::WrongAlgorithm);
+        }
+        let validation = self
+            .validations
+            .iter()
+            .find_map(|(candidate, validation)| (*candidate == algorithm).then_some(validation))
+            .ok_or(AuthError::WrongAlgorithm)?;
+        let fits = |key: &VerifyingKey| key.algorithms.contains(&algorithm);
+
+        let mut outcome: Option<Result<Map<String, Value>, AuthError>> = None;
+        let mut try_key = |key: &VerifyingKey| {
+            if matches!(outcome, Some(Ok(_))) {
+                return;
+            }
+            let result = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation)
+                .map(|data| data.claims)
+                .map_err(|error| classify(error.kind()));
+            // A signature failure on one key must not hide a success or a
+            // more specific claim error from another.
+            if outcome.is_none() || result.is_ok() || result != Err(AuthError::BadSignature) {
+                outcome = Some(result);
+            }
+        };
+
+        if let (Some(jwks), Some(kid)) = (&self.jwks, header.kid.as_deref()) {
+            if !jwks.has(kid) {
+                jwks.reload_for(kid, &self.allowed);
+            }
+            for key in jwks.keys.read().iter() {
+                if key.kid.as_deref() == Some(kid) && fits(key) {
+                    try_key(key);
+                }
+            }
+        }
+        for key in self.unnamed.iter().filter(|key| fits(key)) {
+            try_key(key);
+        }
+        let claims = match outcome {
+            Some(result) => result?,
+            None => {
+                return Err(match (&self.jwks, header.kid) {
+                    (Some(_), None) => AuthError::MissingKid,
+                    (Some(jwks), Some(kid)) if !jwks.has(&kid) => AuthError::UnknownKid,
+                    // No key of the header's family: e.g. HS256 against a
+                    // public key (the algorithm-confusion attack).
+                    _ => AuthError::WrongAlgorithm,
+                });
+            }
+        };
+        self.identity(claims)
+    }
+
+    fn identity(&self, claims: Map<String, Value>) -> Result<Identity, AuthError> {
         if let Some(token_type) = claims.get("token_type") {
             if token_type.as_str() != Some("access") {
                 return Err(AuthError::NotAccessToken);
@@ -133,7 +646,16 @@ fn classify(kind: &ErrorKind) -> AuthError {
     match kind {
         ErrorKind::InvalidSignature => AuthError::BadSignature,
         ErrorKind::ExpiredSignature => AuthError::Expired,
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => AuthError::WrongAlgorithm,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_) => AuthError::WrongAlgorithm,
         ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) => {
             AuthError::MissingClaim
         }
@@ -142,13 +664,24 @@ fn classify(kind: &ErrorKind) -> AuthError {
 }
 
 /// Mints an access token shaped like SimpleJWT's, for `gateway gen-token`
-/// and for trying the gateway out.
+/// and for trying the gateway out. Only possible with an HMAC secret: the
+/// gateway never holds a private key.
 pub fn mint_access_token(
     config: &AuthConfig,
     user_id: &str,
     lifetime_secs: u64,
 ) -> Result<String, String> {
-    let algorithm = parse_algorithm(&config.jwt_algorithm)?;
+    let allowed = allowed_algorithms(config).map_err(|error| error.to_string())?;
+    let algorithm = allowed
+        .iter()
+        .copied()
+        .find(|algorithm| HMAC.contains(algorithm))
+        .ok_or(
+            "auth.algorithms allows no HMAC algorithm; tokens come from the backend's private key",
+        )?;
+    let secret = hmac_secret(config)
+        .map_err(|error| error.to_string())?
+        .ok_or("no HMAC secret configured (auth.jwt_secret, _file or _env)")?;
     let now = jsonwebtoken::get_current_timestamp();
     let user_id_value = user_id
         .parse::<i64>()
@@ -167,10 +700,16 @@ pub fn mint_access_token(
         format!("{:032x}", rand::random::<u128>()).into(),
     );
     claims.insert(claim.into(), user_id_value);
+    if let Some(issuer) = &config.issuer {
+        claims.insert("iss".into(), issuer.clone().into());
+    }
+    if let Some(audience) = config.audience.first() {
+        claims.insert("aud".into(), audience.clone().into());
+    }
     jsonwebtoken::encode(
         &Header::new(algorithm),
         &claims,
-        &EncodingKey::from_secret(config.jwt_secret.expose().as_bytes()),
+        &EncodingKey::from_secret(&secret),
     )
     .map_err(|error| error.to_string())
 }
@@ -197,8 +736,12 @@ mod tests {
         .expect("sign")
     }
 
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
     fn future() -> u64 {
-        jsonwebtoken::get_current_timestamp() + 300
+        now() + 300
     }
 
     #[test]
@@ -248,6 +791,14 @@ mod tests {
             ),
             (
                 sign(
+                    json!({"exp": future(), "nbf": future(), "user_id": 1}),
+                    Algorithm::HS256,
+                    "unit-secret",
+                ),
+                AuthError::NotYetValid,
+            ),
+            (
+                sign(
                     json!({"exp": future(), "user_id": 1}),
                     Algorithm::HS512,
                     "unit-secret",
@@ -279,6 +830,11 @@ mod tests {
                 AuthError::InvalidUserId,
             ),
             ("not-a-jwt".to_string(), AuthError::Malformed),
+            // `{"alg":"none"}` with an empty signature.
+            (
+                "eyJhbGciOiJub25lIn0.eyJ1c2VyX2lkIjoxfQ.".to_string(),
+                AuthError::Malformed,
+            ),
         ];
         for (token, expected) in cases {
             assert_eq!(verifier.verify(&token), Err(expected));
@@ -286,9 +842,136 @@ mod tests {
     }
 
     #[test]
-    fn asymmetric_and_unknown_algorithms_are_refused_by_config() {
+    fn leeway_issuer_and_audience() {
+        let mut config = config();
+        config.leeway = 60;
+        config.issuer = Some("https://auth.example".into());
+        config.audience = vec!["notifications".into()];
+        let verifier = TokenVerifier::new(&config).expect("verifier");
+        let good = json!({"exp": now() - 30, "user_id": 1,
+                          "iss": "https://auth.example", "aud": "notifications"});
+        assert!(verifier
+            .verify(&sign(good.clone(), Algorithm::HS256, "unit-secret"))
+            .is_ok());
+        let cases = [
+            ("iss", json!("https://evil.example"), AuthError::WrongIssuer),
+            ("aud", json!("billing"), AuthError::WrongAudience),
+            ("exp", json!(now() - 120), AuthError::Expired),
+        ];
+        for (claim, value, expected) in cases {
+            let mut claims = good.clone();
+            claims[claim] = value;
+            let token = sign(claims, Algorithm::HS256, "unit-secret");
+            assert_eq!(verifier.verify(&token), Err(expected), "{claim}");
+        }
+        for claim in ["iss", "aud"] {
+            let mut claims = good.clone();
+            claims.as_object_mut().expect("object").remove(claim);
+            let token = sign(claims, Algorithm::HS256, "unit-secret");
+            assert_eq!(verifier.verify(&token), Err(AuthError::MissingClaim));
+        }
+    }
+
+    #[test]
+    fn allowlist_parsing() {
         assert!(parse_algorithm("none").is_err());
-        assert!(parse_algorithm("RS256").is_err());
-        assert!(parse_algorithm("HS384").is_ok());
+        assert!(parse_algorithm("NONE").is_err());
+        for name in [
+            "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+            "ES256", "ES384", "EdDSA",
+        ] {
+            assert!(parse_algorithm(name).is_ok(), "{name}");
+        }
+        let mut config = config();
+        config.algorithms = vec!["HS256".into(), "HS512".into()];
+        config.jwt_algorithm = Some("HS384".into());
+        assert_eq!(
+            allowed_algorithms(&config).expect_err("conflict").setting,
+            "auth.jwt_algorithm"
+        );
+        config.jwt_algorithm = None;
+        assert_eq!(
+            allowed_algorithms(&config).expect("list"),
+            [Algorithm::HS256, Algorithm::HS512]
+        );
+    }
+
+    #[test]
+    fn keys_must_fit_the_allowlist() {
+        let mut config = config();
+        config.algorithms = vec!["RS256".into()];
+        let error = TokenVerifier::new(&config)
+            .err()
+            .expect("secret without HS");
+        assert_eq!(error.setting, "auth.jwt_secret");
+        config.algorithms = vec!["HS256".into(), "ES256".into()];
+        let error = TokenVerifier::new(&config)
+            .err()
+            .expect("ES256 without key");
+        assert_eq!(error.setting, "auth.algorithms");
+        let mut config = AuthConfig::default();
+        assert!(TokenVerifier::new(&config).is_err(), "no key at all");
+        config.public_key =
+            Some("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into());
+        config.algorithms = vec!["RS256".into()];
+        let error = TokenVerifier::new(&config)
+            .err()
+            .expect("private key refused");
+        assert!(error.reason.contains("private key"), "{error}");
+    }
+
+    #[test]
+    fn secret_sources_are_exclusive_and_read() {
+        let dir = std::env::temp_dir().join(format!("jwtverify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("secret");
+        std::fs::write(&path, "file-secret\n").expect("write");
+        let mut config = AuthConfig {
+            jwt_secret_file: Some(path.clone()),
+            ..AuthConfig::default()
+        };
+        let verifier = TokenVerifier::new(&config).expect("file secret");
+        let token = sign(
+            json!({"exp": future(), "user_id": 5}),
+            Algorithm::HS256,
+            "file-secret",
+        );
+        assert!(verifier.verify(&token).is_ok(), "trailing newline dropped");
+        config.jwt_secret = Secret::new("inline");
+        assert!(TokenVerifier::new(&config).is_err(), "two sources");
+        let config = AuthConfig {
+            jwt_secret_env: Some("GATEWAY_UNIT_TEST_SURELY_UNSET".into()),
+            ..AuthConfig::default()
+        };
+        assert_eq!(
+            TokenVerifier::new(&config).err().expect("unset").setting,
+            "auth.jwt_secret_env"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ec_curve_decides_the_algorithm() {
+        assert_eq!(ec_algorithm(&[4; 65]), Some(Algorithm::ES256));
+        assert_eq!(ec_algorithm(&[4; 97]), Some(Algorithm::ES384));
+        assert_eq!(ec_algorithm(&[4; 133]), None);
+    }
+
+    #[test]
+    fn jwks_documents_are_filtered() {
+        let allowed = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+        let rsa = json!({"kty": "RSA", "kid": "r1", "n": "sXch", "e": "AQAB"});
+        let oct = json!({"kty": "oct", "kid": "o1", "k": "c2VjcmV0"});
+        let enc = json!({"kty": "RSA", "kid": "r2", "use": "enc", "n": "sXch", "e": "AQAB"});
+        let no_kid = json!({"kty": "RSA", "n": "sXch", "e": "AQAB"});
+        let named = json!({"kty": "RSA", "kid": "r3", "alg": "PS256", "n": "sXch", "e": "AQAB"});
+        let document = json!({"keys": [rsa, oct, enc, no_kid, named]}).to_string();
+        let keys = jwks_keys(document.as_bytes(), &allowed).expect("one usable key");
+        let kids: Vec<_> = keys.iter().map(|key| key.kid.clone()).collect();
+        assert_eq!(kids, [Some("r1".to_string())]);
+        assert_eq!(keys[0].algorithms, [Algorithm::RS256]);
+        let twice = json!({"keys": [rsa, rsa]}).to_string();
+        assert!(jwks_keys(twice.as_bytes(), &allowed).is_err());
+        assert!(jwks_keys(b"{}", &allowed).is_err());
     }
 }

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub client_frames: IntCounter,
     pub canary_round_trip: Histogram,
     pub draining: IntGauge,
+    redis_command: prometheus::HistogramVec,
+    pub groups_local: IntGauge,
     pub drain_remaining: IntGauge,
     pub canaries_received: IntCounter,
 }
@@ -82,9 +84,14 @@ pub struct Metrics {
 pub enum ConnectResult {
     Accepted,
     Unauthorized,
+    /// Refused with 403 by the origin allowlist (`auth.allowed_origins`,
+    /// `auth.missing_origin`) before any token was looked at.
+    ForbiddenOrigin,
     BadHandshake,
     RedisUnavailable,
     Draining,
+    /// Refused by a limit (`limits.*`); labelled with the limit's name.
+    Limited(crate::limits::Refusal),
 }
 
 impl ConnectResult {
@@ -92,9 +99,11 @@ impl ConnectResult {
         match self {
             ConnectResult::Accepted => "accepted",
             ConnectResult::Unauthorized => "unauthorized",
+            ConnectResult::ForbiddenOrigin => "forbidden_origin",
             ConnectResult::BadHandshake => "bad_handshake",
             ConnectResult::RedisUnavailable => "redis_unavailable",
             ConnectResult::Draining => "draining",
+            ConnectResult::Limited(refusal) => refusal.label(),
         }
     }
 }
@@ -207,6 +216,29 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
+            redis_command: register(
+                &registry,
+                prometheus::HistogramVec::new(
+                    HistogramOpts::new(
+                        "gateway_redis_command_seconds",
+                        "Redis round trips by purpose (blocking waits excluded)",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0, 5.0,
+                    ]),
+                    &["command"],
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            groups_local: register(
+                &registry,
+                IntGauge::new(
+                    "gateway_groups_local",
+                    "Groups with at least one socket on this process",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
             draining: register(
                 &registry,
                 IntGauge::new("gateway_draining", "1 while the process is shutting down")
@@ -270,6 +302,20 @@ impl Metrics {
         self.drops
             .with_label_values(&[reason.label()])
             .inc_by(count);
+    }
+
+    /// Runs one Redis round trip and records how long it took under `command`.
+    pub async fn timed_redis<T>(
+        &self,
+        command: &'static str,
+        call: impl std::future::Future<Output = T>,
+    ) -> T {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        self.redis_command
+            .with_label_values(&[command])
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     pub fn render(&self) -> String {

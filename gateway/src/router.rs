@@ -7,16 +7,25 @@
 //! Every message that is not delivered is counted with its reason; a bad
 //! payload never stops the next one. It must not do I/O or wait: a full
 //! outbox closes that socket instead of slowing the others.
+//!
+//! Payloads are read with the single-pass reader
+//! ([`shared_proto::RouteView`]: no value tree, channel names borrowed from
+//! the payload, the frame rendered from its bytes) and delivered to many
+//! sockets a registry shard at a time. The earlier tree path
+//! ([`RoutePath::Tree`]) stays selectable so benchmarks can measure both in
+//! one process; it routes identically.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::borrow::Cow;
+
 use bytestring::ByteString;
 use shared_proto::close::CloseCode;
 use shared_proto::encryption::DecryptError;
 use shared_proto::payload::{DecodeError, PayloadCodec};
-use shared_proto::{Encryption, Message};
+use shared_proto::{Encryption, Message, NotAChannelName, RouteView};
 
 use crate::canary::Canary;
 use crate::events::EventMapper;
@@ -24,7 +33,24 @@ use crate::metrics::{DropReason, Metrics};
 use crate::outbox::Pushed;
 use crate::registry::{ConnId, Registry};
 
+/// How payloads are decoded and delivered. Both give the same frames, the
+/// same recipients and the same drop counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoutePath {
+    /// Single-pass reading, shard-grouped delivery (what the gateway runs).
+    #[default]
+    SinglePass,
+    /// The original path: an `rmpv::Value` tree per payload, one registry
+    /// lookup per channel. Kept for side-by-side benchmarks.
+    Tree,
+}
+
+/// Below this many listed channels, delivering as they are read beats
+/// collecting the ids for a shard-grouped delivery.
+const GROUPED_ROUTING_MIN: usize = 32;
+
 pub struct Router {
+    path: RoutePath,
     registry: Arc<Registry>,
     events: EventMapper,
     codec: PayloadCodec,
@@ -47,6 +73,7 @@ impl Router {
         canary: Option<Arc<Canary>>,
     ) -> Router {
         Router {
+            path: RoutePath::default(),
             registry,
             events,
             codec,
@@ -58,6 +85,12 @@ impl Router {
         }
     }
 
+    /// The same router on another [`RoutePath`].
+    pub fn with_route_path(mut self, path: RoutePath) -> Router {
+        self.path = path;
+        self
+    }
+
     /// Routes one core-layer payload, addressed by its `__asgi_channel__`.
     pub fn route_queued(&self, payload: &[u8], sent_at: f64) {
         self.metrics.redis_message("core");
@@ -65,6 +98,54 @@ impl Router {
         if sent_at > 0.0 && now >= sent_at {
             self.metrics.publish_lag.observe(now - sent_at);
         }
+        match self.path {
+            RoutePath::SinglePass => self.route_queued_single_pass(payload, now),
+            RoutePath::Tree => self.route_queued_tree(payload, now),
+        }
+    }
+
+    fn route_queued_single_pass(&self, payload: &[u8], now: f64) {
+        let Some(body) = self.plaintext(payload, now) else {
+            return;
+        };
+        let Some(view) = self.view(&body, payload.len()) else {
+            return;
+        };
+        let channels = match view.channels() {
+            Ok(channels) => channels,
+            Err(error) => {
+                self.metrics.dropped(DropReason::DecodeError);
+                self.warn_rate_limited(|| {
+                    tracing::warn!(%error, "payload without a usable __asgi_channel__ skipped");
+                });
+                return;
+            }
+        };
+        let Some(frame) = self.frame_of(self.events.frame_view(&view), channels.len()) else {
+            return;
+        };
+        if channels.len() < GROUPED_ROUTING_MIN {
+            for channel in channels {
+                self.deliver_to_channel(channel, &frame);
+            }
+            return;
+        }
+        let mut conns = Vec::with_capacity(channels.len());
+        let mut not_names = 0;
+        let mut foreign = 0;
+        for channel in channels {
+            match channel.map(|name| self.registry.naming().conn_of(name)) {
+                Ok(Some(conn)) => conns.push(conn),
+                Ok(None) => foreign += 1,
+                Err(NotAChannelName { .. }) => not_names += 1,
+            }
+        }
+        self.count_drops(DropReason::DecodeError, not_names);
+        self.count_drops(DropReason::ForeignChannel, foreign);
+        self.deliver_many(&conns, &frame);
+    }
+
+    fn route_queued_tree(&self, payload: &[u8], now: f64) {
         let Some(message) = self.decode(payload, now) else {
             return;
         };
@@ -82,14 +163,18 @@ impl Router {
             return;
         };
         for channel in channels.iter() {
-            let Ok(channel) = channel else {
-                self.metrics.dropped(DropReason::DecodeError);
-                continue;
-            };
-            match self.registry.naming().conn_of(channel) {
-                Some(conn) => self.deliver(conn, &frame),
-                None => self.metrics.dropped(DropReason::ForeignChannel),
-            }
+            self.deliver_to_channel(channel, &frame);
+        }
+    }
+
+    fn deliver_to_channel(&self, channel: Result<&str, NotAChannelName>, frame: &ByteString) {
+        let Ok(channel) = channel else {
+            self.metrics.dropped(DropReason::DecodeError);
+            return;
+        };
+        match self.registry.naming().conn_of(channel) {
+            Some(conn) => self.deliver(conn, frame),
+            None => self.metrics.dropped(DropReason::ForeignChannel),
         }
     }
 
@@ -104,7 +189,28 @@ impl Router {
             self.metrics.dropped(DropReason::ForeignChannel);
             return;
         };
-        let Some(message) = self.decode(payload, unix_now()) else {
+        let now = unix_now();
+        if self.path == RoutePath::Tree {
+            let Some(message) = self.decode(payload, now) else {
+                return;
+            };
+            let members = self.registry.group_members(group);
+            if members.is_empty() {
+                self.metrics.dropped(DropReason::NoLocalSocket);
+                return;
+            }
+            let Some(frame) = self.frame(&message, members.len()) else {
+                return;
+            };
+            for conn in members {
+                self.deliver(conn, &frame);
+            }
+            return;
+        }
+        let Some(body) = self.plaintext(payload, now) else {
+            return;
+        };
+        let Some(view) = self.view(&body, payload.len()) else {
             return;
         };
         let members = self.registry.group_members(group);
@@ -112,12 +218,10 @@ impl Router {
             self.metrics.dropped(DropReason::NoLocalSocket);
             return;
         }
-        let Some(frame) = self.frame(&message, members.len()) else {
+        let Some(frame) = self.frame_of(self.events.frame_view(&view), members.len()) else {
             return;
         };
-        for conn in members {
-            self.deliver(conn, &frame);
-        }
+        self.deliver_many(&members, &frame);
     }
 
     /// The payload the backend would write for `message`: serialized,
@@ -131,6 +235,51 @@ impl Router {
         Some(payload.into())
     }
 
+    /// The plaintext body of a payload: prefix stripped, decrypted when the
+    /// layer is encrypted (the only case that copies). Failures are counted
+    /// as [`PayloadCodec::decode_with`]'s would be.
+    fn plaintext<'a>(&self, payload: &'a [u8], now: f64) -> Option<Cow<'a, [u8]>> {
+        let result =
+            self.codec
+                .strip_random_prefix(payload)
+                .and_then(|body| match &self.encryption {
+                    None => Ok(Cow::Borrowed(body)),
+                    Some(encryption) => encryption
+                        .decrypt(body, now as u64)
+                        .map(Cow::Owned)
+                        .map_err(DecodeError::from),
+                });
+        self.decoded(result, payload.len())
+    }
+
+    /// Reads a plaintext body; a canary is taken here and never reaches
+    /// sockets.
+    fn view<'a>(&self, body: &'a [u8], payload_len: usize) -> Option<RouteView<'a>> {
+        let view = self.decoded(self.codec.route_view(body), payload_len)?;
+        match &self.canary {
+            Some(canary) if canary.observe_view(&view) => None,
+            _ => Some(view),
+        }
+    }
+
+    /// Counts and reports a decode failure (an expired token apart).
+    fn decoded<T>(&self, result: Result<T, DecodeError>, payload_len: usize) -> Option<T> {
+        match result {
+            Ok(decoded) => Some(decoded),
+            Err(DecodeError::Decrypt(DecryptError::Expired { .. })) => {
+                self.metrics.dropped(DropReason::Expired);
+                None
+            }
+            Err(error) => {
+                self.metrics.dropped(DropReason::DecodeError);
+                self.warn_rate_limited(|| {
+                    tracing::warn!(%error, bytes = payload_len, "undecodable payload skipped");
+                });
+                None
+            }
+        }
+    }
+
     /// Decodes a payload; a canary is taken here and never reaches sockets.
     fn decode(&self, payload: &[u8], now: f64) -> Option<Message> {
         let message = self.decode_any(payload, now)?;
@@ -141,29 +290,24 @@ impl Router {
     }
 
     fn decode_any(&self, payload: &[u8], now: f64) -> Option<Message> {
-        match self
+        let result = self
             .codec
-            .decode_with(payload, self.encryption.as_ref(), now as u64)
-        {
-            Ok(message) => Some(message),
-            Err(DecodeError::Decrypt(DecryptError::Expired { .. })) => {
-                self.metrics.dropped(DropReason::Expired);
-                None
-            }
-            Err(error) => {
-                self.metrics.dropped(DropReason::DecodeError);
-                self.warn_rate_limited(|| {
-                    tracing::warn!(%error, bytes = payload.len(), "undecodable payload skipped");
-                });
-                None
-            }
-        }
+            .decode_with(payload, self.encryption.as_ref(), now as u64);
+        self.decoded(result, payload.len())
     }
 
     /// The shared frame for `message`, or `None` (counted once per
     /// recipient) when it has none.
     fn frame(&self, message: &Message, recipients: usize) -> Option<ByteString> {
-        match self.events.frame(message) {
+        self.frame_of(self.events.frame(message), recipients)
+    }
+
+    fn frame_of(
+        &self,
+        rendered: Result<ByteString, DropReason>,
+        recipients: usize,
+    ) -> Option<ByteString> {
+        match rendered {
             Ok(frame) => Some(frame),
             Err(reason) => {
                 self.metrics.dropped_many(reason, recipients as u64);
@@ -178,17 +322,37 @@ impl Router {
     }
 
     fn deliver(&self, conn: ConnId, frame: &ByteString) {
-        let outcome = self.registry.with_conn(conn, |outbox| {
-            let pushed = outbox.push(frame.clone());
-            if pushed == Pushed::Full {
-                outbox.close(CloseCode::SlowConsumer);
-            }
-            pushed
-        });
+        let outcome = self
+            .registry
+            .with_conn(conn, |outbox| push_or_close(outbox, frame));
         match outcome {
             Some(Pushed::Queued) => {}
             Some(Pushed::Full) => self.metrics.dropped(DropReason::SlowConsumer),
             Some(Pushed::Closed) | None => self.metrics.dropped(DropReason::NoLocalSocket),
+        }
+    }
+
+    /// [`Router::deliver`] for many sockets at once: one registry lock per
+    /// shard, drops tallied and counted once per reason.
+    fn deliver_many(&self, conns: &[ConnId], frame: &ByteString) {
+        let mut slow = 0;
+        let mut closed = 0;
+        let missing =
+            self.registry
+                .with_conns(conns, |outbox| match push_or_close(outbox, frame) {
+                    Pushed::Queued => {}
+                    Pushed::Full => slow += 1,
+                    Pushed::Closed => closed += 1,
+                });
+        self.count_drops(DropReason::SlowConsumer, slow);
+        self.count_drops(DropReason::NoLocalSocket, closed + missing);
+    }
+
+    /// Counts `count` drops; none leaves the metric untouched, so a reason
+    /// that never happened does not appear as a zero-valued series.
+    fn count_drops(&self, reason: DropReason, count: usize) {
+        if count > 0 {
+            self.metrics.dropped_many(reason, count as u64);
         }
     }
 
@@ -208,9 +372,269 @@ impl Router {
     }
 }
 
+/// Queues the shared frame; a full outbox means a socket that is not keeping
+/// up, which is closed rather than waited for.
+fn push_or_close(outbox: &crate::outbox::Outbox, frame: &ByteString) -> Pushed {
+    let pushed = outbox.push(frame.clone());
+    if pushed == Pushed::Full {
+        outbox.close(CloseCode::SlowConsumer);
+    }
+    pushed
+}
+
 pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Health;
+    use crate::outbox::{Next, Outbox};
+    use crate::registry::ChannelNaming;
+    use futures_util::FutureExt;
+    use rmpv::Value;
+    use shared_proto::SerializerFormat;
+    use std::time::Duration;
+
+    const SOCKETS: usize = 70;
+
+    struct Setup {
+        router: Router,
+        outboxes: Vec<Arc<Outbox>>,
+        metrics: Arc<Metrics>,
+    }
+
+    fn setup(path: RoutePath, format: SerializerFormat) -> Setup {
+        let registry = Arc::new(Registry::new(ChannelNaming::with_process_id("gw-t".into())));
+        let group: Arc<str> = Arc::from("user_1");
+        let outboxes: Vec<Arc<Outbox>> = (0..SOCKETS)
+            .map(|index| {
+                let outbox = Arc::new(Outbox::new(3));
+                let groups = if index % 2 == 0 {
+                    vec![group.clone()]
+                } else {
+                    Vec::new()
+                };
+                registry.register(outbox.clone(), &groups);
+                outbox
+            })
+            .collect();
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new(Duration::from_secs(10), None));
+        let canary = Arc::new(Canary::new("gw-t", health, metrics.clone()));
+        let router = Router::new(
+            registry,
+            EventMapper::new(&["chat.message".to_owned()]),
+            PayloadCodec::core_layer(format),
+            None,
+            metrics.clone(),
+            "asgi",
+            Some(canary),
+        )
+        .with_route_path(path);
+        Setup {
+            router,
+            outboxes,
+            metrics,
+        }
+    }
+
+    fn payload(format: SerializerFormat, pairs: Vec<(&str, Value)>) -> Vec<u8> {
+        let message = Message::from_value(Value::Map(
+            pairs
+                .into_iter()
+                .map(|(key, value)| (Value::from(key), value))
+                .collect(),
+        ))
+        .unwrap();
+        PayloadCodec::core_layer(format)
+            .encode(&message, &mut rand::rng())
+            .unwrap()
+    }
+
+    fn channels(conns: impl IntoIterator<Item = u64>) -> Value {
+        Value::Array(
+            conns
+                .into_iter()
+                .map(|conn| Value::from(format!("specific.gw-t!{conn:x}")))
+                .collect(),
+        )
+    }
+
+    /// Every (socket, what it received) and every drop counter line.
+    fn observe(setup: &Setup) -> (Vec<String>, Vec<String>) {
+        let received = setup
+            .outboxes
+            .iter()
+            .map(|outbox| match outbox.next().now_or_never() {
+                None => "nothing".to_owned(),
+                Some(Next::Frames(frames)) => format!("{frames:?}"),
+                Some(Next::Close(code, _)) => format!("closed {code:?}"),
+            })
+            .collect();
+        let drops = setup
+            .metrics
+            .render()
+            .lines()
+            .filter(|line| line.starts_with("gateway_drops_total") || line.contains("canar"))
+            // Round-trip times differ from run to run; their count does not.
+            .filter(|line| {
+                !line.starts_with('#') && !line.contains("_bucket") && !line.contains("_sum")
+            })
+            .map(str::to_owned)
+            .collect();
+        (received, drops)
+    }
+
+    #[test]
+    fn single_pass_routes_exactly_like_the_tree_path() {
+        for format in [SerializerFormat::Msgpack, SerializerFormat::Json] {
+            let message = Value::Map(vec![(Value::from("t"), Value::from("é"))]);
+            let notification = |conns: Value| {
+                payload(
+                    format,
+                    vec![
+                        ("type", Value::from("send_notification")),
+                        ("message", message.clone()),
+                        ("__asgi_channel__", conns),
+                    ],
+                )
+            };
+            let mut broadcast: Vec<Value> = match channels(1..=SOCKETS as u64) {
+                Value::Array(items) => items,
+                _ => unreachable!(),
+            };
+            // Foreign, unknown, malformed and repeated entries.
+            broadcast.extend([
+                Value::from("specific.other!1"),
+                Value::from("specific.gw-t!ffff"),
+                Value::from(7),
+                Value::from("specific.gw-t!3"),
+                Value::from("specific.gw-t!3"),
+                Value::from("specific.gw-t!3"),
+            ]);
+            let cases: Vec<Vec<u8>> = vec![
+                notification(Value::from("specific.gw-t!1")),
+                notification(Value::Array(broadcast)),
+                notification(channels([2, 4, 5])),
+                payload(
+                    format,
+                    vec![
+                        ("__asgi_channel__", channels(1..=40)),
+                        ("type", Value::from("chat.message")),
+                        ("x", Value::from(1.5)),
+                    ],
+                ),
+                payload(
+                    format,
+                    vec![
+                        ("type", Value::from("unknown")),
+                        ("__asgi_channel__", channels(1..=40)),
+                    ],
+                ),
+                payload(
+                    format,
+                    vec![
+                        ("type", Value::from("send_notification")),
+                        ("__asgi_channel__", channels(1..=40)),
+                    ],
+                ),
+                payload(
+                    format,
+                    vec![
+                        ("type", Value::from("gateway.canary")),
+                        ("sent_at", Value::from(unix_now())),
+                        ("__asgi_channel__", channels([1])),
+                    ],
+                ),
+                payload(format, vec![("type", Value::from("send_notification"))]),
+                payload(format, vec![("__asgi_channel__", Value::from(3))]),
+                b"short".to_vec(),
+                b"0123456789ab\xc1".to_vec(),
+            ];
+            let tree = setup(RoutePath::Tree, format);
+            let single = setup(RoutePath::SinglePass, format);
+            for (index, case) in cases.iter().enumerate() {
+                tree.router.route_queued(case, 0.0);
+                single.router.route_queued(case, 0.0);
+                assert_eq!(observe(&tree), observe(&single), "{format} case {index}");
+            }
+            let published = notification(Value::Nil);
+            let body = &published[PayloadCodec::CORE_LAYER_PREFIX_LENGTH..];
+            for (channel, body) in [
+                (&b"asgi__group__user_1"[..], body),
+                (b"asgi__group__nobody", body),
+                (b"elsewhere", body),
+                (b"asgi__group__user_1", b"\x93"),
+            ] {
+                for setup in [&tree, &single] {
+                    let pubsub = Router {
+                        codec: PayloadCodec::pubsub_layer(format),
+                        ..setup_clone(setup)
+                    };
+                    pubsub.route_published(channel, body);
+                }
+                assert_eq!(observe(&tree), observe(&single), "{format} published");
+            }
+            // The cases did exercise a slow consumer and a canary.
+            let (received, drops) = observe(&single);
+            assert!(received.contains(&"closed SlowConsumer".to_owned()));
+            assert!(drops.contains(&"gateway_canaries_received_total 1".to_owned()));
+        }
+    }
+
+    #[test]
+    fn single_pass_decrypts_and_expires_like_the_tree_path() {
+        let encryption = || Encryption::new(&["secret"], Some(60)).unwrap();
+        let format = SerializerFormat::Msgpack;
+        let tree = setup(RoutePath::Tree, format);
+        let single = setup(RoutePath::SinglePass, format);
+        let routers = [&tree, &single].map(|setup| Router {
+            encryption: Some(encryption()),
+            ..setup_clone(setup)
+        });
+        let message = Message::from_value(Value::Map(vec![
+            (Value::from("type"), Value::from("send_notification")),
+            (Value::from("message"), Value::from("hi")),
+            (Value::from("__asgi_channel__"), channels(1..=40)),
+        ]))
+        .unwrap();
+        let fresh = routers[0].encode(&message).unwrap();
+        let body = PayloadCodec::core_layer(format)
+            .serialize(&message)
+            .unwrap();
+        let mut expired = b"0123456789ab".to_vec();
+        expired.extend(encryption().encrypt(&body, unix_now() as u64 - 1_000));
+        let mut plain = b"0123456789ab".to_vec();
+        plain.extend(body);
+        for (index, case) in [&fresh[..], &expired, &plain].into_iter().enumerate() {
+            for router in &routers {
+                router.route_queued(case, 0.0);
+            }
+            assert_eq!(observe(&tree), observe(&single), "case {index}");
+        }
+        let (received, drops) = observe(&single);
+        assert!(received.iter().all(|what| what == "nothing"));
+        assert!(drops.contains(&"gateway_drops_total{reason=\"expired\"} 1".to_owned()));
+    }
+
+    /// A router sharing `setup`'s registry and metrics.
+    fn setup_clone(setup: &Setup) -> Router {
+        let router = &setup.router;
+        Router {
+            path: router.path,
+            registry: router.registry.clone(),
+            events: EventMapper::new(&["chat.message".to_owned()]),
+            codec: router.codec,
+            encryption: None,
+            metrics: router.metrics.clone(),
+            pubsub_group_prefix: router.pubsub_group_prefix.clone(),
+            canary: router.canary.clone(),
+            last_warning_secs: AtomicU64::new(0),
+        }
+    }
 }

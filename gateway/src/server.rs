@@ -27,6 +27,7 @@ use crate::jwtverify::TokenVerifier;
 use crate::layer::core::{CoreLayer, CoreSettings, RECEIVE_BLOCK};
 use crate::layer::pubsub::PubSubLayer;
 use crate::layer::{CanarySending, HostRing, Layer};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::registry::{ChannelNaming, ConnId, Registry};
@@ -153,8 +154,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "gateway starting"
     );
 
+    let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
     let gateway = web::Data::new(Gateway {
-        verifier: TokenVerifier::new(&config.auth).map_err(anyhow::Error::msg)?,
+        verifier: verifier.clone(),
+        limits: Arc::new(Limits::new(&config.limits)),
+        origins: crate::origin::OriginPolicy::new(&config.auth)?,
         token_query_param: config.auth.token_query_param.clone(),
         token_cookie: config.auth.token_cookie.clone(),
         user_group_template: config.auth.user_group_template.clone(),
@@ -165,6 +169,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         socket_settings: Arc::new(SocketSettings {
             ping_interval: config.server.ping_interval,
             pong_timeout: config.server.pong_timeout,
+            inbound_rate: config.limits.inbound_rate,
+            inbound_burst: config.limits.inbound_burst,
+            verifier,
+            leeway: config.auth.leeway,
         }),
         outbound_queue: config.server.outbound_queue,
         max_inbound_frame: config.server.max_inbound_frame,
@@ -186,6 +194,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     })
     .backlog(LISTEN_BACKLOG)
+    .client_request_timeout(config.server.handshake_timeout)
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1));
     if config.server.workers > 0 {

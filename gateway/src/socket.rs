@@ -1,8 +1,10 @@
 //! Socket: the life of one accepted WebSocket after the handshake.
 //!
 //! One task per socket moves frames from its outbox to the client, answers and
-//! sends pings, drops a peer that stops answering, and closes with the code
-//! the outbox or the protocol calls for. When the task ends, the socket's
+//! sends pings, drops a peer that stops answering, closes when the token
+//! expires (4002) unless the client refreshed it in-band, limits how fast the
+//! client may talk (4007), and closes with the code the outbox or the
+//! protocol calls for. When the task ends, the socket's
 //! `Membership` guard removes it from the registry and from its groups. It
 //! must not decode Redis payloads or decide group membership.
 
@@ -16,7 +18,9 @@ use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use crate::drain::reason_with_hint;
+use crate::jwtverify::TokenVerifier;
 use crate::layer::Layer;
+use crate::limits::{Admission, TokenBucket};
 use crate::metrics::Metrics;
 use crate::outbox::{Next, Outbox};
 use crate::registry::{ConnId, Registry};
@@ -24,6 +28,19 @@ use crate::registry::{ConnId, Registry};
 pub struct SocketSettings {
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
+    /// Client frames per second and burst before the socket is closed (4007).
+    pub inbound_rate: f64,
+    pub inbound_burst: f64,
+    /// Checks in-band refreshed tokens.
+    pub verifier: Arc<TokenVerifier>,
+    /// Seconds of clock skew tolerated on a token's `exp`.
+    pub leeway: u64,
+}
+
+/// The verified identity this socket speaks for, kept to enforce its expiry.
+pub struct Holder {
+    pub user_id: String,
+    pub expires_at: u64,
 }
 
 /// Membership of one socket in the registry and its groups; dropping it
@@ -35,6 +52,8 @@ pub struct Membership {
     pub registry: Arc<Registry>,
     pub layer: Arc<Layer>,
     pub metrics: Arc<Metrics>,
+    /// This socket's share of the limits, given back when it ends.
+    pub _admission: Admission,
 }
 
 impl Drop for Membership {
@@ -60,11 +79,20 @@ pub fn spawn(
     outbox: Arc<Outbox>,
     membership: Membership,
     settings: Arc<SocketSettings>,
+    holder: Holder,
     span: tracing::Span,
 ) {
     actix_web::rt::spawn(
         async move {
-            let ending = run(session, messages, &outbox, &membership.metrics, &settings).await;
+            let ending = run(
+                session,
+                messages,
+                &outbox,
+                &membership.metrics,
+                &settings,
+                holder,
+            )
+            .await;
             tracing::info!(?ending, "socket closed");
             drop(membership);
         }
@@ -78,7 +106,11 @@ async fn run(
     outbox: &Outbox,
     metrics: &Metrics,
     settings: &SocketSettings,
+    mut holder: Holder,
 ) -> Ending {
+    let mut inbound = TokenBucket::new(settings.inbound_rate, settings.inbound_burst);
+    let expiry = tokio::time::sleep_until(expiry_instant(holder.expires_at, settings.leeway));
+    tokio::pin!(expiry);
     let mut pings = interval_at(
         Instant::now() + settings.ping_interval,
         settings.ping_interval,
@@ -102,8 +134,16 @@ async fn run(
                 }
                 Next::Close(code, retry_after) => break Ending::Closed(code, retry_after),
             },
+            () = &mut expiry => break Ending::Closed(CloseCode::TokenExpired, None),
             message = messages.recv() => {
                 last_heard = Instant::now();
+                let is_data = matches!(
+                    message,
+                    Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Continuation(_) | Message::Ping(_)))
+                );
+                if is_data && settings.inbound_rate > 0.0 && !inbound.try_take(std::time::Instant::now()) {
+                    break Ending::Closed(CloseCode::RateLimited, None);
+                }
                 match message {
                     None => return Ending::ConnectionLost,
                     Some(Ok(Message::Ping(bytes))) => {
@@ -114,8 +154,12 @@ async fn run(
                     Some(Ok(Message::Pong(_))) | Some(Ok(Message::Nop)) => {}
                     Some(Ok(Message::Text(text))) => {
                         metrics.client_frames.inc();
-                        if let Some(ending) = handle_client_text(&mut session, &text).await {
-                            break ending;
+                        match handle_client_text(&mut session, &text, settings, &mut holder).await {
+                            ClientTextOutcome::Continue => {}
+                            ClientTextOutcome::Refreshed => expiry
+                                .as_mut()
+                                .reset(expiry_instant(holder.expires_at, settings.leeway)),
+                            ClientTextOutcome::End(ending) => break ending,
                         }
                     }
                     Some(Ok(Message::Binary(_))) | Some(Ok(Message::Continuation(_))) => {
@@ -158,16 +202,54 @@ async fn run(
     ending
 }
 
+/// When a token that expires at `expires_at` (UNIX seconds) stops counting.
+fn expiry_instant(expires_at: u64, leeway: u64) -> Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0);
+    let remaining = expires_at.saturating_add(leeway).saturating_sub(now);
+    // Far-future expiries are capped: a sleep that long is the same as none.
+    Instant::now() + Duration::from_secs(remaining.min(10 * 365 * 24 * 3600))
+}
+
+enum ClientTextOutcome {
+    Continue,
+    Refreshed,
+    End(Ending),
+}
+
 /// The Channels consumer ignored whatever clients sent; so does the gateway,
-/// except an application-level ping that browsers can use to test liveness.
-async fn handle_client_text(session: &mut Session, text: &str) -> Option<Ending> {
-    match parse_client_frame(text) {
-        Ok(ClientFrame::Ping) => {
-            if session.text(r#"{"type": "pong"}"#).await.is_err() {
-                return Some(Ending::ConnectionLost);
+/// except an application-level ping browsers use to test liveness and an
+/// in-band token refresh that keeps the socket past its token's expiry.
+async fn handle_client_text(
+    session: &mut Session,
+    text: &str,
+    settings: &SocketSettings,
+    holder: &mut Holder,
+) -> ClientTextOutcome {
+    let reply = match parse_client_frame(text) {
+        Ok(ClientFrame::Ping) => r#"{"type": "pong"}"#.to_string(),
+        Ok(ClientFrame::Refresh { token }) => match settings.verifier.verify(&token) {
+            // The same user only: a refresh must not switch identities.
+            Ok(identity) if identity.user_id == holder.user_id => {
+                holder.expires_at = identity.expires_at;
+                let reply = format!(
+                    r#"{{"type": "refreshed", "expires_at": {}}}"#,
+                    identity.expires_at
+                );
+                if session.text(reply).await.is_err() {
+                    return ClientTextOutcome::End(Ending::ConnectionLost);
+                }
+                return ClientTextOutcome::Refreshed;
             }
-            None
-        }
-        Ok(_) | Err(_) => None,
+            Ok(_) => return ClientTextOutcome::End(Ending::Closed(CloseCode::Forbidden, None)),
+            Err(_) => return ClientTextOutcome::End(Ending::Closed(CloseCode::Unauthorized, None)),
+        },
+        Ok(_) | Err(_) => return ClientTextOutcome::Continue,
+    };
+    if session.text(reply).await.is_err() {
+        return ClientTextOutcome::End(Ending::ConnectionLost);
     }
+    ClientTextOutcome::Continue
 }

@@ -37,6 +37,7 @@ pub use names::{
     group_key, inflight_key, is_valid_channel_name, is_valid_group_name, local_part,
     non_local_part, pubsub_group_channel, queue_key, specific_channel, MAX_NAME_LENGTH,
 };
+pub use payload::route::{ChannelNames, FieldValue, RouteView};
 pub use payload::{
     DecodeError, EncodeError, JsonErrorKind, MsgpackErrorKind, PayloadCodec, SerializerFormat,
     UnknownSerializerFormat,

@@ -158,3 +158,130 @@ proptest! {
         let _ = parse_client_frame(&text);
     }
 }
+
+/// A `__asgi_channel__` value as channels_redis writes it (a name or a list
+/// of names), plus the malformed shapes a hostile publisher could send.
+fn channel_field() -> BoxedStrategy<Value> {
+    let name = "specific\\.gw-[a-f0-9]{1,6}![a-f0-9+]{0,4}|.{0,12}";
+    prop_oneof![
+        4 => vec(name, 0..20).prop_map(|names| Value::Array(names.into_iter().map(Value::from).collect())),
+        2 => name.prop_map(Value::from),
+        1 => vec(nested(true), 0..6).prop_map(Value::Array),
+        1 => nested(true),
+    ]
+    .boxed()
+}
+
+/// An event as the router sees it: maybe a `type` (usually
+/// `send_notification`), maybe a `message`, maybe channels, maybe `sent_at`,
+/// in any order among other fields, with repeated keys at times (anywhere:
+/// the raw map is serialized as is, as a non-Python publisher could).
+fn routed_event() -> impl Strategy<Value = Value> {
+    let type_value = prop_oneof![
+        3 => Just(Value::from("send_notification")),
+        1 => Just(Value::from("gateway.canary")),
+        1 => ".{0,10}".prop_map(Value::from),
+        1 => nested(true),
+    ];
+    let sent_at = prop_oneof![
+        any::<f64>().prop_map(Value::F64),
+        any::<f32>().prop_map(Value::F32),
+        any::<i64>().prop_map(Value::from),
+        nested(true),
+    ];
+    (
+        vec((".{0,6}", nested(true)), 0..4),
+        proptest::option::of(type_value),
+        proptest::option::of(nested(true)),
+        proptest::option::of(channel_field()),
+        proptest::option::of(sent_at),
+        any::<prop::sample::Index>(),
+        proptest::option::of((any::<prop::sample::Index>(), nested(true))),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(others, kind, message, channels, sent_at, position, repeat, binary_key)| {
+                let mut entries: Vec<(Value, Value)> = others
+                    .into_iter()
+                    .map(|(key, value)| (Value::from(key), value))
+                    .collect();
+                let named = [
+                    ("type", kind),
+                    ("message", message),
+                    ("__asgi_channel__", channels),
+                    ("sent_at", sent_at),
+                ];
+                for (key, value) in named {
+                    if let Some(value) = value {
+                        let at = position.index(entries.len() + 1);
+                        entries.insert(at, (Value::from(key), value));
+                    }
+                }
+                if let Some((index, value)) = repeat {
+                    if !entries.is_empty() {
+                        let key = entries[index.index(entries.len())].0.clone();
+                        entries.push((key, value));
+                    }
+                }
+                if binary_key {
+                    entries.push((Value::Binary(b"type".to_vec()), Value::from(1)));
+                }
+                Value::Map(entries)
+            },
+        )
+}
+
+fn packed(value: &Value) -> Vec<u8> {
+    let mut body = Vec::new();
+    rmpv::encode::write_value(&mut body, value).expect("writing to a Vec");
+    body
+}
+
+proptest! {
+    #![proptest_config(cases(512))]
+
+    #[test]
+    fn single_pass_routing_matches_the_tree_path(event in routed_event()) {
+        let body = packed(&event);
+        if let Err(difference) = common::routing_differences(SerializerFormat::Msgpack, &body) {
+            prop_assert!(false, "{}\n{:?}", difference, event);
+        }
+    }
+
+    #[test]
+    fn single_pass_routing_matches_for_encoded_messages(message in message(true, 0..8)) {
+        for format in [SerializerFormat::Msgpack, SerializerFormat::Json] {
+            let Ok(body) = PayloadCodec::pubsub_layer(format).serialize(&message) else { continue };
+            if let Err(difference) = common::routing_differences(format, &body) {
+                prop_assert!(false, "{}", difference);
+            }
+        }
+    }
+
+    #[test]
+    fn single_pass_routing_matches_on_mutated_payloads(
+        event in routed_event(),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut body = packed(&event);
+        for (index, byte) in &flips {
+            let position = index.index(body.len());
+            body[position] ^= byte;
+        }
+        for candidate in [&body[..], &body[..cut.index(body.len() + 1)]] {
+            if let Err(difference) = common::routing_differences(SerializerFormat::Msgpack, candidate) {
+                prop_assert!(false, "{}\n{:?}", difference, candidate);
+            }
+        }
+    }
+
+    #[test]
+    fn single_pass_routing_of_arbitrary_bytes(bytes in vec(any::<u8>(), 0..256)) {
+        for format in [SerializerFormat::Msgpack, SerializerFormat::Json] {
+            if let Err(difference) = common::routing_differences(format, &bytes) {
+                prop_assert!(false, "{}\n{:?}", difference, bytes);
+            }
+        }
+    }
+}

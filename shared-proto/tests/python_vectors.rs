@@ -283,3 +283,70 @@ fn names_python_accepts_but_the_gateway_rejects() {
         assert!(!is_valid_group_name(name), "{name:?}");
     }
 }
+
+/// The single-pass routing reader agrees with the tree path on every body
+/// Python produced or refused.
+#[test]
+fn single_pass_routing_matches_the_tree_path_on_every_vector() {
+    let mut single_pass = 0;
+    let mut check = |format: SerializerFormat, what: &str, body: &[u8]| {
+        if let Err(difference) = common::routing_differences(format, body) {
+            panic!("{what}: {difference}");
+        }
+        let codec = PayloadCodec::pubsub_layer(format);
+        if codec
+            .route_view(body)
+            .is_ok_and(|view| view.is_single_pass())
+        {
+            single_pass += 1;
+        }
+    };
+    let msgpack = SerializerFormat::Msgpack;
+    let json = SerializerFormat::Json;
+    for packed in vectors::PACKB_MESSAGES {
+        check(msgpack, "packb message", packed);
+    }
+    for (what, input, repacked) in vectors::UNPACKB_OK {
+        check(msgpack, what, input);
+        check(msgpack, what, repacked);
+    }
+    for (what, input, _) in vectors::UNPACKB_ERRORS {
+        check(msgpack, what, input);
+    }
+    for (what, packed, _) in vectors::PYJSON_VALUES.iter().chain(vectors::PYJSON_ERRORS) {
+        check(msgpack, what, packed);
+    }
+    for (what, input, repacked) in vectors::JSON_LOADS_OK {
+        check(json, what, input);
+        check(msgpack, what, repacked);
+    }
+    for (what, input, _, _) in vectors::JSON_LOADS_REJECTED {
+        check(json, what, input);
+    }
+    for serialized in vectors::JSON_SERIALIZED {
+        check(json, "json.dumps message", serialized);
+    }
+    for case in vectors::LAYER_PAYLOADS {
+        let format: SerializerFormat = case.format.parse().unwrap();
+        let body = PayloadCodec::new(format, case.prefix_length)
+            .strip_random_prefix(case.payload)
+            .unwrap();
+        check(format, case.what, body);
+        let view = PayloadCodec::new(format, 0).route_view(body).unwrap();
+        let names: Option<Vec<&str>> = view
+            .channels()
+            .ok()
+            .map(|names| names.map(Result::unwrap).collect());
+        assert_eq!(names.as_deref(), case.channels, "{}", case.what);
+        let mut frame = String::new();
+        match (view.render_notification(&mut frame), case.notification) {
+            (Ok(()), Some(expected)) => assert_eq!(frame, expected, "{}", case.what),
+            (Err(_), None) => assert!(frame.is_empty()),
+            (got, expected) => panic!("{}: {got:?} vs {expected:?}", case.what),
+        }
+    }
+    assert!(
+        single_pass > 50,
+        "only {single_pass} bodies took the single pass"
+    );
+}

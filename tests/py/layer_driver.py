@@ -22,7 +22,7 @@ logging (including channels_redis' INFO "over capacity" line) goes to stderr.
 
 Ops: group_send, group_send_seq, send, group_add, group_discard, new_channel,
 receive, flush, expected_frame, serialize, deserialize, mint_jwt, simplejwt,
-ping, quit.  See ``HANDLERS`` below and tests/src/python.rs for the shapes.
+forge_hmac_jwt, public_jwk, ping, quit.  See ``HANDLERS`` below and tests/src/python.rs for the shapes.
 """
 
 import argparse
@@ -182,6 +182,49 @@ def op_mint_jwt(_layer, req):
     return {"token": token}
 
 
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def op_forge_hmac_jwt(_layer, req):
+    """An HMAC-signed token over ANY key bytes, e.g. a PEM public key: the
+    algorithm-confusion attack. PyJWT itself refuses to HMAC with a PEM key,
+    so this signs by hand (header + "." + payload, HMAC-SHA2, base64url)."""
+    import hashlib
+    import hmac
+
+    claims = need(req, "claims", dict)
+    key = need(req, "key", str).encode("utf-8")
+    algorithm = req.get("algorithm", "HS256")
+    digests = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+    if algorithm not in digests:
+        raise RequestError("algorithm must be HS256, HS384 or HS512")
+    header = {"alg": algorithm, "typ": "JWT", **(req.get("headers") or {})}
+    signing_input = (
+        b64url(json.dumps(header, separators=(",", ":")).encode())
+        + "."
+        + b64url(json.dumps(claims, separators=(",", ":")).encode())
+    )
+    signature = hmac.new(key, signing_input.encode("ascii"), digests[algorithm]).digest()
+    return {"token": signing_input + "." + b64url(signature)}
+
+
+def op_public_jwk(_layer, req):
+    """PyJWT's JWK (a dict) for a PEM public key, with optional kid/alg/use."""
+    from jwt.algorithms import get_default_algorithms
+
+    algorithm = need(req, "algorithm", str)
+    implementation = get_default_algorithms().get(algorithm)
+    if implementation is None:
+        raise RequestError(f"unknown algorithm {algorithm!r}")
+    key = implementation.prepare_key(need(req, "pem", str))
+    jwk = implementation.to_jwk(key, as_dict=True)
+    for field in ("kid", "alg", "use"):
+        if req.get(field) is not None:
+            jwk[field] = req[field]
+    return {"jwk": jwk}
+
+
 # --------------------------------------------------------------------------
 # Channel layer ops
 # --------------------------------------------------------------------------
@@ -289,6 +332,8 @@ HANDLERS = {
     "deserialize": op_deserialize,
     "mint_jwt": op_mint_jwt,
     "simplejwt": op_simplejwt,
+    "forge_hmac_jwt": op_forge_hmac_jwt,
+    "public_jwk": op_public_jwk,
     "ping": op_ping,
 }
 

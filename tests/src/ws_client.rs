@@ -37,6 +37,10 @@ pub enum TokenIn {
     Header(String),
     /// `Cookie: <name>=<jwt>`.
     Cookie { name: String, token: String },
+    /// `Sec-WebSocket-Protocol: bearer, <jwt>`, as a browser's
+    /// `new WebSocket(url, ["bearer", jwt])` sends it. tungstenite, like a
+    /// browser, fails the handshake unless the server selects one of them.
+    Subprotocol(String),
 }
 
 /// Why a connection attempt failed.
@@ -123,6 +127,9 @@ impl WsClient {
             TokenIn::Header(t) => headers.push(("Authorization".into(), format!("Bearer {t}"))),
             TokenIn::Cookie { name, token } => {
                 headers.push(("Cookie".into(), format!("{name}={token}")))
+            }
+            TokenIn::Subprotocol(t) => {
+                headers.push(("Sec-WebSocket-Protocol".into(), format!("bearer, {t}")))
             }
             _ => {}
         }

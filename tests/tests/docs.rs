@@ -40,8 +40,12 @@ fn readme_close_codes_match_the_protocol_table() {
         CloseCode::UnsupportedData,
         CloseCode::PolicyViolation,
         CloseCode::MessageTooBig,
+        CloseCode::Unauthorized,
+        CloseCode::TokenExpired,
+        CloseCode::Forbidden,
         CloseCode::SlowConsumer,
         CloseCode::PingTimeout,
+        CloseCode::RateLimited,
     ] {
         assert!(
             section.contains(&format!("| {} |", code.as_u16())),

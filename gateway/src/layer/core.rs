@@ -127,6 +127,7 @@ impl CoreLayer {
                 settings.receive_batch,
                 router,
                 health.clone(),
+                metrics.clone(),
                 stop.clone(),
             )),
             tokio::spawn(write_memberships(
@@ -214,14 +215,20 @@ async fn receive(
     batch: usize,
     router: Arc<Router>,
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
     stop: Shutdown,
 ) {
     let mut backlog = false;
     loop {
         let block = (!backlog).then_some(RECEIVE_BLOCK);
+        let pop = host.pop_queue(&queue_key, batch, block);
         let popped = tokio::select! {
             _ = stop.triggered() => return,
-            popped = host.pop_queue(&queue_key, batch, block) => popped,
+            popped = async {
+                // A blocking pop's wait says nothing about Redis; time only
+                // the pops that drain a backlog.
+                if block.is_some() { pop.await } else { metrics.timed_redis("pop", pop).await }
+            } => popped,
         };
         match popped {
             Ok(payloads) => {
@@ -374,7 +381,11 @@ impl WritePlan {
                 .iter()
                 .zip(&writes)
                 .map(|(host, writes)| async move {
-                    host.write_memberships(writes, score, expiry)
+                    metrics
+                        .timed_redis(
+                            "membership_write",
+                            host.write_memberships(writes, score, expiry),
+                        )
                         .await
                         .map_err(|error| {
                             tracing::warn!(%error, "membership write failed");

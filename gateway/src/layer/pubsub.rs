@@ -84,6 +84,7 @@ impl PubSubLayer {
             subscribers.clone(),
             config.prefix.clone(),
             registry,
+            metrics.clone(),
         )));
         tasks.push(tokio::spawn(keep_subscriptions(
             subscribers.clone(),
@@ -201,6 +202,7 @@ async fn manage_subscriptions(
     subscribers: Vec<RedisSubscriber>,
     prefix: String,
     registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
 ) {
     let mut subscribed: HashSet<Arc<str>> = HashSet::new();
     let mut batch = Vec::with_capacity(256);
@@ -237,11 +239,11 @@ async fn manage_subscriptions(
                 }
             }
         }
-        let unsubscribed = per_host(&subscribers, &prefix, &to_unsubscribe, false).await;
+        let unsubscribed = per_host(&metrics, &subscribers, &prefix, &to_unsubscribe, false).await;
         for group in unsubscribed {
             subscribed.remove(&group);
         }
-        let newly = per_host(&subscribers, &prefix, &to_subscribe, true).await;
+        let newly = per_host(&metrics, &subscribers, &prefix, &to_subscribe, true).await;
         subscribed.extend(newly);
         for (groups, done) in joins {
             let ready = groups.iter().all(|group| subscribed.contains(group));
@@ -260,6 +262,7 @@ async fn manage_subscriptions(
 /// Sends one (UN)SUBSCRIBE per host for `groups`; returns the groups whose
 /// host confirmed it.
 async fn per_host(
+    metrics: &Metrics,
     subscribers: &[RedisSubscriber],
     prefix: &str,
     groups: &[Arc<str>],
@@ -281,9 +284,13 @@ async fn per_host(
     let outcomes = join_all(subscribers.iter().zip(by_host).map(
         |(subscriber, (channels, members))| async move {
             let result = if subscribe {
-                subscriber.subscribe(channels).await
+                metrics
+                    .timed_redis("subscribe", subscriber.subscribe(channels))
+                    .await
             } else {
-                subscriber.unsubscribe(channels).await
+                metrics
+                    .timed_redis("unsubscribe", subscriber.unsubscribe(channels))
+                    .await
             };
             match result {
                 Ok(()) => members,

@@ -8,11 +8,13 @@
 //! Fernet step between prefix and body is [`crate::encryption`], applied by
 //! [`PayloadCodec::decode_with`]. It must not talk to Redis, read clocks or
 //! pick randomness itself (callers pass an RNG and the time), and decoding
-//! must never panic, whatever the bytes.
+//! must never panic, whatever the bytes. [`route`] is the routing hot path:
+//! the same acceptance rules, read without building a value tree.
 
 mod json_read;
 mod msgpack_read;
 mod msgpack_write;
+pub mod route;
 
 use std::fmt;
 use std::str::FromStr;

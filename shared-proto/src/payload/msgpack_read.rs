@@ -128,7 +128,7 @@ struct Reader<'a> {
 /// Python's `Timestamp` refuses nanosecond fields at or above one second.
 const MAX_TIMESTAMP_NANOS: u64 = 999_999_999;
 
-const TIMESTAMP_EXT_CODE: i8 = -1;
+pub(super) const TIMESTAMP_EXT_CODE: i8 = -1;
 
 impl<'a> Reader<'a> {
     fn fail(&self, offset: usize, kind: MsgpackErrorKind) -> Failure {
@@ -346,7 +346,7 @@ impl<'a> Reader<'a> {
 
 /// The three layouts of the msgpack timestamp extension, as Python's
 /// `Timestamp.from_bytes` validates them.
-fn is_valid_timestamp(data: &[u8]) -> bool {
+pub(super) fn is_valid_timestamp(data: &[u8]) -> bool {
     match data.len() {
         4 => true,
         8 => {

@@ -1,0 +1,1174 @@
+//! The routing hot path: what the gateway needs from one plaintext payload
+//! body — the event `type`, the `__asgi_channel__` names and the client frame
+//! — read straight from the msgpack bytes, without building an
+//! `rmpv::Value` tree.
+//!
+//! One validating scan of the body enforces everything
+//! [`super::msgpack_read`] enforces (same errors, same offsets) and records
+//! only where each top-level field's value lies; channel names are then
+//! borrowed `&str` slices of the body, and the `{"message": …}` or
+//! pass-through frame is rendered from the recorded bytes into one `String`,
+//! byte for byte what [`crate::frame`] renders from a [`Message`].
+//!
+//! Two cases go to the tree path instead, so they keep exactly its
+//! semantics: a JSON body (`json.loads` has no cheap single-pass form here),
+//! and a msgpack body with a repeated key in any map (Python keeps the first
+//! position and the last value; rare, and awkward to render in one pass).
+//!
+//! This module owns the view and its renderer only. It must not do I/O,
+//! must never panic on any bytes, and must not accept or reject anything the
+//! tree decoder would not.
+
+use std::fmt::Write as _;
+
+use rmpv::Value;
+
+use super::msgpack_read::{self, is_valid_timestamp, TIMESTAMP_EXT_CODE};
+use super::{DecodeError, MsgpackErrorKind, PayloadCodec, SerializerFormat};
+use crate::frame::{render_notification, render_passthrough, NOTIFICATION_FIELD};
+use crate::message::{
+    ChannelIter, Channels, ChannelsError, Message, NotAChannelName, ASGI_CHANNEL_KEY, TYPE_KEY,
+};
+use crate::pyjson::{render_float, render_str, RenderError};
+use crate::MAX_NESTING;
+
+impl PayloadCodec {
+    /// Reads a plaintext body (prefix stripped, decrypted) for routing.
+    /// Accepts and rejects exactly what [`PayloadCodec::deserialize`] does,
+    /// with the same error.
+    pub fn route_view<'a>(&self, body: &'a [u8]) -> Result<RouteView<'a>, DecodeError> {
+        RouteView::read(self.format, body)
+    }
+}
+
+/// A decoded-enough event: `type`, channels, frames and any other field on
+/// demand. Borrows the body it was read from.
+#[derive(Debug)]
+pub struct RouteView<'a> {
+    repr: Repr<'a>,
+}
+
+// The inline fields make the packed variant large; it lives on the stack for
+// one payload, and boxing it would put an allocation back on the hot path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Repr<'a> {
+    /// Read in one scan; values stay msgpack bytes.
+    Packed(Packed<'a>),
+    /// JSON bodies and msgpack bodies with repeated keys.
+    Tree(Message),
+}
+
+#[derive(Debug)]
+struct Packed<'a> {
+    body: &'a [u8],
+    /// Top-level fields in publisher order; keys are unique.
+    fields: InlineVec<Field<'a>, INLINE_FIELDS>,
+}
+
+/// A top-level key and the msgpack bytes of its value.
+#[derive(Debug, Clone, Copy, Default)]
+struct Field<'a> {
+    key: Key<'a>,
+    value: &'a [u8],
+}
+
+/// Python's unpacker allows only str and bin keys (`strict_map_key=True`),
+/// and `"a" != b"a"`, so the kind is part of the key's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Key<'a> {
+    Str(&'a str),
+    Bin(&'a [u8]),
+}
+
+impl Default for Key<'_> {
+    fn default() -> Self {
+        Key::Bin(&[])
+    }
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Key::Str(text) => Some(text),
+            Key::Bin(_) => None,
+        }
+    }
+}
+
+/// Channel-layer events carry a handful of fields; more spill to the heap.
+const INLINE_FIELDS: usize = 8;
+/// Open containers kept without a heap allocation; deeper values spill.
+const INLINE_DEPTH: usize = 32;
+/// Keys of nested maps kept without a heap allocation for duplicate checks.
+const INLINE_KEYS: usize = 32;
+/// Up to this many keys a map is checked pairwise; beyond, by sorting.
+const PAIRWISE_KEYS_MAX: usize = 16;
+
+impl<'a> RouteView<'a> {
+    /// See [`PayloadCodec::route_view`].
+    pub fn read(format: SerializerFormat, body: &'a [u8]) -> Result<RouteView<'a>, DecodeError> {
+        let repr = match format {
+            SerializerFormat::Json => {
+                Repr::Tree(PayloadCodec::pubsub_layer(format).deserialize(body)?)
+            }
+            SerializerFormat::Msgpack => match scan(body)? {
+                Scanned::Unique(fields) => Repr::Packed(Packed { body, fields }),
+                Scanned::RepeatedKey => Repr::Tree(Message::from_checked_entries(
+                    msgpack_read::read_message(body)?,
+                )),
+            },
+        };
+        Ok(RouteView { repr })
+    }
+
+    /// Whether the single-pass reading was used (false: the tree path).
+    pub fn is_single_pass(&self) -> bool {
+        matches!(self.repr, Repr::Packed(_))
+    }
+
+    /// The `type` field, when it is a string ([`Message::message_type`]).
+    pub fn message_type(&self) -> Option<&str> {
+        self.field(TYPE_KEY).and_then(|value| value.as_str())
+    }
+
+    /// The value under the string key `key` ([`Message::get`]).
+    pub fn field(&self, key: &str) -> Option<FieldValue<'_>> {
+        match &self.repr {
+            Repr::Packed(packed) => packed.get(key).map(FieldValue::Packed),
+            Repr::Tree(message) => message.get(key).map(FieldValue::Tree),
+        }
+    }
+
+    /// The destination channel names ([`Message::channels`]).
+    pub fn channels(&self) -> Result<ChannelNames<'_>, ChannelsError> {
+        let packed = match &self.repr {
+            Repr::Tree(message) => {
+                return message.channels().map(|channels| ChannelNames {
+                    inner: NamesInner::Tree(channels.iter()),
+                })
+            }
+            Repr::Packed(packed) => packed,
+        };
+        let value = packed.get(ASGI_CHANNEL_KEY).ok_or(ChannelsError::Missing)?;
+        let mut cursor = Cursor::new(value);
+        let inner = match cursor.item() {
+            Some(Item::Array(length)) => NamesInner::Packed {
+                cursor,
+                remaining: length,
+                index: 0,
+            },
+            Some(Item::Str(name)) => NamesInner::One(Some(name)),
+            Some(other) => {
+                return Err(ChannelsError::WrongType {
+                    found: other.kind(),
+                })
+            }
+            // A validated value always reads; say so rather than panic.
+            None => return Err(ChannelsError::WrongType { found: "invalid" }),
+        };
+        Ok(ChannelNames { inner })
+    }
+
+    /// Appends [`crate::render_notification`]'s frame; on error `out` is
+    /// unchanged.
+    pub fn render_notification(&self, out: &mut String) -> Result<(), RenderError> {
+        let packed = match &self.repr {
+            Repr::Tree(message) => return render_notification(message, out),
+            Repr::Packed(packed) => packed,
+        };
+        let value = packed
+            .get(NOTIFICATION_FIELD)
+            .ok_or(RenderError::MissingField {
+                field: NOTIFICATION_FIELD,
+            })?;
+        with_rollback(out, |out| {
+            out.reserve(value.len() + 16);
+            out.push_str("{\"message\": ");
+            write_packed_value(value, out, 1)?;
+            out.push('}');
+            Ok(())
+        })
+    }
+
+    /// Appends [`crate::render_passthrough`]'s frame; on error `out` is
+    /// unchanged.
+    pub fn render_passthrough(&self, out: &mut String) -> Result<(), RenderError> {
+        let packed = match &self.repr {
+            Repr::Tree(message) => return render_passthrough(message, out),
+            Repr::Packed(packed) => packed,
+        };
+        let message_type = packed
+            .get(TYPE_KEY)
+            .ok_or(RenderError::MissingField { field: TYPE_KEY })?;
+        with_rollback(out, |out| {
+            out.reserve(packed.body.len() + 16);
+            out.push_str("{\"type\": ");
+            write_packed_value(message_type, out, 1)?;
+            for field in packed.fields.as_slice() {
+                if matches!(field.key.as_str(), Some(TYPE_KEY | ASGI_CHANNEL_KEY)) {
+                    continue;
+                }
+                out.push_str(", ");
+                write_key(field.key, out)?;
+                out.push_str(": ");
+                write_packed_value(field.value, out, 1)?;
+            }
+            out.push('}');
+            Ok(())
+        })
+    }
+
+    /// The whole event as a [`Message`], for callers that need every field
+    /// as a tree (this decodes the body again).
+    pub fn to_message(&self) -> Result<Message, DecodeError> {
+        match &self.repr {
+            Repr::Tree(message) => Ok(message.clone()),
+            Repr::Packed(packed) => Ok(Message::from_checked_entries(msgpack_read::read_message(
+                packed.body,
+            )?)),
+        }
+    }
+}
+
+impl<'a> Packed<'a> {
+    fn get(&self, key: &str) -> Option<&'a [u8]> {
+        self.fields
+            .as_slice()
+            .iter()
+            .find(|field| field.key.as_str() == Some(key))
+            .map(|field| field.value)
+    }
+}
+
+/// One field of a [`RouteView`], read on demand.
+#[derive(Debug, Clone, Copy)]
+pub enum FieldValue<'a> {
+    /// The msgpack bytes of the value (validated).
+    Packed(&'a [u8]),
+    /// A value of the tree path.
+    Tree(&'a Value),
+}
+
+impl<'a> FieldValue<'a> {
+    /// The value when it is a string (`rmpv::Value::as_str`).
+    pub fn as_str(&self) -> Option<&'a str> {
+        match *self {
+            FieldValue::Packed(bytes) => match Cursor::new(bytes).item() {
+                Some(Item::Str(text)) => Some(text),
+                _ => None,
+            },
+            FieldValue::Tree(value) => value.as_str(),
+        }
+    }
+
+    /// The value as a float when it is a number (`rmpv::Value::as_f64`:
+    /// integers convert, float32 widens).
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            FieldValue::Packed(bytes) => match Cursor::new(bytes).item() {
+                Some(Item::Float(number)) => Some(number),
+                Some(Item::Unsigned(number)) => Some(number as f64),
+                Some(Item::Signed(number)) => Some(number as f64),
+                _ => None,
+            },
+            FieldValue::Tree(value) => value.as_f64(),
+        }
+    }
+
+    /// The value as a tree.
+    pub fn to_value(&self) -> Option<Value> {
+        match *self {
+            // Wrapped as the only value of a one-entry map, the bytes go
+            // through the tree decoder itself, so the value is exactly the
+            // tree path's (float32 widened, nested keys normalised).
+            FieldValue::Packed(bytes) => {
+                let mut wrapped = Vec::with_capacity(bytes.len() + 3);
+                wrapped.extend_from_slice(b"\x81\xa1v");
+                wrapped.extend_from_slice(bytes);
+                let entries = msgpack_read::read_message(&wrapped).ok()?;
+                entries.into_iter().next().map(|(_, value)| value)
+            }
+            FieldValue::Tree(value) => Some(value.clone()),
+        }
+    }
+}
+
+/// The names in `__asgi_channel__`, borrowed; entries that are not strings
+/// come out as [`NotAChannelName`], as from [`Channels::iter`].
+#[derive(Debug, Clone)]
+pub struct ChannelNames<'a> {
+    inner: NamesInner<'a>,
+}
+
+#[derive(Debug, Clone)]
+enum NamesInner<'a> {
+    One(Option<&'a str>),
+    Packed {
+        cursor: Cursor<'a>,
+        remaining: usize,
+        index: usize,
+    },
+    Tree(ChannelIter<'a>),
+}
+
+impl<'a> ChannelNames<'a> {
+    /// Entries not yet iterated, strings or not.
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            NamesInner::One(name) => usize::from(name.is_some()),
+            NamesInner::Packed { remaining, .. } => *remaining,
+            NamesInner::Tree(iter) => iter.len(),
+        }
+    }
+
+    /// True when no entries are left.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<'a> Iterator for ChannelNames<'a> {
+    type Item = Result<&'a str, NotAChannelName>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.inner {
+            NamesInner::One(name) => name.take().map(Ok),
+            NamesInner::Tree(iter) => iter.next(),
+            NamesInner::Packed {
+                cursor,
+                remaining,
+                index,
+            } => {
+                if *remaining == 0 {
+                    return None;
+                }
+                *remaining -= 1;
+                let position = *index;
+                *index += 1;
+                let item = match cursor.item() {
+                    Some(item) => item,
+                    None => {
+                        // Only reachable if validation and reading disagree:
+                        // end the list rather than guess.
+                        *remaining = 0;
+                        return None;
+                    }
+                };
+                if let Item::Str(name) = item {
+                    return Some(Ok(name));
+                }
+                if cursor.skip_contents(item).is_none() {
+                    *remaining = 0;
+                }
+                Some(Err(NotAChannelName {
+                    index: position,
+                    found: item.kind(),
+                }))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let remaining = self.len();
+        (remaining, Some(remaining))
+    }
+}
+
+impl ExactSizeIterator for ChannelNames<'_> {}
+
+impl<'a> From<Channels<'a>> for ChannelNames<'a> {
+    fn from(channels: Channels<'a>) -> Self {
+        ChannelNames {
+            inner: NamesInner::Tree(channels.iter()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading validated bytes.
+
+/// One marker's worth of msgpack: a scalar, or a container header whose
+/// contents follow.
+#[derive(Debug, Clone, Copy)]
+enum Item<'a> {
+    Nil,
+    Bool(bool),
+    Unsigned(u64),
+    Signed(i64),
+    Float(f64),
+    Str(&'a str),
+    Bin(&'a [u8]),
+    Ext,
+    Array(usize),
+    Map(usize),
+}
+
+impl Item<'_> {
+    /// The name [`crate::value_kind`] gives the decoded value.
+    fn kind(&self) -> &'static str {
+        match self {
+            Item::Nil => "nil",
+            Item::Bool(_) => "bool",
+            Item::Unsigned(_) | Item::Signed(_) => "int",
+            Item::Float(_) => "float",
+            Item::Str(_) => "str",
+            Item::Bin(_) => "bin",
+            Item::Ext => "ext",
+            Item::Array(_) => "array",
+            Item::Map(_) => "map",
+        }
+    }
+}
+
+/// Where reading stopped and why; the same pair [`msgpack_read`] reports.
+struct Failure {
+    offset: usize,
+    kind: MsgpackErrorKind,
+}
+
+/// A reader over msgpack bytes. [`Cursor::read_item`] validates each item
+/// exactly as the tree decoder does; [`Cursor::item`] is the same read for
+/// bytes already validated.
+#[derive(Debug, Clone)]
+struct Cursor<'a> {
+    input: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        Cursor { input, offset: 0 }
+    }
+
+    fn item(&mut self) -> Option<Item<'a>> {
+        self.read_item().ok()
+    }
+
+    fn end_failure(&self) -> Failure {
+        Failure {
+            offset: self.input.len(),
+            kind: MsgpackErrorKind::UnexpectedEnd,
+        }
+    }
+
+    fn take(&mut self, length: usize) -> Result<&'a [u8], Failure> {
+        let bytes = self
+            .offset
+            .checked_add(length)
+            .and_then(|end| self.input.get(self.offset..end))
+            .ok_or_else(|| self.end_failure())?;
+        self.offset += length;
+        Ok(bytes)
+    }
+
+    fn take_array<const N: usize>(&mut self) -> Result<[u8; N], Failure> {
+        let bytes = self.take(N)?;
+        <[u8; N]>::try_from(bytes).map_err(|_| self.end_failure())
+    }
+
+    fn u8(&mut self) -> Result<u8, Failure> {
+        let [byte] = self.take_array::<1>()?;
+        Ok(byte)
+    }
+
+    fn u16(&mut self) -> Result<usize, Failure> {
+        Ok(usize::from(u16::from_be_bytes(self.take_array()?)))
+    }
+
+    fn u32(&mut self) -> Result<usize, Failure> {
+        let value = u32::from_be_bytes(self.take_array()?);
+        // A length that does not fit in usize cannot fit in the input either.
+        Ok(usize::try_from(value).unwrap_or(usize::MAX))
+    }
+
+    fn read_item(&mut self) -> Result<Item<'a>, Failure> {
+        let marker_offset = self.offset;
+        let marker = self.u8()?;
+        let item = match marker {
+            0x00..=0x7f => Item::Unsigned(u64::from(marker)),
+            0x80..=0x8f => Item::Map(usize::from(marker & 0x0f)),
+            0x90..=0x9f => Item::Array(usize::from(marker & 0x0f)),
+            0xa0..=0xbf => self.read_str(usize::from(marker & 0x1f))?,
+            0xc0 => Item::Nil,
+            0xc1 => {
+                return Err(Failure {
+                    offset: marker_offset,
+                    kind: MsgpackErrorKind::ReservedMarker,
+                })
+            }
+            0xc2 => Item::Bool(false),
+            0xc3 => Item::Bool(true),
+            0xc4 => {
+                let length = usize::from(self.u8()?);
+                Item::Bin(self.take(length)?)
+            }
+            0xc5 => {
+                let length = self.u16()?;
+                Item::Bin(self.take(length)?)
+            }
+            0xc6 => {
+                let length = self.u32()?;
+                Item::Bin(self.take(length)?)
+            }
+            0xc7 => {
+                let length = usize::from(self.u8()?);
+                self.read_ext(length, marker_offset)?
+            }
+            0xc8 => {
+                let length = self.u16()?;
+                self.read_ext(length, marker_offset)?
+            }
+            0xc9 => {
+                let length = self.u32()?;
+                self.read_ext(length, marker_offset)?
+            }
+            // Python widens float32 to a double, as the tree decoder does.
+            0xca => Item::Float(f64::from(f32::from_be_bytes(self.take_array()?))),
+            0xcb => Item::Float(f64::from_be_bytes(self.take_array()?)),
+            0xcc => Item::Unsigned(u64::from(self.u8()?)),
+            0xcd => Item::Unsigned(u64::from(u16::from_be_bytes(self.take_array()?))),
+            0xce => Item::Unsigned(u64::from(u32::from_be_bytes(self.take_array()?))),
+            0xcf => Item::Unsigned(u64::from_be_bytes(self.take_array()?)),
+            0xd0 => Item::Signed(i64::from(i8::from_be_bytes(self.take_array()?))),
+            0xd1 => Item::Signed(i64::from(i16::from_be_bytes(self.take_array()?))),
+            0xd2 => Item::Signed(i64::from(i32::from_be_bytes(self.take_array()?))),
+            0xd3 => Item::Signed(i64::from_be_bytes(self.take_array()?)),
+            0xd4 => self.read_ext(1, marker_offset)?,
+            0xd5 => self.read_ext(2, marker_offset)?,
+            0xd6 => self.read_ext(4, marker_offset)?,
+            0xd7 => self.read_ext(8, marker_offset)?,
+            0xd8 => self.read_ext(16, marker_offset)?,
+            0xd9 => {
+                let length = usize::from(self.u8()?);
+                self.read_str(length)?
+            }
+            0xda => {
+                let length = self.u16()?;
+                self.read_str(length)?
+            }
+            0xdb => {
+                let length = self.u32()?;
+                self.read_str(length)?
+            }
+            0xdc => Item::Array(self.u16()?),
+            0xdd => Item::Array(self.u32()?),
+            0xde => Item::Map(self.u16()?),
+            0xdf => Item::Map(self.u32()?),
+            0xe0..=0xff => Item::Signed(i64::from(i8::from_be_bytes([marker]))),
+        };
+        Ok(item)
+    }
+
+    fn read_str(&mut self, length: usize) -> Result<Item<'a>, Failure> {
+        let start = self.offset;
+        let bytes = self.take(length)?;
+        let text = std::str::from_utf8(bytes).map_err(|error| Failure {
+            offset: start + error.valid_up_to(),
+            kind: MsgpackErrorKind::InvalidUtf8,
+        })?;
+        Ok(Item::Str(text))
+    }
+
+    fn read_ext(&mut self, length: usize, marker_offset: usize) -> Result<Item<'a>, Failure> {
+        let [code_byte] = self.take_array::<1>()?;
+        let code = i8::from_be_bytes([code_byte]);
+        let data = self.take(length)?;
+        if code == TIMESTAMP_EXT_CODE {
+            if !is_valid_timestamp(data) {
+                return Err(Failure {
+                    offset: marker_offset,
+                    kind: MsgpackErrorKind::InvalidTimestamp,
+                });
+            }
+        } else if code < 0 {
+            return Err(Failure {
+                offset: marker_offset,
+                kind: MsgpackErrorKind::ExtCodeNotAllowed { code },
+            });
+        }
+        Ok(Item::Ext)
+    }
+
+    /// Skips what follows a container header (nothing for a scalar). Needs
+    /// no stack: a count of items still to skip is enough.
+    fn skip_contents(&mut self, item: Item<'a>) -> Option<()> {
+        let mut pending = contents_count(item)?;
+        while pending > 0 {
+            pending -= 1;
+            let next = self.item()?;
+            pending = pending.checked_add(contents_count(next)?)?;
+        }
+        Some(())
+    }
+}
+
+/// How many items follow a header: n for an array, 2n for a map.
+fn contents_count(item: Item<'_>) -> Option<usize> {
+    match item {
+        Item::Array(length) => Some(length),
+        Item::Map(length) => length.checked_mul(2),
+        _ => Some(0),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The validating scan.
+
+// Large for the same reason as `Repr`, and as short-lived.
+#[allow(clippy::large_enum_variant)]
+enum Scanned<'a> {
+    Unique(InlineVec<Field<'a>, INLINE_FIELDS>),
+    /// Some map repeats a key: the tree path decides what Python would see.
+    RepeatedKey,
+}
+
+/// A container whose contents are still being read.
+#[derive(Debug, Clone, Copy, Default)]
+struct Frame {
+    remaining: usize,
+    is_map: bool,
+    /// In a map: a key has been read and its value comes next.
+    has_key: bool,
+    /// In a nested map: where its keys start in the key stack.
+    keys_start: usize,
+}
+
+impl Frame {
+    fn expects_key(&self) -> bool {
+        self.is_map && !self.has_key
+    }
+}
+
+/// Mirrors `msgpack_read::Reader::read_root` decision for decision, so each
+/// input gets the same verdict and the same error offset, and records the
+/// top-level fields on the way.
+fn scan(body: &[u8]) -> Result<Scanned<'_>, DecodeError> {
+    let to_error = |failure: Failure| DecodeError::Msgpack {
+        offset: failure.offset,
+        kind: failure.kind,
+    };
+    let mut cursor = Cursor::new(body);
+    let mut open: InlineVec<Frame, INLINE_DEPTH> = InlineVec::new();
+    let mut fields: InlineVec<Field<'_>, INLINE_FIELDS> = InlineVec::new();
+    let mut nested_keys: InlineVec<Key<'_>, INLINE_KEYS> = InlineVec::new();
+    let mut pending_top_key = Key::default();
+    let mut pending_value_start = 0;
+    let mut repeated = false;
+    let root_is_map = matches!(body.first(), Some(0x80..=0x8f | 0xde | 0xdf));
+
+    let root_kind = loop {
+        let item_offset = cursor.offset;
+        let expects_key = open.last().is_some_and(Frame::expects_key);
+        let item = cursor.read_item().map_err(to_error)?;
+        let key_not_allowed = |found| {
+            to_error(Failure {
+                offset: item_offset,
+                kind: MsgpackErrorKind::KeyNotAllowed { found },
+            })
+        };
+        match item {
+            Item::Array(_) | Item::Map(_) if expects_key => {
+                return Err(key_not_allowed(item.kind()));
+            }
+            // Python's unpacker checks its stack before the length, so even
+            // an empty container is one level too many.
+            Item::Array(_) | Item::Map(_) if open.len() >= MAX_NESTING => {
+                return Err(to_error(Failure {
+                    offset: item_offset,
+                    kind: MsgpackErrorKind::TooDeep { limit: MAX_NESTING },
+                }));
+            }
+            Item::Array(length) | Item::Map(length) if length > 0 => {
+                open.push(Frame {
+                    remaining: length,
+                    is_map: matches!(item, Item::Map(_)),
+                    has_key: false,
+                    keys_start: nested_keys.len(),
+                });
+                continue;
+            }
+            Item::Str(_) | Item::Bin(_) => {}
+            _ if expects_key => return Err(key_not_allowed(item.kind())),
+            _ => {}
+        }
+
+        // Hand the finished item to its parent; when that completes the
+        // parent, keep climbing.
+        let mut finished_kind = item.kind();
+        let mut finished_item = Some(item);
+        loop {
+            let depth = open.len();
+            let Some(parent) = open.last_mut() else {
+                break;
+            };
+            if parent.expects_key() {
+                parent.has_key = true;
+                let key = match finished_item {
+                    Some(Item::Str(text)) => Key::Str(text),
+                    Some(Item::Bin(bytes)) => Key::Bin(bytes),
+                    // Containers and other scalars were refused above.
+                    _ => Key::default(),
+                };
+                if depth == 1 && root_is_map {
+                    pending_top_key = key;
+                    // A top-level value starts right after its key.
+                    pending_value_start = cursor.offset;
+                } else {
+                    nested_keys.push(key);
+                }
+                break;
+            }
+            if parent.is_map {
+                parent.has_key = false;
+            }
+            parent.remaining = parent.remaining.saturating_sub(1);
+            if depth == 1 && root_is_map {
+                fields.push(Field {
+                    key: pending_top_key,
+                    value: body
+                        .get(pending_value_start..cursor.offset)
+                        .unwrap_or_default(),
+                });
+            }
+            if parent.remaining > 0 {
+                break;
+            }
+            let closed = *parent;
+            open.pop();
+            if closed.is_map && depth > 1 {
+                repeated |= has_repeated_key(nested_keys.as_slice().get(closed.keys_start..));
+                nested_keys.truncate(closed.keys_start);
+            }
+            finished_kind = if closed.is_map { "map" } else { "array" };
+            finished_item = None;
+        }
+        if open.is_empty() {
+            break finished_kind;
+        }
+    };
+
+    if cursor.offset != body.len() {
+        return Err(to_error(Failure {
+            offset: cursor.offset,
+            kind: MsgpackErrorKind::TrailingBytes,
+        }));
+    }
+    if root_kind != "map" {
+        return Err(DecodeError::NotAMap { found: root_kind });
+    }
+    let top_keys_repeat = {
+        let keys: InlineVec<Key<'_>, INLINE_FIELDS> =
+            fields.as_slice().iter().map(|field| field.key).collect();
+        has_repeated_key(Some(keys.as_slice()))
+    };
+    if repeated || top_keys_repeat {
+        return Ok(Scanned::RepeatedKey);
+    }
+    Ok(Scanned::Unique(fields))
+}
+
+fn has_repeated_key(keys: Option<&[Key<'_>]>) -> bool {
+    let Some(keys) = keys else {
+        return false;
+    };
+    if keys.len() < 2 {
+        return false;
+    }
+    if keys.len() <= PAIRWISE_KEYS_MAX {
+        return keys
+            .iter()
+            .enumerate()
+            .any(|(position, key)| keys.iter().take(position).any(|earlier| earlier == key));
+    }
+    let mut sorted = keys.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).any(|pair| pair.first() == pair.get(1))
+}
+
+// ---------------------------------------------------------------------------
+// Rendering validated bytes as `json.dumps` would render their value.
+
+/// An array or map whose elements are being written.
+#[derive(Debug, Clone, Copy, Default)]
+struct OpenRender {
+    remaining: usize,
+    is_map: bool,
+    started: bool,
+}
+
+/// Writes the value at the start of `bytes` as [`crate::pyjson`] writes the
+/// decoded value; `depth` is how many containers enclose it.
+fn write_packed_value(bytes: &[u8], out: &mut String, depth: usize) -> Result<(), RenderError> {
+    let mut cursor = Cursor::new(bytes);
+    // Open containers live on an inline stack that spills to the heap, so
+    // shallow values allocate nothing and deep ones cannot exhaust the
+    // thread's stack.
+    let mut open: InlineVec<OpenRender, INLINE_DEPTH> = InlineVec::new();
+    let mut next = Some(read_for_render(&mut cursor)?);
+    loop {
+        if let Some(item) = next.take() {
+            match item {
+                Item::Array(length) | Item::Map(length) => {
+                    if depth + open.len() + 1 > MAX_NESTING {
+                        return Err(RenderError::TooDeep { limit: MAX_NESTING });
+                    }
+                    let is_map = matches!(item, Item::Map(_));
+                    out.push(if is_map { '{' } else { '[' });
+                    open.push(OpenRender {
+                        remaining: length,
+                        is_map,
+                        started: false,
+                    });
+                }
+                scalar => write_scalar(scalar, out)?,
+            }
+        }
+        let Some(container) = open.last_mut() else {
+            return Ok(());
+        };
+        if container.remaining == 0 {
+            out.push(if container.is_map { '}' } else { ']' });
+            open.pop();
+            continue;
+        }
+        container.remaining -= 1;
+        if container.started {
+            out.push_str(", ");
+        }
+        container.started = true;
+        if container.is_map {
+            match read_for_render(&mut cursor)? {
+                Item::Str(text) => render_str(text, out),
+                other => {
+                    return Err(RenderError::UnsupportedKey {
+                        found: other.kind(),
+                    })
+                }
+            }
+            out.push_str(": ");
+        }
+        next = Some(read_for_render(&mut cursor)?);
+    }
+}
+
+/// Validated bytes always read; if they somehow do not, refuse to render
+/// rather than panic or guess.
+fn read_for_render<'a>(cursor: &mut Cursor<'a>) -> Result<Item<'a>, RenderError> {
+    cursor
+        .item()
+        .ok_or(RenderError::UnsupportedValue { found: "invalid" })
+}
+
+fn write_scalar(item: Item<'_>, out: &mut String) -> Result<(), RenderError> {
+    match item {
+        Item::Nil => out.push_str("null"),
+        Item::Bool(true) => out.push_str("true"),
+        Item::Bool(false) => out.push_str("false"),
+        Item::Unsigned(number) => {
+            let _ = write!(out, "{number}");
+        }
+        Item::Signed(number) => {
+            let _ = write!(out, "{number}");
+        }
+        Item::Float(number) => render_float(number, out),
+        Item::Str(text) => render_str(text, out),
+        Item::Bin(_) | Item::Ext | Item::Array(_) | Item::Map(_) => {
+            return Err(RenderError::UnsupportedValue { found: item.kind() })
+        }
+    }
+    Ok(())
+}
+
+/// Top-level keys: str as a JSON string, bin refused as Python refuses bytes.
+fn write_key(key: Key<'_>, out: &mut String) -> Result<(), RenderError> {
+    match key {
+        Key::Str(text) => {
+            render_str(text, out);
+            Ok(())
+        }
+        Key::Bin(_) => Err(RenderError::UnsupportedKey { found: "bin" }),
+    }
+}
+
+fn with_rollback(
+    out: &mut String,
+    render: impl FnOnce(&mut String) -> Result<(), RenderError>,
+) -> Result<(), RenderError> {
+    let start = out.len();
+    let result = render(out);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+// ---------------------------------------------------------------------------
+
+/// A vector that keeps its first `N` elements inline and moves everything to
+/// the heap once it outgrows them, so its contents are always one slice.
+#[derive(Debug, Clone)]
+struct InlineVec<T: Copy + Default, const N: usize> {
+    inline: [T; N],
+    len: usize,
+    heap: Option<Vec<T>>,
+}
+
+impl<T: Copy + Default, const N: usize> InlineVec<T, N> {
+    fn new() -> Self {
+        InlineVec {
+            inline: [T::default(); N],
+            len: 0,
+            heap: None,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match &self.heap {
+            Some(heap) => heap.len(),
+            None => self.len,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn as_slice(&self) -> &[T] {
+        match &self.heap {
+            Some(heap) => heap,
+            None => self.inline.get(..self.len).unwrap_or_default(),
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        match &mut self.heap {
+            Some(heap) => heap,
+            None => self.inline.get_mut(..self.len).unwrap_or_default(),
+        }
+    }
+
+    fn push(&mut self, value: T) {
+        if let Some(heap) = &mut self.heap {
+            heap.push(value);
+            return;
+        }
+        if let Some(slot) = self.inline.get_mut(self.len) {
+            *slot = value;
+            self.len += 1;
+            return;
+        }
+        let mut heap = Vec::with_capacity(N * 2);
+        heap.extend_from_slice(self.as_slice());
+        heap.push(value);
+        self.heap = Some(heap);
+    }
+
+    fn pop(&mut self) -> Option<T> {
+        match &mut self.heap {
+            Some(heap) => heap.pop(),
+            None => {
+                self.len = self.len.checked_sub(1)?;
+                self.inline.get(self.len).copied()
+            }
+        }
+    }
+
+    fn last(&self) -> Option<&T> {
+        self.as_slice().last()
+    }
+
+    fn last_mut(&mut self) -> Option<&mut T> {
+        self.as_mut_slice().last_mut()
+    }
+
+    fn truncate(&mut self, length: usize) {
+        match &mut self.heap {
+            Some(heap) => heap.truncate(length),
+            None => self.len = self.len.min(length),
+        }
+    }
+}
+
+impl<T: Copy + Default, const N: usize> FromIterator<T> for InlineVec<T, N> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut vec = InlineVec::new();
+        for value in iter {
+            vec.push(value);
+        }
+        vec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(body: &[u8]) -> RouteView<'_> {
+        PayloadCodec::pubsub_layer(SerializerFormat::Msgpack)
+            .route_view(body)
+            .unwrap()
+    }
+
+    fn pack(value: &Value) -> Vec<u8> {
+        let mut body = Vec::new();
+        rmpv::encode::write_value(&mut body, value).unwrap();
+        body
+    }
+
+    fn event(pairs: Vec<(&str, Value)>) -> Vec<u8> {
+        pack(&Value::Map(
+            pairs
+                .into_iter()
+                .map(|(key, value)| (Value::from(key), value))
+                .collect(),
+        ))
+    }
+
+    #[test]
+    fn typical_group_send_takes_the_single_pass() {
+        let body = event(vec![
+            ("type", Value::from("send_notification")),
+            (
+                "message",
+                Value::Map(vec![
+                    (Value::from("title"), Value::from("Héllo")),
+                    (Value::from("n"), Value::F32(1.5)),
+                ]),
+            ),
+            (
+                ASGI_CHANNEL_KEY,
+                Value::Array(vec![Value::from("specific.gw-1!a"), Value::from(3)]),
+            ),
+            ("sent_at", Value::from(12)),
+        ]);
+        let view = view(&body);
+        assert!(view.is_single_pass());
+        assert_eq!(view.message_type(), Some("send_notification"));
+        let mut names = view.channels().unwrap();
+        assert_eq!(names.len(), 2);
+        assert_eq!(names.next(), Some(Ok("specific.gw-1!a")));
+        assert_eq!(
+            names.next(),
+            Some(Err(NotAChannelName {
+                index: 1,
+                found: "int"
+            }))
+        );
+        assert_eq!(names.next(), None);
+        let mut out = String::new();
+        view.render_notification(&mut out).unwrap();
+        assert_eq!(out, r#"{"message": {"title": "H\u00e9llo", "n": 1.5}}"#);
+        out.clear();
+        view.render_passthrough(&mut out).unwrap();
+        assert_eq!(
+            out,
+            r#"{"type": "send_notification", "message": {"title": "H\u00e9llo", "n": 1.5}, "sent_at": 12}"#
+        );
+        assert_eq!(view.field("sent_at").and_then(|v| v.as_f64()), Some(12.0));
+    }
+
+    #[test]
+    fn repeated_keys_anywhere_fall_back_to_python_dict_semantics() {
+        let nested = event(vec![
+            ("type", Value::from("send_notification")),
+            (
+                "message",
+                Value::Map(vec![
+                    (Value::from("a"), Value::from(1)),
+                    (Value::from("b"), Value::from(2)),
+                    (Value::from("a"), Value::from(3)),
+                ]),
+            ),
+        ]);
+        let view = view(&nested);
+        assert!(!view.is_single_pass());
+        let mut out = String::new();
+        view.render_notification(&mut out).unwrap();
+        assert_eq!(out, r#"{"message": {"a": 3, "b": 2}}"#);
+
+        let top = event(vec![
+            ("type", Value::from("x")),
+            (ASGI_CHANNEL_KEY, Value::from("a!1")),
+            ("type", Value::from("send_notification")),
+        ]);
+        let view = super::tests::view(&top);
+        assert!(!view.is_single_pass());
+        assert_eq!(view.message_type(), Some("send_notification"));
+        // str and bin keys never collide, as in Python.
+        let mixed = pack(&Value::Map(vec![
+            (Value::from("type"), Value::from("x")),
+            (Value::Binary(b"type".to_vec()), Value::from("y")),
+        ]));
+        assert!(super::tests::view(&mixed).is_single_pass());
+    }
+
+    #[test]
+    fn big_maps_detect_repeats_by_sorting() {
+        let mut entries: Vec<(Value, Value)> = (0..40)
+            .map(|index| (Value::from(format!("k{index}")), Value::from(index)))
+            .collect();
+        let inner = Value::Map(entries.clone());
+        assert!(view(&event(vec![("message", inner)])).is_single_pass());
+        entries.push((Value::from("k7"), Value::Nil));
+        assert!(!view(&event(vec![("message", Value::Map(entries))])).is_single_pass());
+    }
+
+    #[test]
+    fn errors_match_the_tree_decoder() {
+        let codec = PayloadCodec::pubsub_layer(SerializerFormat::Msgpack);
+        let cases: &[&[u8]] = &[
+            b"",
+            b"\x90",
+            b"\x81\xa1a",
+            b"\x82\xa1a\x01\x02\x03",
+            b"\x81\xa1a\xa3ab\xff",
+            b"\x81\xa1a\xc1",
+            b"\x81\x90\x01",
+            b"\x81\xc0\x01",
+            b"\x81\xa1a\xd4\xfe\x00",
+            b"\x81\xa1a\xd6\xff\x00\x00\x00\x00\x01",
+            b"\x80\x00",
+            b"\xdf\xff\xff\xff\xff",
+            b"\x81\xa1a\xdb\xff\xff\xff\xff",
+        ];
+        for body in cases {
+            assert_eq!(
+                codec.route_view(body).map(|_| ()),
+                codec.deserialize(body).map(|_| ()),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nesting_limit_matches_the_tree_decoder() {
+        let codec = PayloadCodec::pubsub_layer(SerializerFormat::Msgpack);
+        for extra in [0, 1] {
+            let mut body = b"\x81\xa7message".repeat(MAX_NESTING - 1 + extra);
+            body.push(0x90);
+            let tree = codec.deserialize(&body).map(|_| ());
+            let fast = codec.route_view(&body);
+            assert_eq!(fast.as_ref().map(|_| ()).map_err(Clone::clone), tree);
+            if let Ok(view) = fast {
+                let mut out = String::new();
+                view.render_notification(&mut out).unwrap();
+                assert!(out.ends_with(&format!("[]{}", "}".repeat(MAX_NESTING - 1))));
+                assert_eq!(out.matches('{').count(), MAX_NESTING - 1);
+            }
+        }
+    }
+
+    #[test]
+    fn inline_vec_spills_and_keeps_one_slice() {
+        let mut values: InlineVec<usize, 2> = InlineVec::new();
+        for value in 0..5 {
+            values.push(value);
+        }
+        assert_eq!(values.as_slice(), &[0, 1, 2, 3, 4]);
+        values.truncate(1);
+        assert_eq!(values.pop(), Some(0));
+        assert_eq!(values.pop(), None);
+        assert!(values.is_empty());
+    }
+}

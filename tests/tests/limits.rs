@@ -1,0 +1,196 @@
+//! Abuse resistance: per-process, per-user and per-address socket limits
+//! (the proxy header believed only from trusted proxies), the connect rate,
+//! the inbound frame rate, and token expiry on open sockets with in-band
+//! refresh. Each limit answers with its documented status or close code and
+//! is counted under its metric label.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use tests::tokens::{claims_for_user, mint};
+use tests::{GatewayConfig, RedisServer, TokenIn, WsClient};
+
+async fn gateway_with(lines: &[&str]) -> (RedisServer, tests::GatewayProcess) {
+    let redis = RedisServer::start().expect("redis");
+    let mut config = GatewayConfig::new(&redis.url()).expect("config");
+    for line in lines {
+        config = config.line("limits", *line);
+    }
+    let gateway = start_gateway(&mut config).await;
+    (redis, gateway)
+}
+
+async fn status_of(gateway: &tests::GatewayProcess, user: u32, headers: &[(&str, &str)]) -> u16 {
+    match WsClient::connect_with(
+        &gateway.ws_url("/ws/notifications/"),
+        TokenIn::Query(token(user)),
+        headers,
+        WAIT,
+    )
+    .await
+    {
+        Ok(mut socket) => {
+            let _ = socket.close().await;
+            101
+        }
+        Err(error) => error.status().unwrap_or(0),
+    }
+}
+
+#[tokio::test]
+async fn process_and_user_limits_refuse_before_the_upgrade() {
+    let (_redis, gateway) = gateway_with(&["max_sockets = 2", "max_sockets_per_user = 1"]).await;
+    let first = connect(&gateway, 1).await;
+    let same_user = WsClient::connect(
+        &gateway.ws_url("/ws/notifications/"),
+        TokenIn::Query(token(1)),
+    )
+    .await;
+    assert_eq!(
+        same_user.err().and_then(|e| e.status()),
+        Some(429),
+        "per-user limit"
+    );
+    let second = connect(&gateway, 2).await;
+    let full = WsClient::connect(
+        &gateway.ws_url("/ws/notifications/"),
+        TokenIn::Query(token(3)),
+    )
+    .await;
+    assert_eq!(
+        full.err().and_then(|e| e.status()),
+        Some(503),
+        "process full"
+    );
+    drop(first);
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _again = connect(&gateway, 3).await;
+    assert_eq!(
+        metric(&gateway, "gateway_connects_total{result=\"user_full\"} ").await,
+        1.0
+    );
+    assert_eq!(
+        metric(&gateway, "gateway_connects_total{result=\"process_full\"} ").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_address_limit_believes_the_proxy_header_only_from_trusted_proxies() {
+    let (_redis, trusting) = gateway_with(&[
+        "max_sockets_per_ip = 1",
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+    ])
+    .await;
+    let held = WsClient::connect_with(
+        &trusting.ws_url("/ws/notifications/"),
+        TokenIn::Query(token(1)),
+        &[("X-Forwarded-For", "203.0.113.7")],
+        WAIT,
+    )
+    .await
+    .expect("first socket of that client");
+    assert_eq!(
+        status_of(&trusting, 2, &[("X-Forwarded-For", "203.0.113.7")]).await,
+        429
+    );
+    assert_eq!(
+        status_of(&trusting, 3, &[("X-Forwarded-For", "198.51.100.9")]).await,
+        101
+    );
+    drop(held);
+
+    let (_redis, untrusting) = gateway_with(&["max_sockets_per_ip = 1"]).await;
+    let _held = connect(&untrusting, 1).await;
+    assert_eq!(
+        status_of(&untrusting, 2, &[("X-Forwarded-For", "198.51.100.9")]).await,
+        429,
+        "a header from an untrusted peer is ignored"
+    );
+    assert_eq!(
+        metric(
+            &untrusting,
+            "gateway_connects_total{result=\"address_full\"} "
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn the_connect_rate_is_limited() {
+    let (_redis, gateway) = gateway_with(&["connect_rate = 1.0", "connect_burst = 2.0"]).await;
+    let statuses = [
+        status_of(&gateway, 1, &[]).await,
+        status_of(&gateway, 2, &[]).await,
+        status_of(&gateway, 3, &[]).await,
+    ];
+    assert_eq!(statuses, [101, 101, 429]);
+    assert_eq!(
+        metric(&gateway, "gateway_connects_total{result=\"connect_rate\"} ").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_talks_too_much_is_closed_with_4007() {
+    let (_redis, gateway) = gateway_with(&["inbound_rate = 1.0", "inbound_burst = 3.0"]).await;
+    let mut socket = connect(&gateway, 1).await;
+    for _ in 0..10 {
+        let _ = socket.send_text(r#"{"type": "ping"}"#).await;
+    }
+    assert_eq!(socket.wait_close(WAIT).await.expect("closed"), 4007);
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_the_socket_unless_refreshed_in_band() {
+    let (redis, gateway) = gateway_with(&[]).await;
+    let short = |user: u32| mint(SECRET, claims_for_user(user, 2));
+    let url = gateway.ws_url("/ws/notifications/");
+
+    let mut lapsing = WsClient::connect(&url, TokenIn::Query(short(1)))
+        .await
+        .expect("open");
+    assert_eq!(
+        lapsing
+            .wait_close(Duration::from_secs(6))
+            .await
+            .expect("closed"),
+        4002
+    );
+
+    let mut refreshed = WsClient::connect(&url, TokenIn::Query(short(2)))
+        .await
+        .expect("open");
+    let fresh = mint(SECRET, claims_for_user(2, 300));
+    refreshed
+        .send_text(&json!({"type": "refresh", "token": fresh}).to_string())
+        .await
+        .expect("refresh sent");
+    let reply = refreshed.recv_json(WAIT).await.expect("refresh answered");
+    assert_eq!(reply["type"], "refreshed");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut publisher = publisher_for(&redis, json!({})).await;
+    publisher
+        .group_send("user_2", notification(r#""still here""#))
+        .await
+        .expect("group_send");
+    expect_frame(&mut refreshed, r#"{"message": "still here"}"#).await;
+
+    let mut hijack = WsClient::connect(&url, TokenIn::Query(token(3)))
+        .await
+        .expect("open");
+    hijack
+        .send_text(&json!({"type": "refresh", "token": token(4)}).to_string())
+        .await
+        .expect("sent");
+    assert_eq!(
+        hijack.wait_close(WAIT).await.expect("closed"),
+        4003,
+        "a refresh cannot switch users"
+    );
+}
