@@ -228,6 +228,11 @@ pub struct AuthConfig {
     pub user_id_claims: Vec<String>,
     /// Group each socket joins; `{user_id}` is replaced by the token's user id.
     pub user_group_template: String,
+    /// A claim listing extra groups the socket joins (e.g. `groups`).
+    pub groups_claim: Option<String>,
+    /// Patterns (`todo_list_*`) an extra group must match; a token asking
+    /// for any other group is refused with 403.
+    pub allowed_groups: Vec<String>,
     /// Origins allowed to open sockets (`https://app.example.com`,
     /// `https://*.example.com`, `http://localhost:*`); empty: every origin.
     pub allowed_origins: Vec<String>,
@@ -255,6 +260,8 @@ impl Default for AuthConfig {
             token_cookie: "access_token".into(),
             user_id_claims: vec!["user_id".into(), "sub".into()],
             user_group_template: "user_{user_id}".into(),
+            groups_claim: None,
+            allowed_groups: Vec::new(),
             allowed_origins: Vec::new(),
             missing_origin: MissingOrigin::Allow,
         }
@@ -692,6 +699,12 @@ impl Config {
             return Err(invalid(
                 "auth.user_group_template",
                 "does not make a valid channels group name",
+            ));
+        }
+        if auth.groups_claim.is_some() && auth.allowed_groups.is_empty() {
+            return Err(invalid(
+                "auth.allowed_groups",
+                "list the group patterns tokens may grant when auth.groups_claim is set",
             ));
         }
         if auth.token_query_param.is_empty() || auth.token_cookie.is_empty() {

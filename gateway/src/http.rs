@@ -14,6 +14,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use tracing::Instrument;
 
 use crate::credentials::{TokenLookup, BEARER_PROTOCOL};
+use crate::glob::glob_match;
 use crate::health::Health;
 use crate::jwtverify::{AuthError, TokenVerifier};
 use crate::layer::Layer;
@@ -32,6 +33,7 @@ pub struct Gateway {
     pub token_query_param: String,
     pub token_cookie: String,
     pub user_group_template: String,
+    pub allowed_groups: Vec<String>,
     pub registry: Arc<Registry>,
     pub layer: Arc<Layer>,
     pub health: Arc<Health>,
@@ -192,8 +194,26 @@ async fn notifications_socket(
             }
         };
 
+    // Extra groups only as granted by the token and allowed by a pattern.
+    let mut groups: Vec<Arc<str>> = vec![Arc::from(group.as_str())];
+    for extra in &identity.groups {
+        let allowed = extra.len() < 100
+            && shared_proto::names::is_valid_group_name(extra)
+            && gateway
+                .allowed_groups
+                .iter()
+                .any(|pattern| glob_match(pattern.as_bytes(), extra.as_bytes()));
+        if !allowed {
+            metrics.connect(ConnectResult::ForbiddenGroup);
+            tracing::warn!(peer = %peer(&request), "handshake refused: token asks for a group no pattern allows");
+            return refusal(StatusCode::FORBIDDEN, "forbidden", "group_not_allowed");
+        }
+        if !groups.iter().any(|known| known.as_ref() == extra) {
+            groups.push(Arc::from(extra.as_str()));
+        }
+    }
+
     let outbox = Arc::new(Outbox::new(gateway.outbound_queue));
-    let groups: Vec<Arc<str>> = vec![Arc::from(group.as_str())];
     let (conn, _transitions) = gateway.registry.register(outbox.clone(), &groups);
     metrics.sockets_open.inc();
     let channel = gateway.registry.naming().channel(conn);

@@ -53,6 +53,8 @@ pub enum AuthError {
     NotAccessToken,
     #[error("token's user id cannot name a channels group")]
     InvalidUserId,
+    #[error("token's groups claim is not a list of strings")]
+    InvalidGroups,
 }
 
 impl AuthError {
@@ -71,6 +73,7 @@ impl AuthError {
             AuthError::UnknownKid => "unknown_kid",
             AuthError::NotAccessToken => "not_access_token",
             AuthError::InvalidUserId => "invalid_user_id",
+            AuthError::InvalidGroups => "invalid_groups",
         }
     }
 }
@@ -97,6 +100,9 @@ pub struct Identity {
     pub user_id: String,
     /// Seconds since the epoch after which the token is no longer valid.
     pub expires_at: u64,
+    /// Extra groups the token asks for (`auth.groups_claim`); the handshake
+    /// admits only those matching `auth.allowed_groups`.
+    pub groups: Vec<String>,
 }
 
 impl fmt::Debug for Identity {
@@ -455,6 +461,7 @@ pub struct TokenVerifier {
     /// header's algorithm against this list as well).
     validations: Vec<(Algorithm, Validation)>,
     user_id_claims: Vec<String>,
+    groups_claim: Option<String>,
 }
 
 impl TokenVerifier {
@@ -553,6 +560,7 @@ impl TokenVerifier {
             jwks,
             validations,
             user_id_claims: config.user_id_claims.clone(),
+            groups_claim: config.groups_claim.clone(),
         })
     }
 
@@ -635,9 +643,23 @@ impl TokenVerifier {
         if user_id.is_empty() {
             return Err(AuthError::InvalidUserId);
         }
+        let groups = match self
+            .groups_claim
+            .as_ref()
+            .and_then(|claim| claims.get(claim))
+        {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(AuthError::InvalidGroups)?,
+            Some(_) => return Err(AuthError::InvalidGroups),
+        };
         Ok(Identity {
             user_id,
             expires_at,
+            groups,
         })
     }
 }

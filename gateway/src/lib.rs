@@ -9,6 +9,7 @@ pub mod config;
 pub mod credentials;
 pub mod drain;
 pub mod events;
+pub mod glob;
 pub mod health;
 pub mod http;
 pub mod jwtverify;

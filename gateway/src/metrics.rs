@@ -87,6 +87,8 @@ pub enum ConnectResult {
     /// Refused with 403 by the origin allowlist (`auth.allowed_origins`,
     /// `auth.missing_origin`) before any token was looked at.
     ForbiddenOrigin,
+    /// Refused with 403: the token asks for a group no pattern allows.
+    ForbiddenGroup,
     BadHandshake,
     RedisUnavailable,
     Draining,
@@ -100,6 +102,7 @@ impl ConnectResult {
             ConnectResult::Accepted => "accepted",
             ConnectResult::Unauthorized => "unauthorized",
             ConnectResult::ForbiddenOrigin => "forbidden_origin",
+            ConnectResult::ForbiddenGroup => "forbidden_group",
             ConnectResult::BadHandshake => "bad_handshake",
             ConnectResult::RedisUnavailable => "redis_unavailable",
             ConnectResult::Draining => "draining",

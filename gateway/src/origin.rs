@@ -12,6 +12,7 @@
 //! must not log: the caller logs and counts the refusal.
 
 use crate::config::{AuthConfig, MissingOrigin};
+use crate::glob::glob_match;
 
 /// Why an allowlist entry cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,40 +59,16 @@ impl OriginPattern {
 
     /// Whether `origin` (the header value) matches this pattern.
     pub fn matches(&self, origin: &str) -> bool {
-        glob_match(
-            self.lowered.as_bytes(),
-            origin.to_ascii_lowercase().as_bytes(),
-        )
+        origin.len() <= MAX_ORIGIN_LEN
+            && glob_match(
+                self.lowered.as_bytes(),
+                origin.to_ascii_lowercase().as_bytes(),
+            )
     }
 }
 
 /// Longest `Origin` value compared at all; real origins are far shorter.
 const MAX_ORIGIN_LEN: usize = 1024;
-
-/// `*` matches one or more bytes that are neither `:` nor `/`; every other
-/// byte matches itself. Dynamic programming over (pattern, text) prefixes
-/// keeps the cost at `pattern × text` whatever the header holds, where
-/// backtracking could be made exponential by a crafted value.
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    if text.len() > MAX_ORIGIN_LEN {
-        return false;
-    }
-    // row[j]: the pattern prefix so far matches text[..j].
-    let mut row = vec![false; text.len() + 1];
-    row[0] = true;
-    for &symbol in pattern {
-        let mut next = vec![false; text.len() + 1];
-        for (j, &byte) in text.iter().enumerate() {
-            next[j + 1] = if symbol == b'*' {
-                !matches!(byte, b':' | b'/') && (row[j] || next[j])
-            } else {
-                row[j] && symbol == byte
-            };
-        }
-        row = next;
-    }
-    row[text.len()]
-}
 
 /// What [`OriginPolicy::check`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

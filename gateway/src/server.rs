@@ -162,6 +162,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         token_query_param: config.auth.token_query_param.clone(),
         token_cookie: config.auth.token_cookie.clone(),
         user_group_template: config.auth.user_group_template.clone(),
+        allowed_groups: config.auth.allowed_groups.clone(),
         registry: registry.clone(),
         layer: layer.clone(),
         health: health.clone(),

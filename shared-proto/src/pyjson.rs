@@ -247,15 +247,26 @@ fn quoted(out: &mut String, render: impl FnOnce(&mut String)) {
 pub fn render_str(text: &str, out: &mut String) {
     out.reserve(text.len() + 2);
     out.push('"');
+    // Scans bytes, not chars: most text is printable ASCII copied in runs,
+    // and only a byte that needs escaping (every byte of a non-ASCII
+    // character does) stops the run.
+    let bytes = text.as_bytes();
     let mut run_start = 0;
-    for (index, character) in text.char_indices() {
-        if is_printable_unescaped(character) {
+    let mut index = 0;
+    while let Some(&byte) = bytes.get(index) {
+        if is_printable_unescaped_byte(byte) {
+            index += 1;
             continue;
         }
         if let Some(run) = text.get(run_start..index) {
             out.push_str(run);
         }
-        run_start = index + character.len_utf8();
+        let Some(character) = text.get(index..).and_then(|rest| rest.chars().next()) else {
+            // Unreachable: `index` is always on a char boundary here.
+            break;
+        };
+        index += character.len_utf8();
+        run_start = index;
         match character {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -267,7 +278,7 @@ pub fn render_str(text: &str, out: &mut String) {
             _ => {
                 let mut units = [0u16; 2];
                 for unit in character.encode_utf16(&mut units) {
-                    let _ = write!(out, "\\u{:04x}", *unit);
+                    write_unicode_escape(*unit, out);
                 }
             }
         }
@@ -278,8 +289,18 @@ pub fn render_str(text: &str, out: &mut String) {
     out.push('"');
 }
 
-fn is_printable_unescaped(character: char) -> bool {
-    matches!(character, ' '..='~') && character != '"' && character != '\\'
+/// `\uXXXX` with lowercase hex, as Python writes it.
+fn write_unicode_escape(unit: u16, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push_str("\\u");
+    for shift in [12, 8, 4, 0] {
+        let digit = usize::from((unit >> shift) & 0xf);
+        out.push(char::from(HEX[digit]));
+    }
+}
+
+fn is_printable_unescaped_byte(byte: u8) -> bool {
+    matches!(byte, b' '..=b'~') && byte != b'"' && byte != b'\\'
 }
 
 /// Appends a float as `json.dumps` writes it: `NaN`, `Infinity`, `-Infinity`,

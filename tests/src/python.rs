@@ -333,6 +333,12 @@ impl LayerDriver {
             bail!(why);
         }
         if reply.get("ok") == Some(&Value::Bool(true)) {
+            // Tokens minted by Python count as issued for the leak check.
+            for field in ["token", "access", "refresh"] {
+                if let Some(token) = reply.get(field).and_then(Value::as_str) {
+                    crate::tokens::record_issued(token);
+                }
+            }
             Ok(reply)
         } else {
             let error = reply

@@ -8,6 +8,8 @@
 //! libraries) instead; this module must not be the only source of tokens for
 //! those.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -42,7 +44,33 @@ pub fn mint(secret: &str, claims: Value) -> String {
 
 /// Signs with any header/key (RS256 from PEM, a `kid`, a wrong `alg`, ...).
 pub fn mint_with(header: &Header, key: &EncodingKey, claims: &Value) -> Result<String> {
-    jsonwebtoken::encode(header, claims, key).context("jsonwebtoken::encode")
+    let token = jsonwebtoken::encode(header, claims, key).context("jsonwebtoken::encode")?;
+    record_issued(&token);
+    Ok(token)
+}
+
+/// Where every token a test issues is listed, so `tests/py/check_token_leaks.py`
+/// can prove after the whole run that none reached a gateway log.
+pub fn issued_tokens_file() -> PathBuf {
+    crate::procs::target_dir()
+        .join("test-logs")
+        .join("issued-tokens.txt")
+}
+
+/// Appends `token` to [`issued_tokens_file`]. One short `O_APPEND` write per
+/// token keeps concurrent test processes from interleaving lines.
+pub fn record_issued(token: &str) {
+    let path = issued_tokens_file();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        let _ = file.write_all(format!("{token}\n").as_bytes());
+    }
 }
 
 /// 32 random lowercase hex digits, like simplejwt's `uuid4().hex` jti.

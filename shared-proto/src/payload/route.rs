@@ -99,9 +99,9 @@ impl Key<'_> {
 /// Channel-layer events carry a handful of fields; more spill to the heap.
 const INLINE_FIELDS: usize = 8;
 /// Open containers kept without a heap allocation; deeper values spill.
-const INLINE_DEPTH: usize = 32;
+const INLINE_DEPTH: usize = 16;
 /// Keys of nested maps kept without a heap allocation for duplicate checks.
-const INLINE_KEYS: usize = 32;
+const INLINE_KEYS: usize = 16;
 /// Up to this many keys a map is checked pairwise; beyond, by sorting.
 const PAIRWISE_KEYS_MAX: usize = 16;
 
@@ -560,6 +560,11 @@ impl<'a> Cursor<'a> {
         Ok(item)
     }
 
+    /// Whether the next marker starts a str (fixstr, str8, str16, str32).
+    fn next_is_str(&self) -> bool {
+        matches!(self.input.get(self.offset), Some(0xa0..=0xbf | 0xd9..=0xdb))
+    }
+
     fn read_str(&mut self, length: usize) -> Result<Item<'a>, Failure> {
         let start = self.offset;
         let bytes = self.take(length)?;
@@ -658,6 +663,19 @@ fn scan(body: &[u8]) -> Result<Scanned<'_>, DecodeError> {
     let root_is_map = matches!(body.first(), Some(0x80..=0x8f | 0xde | 0xdf));
 
     let root_kind = loop {
+        // A broadcast's channel list is thousands of strings in one array:
+        // read all but the last of a run of them in a tight loop. Strings in
+        // an array are never keys and never open a container, so nothing
+        // but the count changes; the last one takes the general path, which
+        // closes the array.
+        if let Some(frame) = open.last_mut() {
+            if !frame.is_map {
+                while frame.remaining > 1 && cursor.next_is_str() {
+                    cursor.read_item().map_err(to_error)?;
+                    frame.remaining -= 1;
+                }
+            }
+        }
         let item_offset = cursor.offset;
         let expects_key = open.last().is_some_and(Frame::expects_key);
         let item = cursor.read_item().map_err(to_error)?;
