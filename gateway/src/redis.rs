@@ -216,12 +216,48 @@ fn builder(host: &HostSetting) -> Result<Builder, RedisError> {
 /// Pub/sub messages one subscriber connection may hold for the router.
 const PUBLISHED_BACKLOG: usize = 16_384;
 
-/// A connection to one Redis host of the backend's `hosts` list.
+/// One fred client for one host of the backend's `hosts` list, with the
+/// lifecycle every kind of connection shares.
 #[derive(Clone)]
-pub struct RedisHost {
-    client: fred::clients::Client,
+pub struct Connection<C> {
+    client: C,
     label: String,
 }
+
+impl<C: ClientLike + EventInterface> Connection<C> {
+    /// Starts connecting in the background; reconnects forever.
+    pub fn start(&self) {
+        drop(self.client.connect());
+    }
+
+    /// The host as logs and metrics name it (no password).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// Fires after every successful (re)connect.
+    pub fn reconnects(&self) -> broadcast::Receiver<fred::types::config::Server> {
+        self.client.reconnect_rx()
+    }
+
+    pub async fn stop(&self) {
+        let _ = self.client.quit().await;
+    }
+
+    fn command_error(&self, source: FredError) -> RedisError {
+        RedisError::Command {
+            host: self.label.clone(),
+            source,
+        }
+    }
+}
+
+/// A command connection to one Redis host.
+pub type RedisHost = Connection<fred::clients::Client>;
 
 impl RedisHost {
     /// Builds the client without connecting.
@@ -238,35 +274,6 @@ impl RedisHost {
         RedisHost {
             client: self.client.clone_new(),
             label: self.label.clone(),
-        }
-    }
-
-    /// Starts connecting in the background; reconnects forever.
-    pub fn start(&self) {
-        drop(self.client.connect());
-    }
-
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.client.is_connected()
-    }
-
-    /// Fires after every successful reconnect (not the first connect).
-    pub fn reconnects(&self) -> broadcast::Receiver<fred::types::config::Server> {
-        self.client.reconnect_rx()
-    }
-
-    pub async fn stop(&self) {
-        let _ = self.client.quit().await;
-    }
-
-    fn command_error(&self, source: FredError) -> RedisError {
-        RedisError::Command {
-            host: self.label.clone(),
-            source,
         }
     }
 
@@ -488,11 +495,7 @@ pub enum NextPublished {
 }
 
 /// A subscriber connection to one Redis host (pub/sub layer).
-#[derive(Clone)]
-pub struct RedisSubscriber {
-    client: fred::clients::SubscriberClient,
-    label: String,
-}
+pub type RedisSubscriber = Connection<fred::clients::SubscriberClient>;
 
 impl RedisSubscriber {
     pub fn new(host: &HostSetting) -> Result<RedisSubscriber, RedisError> {
@@ -501,29 +504,6 @@ impl RedisSubscriber {
             .build_subscriber_client()
             .map_err(|error| bad_url(&label, &error))?;
         Ok(RedisSubscriber { client, label })
-    }
-
-    pub fn start(&self) {
-        drop(self.client.connect());
-    }
-
-    pub fn label(&self) -> &str {
-        &self.label
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.client.is_connected()
-    }
-
-    pub fn reconnects(&self) -> broadcast::Receiver<fred::types::config::Server> {
-        self.client.reconnect_rx()
-    }
-
-    fn command_error(&self, source: FredError) -> RedisError {
-        RedisError::Command {
-            host: self.label.clone(),
-            source,
-        }
     }
 
     /// One `SUBSCRIBE` for all of `channels`.
@@ -563,10 +543,6 @@ impl RedisSubscriber {
         PublishedMessages {
             receiver: self.client.message_rx(),
         }
-    }
-
-    pub async fn stop(&self) {
-        let _ = self.client.quit().await;
     }
 }
 

@@ -63,20 +63,8 @@ async fn delivers_to_every_socket_of_the_user_only(layer: &str) {
 async fn a_thousand_messages_arrive_in_order(layer: &str) {
     let mut stack = layer_stack(layer, |config| config).await;
     let mut socket = connect(&stack.gateway, 1).await;
-    stack
-        .publisher
-        .group_send_seq(
-            "user_1",
-            1000,
-            json!({"type": "send_notification", "message": {"n": 0}}),
-            "n",
-        )
-        .await
-        .expect("group_send_seq");
-    for expected in 0..1000 {
-        let frame = socket.recv_json(WAIT).await.expect("frame");
-        assert_eq!(frame["message"]["n"], json!(expected));
-    }
+    send_sequence(&mut stack.publisher, "user_1", 1000).await;
+    expect_sequence(&mut socket, 1000).await;
 }
 
 /// What Redis holds for a user's sockets: group members on the core layer,

@@ -134,19 +134,8 @@ async fn a_5000_message_burst_loses_nothing_with_the_documented_channel_capacity
     )
     .await;
     let mut socket = connect(&gateway, 4).await;
-    publisher
-        .group_send_seq(
-            "user_4",
-            5000,
-            json!({"type": "send_notification", "message": {"n": 0}}),
-            "n",
-        )
-        .await
-        .expect("burst");
-    for expected in 0..5000 {
-        let frame = socket.recv_json(WAIT).await.expect("frame");
-        assert_eq!(frame["message"]["n"], json!(expected), "no loss, in order");
-    }
+    send_sequence(&mut publisher, "user_4", 5000).await;
+    expect_sequence(&mut socket, 5000).await;
     socket
         .expect_silence(Duration::from_millis(200))
         .await

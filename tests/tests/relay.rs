@@ -49,31 +49,6 @@ async fn group_send_reaches_every_socket_of_that_user_and_nobody_else() {
 }
 
 #[tokio::test]
-async fn a_thousand_back_to_back_messages_arrive_complete_and_in_order() {
-    let mut stack = stack().await;
-    let mut socket = connect(&stack.gateway, 1).await;
-    stack
-        .publisher
-        .group_send_seq(
-            "user_1",
-            1000,
-            json!({"type": "send_notification", "message": {"text": "tick"}}),
-            "seq",
-        )
-        .await
-        .expect("1000 group_sends");
-    for expected in 0..1000 {
-        let frame = socket.recv_json(WAIT).await.expect("frame");
-        assert_eq!(frame["message"]["seq"], json!(expected), "in order");
-        assert_eq!(frame["message"]["text"], "tick");
-    }
-    socket
-        .expect_silence(Duration::from_millis(300))
-        .await
-        .expect("no duplicates");
-}
-
-#[tokio::test]
 async fn values_arrive_as_the_same_json_the_consumer_sent() {
     let mut stack = stack().await;
     let mut socket = connect(&stack.gateway, 5).await;
@@ -380,20 +355,8 @@ async fn a_slow_reader_is_closed_with_4004_and_others_are_not_slowed() {
     for _ in 0..400 {
         stack.notify("user_71", &big).await;
     }
-    stack
-        .publisher
-        .group_send_seq(
-            "user_72",
-            200,
-            json!({"type": "send_notification", "message": {"n": 0}}),
-            "n",
-        )
-        .await
-        .expect("group_send_seq");
-    for expected in 0..200 {
-        let frame = fast.recv_json(WAIT).await.expect("fast reader's frame");
-        assert_eq!(frame["message"]["n"], json!(expected));
-    }
+    send_sequence(&mut stack.publisher, "user_72", 200).await;
+    expect_sequence(&mut fast, 200).await;
     let mut delivered = 0;
     let code = loop {
         match slow.recv_text(WAIT).await {

@@ -88,6 +88,32 @@ impl Stack {
     }
 }
 
+/// `count` back-to-back group_sends through the real channels_redis, each
+/// message `{"n": i}`.
+pub async fn send_sequence(publisher: &mut LayerDriver, group: &str, count: u64) {
+    publisher
+        .group_send_seq(
+            group,
+            count,
+            json!({"type": "send_notification", "message": {"n": 0}}),
+            "n",
+        )
+        .await
+        .expect("group_send_seq");
+}
+
+/// Reads `{"message": {"n": 0}}` … `{"n": count - 1}` in order.
+pub async fn expect_sequence(socket: &mut WsClient, count: u64) {
+    for expected in 0..count {
+        let frame = socket.recv_json(WAIT).await.expect("frame of the sequence");
+        assert_eq!(
+            frame["message"]["n"],
+            json!(expected),
+            "complete and in order"
+        );
+    }
+}
+
 pub async fn expect_frame(socket: &mut WsClient, expected: &str) {
     assert_eq!(socket.recv_text(WAIT).await.expect("frame"), expected);
 }
