@@ -228,6 +228,10 @@ pub struct AuthConfig {
     pub user_id_claims: Vec<String>,
     /// Group each socket joins; `{user_id}` is replaced by the token's user id.
     pub user_group_template: String,
+    /// When set, a handshake without a token is upgraded and must send
+    /// `{"token": "..."}` as its first frame within this time (else 4001).
+    #[serde(default, with = "humantime_serde")]
+    pub first_message_timeout: Option<Duration>,
     /// A claim listing extra groups the socket joins (e.g. `groups`).
     pub groups_claim: Option<String>,
     /// Patterns (`todo_list_*`) an extra group must match; a token asking
@@ -260,6 +264,7 @@ impl Default for AuthConfig {
             token_cookie: "access_token".into(),
             user_id_claims: vec!["user_id".into(), "sub".into()],
             user_group_template: "user_{user_id}".into(),
+            first_message_timeout: None,
             groups_claim: None,
             allowed_groups: Vec::new(),
             allowed_origins: Vec::new(),

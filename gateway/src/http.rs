@@ -6,17 +6,21 @@
 //! and `/metrics`. It must not log request URIs, query strings or
 //! `Sec-WebSocket-Protocol` values: they may carry a token.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{CloseReason, Message, MessageStream, Session};
+use shared_proto::close::CloseCode;
+use shared_proto::frame::{parse_client_frame, ClientFrame};
 use tracing::Instrument;
 
 use crate::credentials::{TokenLookup, BEARER_PROTOCOL};
 use crate::glob::glob_match;
 use crate::health::Health;
-use crate::jwtverify::{AuthError, TokenVerifier};
+use crate::jwtverify::{AuthError, Identity, TokenVerifier};
 use crate::layer::Layer;
 use crate::limits::{Limits, Refusal};
 use crate::metrics::{ConnectResult, Metrics};
@@ -42,6 +46,9 @@ pub struct Gateway {
     pub outbound_queue: usize,
     pub max_inbound_frame: usize,
     pub join_timeout: Duration,
+    /// With no token in the handshake, how long to wait for `{"token": ...}`
+    /// as the first frame; `None` refuses such handshakes with 401.
+    pub first_message_timeout: Option<Duration>,
 }
 
 pub fn public_routes(config: &mut web::ServiceConfig) {
@@ -73,24 +80,10 @@ fn unavailable() -> HttpResponse {
     )
 }
 
-/// 503 when this process is full (another pod may have room), 429 for the
-/// limits a client ran into itself.
-fn limited(gateway: &Gateway, why: Refusal, request: &HttpRequest) -> HttpResponse {
-    gateway.metrics.connect(ConnectResult::Limited(why));
-    tracing::warn!(reason = why.label(), peer = %peer(request), "handshake refused: limit reached");
-    let status = match why {
-        Refusal::ProcessFull => StatusCode::SERVICE_UNAVAILABLE,
-        Refusal::ConnectRate | Refusal::UserFull | Refusal::AddressFull => {
-            StatusCode::TOO_MANY_REQUESTS
-        }
-    };
-    refusal(status, "limited", why.label())
-}
-
-fn peer_ip(request: &HttpRequest) -> std::net::IpAddr {
+fn peer_ip(request: &HttpRequest) -> IpAddr {
     request
         .peer_addr()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |address| address.ip())
+        .map_or(IpAddr::from([0, 0, 0, 0]), |address| address.ip())
 }
 
 fn peer(request: &HttpRequest) -> String {
@@ -135,48 +128,32 @@ async fn notifications_socket(
         .limits
         .client_address(peer_ip(&request), request.headers());
     if let Err(why) = gateway.limits.precheck(address) {
-        return limited(&gateway, why, &request);
+        let rejection = Rejection::Limited(why);
+        rejection.count(&gateway, &peer(&request));
+        return rejection.response();
     }
 
     let lookup = TokenLookup {
         query_param: &gateway.token_query_param,
         cookie: &gateway.token_cookie,
     };
-    let identity = lookup
-        .find(request.headers(), request.query_string())
-        .ok_or(AuthError::MissingToken)
-        .and_then(|(token, _source)| gateway.verifier.verify(&token));
-    let group = identity.and_then(|identity| {
-        let group = gateway
-            .user_group_template
-            .replace("{user_id}", &identity.user_id);
-        if shared_proto::names::is_valid_group_name(&group) {
-            Ok((identity, group))
-        } else {
-            Err(AuthError::InvalidUserId)
+    let found = lookup.find(request.headers(), request.query_string());
+    if found.is_none() {
+        if let Some(wait) = gateway.first_message_timeout {
+            return authenticate_in_band(request, body, gateway.clone(), address, wait);
         }
-    });
-    let (identity, group) = match group {
-        Ok(found) => found,
-        Err(error) => {
-            metrics.connect(ConnectResult::Unauthorized);
-            metrics.auth_failure(error.label());
-            tracing::warn!(reason = error.label(), peer = %peer(&request), "handshake refused: {error}");
-            return refusal(StatusCode::UNAUTHORIZED, "unauthorized", error.label());
-        }
-    };
-
-    let admission = match gateway.limits.admit(&identity.user_id, address) {
-        Ok(admission) => admission,
-        Err(why) => return limited(&gateway, why, &request),
-    };
-
-    // Without Redis no join can succeed: say so at once rather than after
-    // `join_timeout`, and keep doomed writes out of the client's queue.
-    if !gateway.health.redis_connected() {
-        metrics.connect(ConnectResult::RedisUnavailable);
-        return unavailable();
     }
+    let identity = match found
+        .ok_or(AuthError::MissingToken)
+        .and_then(|(token, _source)| gateway.verifier.verify(&token))
+    {
+        Ok(identity) => identity,
+        Err(error) => {
+            let rejection = Rejection::Unauthorized(error);
+            rejection.count(&gateway, &peer(&request));
+            return rejection.response();
+        }
+    };
 
     // Selecting `bearer` (never the token entry) answers a client that sent
     // its token as a subprotocol; others offered nothing we select.
@@ -194,6 +171,121 @@ async fn notifications_socket(
             }
         };
 
+    // Joined before the 101 answer, like the Channels consumer's group_add
+    // before accept(): a message sent the moment the socket opens is
+    // already addressed to it.
+    match attach(&gateway, identity, address).await {
+        Ok(attached) => {
+            attached.serve_in_background(session, messages, &gateway);
+            response
+        }
+        Err(rejection) => {
+            rejection.count(&gateway, &peer(&request));
+            rejection.response()
+        }
+    }
+}
+
+/// Why a verified request could not become a socket.
+enum Rejection {
+    Unauthorized(AuthError),
+    /// The token asks for a group no pattern allows.
+    ForbiddenGroup,
+    Limited(Refusal),
+    /// Redis is down or did not take the join in time.
+    Unavailable,
+}
+
+impl Rejection {
+    fn count(&self, gateway: &Gateway, peer: &str) {
+        let metrics = &gateway.metrics;
+        match self {
+            Rejection::Unauthorized(error) => {
+                metrics.connect(ConnectResult::Unauthorized);
+                metrics.auth_failure(error.label());
+                tracing::warn!(reason = error.label(), %peer, "handshake refused: {error}");
+            }
+            Rejection::ForbiddenGroup => {
+                metrics.connect(ConnectResult::ForbiddenGroup);
+                tracing::warn!(%peer, "handshake refused: token asks for a group no pattern allows");
+            }
+            Rejection::Limited(why) => {
+                metrics.connect(ConnectResult::Limited(*why));
+                tracing::warn!(reason = why.label(), %peer, "handshake refused: limit reached");
+            }
+            Rejection::Unavailable => metrics.connect(ConnectResult::RedisUnavailable),
+        }
+    }
+
+    /// The HTTP answer before an upgrade.
+    fn response(&self) -> HttpResponse {
+        match self {
+            Rejection::Unauthorized(error) => {
+                refusal(StatusCode::UNAUTHORIZED, "unauthorized", error.label())
+            }
+            Rejection::ForbiddenGroup => {
+                refusal(StatusCode::FORBIDDEN, "forbidden", "group_not_allowed")
+            }
+            // 503 when this process is full (another pod may have room),
+            // 429 for the limits a client ran into itself.
+            Rejection::Limited(Refusal::ProcessFull) => refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "limited",
+                Refusal::ProcessFull.label(),
+            ),
+            Rejection::Limited(why) => {
+                refusal(StatusCode::TOO_MANY_REQUESTS, "limited", why.label())
+            }
+            Rejection::Unavailable => unavailable(),
+        }
+    }
+
+    /// The close code after an upgrade (first-message authentication).
+    fn close_code(&self) -> CloseCode {
+        match self {
+            Rejection::Unauthorized(_) => CloseCode::Unauthorized,
+            Rejection::ForbiddenGroup => CloseCode::Forbidden,
+            Rejection::Limited(_) => CloseCode::RateLimited,
+            Rejection::Unavailable => CloseCode::InternalError,
+        }
+    }
+}
+
+/// A socket admitted, registered and joined in Redis, ready to serve.
+struct Attached {
+    outbox: Arc<Outbox>,
+    membership: Membership,
+    holder: Holder,
+    span: tracing::Span,
+}
+
+impl Attached {
+    fn serve_in_background(self, session: Session, messages: MessageStream, gateway: &Gateway) {
+        socket::spawn(
+            session,
+            messages.max_frame_size(gateway.max_inbound_frame),
+            self.outbox,
+            self.membership,
+            gateway.socket_settings.clone(),
+            self.holder,
+            self.span,
+        );
+    }
+}
+
+/// Authorises a verified identity's groups, takes its share of the limits,
+/// registers the socket and joins its groups in Redis.
+async fn attach(
+    gateway: &Gateway,
+    identity: Identity,
+    address: IpAddr,
+) -> Result<Attached, Rejection> {
+    let group = gateway
+        .user_group_template
+        .replace("{user_id}", &identity.user_id);
+    if !shared_proto::names::is_valid_group_name(&group) {
+        return Err(Rejection::Unauthorized(AuthError::InvalidUserId));
+    }
     // Extra groups only as granted by the token and allowed by a pattern.
     let mut groups: Vec<Arc<str>> = vec![Arc::from(group.as_str())];
     for extra in &identity.groups {
@@ -204,18 +296,25 @@ async fn notifications_socket(
                 .iter()
                 .any(|pattern| glob_match(pattern.as_bytes(), extra.as_bytes()));
         if !allowed {
-            metrics.connect(ConnectResult::ForbiddenGroup);
-            tracing::warn!(peer = %peer(&request), "handshake refused: token asks for a group no pattern allows");
-            return refusal(StatusCode::FORBIDDEN, "forbidden", "group_not_allowed");
+            return Err(Rejection::ForbiddenGroup);
         }
         if !groups.iter().any(|known| known.as_ref() == extra) {
             groups.push(Arc::from(extra.as_str()));
         }
     }
+    let admission = gateway
+        .limits
+        .admit(&identity.user_id, address)
+        .map_err(Rejection::Limited)?;
+    // Without Redis no join can succeed: say so at once rather than after
+    // `join_timeout`, and keep doomed writes out of the client's queue.
+    if !gateway.health.redis_connected() {
+        return Err(Rejection::Unavailable);
+    }
 
     let outbox = Arc::new(Outbox::new(gateway.outbound_queue));
     let (conn, _transitions) = gateway.registry.register(outbox.clone(), &groups);
-    metrics.sockets_open.inc();
+    gateway.metrics.sockets_open.inc();
     let channel = gateway.registry.naming().channel(conn);
     let membership = Membership {
         conn,
@@ -228,10 +327,6 @@ async fn notifications_socket(
     };
     let span =
         tracing::info_span!("socket", conn = %format_args!("{conn:x}"), user = %identity.user_id);
-
-    // Join before the upgrade completes, like the Channels consumer's
-    // group_add before accept(): a message sent the moment the socket opens
-    // is already addressed to it.
     let joined = tokio::time::timeout(
         gateway.join_timeout,
         gateway.layer.join(&membership.groups, &channel),
@@ -242,27 +337,97 @@ async fn notifications_socket(
         .map_err(|_| "timed out".to_string())
         .and_then(|joined| joined.map_err(|error| error.to_string()))
     {
-        metrics.connect(ConnectResult::RedisUnavailable);
         span.in_scope(|| tracing::warn!(%reason, "group join failed; refusing the socket"));
-        drop(membership);
-        return unavailable();
+        return Err(Rejection::Unavailable);
     }
-
-    metrics.connect(ConnectResult::Accepted);
+    gateway.metrics.connect(ConnectResult::Accepted);
     span.in_scope(|| tracing::info!(group = %group, "socket opened"));
-    socket::spawn(
-        session,
-        messages.max_frame_size(gateway.max_inbound_frame),
+    Ok(Attached {
         outbox,
         membership,
-        gateway.socket_settings.clone(),
-        Holder {
+        holder: Holder {
             user_id: identity.user_id,
             expires_at: identity.expires_at,
         },
         span,
-    );
+    })
+}
+
+/// Upgrades a handshake that carried no token and waits up to `wait` for
+/// `{"token": "..."}` as the first frame, so browsers can keep tokens out of
+/// URLs. The socket joins its groups only after that, so nothing is
+/// delivered before the client has proved who it is.
+fn authenticate_in_band(
+    request: HttpRequest,
+    body: web::Payload,
+    gateway: web::Data<Gateway>,
+    address: IpAddr,
+    wait: Duration,
+) -> HttpResponse {
+    let (response, mut session, messages) =
+        match actix_ws::handle_with_protocols(&request, body, &[BEARER_PROTOCOL]) {
+            Ok(parts) => parts,
+            Err(_) => {
+                gateway.metrics.connect(ConnectResult::BadHandshake);
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    "bad_handshake",
+                    "expected a WebSocket upgrade",
+                );
+            }
+        };
+    let peer = peer(&request);
+    actix_web::rt::spawn(async move {
+        let mut messages = messages.max_frame_size(gateway.max_inbound_frame);
+        let token = tokio::time::timeout(wait, first_token(&mut session, &mut messages))
+            .await
+            .ok()
+            .flatten();
+        let attached = match token {
+            None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
+            Some(token) => match gateway.verifier.verify(&token) {
+                Ok(identity) => attach(&gateway, identity, address).await,
+                Err(error) => Err(Rejection::Unauthorized(error)),
+            },
+        };
+        match attached {
+            Ok(attached) => {
+                if session.text(r#"{"type": "authenticated"}"#).await.is_ok() {
+                    attached.serve_in_background(session, messages, &gateway);
+                }
+            }
+            Err(rejection) => {
+                rejection.count(&gateway, &peer);
+                let code = rejection.close_code();
+                let close = CloseReason {
+                    code: actix_ws::CloseCode::Other(code.as_u16()),
+                    description: Some(code.reason().to_string()),
+                };
+                let _ = session.close(Some(close)).await;
+            }
+        }
+    });
     response
+}
+
+/// The token of the first `{"token": ...}` frame; `None` when the client
+/// says anything else first or goes away.
+async fn first_token(session: &mut Session, messages: &mut MessageStream) -> Option<String> {
+    loop {
+        match messages.recv().await? {
+            Ok(Message::Text(text)) => {
+                return match parse_client_frame(&text) {
+                    Ok(ClientFrame::Auth { token }) => Some(token),
+                    _ => None,
+                }
+            }
+            Ok(Message::Ping(bytes)) => {
+                session.pong(&bytes).await.ok()?;
+            }
+            Ok(Message::Pong(_) | Message::Nop) => {}
+            _ => return None,
+        }
+    }
 }
 
 async fn healthz() -> HttpResponse {

@@ -178,6 +178,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         outbound_queue: config.server.outbound_queue,
         max_inbound_frame: config.server.max_inbound_frame,
         join_timeout: config.server.join_timeout,
+        first_message_timeout: config.auth.first_message_timeout,
     });
 
     let unacknowledged_limit = config.server.pong_timeout;

@@ -1,0 +1,104 @@
+// Types for notifications.js, the gateway's browser client.
+
+/** What the client does after a close code. */
+export type CloseAdvice = "never" | "new_token" | "hint" | "backoff";
+
+/**
+ * idle → connecting → open → waiting (backoff) → connecting → ... → closed.
+ * "closed" is final: reached through `close()`, a close code that must not
+ * be retried, or a token that cannot be renewed.
+ */
+export type ConnectionState = "idle" | "connecting" | "open" | "waiting" | "closed";
+
+export interface StateDetail {
+  /** WebSocket close code that led here (1006 when the connection was lost or the handshake refused). */
+  code?: number;
+  /** Close reason or a short description of what happened. */
+  reason?: string;
+  /** In "waiting": how long until the next attempt. */
+  delayMs?: number;
+  /** In "waiting" after a drain close: the server's `retry_after_ms` hint. */
+  retryAfterMs?: number;
+  /** Consecutive failed attempts so far. */
+  attempt?: number;
+  /** True when no pong arrived in time and the socket was dropped. */
+  dead?: boolean;
+  /** True in "closed": no further attempts will be made. */
+  final?: boolean;
+}
+
+export interface GetTokenContext {
+  /** True after the server refused the last token (4001/4002): do not return a cached one. */
+  forceRefresh: boolean;
+  /** Consecutive failed attempts so far. */
+  attempt: number;
+}
+
+/** The part of the WebSocket interface the client uses. */
+export interface WebSocketLike {
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+export interface ConnectOptions {
+  /** ws:// or wss:// URL of /ws/notifications/ (http(s) URLs and relative URLs are converted). */
+  url: string;
+  /**
+   * Returns the access token for the next attempt; called before every attempt.
+   * Resolve to null/"" to stop (not logged in). Throwing counts as a failed attempt (backoff).
+   * Leave it out to send no token (cookie authentication).
+   */
+  getToken?: (context: GetTokenContext) => Promise<string | null | undefined> | string | null | undefined;
+  /** Called with M for every `{"message": M}` frame; `frame` is the whole parsed object. */
+  onMessage?: (message: unknown, frame: Record<string, unknown>) => void;
+  /** Called with other JSON frames (events.passthrough_types), never with pongs. */
+  onFrame?: (frame: unknown) => void;
+  onStateChange?: (state: ConnectionState, detail: StateDetail) => void;
+  /** Errors from getToken, callbacks and unparsable frames (default: console.error). */
+  onError?: (error: unknown) => void;
+  /** WebSocket constructor (default: globalThis.WebSocket); tests pass the `ws` package. */
+  WebSocketImpl?: new (url: string) => WebSocketLike;
+  /** Query parameter name for the token (gateway's auth.token_query_param). Default "token". */
+  tokenParam?: string;
+  /** Backoff base. Default 500. */
+  baseDelayMs?: number;
+  /** Backoff ceiling. Default 30000. */
+  maxDelayMs?: number;
+  /** Random extra wait added to a `retry_after_ms` hint. Default 1000. */
+  hintJitterMs?: number;
+  /** Send `{"type": "ping"}` after this long without any frame. Default 25000. */
+  pingIntervalMs?: number;
+  /** Drop the socket when nothing arrives this long after a ping. Default 10000. */
+  pongTimeoutMs?: number;
+  /** Give up on a handshake after this long. Default 15000. */
+  connectTimeoutMs?: number;
+  /** An open socket that lasts this long resets the backoff. Default 5000. */
+  stableAfterMs?: number;
+  /** Consecutive 4001/4002 closes tolerated before stopping. Default 2. */
+  maxAuthRetries?: number;
+  /** Random source in [0, 1) (tests). Default Math.random. */
+  random?: () => number;
+}
+
+export interface NotificationConnection {
+  readonly state: ConnectionState;
+  /** The current socket, or null between attempts. */
+  readonly socket: WebSocketLike | null;
+  /** Stop for good: closes the socket with 1000 and cancels any pending retry. */
+  close(): void;
+  /** Skip the current backoff wait. */
+  reconnectNow(): void;
+}
+
+export declare const CLOSE_ADVICE: Readonly<Record<number, CloseAdvice>>;
+export declare function closeAdvice(code: number): CloseAdvice;
+export declare function parseRetryAfter(reason: string | null | undefined): number | null;
+export declare function backoffDelay(
+  attempt: number,
+  options?: { baseDelayMs?: number; maxDelayMs?: number; random?: () => number },
+): number;
+export declare function connect(options: ConnectOptions): NotificationConnection;

@@ -1,0 +1,369 @@
+// Browser client for the notification gateway (ES module, no dependencies).
+//
+//   import { connect } from "./notifications.js";
+//   const notifications = connect({
+//     url: "wss://notify.example.com/ws/notifications/",
+//     getToken: async () => (await fetch("/api/ws-token/")).json().then((b) => b.access),
+//     onMessage: (message) => showNotification(message),
+//     onStateChange: (state, detail) => console.debug(state, detail),
+//   });
+//   // later: notifications.close();
+//
+// What it does for you:
+//
+// * Authentication. The token goes in the `?token=` query parameter because
+//   the browser WebSocket API cannot set request headers, so
+//   `Authorization: Bearer` (which the gateway also accepts) is only usable
+//   from non-browser clients. The gateway's third transport, the
+//   `access_token` cookie, works when the page and the gateway share a site:
+//   leave `getToken` out and the client sends no query parameter at all.
+//   Because a query string can end up in proxy logs, hand out short-lived
+//   access tokens (SimpleJWT's default is 5 minutes): `getToken` is called
+//   before every connection attempt, so each attempt uses a fresh token.
+// * Reconnecting. Every close the server did not ask to be final is
+//   followed by a new attempt after an exponential backoff with full jitter
+//   (a random wait between 0 and min(maxDelayMs, baseDelayMs * 2^n)).
+//   The gateway's close codes (see the README) decide what happens:
+//     4001/4002        ask getToken for a new token ({forceRefresh: true}) and
+//                      retry at once; if it hands back the token that was
+//                      just refused, or auth keeps failing, stop.
+//     1000/1003/1008/1009/4000/4003/4006
+//                      stop: reconnecting unchanged cannot help.
+//     1001/4008        wait the `retry_after_ms=N` hinted in the close reason
+//                      (plus up to hintJitterMs), else back off.
+//     anything else    (1006 = connection lost or handshake refused with
+//                      401/503, 1011, 4004, 4005, 4007, ...) back off.
+// * Dead connections. Browsers answer the server's WebSocket pings but never
+//   show them to scripts, so a half-open connection (laptop asleep, NAT
+//   entry gone) looks open forever. When nothing has arrived for
+//   pingIntervalMs the client sends the application-level ping
+//   `{"type": "ping"}`, which the gateway answers with `{"type": "pong"}`;
+//   if no frame at all arrives within pongTimeoutMs the socket is dropped
+//   and a new one is opened.
+
+/** What to do after each close code the gateway sends. */
+export const CLOSE_ADVICE = Object.freeze({
+  1000: "never",
+  1001: "hint",
+  1003: "never",
+  1008: "never",
+  1009: "never",
+  1011: "backoff",
+  4000: "never",
+  4001: "new_token",
+  4002: "new_token",
+  4003: "never",
+  4004: "backoff",
+  4005: "backoff",
+  4006: "never",
+  4007: "backoff",
+  4008: "hint",
+});
+
+/** "never" | "new_token" | "hint" | "backoff" for a close code. */
+export function closeAdvice(code) {
+  return CLOSE_ADVICE[code] || "backoff";
+}
+
+/** The N of a `retry_after_ms=N` close-reason hint, or null. */
+export function parseRetryAfter(reason) {
+  const match = /(?:^|[\s;,])retry_after_ms=(\d+)/.exec(String(reason || ""));
+  return match ? Number(match[1]) : null;
+}
+
+/** Full-jitter exponential backoff: uniform in [0, min(max, base * 2^attempt)). */
+export function backoffDelay(attempt, { baseDelayMs = 500, maxDelayMs = 30000, random = Math.random } = {}) {
+  const ceiling = Math.min(maxDelayMs, baseDelayMs * 2 ** Math.min(attempt, 30));
+  return Math.floor(random() * ceiling);
+}
+
+const DEFAULTS = {
+  tokenParam: "token",
+  baseDelayMs: 500,
+  maxDelayMs: 30000,
+  hintJitterMs: 1000,
+  pingIntervalMs: 25000,
+  pongTimeoutMs: 10000,
+  connectTimeoutMs: 15000,
+  stableAfterMs: 5000,
+  maxAuthRetries: 2,
+};
+
+/**
+ * Opens the connection and keeps it open until `close()` or a final close
+ * code. Returns a handle: { close(), reconnectNow(), state, socket }.
+ */
+export function connect(options) {
+  const opts = { ...DEFAULTS, ...options };
+  if (!opts.url) throw new TypeError("connect: `url` is required");
+  const WebSocketImpl = opts.WebSocketImpl || globalThis.WebSocket;
+  if (!WebSocketImpl) throw new TypeError("connect: no WebSocket implementation (pass WebSocketImpl)");
+  const random = opts.random || Math.random;
+  const now = () => Date.now();
+
+  let state = "idle";
+  let socket = null;
+  let stopped = false;
+  let attempt = 0; // consecutive failed attempts, drives the backoff
+  let authFailures = 0; // consecutive 4001/4002 closes
+  let forceRefresh = false;
+  let lastToken = null;
+  let rejectedToken = null;
+  let retryTimer = null;
+  let connectTimer = null;
+  let stableTimer = null;
+  let heartbeatTimer = null;
+  let pongTimer = null;
+  let lastHeard = 0;
+
+  function setState(next, detail = {}) {
+    state = next;
+    if (opts.onStateChange) {
+      try {
+        opts.onStateChange(next, detail);
+      } catch (error) {
+        report(error);
+      }
+    }
+  }
+
+  function report(error) {
+    if (opts.onError) opts.onError(error);
+    else if (globalThis.console) console.error("notifications:", error);
+  }
+
+  function clearTimers() {
+    for (const timer of [retryTimer, connectTimer, stableTimer, pongTimer]) clearTimeout(timer);
+    clearInterval(heartbeatTimer);
+    retryTimer = connectTimer = stableTimer = heartbeatTimer = pongTimer = null;
+  }
+
+  // Forget a socket: its late events must not touch the new one.
+  function drop(ws, code, reason) {
+    const ignore = () => {};
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = ignore;
+    try {
+      ws.close(code, reason);
+    } catch {
+      // already closing, or still connecting in an implementation that throws
+    }
+  }
+
+  function buildUrl(token) {
+    const base = globalThis.location ? globalThis.location.href : undefined;
+    const url = new URL(opts.url, base);
+    if (url.protocol === "http:") url.protocol = "ws:";
+    if (url.protocol === "https:") url.protocol = "wss:";
+    if (token) url.searchParams.set(opts.tokenParam, token);
+    return url.toString();
+  }
+
+  async function open() {
+    retryTimer = null;
+    if (stopped) return;
+    setState("connecting", { attempt });
+    let token = null;
+    if (opts.getToken) {
+      try {
+        token = await opts.getToken({ forceRefresh, attempt });
+      } catch (error) {
+        report(error);
+        if (!stopped) scheduleRetry(backoff(), { reason: "getToken failed" });
+        return;
+      }
+      if (stopped) return;
+      if (!token) {
+        finish({ reason: "no token" });
+        return;
+      }
+      if (rejectedToken !== null && token === rejectedToken) {
+        // getToken handed back the token the server just refused: looping
+        // would only hammer the server.
+        finish({ code: 4001, reason: "token refused and no new token available" });
+        return;
+      }
+    }
+    forceRefresh = false;
+    lastToken = token;
+
+    let ws;
+    try {
+      ws = new WebSocketImpl(buildUrl(token));
+    } catch (error) {
+      report(error);
+      scheduleRetry(backoff(), { reason: String(error) });
+      return;
+    }
+    socket = ws;
+    connectTimer = setTimeout(() => {
+      if (socket !== ws) return;
+      socket = null;
+      drop(ws, 1000, "connect timeout");
+      clearTimers();
+      scheduleRetry(backoff(), { reason: "connect timeout" });
+    }, opts.connectTimeoutMs);
+
+    ws.onopen = () => {
+      clearTimeout(connectTimer);
+      connectTimer = null;
+      lastHeard = now();
+      rejectedToken = null;
+      setState("open", { attempt });
+      stableTimer = setTimeout(() => {
+        attempt = 0;
+        authFailures = 0;
+      }, opts.stableAfterMs);
+      startHeartbeat(ws);
+    };
+    ws.onmessage = (event) => {
+      lastHeard = now();
+      clearTimeout(pongTimer);
+      pongTimer = null;
+      handleFrame(event.data);
+    };
+    ws.onerror = () => {
+      // A close event always follows; it carries the code.
+    };
+    ws.onclose = (event) => {
+      if (socket !== ws) return;
+      socket = null;
+      clearTimers();
+      afterClose(event.code, event.reason || "");
+    };
+  }
+
+  function startHeartbeat(ws) {
+    const every = Math.max(50, Math.min(opts.pingIntervalMs, 1000));
+    heartbeatTimer = setInterval(() => {
+      if (socket !== ws || pongTimer) return;
+      if (now() - lastHeard < opts.pingIntervalMs) return;
+      try {
+        ws.send(JSON.stringify({ type: "ping" }));
+      } catch {
+        // the close event will follow
+      }
+      pongTimer = setTimeout(() => {
+        if (socket !== ws) return;
+        socket = null;
+        clearTimers();
+        drop(ws, 4000, "no pong");
+        scheduleRetry(backoff(), { reason: "no pong within pongTimeoutMs", dead: true });
+      }, opts.pongTimeoutMs);
+    }, every);
+  }
+
+  function handleFrame(data) {
+    if (typeof data !== "string") return;
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch (error) {
+      report(error);
+      return;
+    }
+    if (frame && frame.type === "pong") return;
+    try {
+      if (frame && Object.prototype.hasOwnProperty.call(frame, "message")) {
+        if (opts.onMessage) opts.onMessage(frame.message, frame);
+      } else if (opts.onFrame) {
+        opts.onFrame(frame);
+      }
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  function backoff() {
+    const delay = backoffDelay(attempt, { baseDelayMs: opts.baseDelayMs, maxDelayMs: opts.maxDelayMs, random });
+    attempt += 1;
+    return delay;
+  }
+
+  function afterClose(code, reason) {
+    if (stopped) return;
+    const detail = { code, reason };
+    switch (closeAdvice(code)) {
+      case "never":
+        finish(detail);
+        return;
+      case "new_token":
+        authFailures += 1;
+        if (!opts.getToken || authFailures > opts.maxAuthRetries) {
+          finish(detail);
+          return;
+        }
+        forceRefresh = true;
+        rejectedToken = lastToken;
+        scheduleRetry(Math.floor(random() * opts.baseDelayMs), detail);
+        return;
+      case "hint": {
+        const hint = parseRetryAfter(reason);
+        if (hint !== null) {
+          attempt += 1;
+          scheduleRetry(hint + Math.floor(random() * opts.hintJitterMs), { ...detail, retryAfterMs: hint });
+        } else {
+          scheduleRetry(backoff(), detail);
+        }
+        return;
+      }
+      default:
+        scheduleRetry(backoff(), detail);
+    }
+  }
+
+  function scheduleRetry(delayMs, detail) {
+    if (stopped) return;
+    clearTimeout(retryTimer);
+    setState("waiting", { ...detail, delayMs, attempt });
+    retryTimer = setTimeout(open, delayMs);
+  }
+
+  function finish(detail) {
+    stopped = true;
+    clearTimers();
+    removeOnline();
+    setState("closed", { ...detail, final: true });
+  }
+
+  // Back online after a network outage: no need to wait out the backoff.
+  const onOnline = () => {
+    if (state === "waiting" && !stopped) {
+      clearTimeout(retryTimer);
+      open();
+    }
+  };
+  const canListen = typeof globalThis.addEventListener === "function";
+  if (canListen) globalThis.addEventListener("online", onOnline);
+  function removeOnline() {
+    if (canListen) globalThis.removeEventListener("online", onOnline);
+  }
+
+  open();
+
+  return {
+    get state() {
+      return state;
+    },
+    get socket() {
+      return socket;
+    },
+    /** Stop for good: closes the socket (1000) and cancels any retry. */
+    close() {
+      if (stopped) return;
+      stopped = true;
+      const ws = socket;
+      socket = null;
+      clearTimers();
+      removeOnline();
+      if (ws) drop(ws, 1000, "client closed");
+      setState("closed", { code: 1000, reason: "client closed", final: true });
+    },
+    /** Skip the current backoff wait and try at once. */
+    reconnectNow() {
+      if (!stopped && state === "waiting") {
+        clearTimeout(retryTimer);
+        open();
+      }
+    },
+  };
+}
