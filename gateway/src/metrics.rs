@@ -63,7 +63,8 @@ pub struct Metrics {
     pub sockets_open: IntGauge,
     connects: IntCounterVec,
     auth_failures: IntCounterVec,
-    redis_messages: IntCounterVec,
+    redis_messages_core: IntCounter,
+    redis_messages_pubsub: IntCounter,
     pub frames_delivered: IntCounter,
     drops: IntCounterVec,
     pub redis_reconnects: IntCounter,
@@ -127,6 +128,14 @@ fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        let redis_messages = register(
+            &registry,
+            counter_vec(
+                "gateway_redis_messages_total",
+                "Payloads received from Redis by layer",
+                "layer",
+            ),
+        );
         let metrics = Metrics {
             sockets_open: register(
                 &registry,
@@ -149,14 +158,9 @@ impl Metrics {
                     "reason",
                 ),
             ),
-            redis_messages: register(
-                &registry,
-                counter_vec(
-                    "gateway_redis_messages_total",
-                    "Payloads received from Redis by layer",
-                    "layer",
-                ),
-            ),
+            // Resolved once: this counter moves on every message.
+            redis_messages_core: redis_messages.with_label_values(&["core"]),
+            redis_messages_pubsub: redis_messages.with_label_values(&["pubsub"]),
             frames_delivered: register(
                 &registry,
                 IntCounter::new(
@@ -293,8 +297,14 @@ impl Metrics {
         self.auth_failures.with_label_values(&[reason]).inc();
     }
 
-    pub fn redis_message(&self, layer: &'static str) {
-        self.redis_messages.with_label_values(&[layer]).inc();
+    /// One payload received from Redis by the core layer.
+    pub fn core_message(&self) {
+        self.redis_messages_core.inc();
+    }
+
+    /// One message received from Redis by the pub/sub layer.
+    pub fn pubsub_message(&self) {
+        self.redis_messages_pubsub.inc();
     }
 
     pub fn dropped(&self, reason: DropReason) {

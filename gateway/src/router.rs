@@ -93,7 +93,7 @@ impl Router {
 
     /// Routes one core-layer payload, addressed by its `__asgi_channel__`.
     pub fn route_queued(&self, payload: &[u8], sent_at: f64) {
-        self.metrics.redis_message("core");
+        self.metrics.core_message();
         let now = unix_now();
         if sent_at > 0.0 && now >= sent_at {
             self.metrics.publish_lag.observe(now - sent_at);
@@ -181,7 +181,7 @@ impl Router {
     /// Routes one pub/sub-layer message, addressed by the group its channel
     /// names (`<prefix>__group__<group>`), to every local member.
     pub fn route_published(&self, channel: &[u8], payload: &[u8]) {
-        self.metrics.redis_message("pubsub");
+        self.metrics.pubsub_message();
         let group = std::str::from_utf8(channel)
             .ok()
             .and_then(|channel| channel.strip_prefix(self.pubsub_group_prefix.as_str()));
