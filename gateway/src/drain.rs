@@ -14,6 +14,7 @@ use rand::Rng;
 use shared_proto::close::CloseCode;
 
 use crate::metrics::Metrics;
+use crate::outbox::CloseNote;
 use crate::registry::Registry;
 
 /// How often a batch of sockets is closed while draining.
@@ -42,7 +43,7 @@ pub async fn close_all(registry: &Registry, plan: &DrainPlan, metrics: &Metrics)
         for outbox in batch {
             let jitter_ms = plan.reconnect_jitter.as_millis() as u64;
             let retry_after = Duration::from_millis(rng.random_range(0..=jitter_ms));
-            outbox.close_with_hint(CloseCode::GoingAway, retry_after);
+            outbox.close_with(CloseCode::GoingAway, CloseNote::RetryAfter(retry_after));
         }
         closed += batch.len();
         metrics.drain_remaining.set((total - closed) as i64);

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,14 +27,23 @@ pub enum Pushed {
     Closed,
 }
 
+/// What accompanies a close besides its code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseNote {
+    /// The table's reason for the code.
+    Standard,
+    /// Draining: the table's reason plus a "retry after" hint.
+    RetryAfter(Duration),
+    /// A reason given by the backend (`gateway.disconnect`).
+    Reason(Arc<str>),
+}
+
 /// What the socket task should do next.
 #[derive(Debug)]
 pub enum Next {
     /// Frames to send, oldest first (drained together to batch writes).
     Frames(Vec<ByteString>),
-    /// Close with this code; the duration is a "retry after" hint for the
-    /// client when the server is draining.
-    Close(CloseCode, Option<Duration>),
+    Close(CloseCode, CloseNote),
 }
 
 pub struct Outbox {
@@ -44,7 +54,7 @@ pub struct Outbox {
 
 struct State {
     frames: VecDeque<ByteString>,
-    close: Option<(CloseCode, Option<Duration>)>,
+    close: Option<(CloseCode, CloseNote)>,
 }
 
 impl Outbox {
@@ -76,18 +86,14 @@ impl Outbox {
     /// Asks the socket to close; the first request wins and queued frames
     /// are discarded, since the close is what the client must see next.
     pub fn close(&self, code: CloseCode) {
-        self.close_as(code, None);
+        self.close_with(code, CloseNote::Standard);
     }
 
-    /// Like `close`, telling the client how long to wait before reconnecting.
-    pub fn close_with_hint(&self, code: CloseCode, retry_after: Duration) {
-        self.close_as(code, Some(retry_after));
-    }
-
-    fn close_as(&self, code: CloseCode, retry_after: Option<Duration>) {
+    /// Like `close`, with a hint or a reason of its own for the client.
+    pub fn close_with(&self, code: CloseCode, note: CloseNote) {
         let mut state = self.state.lock();
         if state.close.is_none() {
-            state.close = Some((code, retry_after));
+            state.close = Some((code, note));
             state.frames = VecDeque::new();
         }
         drop(state);
@@ -109,8 +115,8 @@ impl Outbox {
     fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
         self.waker.register(cx.waker());
         let mut state = self.state.lock();
-        if let Some((code, retry_after)) = state.close {
-            return Poll::Ready(Next::Close(code, retry_after));
+        if let Some((code, note)) = &state.close {
+            return Poll::Ready(Next::Close(*code, note.clone()));
         }
         if state.frames.is_empty() {
             return Poll::Pending;
@@ -153,7 +159,9 @@ mod tests {
         outbox.close(CloseCode::Normal);
         assert_eq!(outbox.push("b".into()), Pushed::Closed);
         match outbox.next().await {
-            Next::Close(code, hint) => assert_eq!((code, hint), (CloseCode::SlowConsumer, None)),
+            Next::Close(code, note) => {
+                assert_eq!((code, note), (CloseCode::SlowConsumer, CloseNote::Standard))
+            }
             other => panic!("unexpected {other:?}"),
         }
     }

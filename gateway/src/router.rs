@@ -21,16 +21,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::borrow::Cow;
 
-use bytestring::ByteString;
 use shared_proto::close::CloseCode;
 use shared_proto::encryption::DecryptError;
 use shared_proto::payload::{DecodeError, PayloadCodec};
 use shared_proto::{Encryption, Message, NotAChannelName, RouteView};
 
 use crate::canary::Canary;
-use crate::events::EventMapper;
+use crate::events::{Action, EventMapper};
 use crate::metrics::{DropReason, Metrics};
-use crate::outbox::Pushed;
+use crate::outbox::{CloseNote, Pushed};
 use crate::registry::{ConnId, Registry};
 
 /// How payloads are decoded and delivered. Both give the same frames, the
@@ -167,7 +166,7 @@ impl Router {
         }
     }
 
-    fn deliver_to_channel(&self, channel: Result<&str, NotAChannelName>, frame: &ByteString) {
+    fn deliver_to_channel(&self, channel: Result<&str, NotAChannelName>, frame: &Action) {
         let Ok(channel) = channel else {
             self.metrics.dropped(DropReason::DecodeError);
             return;
@@ -298,15 +297,11 @@ impl Router {
 
     /// The shared frame for `message`, or `None` (counted once per
     /// recipient) when it has none.
-    fn frame(&self, message: &Message, recipients: usize) -> Option<ByteString> {
+    fn frame(&self, message: &Message, recipients: usize) -> Option<Action> {
         self.frame_of(self.events.frame(message), recipients)
     }
 
-    fn frame_of(
-        &self,
-        rendered: Result<ByteString, DropReason>,
-        recipients: usize,
-    ) -> Option<ByteString> {
+    fn frame_of(&self, rendered: Result<Action, DropReason>, recipients: usize) -> Option<Action> {
         match rendered {
             Ok(frame) => Some(frame),
             Err(reason) => {
@@ -321,7 +316,7 @@ impl Router {
         }
     }
 
-    fn deliver(&self, conn: ConnId, frame: &ByteString) {
+    fn deliver(&self, conn: ConnId, frame: &Action) {
         let outcome = self
             .registry
             .with_conn(conn, |outbox| push_or_close(outbox, frame));
@@ -334,7 +329,7 @@ impl Router {
 
     /// [`Router::deliver`] for many sockets at once: one registry lock per
     /// shard, drops tallied and counted once per reason.
-    fn deliver_many(&self, conns: &[ConnId], frame: &ByteString) {
+    fn deliver_many(&self, conns: &[ConnId], frame: &Action) {
         let mut slow = 0;
         let mut closed = 0;
         let missing =
@@ -374,12 +369,22 @@ impl Router {
 
 /// Queues the shared frame; a full outbox means a socket that is not keeping
 /// up, which is closed rather than waited for.
-fn push_or_close(outbox: &crate::outbox::Outbox, frame: &ByteString) -> Pushed {
-    let pushed = outbox.push(frame.clone());
-    if pushed == Pushed::Full {
-        outbox.close(CloseCode::SlowConsumer);
+/// Applies one event's action to one socket: queue the shared frame (a full
+/// outbox closes the socket as too slow), or close it for the backend.
+fn push_or_close(outbox: &crate::outbox::Outbox, action: &Action) -> Pushed {
+    match action {
+        Action::Frame(frame) => {
+            let pushed = outbox.push(frame.clone());
+            if pushed == Pushed::Full {
+                outbox.close(CloseCode::SlowConsumer);
+            }
+            pushed
+        }
+        Action::Disconnect(code, reason) => {
+            outbox.close_with(*code, CloseNote::Reason(reason.clone()));
+            Pushed::Queued
+        }
     }
-    pushed
 }
 
 pub fn unix_now() -> f64 {

@@ -22,7 +22,7 @@ use crate::jwtverify::TokenVerifier;
 use crate::layer::Layer;
 use crate::limits::{Admission, TokenBucket};
 use crate::metrics::Metrics;
-use crate::outbox::{Next, Outbox};
+use crate::outbox::{CloseNote, Next, Outbox};
 use crate::registry::{ConnId, Registry};
 
 pub struct SocketSettings {
@@ -70,7 +70,7 @@ impl Drop for Membership {
 enum Ending {
     ClientClosed,
     ConnectionLost,
-    Closed(CloseCode, Option<Duration>),
+    Closed(CloseCode, CloseNote),
 }
 
 pub fn spawn(
@@ -132,9 +132,9 @@ async fn run(
                         }
                     }
                 }
-                Next::Close(code, retry_after) => break Ending::Closed(code, retry_after),
+                Next::Close(code, note) => break Ending::Closed(code, note),
             },
-            () = &mut expiry => break Ending::Closed(CloseCode::TokenExpired, None),
+            () = &mut expiry => break Ending::Closed(CloseCode::TokenExpired, CloseNote::Standard),
             message = messages.recv() => {
                 last_heard = Instant::now();
                 let is_data = matches!(
@@ -142,7 +142,7 @@ async fn run(
                     Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Continuation(_) | Message::Ping(_)))
                 );
                 if is_data && settings.inbound_rate > 0.0 && !inbound.try_take(std::time::Instant::now()) {
-                    break Ending::Closed(CloseCode::RateLimited, None);
+                    break Ending::Closed(CloseCode::RateLimited, CloseNote::Standard);
                 }
                 match message {
                     None => return Ending::ConnectionLost,
@@ -164,7 +164,7 @@ async fn run(
                     }
                     Some(Ok(Message::Binary(_))) | Some(Ok(Message::Continuation(_))) => {
                         metrics.client_frames.inc();
-                        break Ending::Closed(CloseCode::UnsupportedData, None);
+                        break Ending::Closed(CloseCode::UnsupportedData, CloseNote::Standard);
                     }
                     Some(Ok(Message::Close(_))) => {
                         // Echo the close as RFC 6455 asks, then stop.
@@ -172,15 +172,15 @@ async fn run(
                         return Ending::ClientClosed;
                     }
                     Some(Err(ProtocolError::Overflow)) => {
-                        break Ending::Closed(CloseCode::MessageTooBig, None);
+                        break Ending::Closed(CloseCode::MessageTooBig, CloseNote::Standard);
                     }
                     Some(Err(ProtocolError::Io(_))) => return Ending::ConnectionLost,
-                    Some(Err(_)) => break Ending::Closed(CloseCode::PolicyViolation, None),
+                    Some(Err(_)) => break Ending::Closed(CloseCode::PolicyViolation, CloseNote::Standard),
                 }
             }
             _ = pings.tick() => {
                 if last_heard.elapsed() > settings.pong_timeout {
-                    break Ending::Closed(CloseCode::PingTimeout, None);
+                    break Ending::Closed(CloseCode::PingTimeout, CloseNote::Standard);
                 }
                 if session.ping(b"").await.is_err() {
                     return Ending::ConnectionLost;
@@ -188,18 +188,32 @@ async fn run(
             }
         }
     };
-    if let Ending::Closed(code, retry_after) = ending {
-        let description = match retry_after {
-            Some(retry_after) => reason_with_hint(code, retry_after),
-            None => code.reason().to_string(),
+    if let Ending::Closed(code, note) = &ending {
+        let description = match note {
+            CloseNote::Standard => code.reason().to_string(),
+            CloseNote::RetryAfter(retry_after) => reason_with_hint(*code, *retry_after),
+            CloseNote::Reason(reason) => reason.to_string(),
         };
         let close = CloseReason {
             code: actix_ws::CloseCode::Other(code.as_u16()),
-            description: Some(description),
+            // The close frame's payload limit; actix would cut it too.
+            description: Some(truncate_reason(description)),
         };
         let _ = timeout(send_timeout, session.close(Some(close))).await;
     }
     ending
+}
+
+/// At most 123 bytes (the close frame's limit), cut at a character boundary.
+fn truncate_reason(mut reason: String) -> String {
+    if reason.len() > 123 {
+        let mut end = 123;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 /// When a token that expires at `expires_at` (UNIX seconds) stops counting.
@@ -243,8 +257,18 @@ async fn handle_client_text(
                 }
                 return ClientTextOutcome::Refreshed;
             }
-            Ok(_) => return ClientTextOutcome::End(Ending::Closed(CloseCode::Forbidden, None)),
-            Err(_) => return ClientTextOutcome::End(Ending::Closed(CloseCode::Unauthorized, None)),
+            Ok(_) => {
+                return ClientTextOutcome::End(Ending::Closed(
+                    CloseCode::Forbidden,
+                    CloseNote::Standard,
+                ))
+            }
+            Err(_) => {
+                return ClientTextOutcome::End(Ending::Closed(
+                    CloseCode::Unauthorized,
+                    CloseNote::Standard,
+                ))
+            }
         },
         Ok(_) | Err(_) => return ClientTextOutcome::Continue,
     };

@@ -40,6 +40,7 @@ on_both_layers!(
     sigterm_leaves_nothing_behind_in_redis,
     canaries_come_back_through_redis,
     concurrent_connects_share_round_trips,
+    the_backend_can_disconnect_a_group,
 );
 
 async fn delivers_to_every_socket_of_the_user_only(layer: &str) {
@@ -392,4 +393,44 @@ async fn concurrent_connects_share_round_trips(layer: &str) {
     };
     eprintln!("{layer}: 300 concurrent connects of distinct users took {round_trips} round trips");
     assert!(round_trips < 300, "{round_trips} round trips for 300 joins");
+}
+
+async fn the_backend_can_disconnect_a_group(layer: &str) {
+    let mut stack = layer_stack(layer, |config| config).await;
+    let mut second_config = GatewayConfig::new(&stack.redis.url())
+        .expect("config")
+        .backend(layer);
+    let second = start_gateway(&mut second_config).await;
+    let mut targets = vec![
+        connect(&stack.gateway, 30).await,
+        connect(&second, 30).await,
+    ];
+    let mut bystander = connect(&stack.gateway, 31).await;
+    stack
+        .publisher
+        .group_send(
+            "user_30",
+            tests::python::JsonText::new(
+                r#"{"type": "gateway.disconnect", "code": 4003, "reason": "password changed"}"#,
+            ),
+        )
+        .await
+        .expect("group_send");
+    for socket in &mut targets {
+        assert_eq!(socket.wait_close(WAIT).await.expect("closed"), 4003);
+        assert_eq!(socket.close_reason().as_deref(), Some("password changed"));
+    }
+    stack.notify("user_31", r#""still here""#).await;
+    expect_frame(&mut bystander, r#"{"message": "still here"}"#).await;
+
+    let mut plain = connect(&stack.gateway, 32).await;
+    stack
+        .publisher
+        .group_send(
+            "user_32",
+            tests::python::JsonText::new(r#"{"type": "gateway.disconnect"}"#),
+        )
+        .await
+        .expect("group_send");
+    assert_eq!(plain.wait_close(WAIT).await.expect("closed"), 4006);
 }

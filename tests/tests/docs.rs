@@ -46,6 +46,7 @@ fn readme_close_codes_match_the_protocol_table() {
         CloseCode::SlowConsumer,
         CloseCode::PingTimeout,
         CloseCode::RateLimited,
+        CloseCode::DisconnectedByBackend,
     ] {
         assert!(
             section.contains(&format!("| {} |", code.as_u16())),
