@@ -119,6 +119,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Operator listener: `/metrics`, `/healthz`, `/readyz`. Keep it off the internet.
     pub admin_listen: SocketAddr,
+    /// PEM certificate chain and private key: serve `wss://` on `listen`
+    /// without a terminating proxy. Both or neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
     /// HTTP worker threads; 0 means one per CPU core.
     pub workers: usize,
     #[serde(with = "humantime_serde")]
@@ -157,6 +163,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9000)),
+            tls_cert_file: None,
+            tls_key_file: None,
             workers: 0,
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(60),
@@ -620,6 +628,27 @@ impl Config {
                 "server.admin_listen",
                 "must differ from server.listen",
             ));
+        }
+        match (&server.tls_cert_file, &server.tls_key_file) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                for (key_name, path) in
+                    [("server.tls_cert_file", cert), ("server.tls_key_file", key)]
+                {
+                    if !path.is_file() {
+                        return Err(invalid(
+                            key_name,
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "server.tls_cert_file",
+                    "set tls_cert_file and tls_key_file together",
+                ))
+            }
         }
         if server.ping_interval < Duration::from_millis(100) {
             return Err(invalid("server.ping_interval", "must be at least 100ms"));

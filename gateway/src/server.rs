@@ -10,11 +10,16 @@
 //! that order and nothing else.
 
 use std::any::Any;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_tls::accept::rustls_0_23::TlsStream;
+use actix_web::rt::net::TcpStream;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use shared_proto::payload::{PayloadCodec, SerializerFormat};
 
 use crate::canary::Canary;
@@ -40,6 +45,21 @@ const LISTEN_BACKLOG: u32 = 4096;
 
 pub fn serve(config: Config) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(run(config))
+}
+
+/// The rustls server configuration for `wss://` (ring, TLS 1.2 and 1.3).
+fn tls_config(cert_file: &Path, key_file: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    let certificates = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("server.tls_cert_file: cannot read {}", cert_file.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .with_context(|| format!("server.tls_key_file: cannot read {}", key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .context("server.tls_cert_file / server.tls_key_file do not form a usable pair")
 }
 
 fn raise_open_files_limit() {
@@ -191,7 +211,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .on_connect(move |connection: &dyn Any, _| {
         // Bounds how long the kernel keeps data a vanished peer never
         // acknowledges, so dead clients free their memory.
-        if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let tcp = connection.downcast_ref::<TcpStream>().or_else(|| {
+            connection
+                .downcast_ref::<TlsStream<TcpStream>>()
+                .map(|tls| tls.get_ref().0)
+        });
+        if let Some(stream) = tcp {
             let _ = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(unacknowledged_limit));
         }
     })
@@ -202,10 +227,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if config.server.workers > 0 {
         public = public.workers(config.server.workers);
     }
-    let public = public
-        .bind(config.server.listen)
-        .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?
-        .run();
+    let public = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            public.bind_rustls_0_23(config.server.listen, tls_config(cert, key)?)
+        }
+        _ => public.bind(config.server.listen),
+    }
+    .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?
+    .run();
     let admin_data = gateway.clone();
     let admin = HttpServer::new(move || {
         App::new()

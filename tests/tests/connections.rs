@@ -356,3 +356,71 @@ async fn sentinel_failover_makes_it_unready_then_delivery_resumes() {
     drop(sentinels);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_public_listener_serves_wss_with_its_own_certificate() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = scratch_dir("wss").expect("dir");
+    let (ca, cert, key) = make_certificates(&dir);
+    let redis = RedisServer::start().expect("redis");
+    let mut config = GatewayConfig::new(&redis.url())
+        .expect("config")
+        .line(
+            "server",
+            format!("tls_cert_file = {}", toml_string(&cert.to_string_lossy())),
+        )
+        .line(
+            "server",
+            format!("tls_key_file = {}", toml_string(&key.to_string_lossy())),
+        );
+    let gateway = start_gateway(&mut config).await;
+    let url = format!(
+        "{}?token={}",
+        gateway
+            .ws_url("/ws/notifications/")
+            .replacen("ws://", "wss://", 1),
+        token(6)
+    );
+    // A real TLS client that trusts only the test CA: Python's ssl module.
+    let client = r#"
+import asyncio, ssl, sys, websockets
+async def main():
+    context = ssl.create_default_context(cafile=sys.argv[2])
+    async with websockets.connect(sys.argv[1], ssl=context) as socket:
+        print("connected", flush=True)
+        print(await asyncio.wait_for(socket.recv(), 10), flush=True)
+asyncio.run(main())
+"#;
+    let mut child = tokio::process::Command::new(tests::python_bin())
+        .arg("-c")
+        .arg(client)
+        .arg(&url)
+        .arg(&ca)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python client starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .expect("the client answers in time")
+        .expect("read");
+    assert_eq!(
+        first.as_deref(),
+        Some("connected"),
+        "TLS handshake and upgrade"
+    );
+    let mut publisher = python_publisher(json!([redis.url()])).await;
+    publisher
+        .group_send("user_6", notification(r#""over wss""#))
+        .await
+        .expect("group_send");
+    let frame = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("frame in time")
+        .expect("read");
+    assert_eq!(frame.as_deref(), Some(r#"{"message": "over wss"}"#));
+    let _ = child.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
