@@ -236,6 +236,16 @@ pub struct AuthConfig {
     pub user_id_claims: Vec<String>,
     /// Group each socket joins; `{user_id}` is replaced by the token's user id.
     pub user_group_template: String,
+    /// A backend URL asked who a session cookie belongs to when the
+    /// handshake carries no token (Django session auth without JWTs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_url: Option<String>,
+    /// How long the backend may take to answer.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How long an answer is reused for the same cookie.
+    #[serde(with = "humantime_serde")]
+    pub session_cache_ttl: Duration,
     /// When set, a handshake without a token is upgraded and must send
     /// `{"token": "..."}` as its first frame within this time (else 4001).
     #[serde(default, with = "humantime_serde")]
@@ -272,6 +282,9 @@ impl Default for AuthConfig {
             token_cookie: "access_token".into(),
             user_id_claims: vec!["user_id".into(), "sub".into()],
             user_group_template: "user_{user_id}".into(),
+            session_url: None,
+            session_timeout: Duration::from_secs(2),
+            session_cache_ttl: Duration::from_secs(10),
             first_message_timeout: None,
             groups_claim: None,
             allowed_groups: Vec::new(),
@@ -734,6 +747,14 @@ impl Config {
                 "auth.user_group_template",
                 "does not make a valid channels group name",
             ));
+        }
+        if let Some(url) = &auth.session_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "auth.session_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
         }
         if auth.groups_claim.is_some() && auth.allowed_groups.is_empty() {
             return Err(invalid(

@@ -27,6 +27,7 @@ use crate::metrics::{ConnectResult, Metrics};
 use crate::origin::{OriginPolicy, OriginVerdict};
 use crate::outbox::Outbox;
 use crate::registry::Registry;
+use crate::session::{SessionAuth, SessionError};
 use crate::socket::{self, Holder, Membership, SocketSettings};
 
 /// Everything a handshake needs, shared by all workers.
@@ -46,6 +47,8 @@ pub struct Gateway {
     pub outbound_queue: usize,
     pub max_inbound_frame: usize,
     pub join_timeout: Duration,
+    /// Asks the backend who a session cookie belongs to (`auth.session_url`).
+    pub session: Option<SessionAuth>,
     /// With no token in the handshake, how long to wait for `{"token": ...}`
     /// as the first frame; `None` refuses such handshakes with 401.
     pub first_message_timeout: Option<Duration>,
@@ -138,18 +141,34 @@ async fn notifications_socket(
         cookie: &gateway.token_cookie,
     };
     let found = lookup.find(request.headers(), request.query_string());
-    if found.is_none() {
-        if let Some(wait) = gateway.first_message_timeout {
-            return authenticate_in_band(request, body, gateway.clone(), address, wait);
-        }
-    }
-    let identity = match found
-        .ok_or(AuthError::MissingToken)
-        .and_then(|(token, _source)| gateway.verifier.verify(&token))
-    {
+    let cookie = request
+        .headers()
+        .get(actix_web::http::header::COOKIE)
+        .and_then(|value| value.to_str().ok());
+    let identity = match (found, &gateway.session, cookie) {
+        (Some((token, _source)), _, _) => gateway
+            .verifier
+            .verify(&token)
+            .map_err(Rejection::Unauthorized),
+        // No token: a Django session cookie, when the backend is asked.
+        (None, Some(session), Some(cookie)) => match session.identify(cookie).await {
+            Ok(identity) => Ok(identity),
+            Err(SessionError::NotLoggedIn) => Err(Rejection::Unauthorized(AuthError::NoSession)),
+            Err(SessionError::Unavailable(reason)) => {
+                tracing::warn!(%reason, "session check failed; refusing the socket");
+                Err(Rejection::Unavailable)
+            }
+        },
+        (None, _, _) => match gateway.first_message_timeout {
+            Some(wait) => {
+                return authenticate_in_band(request, body, gateway.clone(), address, wait)
+            }
+            None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
+        },
+    };
+    let identity = match identity {
         Ok(identity) => identity,
-        Err(error) => {
-            let rejection = Rejection::Unauthorized(error);
+        Err(rejection) => {
             rejection.count(&gateway, &peer(&request));
             return rejection.response();
         }

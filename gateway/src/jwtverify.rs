@@ -55,6 +55,8 @@ pub enum AuthError {
     InvalidUserId,
     #[error("token's groups claim is not a list of strings")]
     InvalidGroups,
+    #[error("no token, and the session cookie belongs to nobody logged in")]
+    NoSession,
 }
 
 impl AuthError {
@@ -74,6 +76,7 @@ impl AuthError {
             AuthError::NotAccessToken => "not_access_token",
             AuthError::InvalidUserId => "invalid_user_id",
             AuthError::InvalidGroups => "invalid_groups",
+            AuthError::NoSession => "no_session",
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod redis;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod session;
 pub mod shutdown;
 pub mod socket;
 pub mod telemetry;

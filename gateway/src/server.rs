@@ -37,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::registry::{ChannelNaming, ConnId, Registry};
 use crate::router::Router;
+use crate::session::SessionAuth;
 use crate::shutdown::termination_signal;
 use crate::socket::SocketSettings;
 
@@ -199,6 +200,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_inbound_frame: config.server.max_inbound_frame,
         join_timeout: config.server.join_timeout,
         first_message_timeout: config.auth.first_message_timeout,
+        session: config.auth.session_url.clone().map(|url| {
+            SessionAuth::new(
+                url,
+                config.auth.session_timeout,
+                config.auth.session_cache_ttl,
+            )
+        }),
     });
 
     let unacknowledged_limit = config.server.pong_timeout;

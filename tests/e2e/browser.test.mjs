@@ -1,0 +1,149 @@
+// The whole story in real headless Chromium: the example ToDo backend
+// (Django + a real Celery worker) publishes through channels_redis, the
+// gateway relays, the page's notifications.js shows it. Everything runs on
+// free loopback ports and is stopped by PID. Run through tests/e2e/run.
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+import { ARTIFACTS, startRedis, startGateway, stop, sleep } from "./lib/procs.mjs";
+import { startBackend } from "./lib/backend.mjs";
+
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const FLAGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--disable-quic",
+];
+// The drain hint's range: each page waits a random 0..2 s (+ up to 1 s of
+// client jitter) before reconnecting after the gateway's SIGTERM.
+const GATEWAY_EXTRA = { GATEWAY_SERVER_DRAIN_RECONNECT_JITTER: "2s" };
+
+describe("ToDo page in headless Chromium", { timeout: 240000 }, () => {
+  let redis;
+  let gateway;
+  let backend;
+  let browser;
+  let demo;
+  let other;
+
+  before(async () => {
+    redis = await startRedis();
+    gateway = await startGateway({ redisUrl: redis.url, extra: GATEWAY_EXTRA });
+    backend = await startBackend({ redisUrl: redis.url, wsUrl: gateway.url });
+    // launch() gives Chromium a fresh, temporary --user-data-dir of its own.
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
+    demo = await browser.newContext({ timezoneId: "UTC", viewport: { width: 1000, height: 900 } });
+    other = await browser.newContext({ timezoneId: "UTC" });
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (backend) {
+      await stop(backend.worker);
+      await stop(backend.web);
+      fs.rmSync(backend.dir, { recursive: true, force: true });
+    }
+    if (gateway) await stop(gateway.child);
+    if (redis) await stop(redis.child);
+  });
+
+  async function login(context, username) {
+    const page = await context.newPage();
+    page.on("pageerror", (error) => console.log(`[${username}] page error: ${error.message}`));
+    await page.goto(`${backend.url}/`);
+    await page.fill("#id_username", username);
+    await page.fill("#id_password", "demo-password");
+    await Promise.all([page.waitForURL(`${backend.url}/`), page.click("button[type=submit]")]);
+    await waitOpen(page);
+    return page;
+  }
+
+  const waitOpen = (page, timeout = 15000) =>
+    page.waitForSelector('#ws-state[data-state="open"]', { timeout });
+
+  const notification = (page, text, timeout = 10000) =>
+    page.locator("#notifications .notification .text", { hasText: text }).first().waitFor({ timeout });
+
+  async function addTask(page, title, dueAt) {
+    await page.fill("#id_title", title);
+    if (dueAt) await page.fill("#id_due_at", dueAt);
+    await page.click("#new-task button[type=submit]");
+  }
+
+  let tab1;
+  let tab2;
+  let otherPage;
+
+  it("log in, create a task, the notification appears on the page", async () => {
+    tab1 = await login(demo, "demo");
+    assert.equal(await tab1.textContent("#username"), "demo");
+    await addTask(tab1, "Buy milk");
+    await notification(tab1, 'New task: "Buy milk"');
+    const row = tab1.locator("#tasks li", { hasText: "Buy milk" });
+    await row.waitFor();
+    await row.locator("button", { hasText: "Done" }).click();
+    await notification(tab1, 'Task done: "Buy milk"');
+  });
+
+  it("two tabs of one user both see it, another user does not", async () => {
+    tab2 = await demo.newPage();
+    await tab2.goto(`${backend.url}/`);
+    await waitOpen(tab2);
+    otherPage = await login(other, "demo2");
+    await addTask(tab1, "Call the plumber");
+    await notification(tab1, 'New task: "Call the plumber"');
+    await notification(tab2, 'New task: "Call the plumber"');
+    await sleep(1000);
+    assert.equal(await otherPage.locator("#notifications .notification").count(), 0);
+    // and the other way round
+    await addTask(otherPage, "demo2's own task");
+    await notification(otherPage, "demo2's own task");
+    await sleep(500);
+    assert.equal(await tab1.locator("#notifications .notification", { hasText: "demo2" }).count(), 0);
+  });
+
+  it("the Celery worker's due-soon reminder arrives", async () => {
+    const due = new Date(Date.now() + 10 * 60 * 1000).toISOString().slice(0, 16);
+    await addTask(tab1, "Pay the rent", due);
+    await notification(tab1, 'New task: "Pay the rent"');
+    await notification(tab1, 'You have a task due soon! "Pay the rent"', 15000);
+    await notification(tab2, 'You have a task due soon! "Pay the rent"');
+  });
+
+  it("gateway SIGTERM and restart on the same port: the page reconnects by itself", async () => {
+    const killedAt = Date.now();
+    await stop(gateway.child);
+    const stoppedAt = Date.now();
+    await tab1.waitForSelector('#ws-state:not([data-state="open"])', { timeout: 5000 });
+    gateway = await startGateway({
+      redisUrl: redis.url,
+      port: gateway.port,
+      adminPort: gateway.adminPort,
+      extra: GATEWAY_EXTRA,
+    });
+    const readyAt = Date.now();
+    await Promise.all([waitOpen(tab1, 30000), waitOpen(tab2, 30000), waitOpen(otherPage, 30000)]);
+    const openAt = Date.now();
+    await addTask(tab1, "After the restart");
+    await notification(tab1, 'New task: "After the restart"');
+    await notification(tab2, 'New task: "After the restart"');
+    const shownAt = Date.now();
+    console.log(
+      `reconnect: SIGTERM→exit ${stoppedAt - killedAt} ms, restart→ready ${readyAt - stoppedAt} ms, ` +
+        `SIGTERM→all 3 pages open ${openAt - killedAt} ms (ready→open ${openAt - readyAt} ms), ` +
+        `SIGTERM→next notification shown ${shownAt - killedAt} ms`,
+    );
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    const shot = path.join(ARTIFACTS, "e2e-todo-page.png");
+    await tab1.screenshot({ path: shot, fullPage: true });
+    await otherPage.screenshot({ path: path.join(ARTIFACTS, "e2e-todo-page-demo2.png"), fullPage: true });
+    console.log(`screenshot: ${path.relative(process.cwd(), shot) || shot}`);
+    assert.ok(openAt - readyAt < 10000, "pages reconnect within the hint + jitter");
+  });
+});

@@ -1,0 +1,156 @@
+// The close codes the gateway can send but a test cannot make it send on
+// demand (4000-4008, 1011, ...): a small `ws` server plays the gateway's part.
+// Plus the pure helpers (backoff, hint parsing).
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { WebSocketServer } from "ws";
+import { backoffDelay, parseRetryAfter, closeAdvice } from "../../gateway/static/notifications.js";
+import { freePort, sleep } from "./lib/procs.mjs";
+import { track } from "./lib/track.mjs";
+
+describe("close codes (scripted server)", { timeout: 60000 }, () => {
+  let server;
+  let url;
+  let plan = [];
+  const seen = [];
+
+  before(async () => {
+    const port = await freePort();
+    server = new WebSocketServer({ port, host: "127.0.0.1" });
+    server.on("connection", (socket, request) => {
+      seen.push({ url: request.url, at: Date.now() });
+      const step = plan.shift();
+      if (step) step(socket);
+    });
+    await new Promise((resolve) => server.once("listening", resolve));
+    url = `ws://127.0.0.1:${port}/ws/notifications/`;
+  });
+
+  after(() => new Promise((resolve) => server.close(resolve)));
+
+  const reset = (steps) => {
+    plan = steps;
+    seen.length = 0;
+  };
+
+  it("4001/4002: asks getToken for a fresh token and reconnects at once", async () => {
+    for (const code of [4001, 4002]) {
+      reset([(s) => s.close(code, "token")]);
+      let n = 0;
+      const t = track({ url, getToken: () => `token-${++n}`, baseDelayMs: 100 });
+      await t.waitState("open", { where: () => seen.length === 2 });
+      assert.deepEqual(
+        t.tokenCalls.map((c) => c.forceRefresh),
+        [false, true],
+      );
+      assert.ok(seen[1].url.endsWith("token=token-2"));
+      t.conn.close();
+    }
+  });
+
+  it("4001: stops when getToken hands back the refused token (no loop)", async () => {
+    reset([(s) => s.close(4001, "invalid token")]);
+    const t = track({ url, getToken: () => "same", baseDelayMs: 50 });
+    const closed = await t.waitState("closed");
+    assert.equal(closed.final, true);
+    await sleep(300);
+    assert.equal(seen.length, 1);
+  });
+
+  it("4002 over and over: gives up after maxAuthRetries", async () => {
+    reset(Array(10).fill((s) => s.close(4002, "token expired")));
+    let n = 0;
+    const t = track({ url, getToken: () => `t${++n}`, baseDelayMs: 20, maxAuthRetries: 2 });
+    const closed = await t.waitState("closed");
+    assert.equal(closed.code, 4002);
+    await sleep(300);
+    assert.equal(seen.length, 3);
+  });
+
+  it("getToken resolving to null stops (logged out)", async () => {
+    reset([]);
+    const t = track({ url, getToken: () => null });
+    const closed = await t.waitState("closed");
+    assert.equal(closed.final, true);
+    assert.equal(seen.length, 0);
+  });
+
+  for (const code of [1000, 1003, 1008, 1009, 4000, 4003, 4006]) {
+    it(`${code}: does not reconnect`, async () => {
+      reset([(s) => s.close(code, "final")]);
+      const t = track({ url, getToken: () => "tok", baseDelayMs: 20 });
+      const closed = await t.waitState("closed");
+      assert.equal(closed.code, code);
+      await sleep(250);
+      assert.equal(seen.length, 1);
+    });
+  }
+
+  for (const code of [1011, 4004, 4005, 4007]) {
+    it(`${code}: reconnects after a jittered backoff`, async () => {
+      reset([(s) => s.close(code, "retry")]);
+      const t = track({ url, getToken: () => "tok", baseDelayMs: 200, random: () => 0.5 });
+      const waiting = await t.waitState("waiting");
+      assert.equal(waiting.code, code);
+      assert.equal(waiting.delayMs, 100, "half of the first ceiling (200 ms)");
+      await t.waitState("open", { where: () => seen.length === 2 });
+      t.conn.close();
+    });
+  }
+
+  it("1001 with retry_after_ms waits the hint plus jitter", async () => {
+    reset([(s) => s.close(1001, "server shutting down; retry_after_ms=400")]);
+    const t = track({ url, getToken: () => "tok", hintJitterMs: 100, random: () => 0.5 });
+    const waiting = await t.waitState("waiting");
+    assert.equal(waiting.retryAfterMs, 400);
+    assert.equal(waiting.delayMs, 450);
+    await t.waitState("open", { where: () => seen.length === 2 });
+    const gap = seen[1].at - seen[0].at;
+    assert.ok(gap >= 440, `reconnected after ${gap} ms`);
+    t.conn.close();
+  });
+
+  it("1001 without a hint falls back to backoff", async () => {
+    reset([(s) => s.close(1001, "server shutting down")]);
+    const t = track({ url, getToken: () => "tok", baseDelayMs: 100, random: () => 0.25 });
+    const waiting = await t.waitState("waiting");
+    assert.equal(waiting.retryAfterMs, undefined);
+    assert.equal(waiting.delayMs, 25);
+    t.conn.close();
+  });
+
+  it("without getToken no token parameter is sent (cookie authentication)", async () => {
+    reset([]);
+    const t = track({ url });
+    await t.waitState("open");
+    assert.equal(seen[0].url, "/ws/notifications/");
+    t.conn.close();
+  });
+});
+
+describe("helpers", () => {
+  it("backoffDelay: full jitter under an exponential, capped ceiling", () => {
+    const max = (attempt) => backoffDelay(attempt, { baseDelayMs: 500, maxDelayMs: 30000, random: () => 0.999999 });
+    assert.deepEqual([0, 1, 2, 3, 6, 7, 20].map(max), [499, 999, 1999, 3999, 29999, 29999, 29999]);
+    assert.equal(backoffDelay(5, { random: () => 0 }), 0);
+    for (let i = 0; i < 200; i++) {
+      const d = backoffDelay(3);
+      assert.ok(d >= 0 && d < 4000);
+    }
+  });
+
+  it("parseRetryAfter reads the gateway's drain hint", () => {
+    assert.equal(parseRetryAfter("server shutting down; retry_after_ms=1234"), 1234);
+    assert.equal(parseRetryAfter("retry_after_ms=0"), 0);
+    assert.equal(parseRetryAfter("server shutting down"), null);
+    assert.equal(parseRetryAfter(""), null);
+    assert.equal(parseRetryAfter(undefined), null);
+  });
+
+  it("closeAdvice follows the README's table", () => {
+    assert.equal(closeAdvice(4001), "new_token");
+    assert.equal(closeAdvice(1001), "hint");
+    assert.equal(closeAdvice(1006), "backoff");
+    assert.equal(closeAdvice(4003), "never");
+  });
+});

@@ -1,0 +1,165 @@
+// gateway/static/notifications.js against a REAL gateway process, a real
+// redis-server and the real channels_redis publishing, all on free loopback
+// ports. Run: node --test tests/e2e/client.test.mjs (after cargo build -p
+// gateway and python3 tests/py/ensure_venv.py), or bash tests/e2e/run.
+import { describe, it, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startRedis, startGateway, genToken, publisher, stop, sleep, freePort } from "./lib/procs.mjs";
+import { track, freezableProxy } from "./lib/track.mjs";
+
+describe("notifications.js against a real gateway", { timeout: 120000 }, () => {
+  let redis;
+  let gateway;
+  let pub;
+
+  before(async () => {
+    redis = await startRedis();
+    gateway = await startGateway({ redisUrl: redis.url });
+    pub = await publisher(redis.url);
+  });
+
+  after(async () => {
+    if (pub) await pub.stop();
+    if (gateway) await stop(gateway.child);
+    if (redis) await stop(redis.child);
+  });
+
+  it("delivers {message} frames of the user's group to onMessage, and only those", async () => {
+    const token = genToken(101);
+    const t = track({ url: gateway.url, getToken: async () => token });
+    await t.waitState("open");
+    assert.ok(t.opened[0].includes(`?token=${token}`), "token sent as ?token=");
+    await pub.publish("user_102", "for someone else");
+    await pub.publish("user_101", "hello 101");
+    await t.waitMessage("hello 101");
+    await pub.publish("user_101", { nested: ["json", 1] });
+    await waitForLength(t.messages, 2);
+    assert.deepEqual(t.messages, ["hello 101", { nested: ["json", 1] }]);
+    t.conn.close();
+    assert.equal(t.conn.state, "closed");
+  });
+
+  it("sends application pings when idle; the gateway's pongs keep it open", async () => {
+    const token = genToken(103);
+    const t = track({ url: gateway.url, getToken: () => token, pingIntervalMs: 200, pongTimeoutMs: 600 });
+    await t.waitState("open");
+    await sleep(1500);
+    const pings = t.sent.filter((frame) => frame === '{"type":"ping"}').length;
+    assert.ok(pings >= 3, `expected at least 3 pings, saw ${pings}`);
+    assert.equal(t.conn.state, "open");
+    assert.equal(t.opened.length, 1, "no reconnect while pongs arrive");
+    t.conn.close();
+  });
+
+  it("drops a dead (half-open) connection after the pong timeout and reconnects", async () => {
+    const proxy = await freezableProxy(gateway.port);
+    try {
+      const token = genToken(104);
+      const t = track({
+        url: `ws://127.0.0.1:${proxy.port}/ws/notifications/`,
+        getToken: () => token,
+        pingIntervalMs: 300,
+        pongTimeoutMs: 700,
+        baseDelayMs: 100,
+      });
+      await t.waitState("open");
+      const frozenAt = Date.now();
+      proxy.freeze();
+      const dead = await t.waitState("waiting", { where: (s) => s.dead, timeoutMs: 5000 });
+      const detectMs = dead.at - frozenAt;
+      assert.ok(detectMs <= 300 + 700 + 1100, `dead link noticed after ${detectMs} ms`);
+      const reopened = await t.waitState("open", { from: t.states.indexOf(dead) });
+      console.log(`dead link noticed in ${detectMs} ms, open again after ${reopened.at - frozenAt} ms`);
+      await pub.publish("user_104", "after the dead link");
+      await t.waitMessage("after the dead link");
+      t.conn.close();
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("backs off after a refused handshake (401) and asks getToken again", async () => {
+    const good = genToken(105);
+    let calls = 0;
+    const t = track({
+      url: gateway.url,
+      getToken: () => (++calls === 1 ? "not-a-jwt" : good),
+      baseDelayMs: 100,
+    });
+    const waiting = await t.waitState("waiting");
+    assert.equal(waiting.code, 1006, "a refused handshake shows as 1006 in browsers and ws");
+    await t.waitState("open");
+    assert.equal(t.tokenCalls.length, 2);
+    await pub.publish("user_105", "after 401");
+    await t.waitMessage("after 401");
+    t.conn.close();
+  });
+
+  it("stops for good after 1003 (binary frame) and 1009 (frame too large)", async () => {
+    for (const [code, misbehave] of [
+      [1003, (socket) => socket.send(Buffer.from([1, 2, 3]))],
+      [1009, (socket) => socket.send("x".repeat(20000))],
+    ]) {
+      const token = genToken(106);
+      const t = track({ url: gateway.url, getToken: () => token, baseDelayMs: 50 });
+      await t.waitState("open");
+      misbehave(t.conn.socket);
+      const closed = await t.waitState("closed");
+      assert.equal(closed.code, code);
+      assert.equal(closed.final, true);
+      await sleep(500);
+      assert.equal(t.opened.length, 1, `no reconnect after ${code}`);
+      assert.equal(t.tokenCalls.length, 1);
+    }
+  });
+
+  it("close() stops reconnecting, even while waiting", async () => {
+    const nobody = await freePort(); // nothing listens there
+    const t = track({ url: `ws://127.0.0.1:${nobody}/ws/notifications/`, getToken: () => "x", baseDelayMs: 100 });
+    await t.waitState("waiting");
+    t.conn.close();
+    const calls = t.tokenCalls.length;
+    await sleep(600);
+    assert.equal(t.tokenCalls.length, calls);
+    assert.equal(t.conn.state, "closed");
+  });
+
+  it("SIGTERM: honours the 1001 retry_after_ms hint and reconnects to the restarted gateway", async () => {
+    const extra = { GATEWAY_SERVER_DRAIN_RECONNECT_JITTER: "2s" };
+    let gw = await startGateway({ redisUrl: redis.url, extra });
+    try {
+      const token = genToken(107);
+      const t = track({ url: gw.url, getToken: () => token, hintJitterMs: 200, baseDelayMs: 100 });
+      await t.waitState("open");
+      const killedAt = Date.now();
+      await stop(gw.child);
+      const waiting = await t.waitState("waiting");
+      assert.equal(waiting.code, 1001);
+      assert.match(waiting.reason, /retry_after_ms=\d+/);
+      assert.ok(waiting.retryAfterMs >= 0 && waiting.retryAfterMs <= 2000, `hint ${waiting.retryAfterMs}`);
+      assert.ok(waiting.delayMs >= waiting.retryAfterMs && waiting.delayMs < waiting.retryAfterMs + 200);
+      gw = await startGateway({ redisUrl: redis.url, port: gw.port, adminPort: gw.adminPort, extra });
+      const reopened = await t.waitState("open", { from: t.states.indexOf(waiting) });
+      assert.ok(
+        reopened.at - waiting.at >= waiting.retryAfterMs,
+        "no attempt succeeded before the hinted delay",
+      );
+      console.log(
+        `hint ${waiting.retryAfterMs} ms, waited ${waiting.delayMs} ms, reconnected ${reopened.at - killedAt} ms after SIGTERM`,
+      );
+      await pub.publish("user_107", "after restart");
+      await t.waitMessage("after restart");
+      t.conn.close();
+    } finally {
+      await stop(gw.child);
+    }
+  });
+});
+
+async function waitForLength(list, length) {
+  const deadline = Date.now() + 10000;
+  while (list.length < length) {
+    if (Date.now() > deadline) throw new Error(`only ${list.length} of ${length} items`);
+    await sleep(20);
+  }
+}
