@@ -262,6 +262,14 @@ impl WsClient {
     }
 
     /// Sends a ping with `payload` (the server's pong is swallowed by reads).
+    /// A binary frame (browsers' clients of this gateway never send one).
+    pub async fn send_binary(&mut self, data: &[u8]) -> Result<()> {
+        self.stream
+            .send(Message::Binary(data.to_vec().into()))
+            .await
+            .context("sending binary frame")
+    }
+
     pub async fn send_ping(&mut self, payload: &[u8]) -> Result<()> {
         self.stream
             .send(Message::Ping(payload.to_vec().into()))

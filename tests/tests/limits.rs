@@ -194,3 +194,50 @@ async fn an_expired_token_closes_the_socket_unless_refreshed_in_band() {
         "a refresh cannot switch users"
     );
 }
+
+#[tokio::test]
+async fn binary_and_oversized_frames_are_refused_with_their_codes() {
+    let (_redis, gateway) = gateway_with(&[]).await;
+    let mut binary = connect(&gateway, 1).await;
+    binary.send_binary(b"\x00\x01").await.expect("sent");
+    assert_eq!(binary.wait_close(WAIT).await.expect("closed"), 1003);
+
+    let mut oversized = connect(&gateway, 2).await;
+    // server.max_inbound_frame is 4096 bytes by default.
+    let _ = oversized.send_text(&"x".repeat(10_000)).await;
+    assert_eq!(oversized.wait_close(WAIT).await.expect("closed"), 1009);
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_completes_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let redis = RedisServer::start().expect("redis");
+    let mut config = GatewayConfig::new(&redis.url())
+        .expect("config")
+        .line("server", "handshake_timeout = \"1s\"");
+    let gateway = start_gateway(&mut config).await;
+    let address = gateway
+        .ws_url("")
+        .trim_start_matches("ws://")
+        .trim_end_matches('/')
+        .to_string();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.expect("tcp");
+    stream
+        .write_all(b"GET /ws/notifications/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("partial request");
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the gateway closed the slow handshake");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "within the handshake timeout"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}
