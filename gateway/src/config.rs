@@ -223,6 +223,10 @@ pub struct AuthConfig {
     /// Least time between re-reads of `jwks_file` prompted by an unknown `kid`.
     #[serde(with = "humantime_serde")]
     pub jwks_reload_interval: Duration,
+    /// How often the JWKS file is re-read anyway (keys replaced under the
+    /// same `kid`, removed keys).
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh_interval: Duration,
     /// Required `iss`; unset: not checked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -275,6 +279,7 @@ impl Default for AuthConfig {
             public_key_env: None,
             jwks_file: None,
             jwks_reload_interval: Duration::from_secs(30),
+            jwks_refresh_interval: Duration::from_secs(300),
             issuer: None,
             audience: Vec::new(),
             leeway: 0,

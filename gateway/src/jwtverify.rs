@@ -429,21 +429,16 @@ impl JwksFile {
     /// the rate limit bounds what a flood of made-up kids can cost (a small
     /// blocking read on a handshake worker).
     fn reload_for(&self, kid: &str, allowed: &[Algorithm]) {
-        {
-            let mut last = self.last_load.lock();
-            if last.elapsed() < self.reload_interval {
-                return;
-            }
-            *last = Instant::now();
+        if self.last_load.lock().elapsed() >= self.reload_interval {
+            self.reload(allowed, &format!("unknown kid {kid}"));
         }
+    }
+
+    fn reload(&self, allowed: &[Algorithm], why: &str) {
+        *self.last_load.lock() = Instant::now();
         match JwksFile::load(&self.path, allowed) {
             Ok(keys) => {
-                let found = keys.iter().any(|key| key.kid.as_deref() == Some(kid));
-                tracing::info!(
-                    keys = keys.len(),
-                    found,
-                    "JWKS file reloaded for an unknown kid"
-                );
+                tracing::info!(keys = keys.len(), %why, "JWKS file reloaded");
                 *self.keys.write() = keys;
             }
             Err(reason) => {
@@ -468,6 +463,21 @@ pub struct TokenVerifier {
 }
 
 impl TokenVerifier {
+    /// Re-reads the JWKS file if it was last read `every` ago or longer, so
+    /// a key replaced under the same `kid` is picked up too. Callers run it
+    /// periodically; without a JWKS file it does nothing.
+    pub fn refresh_jwks(&self, every: Duration) {
+        if let Some(jwks) = &self.jwks {
+            if jwks.last_load.lock().elapsed() >= every {
+                jwks.reload(&self.allowed, "periodic refresh");
+            }
+        }
+    }
+
+    pub fn uses_jwks(&self) -> bool {
+        self.jwks.is_some()
+    }
+
     pub fn new(config: &AuthConfig) -> Result<TokenVerifier, KeyError> {
         let allowed = allowed_algorithms(config)?;
         let mut unnamed = Vec::new();

@@ -176,6 +176,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
+    if verifier.uses_jwks() {
+        let verifier = verifier.clone();
+        let every = config.auth.jwks_refresh_interval;
+        actix_web::rt::spawn(async move {
+            // Checked often, read only once `every` has passed since the
+            // last read (an unknown kid may have re-read it already).
+            let mut ticks = tokio::time::interval(every.min(Duration::from_secs(10)));
+            loop {
+                ticks.tick().await;
+                verifier.refresh_jwks(every);
+            }
+        });
+    }
     let gateway = web::Data::new(Gateway {
         verifier: verifier.clone(),
         limits: Arc::new(Limits::new(&config.limits)),

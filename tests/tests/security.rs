@@ -774,3 +774,51 @@ async fn missing_origin_allowed_for_non_browser_clients() {
         Err(error) => assert_refusal("foreign origin", &error, 403, "origin_not_allowed"),
     }
 }
+
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_is_picked_up_by_the_periodic_refresh() {
+    let keys = Keys::generate();
+    let redis_for_driver = RedisServer::start().expect("redis");
+    let mut jwks_driver = publisher_for(&redis_for_driver, json!({})).await;
+    let jwks = keys
+        .write_jwks(
+            &mut jwks_driver,
+            "rotating.json",
+            &[("rsa", "rot", "RS256")],
+        )
+        .await;
+    let jwks_line = format!("jwks_file = {}", toml_string(&jwks.display().to_string()));
+    let mut stack = secured(
+        |config| {
+            config
+                .line("auth", r#"algorithms = ["HS256", "RS256"]"#)
+                .line("auth", jwks_line)
+                .line("auth", "jwks_refresh_interval = \"1s\"")
+        },
+        &[],
+    )
+    .await;
+    let token = stack
+        .pyjwt(claims(6, 300), &keys.private("rsa2"), "RS256", Some("rot"))
+        .await;
+    stack
+        .refuses(
+            "new key, old document",
+            TokenIn::Header(token.clone()),
+            "bad_signature",
+        )
+        .await;
+    // The identity provider rotates the key but keeps the kid: only a
+    // periodic re-read can notice.
+    keys.write_jwks(
+        &mut jwks_driver,
+        "rotating.json",
+        &[("rsa2", "rot", "RS256")],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut socket = stack
+        .accepts("new key after the periodic refresh", TokenIn::Header(token))
+        .await;
+    socket.close().await.expect("close");
+}
