@@ -236,21 +236,6 @@ async fn delivery_resumes_after_the_gateways_connections_are_killed(layer: &str)
     assert!(metric(&stack.gateway, "gateway_redis_reconnects_total ").await >= 1.0);
 }
 
-async fn wait_ready(gateway: &tests::GatewayProcess, ready: bool, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let status = gateway.admin_get("/readyz").await.map(|(status, _)| status);
-        if (status.ok() == Some(200)) == ready {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "readiness did not become {ready} within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn a_stalled_redis_makes_it_unready_and_then_delivery_resumes(layer: &str) {
     let mut stack = layer_stack(layer, |config| config).await;
     let mut socket = connect(&stack.gateway, 10).await;

@@ -298,28 +298,8 @@ async fn sentinel_failover_makes_it_unready_then_delivery_resumes() {
 
     master.stop().expect("master killed");
     let killed = Instant::now();
-    let unready = wait_until("readiness turns false", Duration::from_secs(15), || async {
-        gateway
-            .admin_get("/readyz")
-            .await
-            .map(|(status, _)| status)
-            .ok()
-            != Some(200)
-    })
-    .await;
-    let ready_again = wait_until(
-        "failover and readiness",
-        Duration::from_secs(30),
-        || async {
-            gateway
-                .admin_get("/readyz")
-                .await
-                .map(|(status, _)| status)
-                .ok()
-                == Some(200)
-        },
-    )
-    .await;
+    let unready = wait_ready(&gateway, false, Duration::from_secs(15)).await;
+    let ready_again = wait_ready(&gateway, true, Duration::from_secs(30)).await;
     let mut publisher = python_publisher(sentinel_host).await;
     let mut attempt = 0;
     let resumed = loop {

@@ -459,19 +459,9 @@ async fn health_and_metrics_endpoints_answer() {
 async fn readiness_follows_redis_and_recovers_by_itself() {
     let mut stack = stack().await;
     stack.redis.stop().expect("redis stopped");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = stack.gateway.admin_get("/readyz").await.expect("readyz");
-        if status == 503 {
-            assert!(body.contains("not ready"), "{body}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readyz still {status} without Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&stack.gateway, false, Duration::from_secs(5)).await;
+    let (_, body) = stack.gateway.admin_get("/readyz").await.expect("readyz");
+    assert!(body.contains("not ready"), "{body}");
     assert_eq!(
         stack
             .gateway
@@ -482,11 +472,7 @@ async fn readiness_follows_redis_and_recovers_by_itself() {
         200
     );
     stack.redis.restart_empty().expect("redis back");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while stack.gateway.admin_get("/readyz").await.expect("readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "ready again after Redis returns");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready(&stack.gateway, true, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tests::gateway_bin;
@@ -111,6 +111,23 @@ pub async fn expect_sequence(socket: &mut WsClient, count: u64) {
             json!(expected),
             "complete and in order"
         );
+    }
+}
+
+/// Polls `/readyz` until it is (or is not) 200, within `limit`; returns how
+/// long that took.
+pub async fn wait_ready(gateway: &tests::GatewayProcess, ready: bool, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = gateway.admin_get("/readyz").await.map(|(status, _)| status);
+        if (status.ok() == Some(200)) == ready {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "readiness did not become {ready} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
