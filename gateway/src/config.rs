@@ -127,6 +127,11 @@ pub struct ServerConfig {
     pub tls_key_file: Option<PathBuf>,
     /// HTTP worker threads; 0 means one per CPU core.
     pub workers: usize,
+    /// Who speaks WebSocket on accepted sockets: `direct` (the gateway owns
+    /// the connection after the upgrade and keeps no buffers while idle) or
+    /// `actix-ws` (actix-ws behind actix's HTTP/1 dispatcher; more memory
+    /// per socket, kept for comparison and as a fallback).
+    pub websocket_driver: WebSocketDriver,
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     /// A peer silent for longer than this (no pong, no frame) is dropped.
@@ -166,6 +171,7 @@ impl Default for ServerConfig {
             tls_cert_file: None,
             tls_key_file: None,
             workers: 0,
+            websocket_driver: WebSocketDriver::Direct,
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(60),
             outbound_queue: 256,
@@ -178,6 +184,13 @@ impl Default for ServerConfig {
             drain_reconnect_jitter: Duration::from_secs(5),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebSocketDriver {
+    Direct,
+    ActixWs,
 }
 
 /// What to do with a handshake that carries no `Origin` header.

@@ -77,6 +77,16 @@ fn subprotocol_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|token| !token.is_empty() && !token.eq_ignore_ascii_case(BEARER_PROTOCOL))
 }
 
+/// Whether the client offered the `bearer` subprotocol, which the 101
+/// answer then selects (subprotocol names compare exactly, RFC 6455 4.1).
+pub fn offers_bearer_protocol(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|entry| entry.trim() == BEARER_PROTOCOL)
+}
+
 fn query_value(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;

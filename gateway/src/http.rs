@@ -10,9 +10,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_http::ws::{CloseReason, Message};
+use actix_http::RequestHead;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseReason, Message, MessageStream, Session};
 use shared_proto::close::CloseCode;
 use shared_proto::frame::{parse_client_frame, ClientFrame};
 use tracing::Instrument;
@@ -29,6 +30,7 @@ use crate::outbox::Outbox;
 use crate::registry::Registry;
 use crate::session::{SessionAuth, SessionError};
 use crate::socket::{self, Holder, Membership, SocketSettings};
+use crate::transport::{ActixWsTransport, Transport};
 
 /// Everything a handshake needs, shared by all workers.
 pub struct Gateway {
@@ -69,79 +71,167 @@ pub fn admin_routes(config: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(readyz));
 }
 
-fn refusal(status: StatusCode, error: &str, reason: &str) -> HttpResponse {
-    HttpResponse::build(status)
-        .insert_header(("Cache-Control", "no-store"))
-        .json(serde_json::json!({ "error": error, "reason": reason }))
+/// A handshake refused before any upgrade: its status and JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refused {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub reason: &'static str,
 }
 
-fn unavailable() -> HttpResponse {
-    refusal(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "notifications are unavailable right now; retry later",
-    )
+impl Refused {
+    fn new(status: StatusCode, error: &'static str, reason: &'static str) -> Refused {
+        Refused {
+            status,
+            error,
+            reason,
+        }
+    }
+
+    fn unavailable() -> Refused {
+        Refused::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "notifications are unavailable right now; retry later",
+        )
+    }
+
+    fn bad_handshake() -> Refused {
+        Refused::new(
+            StatusCode::BAD_REQUEST,
+            "bad_handshake",
+            "expected a WebSocket upgrade",
+        )
+    }
+
+    pub(crate) fn not_found() -> Refused {
+        Refused::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+
+    pub(crate) fn body(&self) -> String {
+        serde_json::json!({ "error": self.error, "reason": self.reason }).to_string()
+    }
+
+    fn response(&self) -> HttpResponse {
+        HttpResponse::build(self.status)
+            .insert_header(("Cache-Control", "no-store"))
+            .content_type("application/json")
+            .body(self.body())
+    }
 }
 
-fn peer_ip(request: &HttpRequest) -> IpAddr {
-    request
-        .peer_addr()
+/// What a handshake request comes to, before anything is written back.
+pub(crate) enum Verdict {
+    Refuse(Refused),
+    /// Authenticated and joined: upgrade and serve.
+    Upgrade(Attached),
+    /// No credentials: upgrade, then wait this long for `{"token": ...}`.
+    UpgradeThenAuthenticate {
+        address: IpAddr,
+        wait: Duration,
+    },
+}
+
+fn peer_ip(head: &RequestHead) -> IpAddr {
+    head.peer_addr
         .map_or(IpAddr::from([0, 0, 0, 0]), |address| address.ip())
 }
 
-fn peer(request: &HttpRequest) -> String {
-    request
-        .peer_addr()
+pub(crate) fn peer(head: &RequestHead) -> String {
+    head.peer_addr
         .map_or_else(|| "unknown".to_string(), |address| address.ip().to_string())
 }
 
+/// The `/ws/notifications/` route for the actix-ws driver (with the direct
+/// driver, upgrades never reach a route; plain requests still get their 400).
 async fn notifications_socket(
     request: HttpRequest,
     body: web::Payload,
     gateway: web::Data<Gateway>,
 ) -> HttpResponse {
+    match decide(&gateway, request.head()).await {
+        Verdict::Refuse(refused) => refused.response(),
+        Verdict::Upgrade(attached) => {
+            // Selecting `bearer` (never the token entry) answers a client
+            // that sent its token as a subprotocol.
+            match actix_ws::handle_with_protocols(&request, body, &[BEARER_PROTOCOL]) {
+                Ok((response, session, messages)) => {
+                    let transport =
+                        ActixWsTransport::new(session, messages, gateway.max_inbound_frame);
+                    attached.spawn(transport, &gateway);
+                    response
+                }
+                Err(_) => {
+                    gateway.metrics.connect(ConnectResult::BadHandshake);
+                    Refused::bad_handshake().response()
+                }
+            }
+        }
+        Verdict::UpgradeThenAuthenticate { address, wait } => {
+            match actix_ws::handle_with_protocols(&request, body, &[BEARER_PROTOCOL]) {
+                Ok((response, session, messages)) => {
+                    let transport =
+                        ActixWsTransport::new(session, messages, gateway.max_inbound_frame);
+                    let peer = peer(request.head());
+                    let gateway = gateway.into_inner();
+                    actix_web::rt::spawn(async move {
+                        serve_after_authentication(transport, &gateway, address, wait, &peer).await;
+                    });
+                    response
+                }
+                Err(_) => {
+                    gateway.metrics.connect(ConnectResult::BadHandshake);
+                    Refused::bad_handshake().response()
+                }
+            }
+        }
+    }
+}
+
+/// Judges a handshake: draining, origin, limits, credentials, then the
+/// socket's groups and its join in Redis. Every refusal is counted here.
+pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
     let metrics = &gateway.metrics;
     if gateway.health.is_draining() {
         metrics.connect(ConnectResult::Draining);
-        return refusal(
+        return Verdict::Refuse(Refused::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "draining",
             "server is shutting down",
-        );
+        ));
     }
 
     // Before any token is looked at: with cookie auth the browser attaches
     // the user's cookie to a socket opened by any site, so only the origin
     // tells the user's own pages from a hijacking one.
     let verdict = gateway.origins.check(
-        request
-            .headers()
+        head.headers()
             .get_all(actix_web::http::header::ORIGIN)
             .map(|value| value.to_str().ok()),
     );
     if verdict != OriginVerdict::Allowed {
         metrics.connect(ConnectResult::ForbiddenOrigin);
-        tracing::warn!(reason = verdict.label(), peer = %peer(&request), "handshake refused: origin not allowed");
-        return refusal(StatusCode::FORBIDDEN, "forbidden", verdict.label());
+        tracing::warn!(reason = verdict.label(), peer = %peer(head), "handshake refused: origin not allowed");
+        return Verdict::Refuse(Refused::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            verdict.label(),
+        ));
     }
 
     // Cheap refusals before any token work: the connect rate, and a client
     // address that already holds its share.
-    let address = gateway
-        .limits
-        .client_address(peer_ip(&request), request.headers());
+    let address = gateway.limits.client_address(peer_ip(head), head.headers());
     if let Err(why) = gateway.limits.precheck(address) {
-        let rejection = Rejection::Limited(why);
-        rejection.count(&gateway, &peer(&request));
-        return rejection.response();
+        return Verdict::Refuse(Rejection::Limited(why).refuse(gateway, head));
     }
 
     let lookup = TokenLookup {
         query_param: &gateway.token_query_param,
         cookie: &gateway.token_cookie,
     };
-    let found = lookup.find(request.headers(), request.query_string());
-    let cookie = request
+    let found = lookup.find(head.headers(), head.uri.query().unwrap_or(""));
+    let cookie = head
         .headers()
         .get(actix_web::http::header::COOKIE)
         .and_then(|value| value.to_str().ok());
@@ -161,48 +251,45 @@ async fn notifications_socket(
         },
         (None, _, _) => match gateway.first_message_timeout {
             Some(wait) => {
-                return authenticate_in_band(request, body, gateway.clone(), address, wait)
+                if actix_http::ws::verify_handshake(head).is_err() {
+                    metrics.connect(ConnectResult::BadHandshake);
+                    return Verdict::Refuse(Refused::bad_handshake());
+                }
+                return Verdict::UpgradeThenAuthenticate { address, wait };
             }
             None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
         },
     };
     let identity = match identity {
         Ok(identity) => identity,
-        Err(rejection) => {
-            rejection.count(&gateway, &peer(&request));
-            return rejection.response();
-        }
+        Err(rejection) => return Verdict::Refuse(rejection.refuse(gateway, head)),
     };
-
-    // Selecting `bearer` (never the token entry) answers a client that sent
-    // its token as a subprotocol; others offered nothing we select.
-    let (response, session, messages) =
-        match actix_ws::handle_with_protocols(&request, body, &[BEARER_PROTOCOL]) {
-            Ok(parts) => parts,
-            Err(error) => {
-                metrics.connect(ConnectResult::BadHandshake);
-                tracing::debug!(%error, "not a WebSocket handshake");
-                return refusal(
-                    StatusCode::BAD_REQUEST,
-                    "bad_handshake",
-                    "expected a WebSocket upgrade",
-                );
-            }
-        };
+    if actix_http::ws::verify_handshake(head).is_err() {
+        metrics.connect(ConnectResult::BadHandshake);
+        tracing::debug!("not a WebSocket handshake");
+        return Verdict::Refuse(Refused::bad_handshake());
+    }
 
     // Joined before the 101 answer, like the Channels consumer's group_add
     // before accept(): a message sent the moment the socket opens is
     // already addressed to it.
-    match attach(&gateway, identity, address).await {
-        Ok(attached) => {
-            attached.serve_in_background(session, messages, &gateway);
-            response
-        }
-        Err(rejection) => {
-            rejection.count(&gateway, &peer(&request));
-            rejection.response()
-        }
+    match attach(gateway, identity, address).await {
+        Ok(attached) => Verdict::Upgrade(attached),
+        Err(rejection) => Verdict::Refuse(rejection.refuse(gateway, head)),
     }
+}
+
+/// The 101 answer to a verified handshake; selects the `bearer`
+/// subprotocol when the client offered it (never the token entry).
+pub(crate) fn switching_protocols(head: &RequestHead) -> actix_http::Response<()> {
+    let mut response = actix_http::ws::handshake_response(head);
+    if crate::credentials::offers_bearer_protocol(head.headers()) {
+        response.insert_header((
+            actix_web::http::header::SEC_WEBSOCKET_PROTOCOL,
+            BEARER_PROTOCOL,
+        ));
+    }
+    response.finish().drop_body()
 }
 
 /// Why a verified request could not become a socket.
@@ -236,26 +323,27 @@ impl Rejection {
         }
     }
 
-    /// The HTTP answer before an upgrade.
-    fn response(&self) -> HttpResponse {
+    /// Counts the rejection and gives the HTTP answer before an upgrade.
+    fn refuse(&self, gateway: &Gateway, head: &RequestHead) -> Refused {
+        self.count(gateway, &peer(head));
         match self {
             Rejection::Unauthorized(error) => {
-                refusal(StatusCode::UNAUTHORIZED, "unauthorized", error.label())
+                Refused::new(StatusCode::UNAUTHORIZED, "unauthorized", error.label())
             }
             Rejection::ForbiddenGroup => {
-                refusal(StatusCode::FORBIDDEN, "forbidden", "group_not_allowed")
+                Refused::new(StatusCode::FORBIDDEN, "forbidden", "group_not_allowed")
             }
             // 503 when this process is full (another pod may have room),
             // 429 for the limits a client ran into itself.
-            Rejection::Limited(Refusal::ProcessFull) => refusal(
+            Rejection::Limited(Refusal::ProcessFull) => Refused::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "limited",
                 Refusal::ProcessFull.label(),
             ),
             Rejection::Limited(why) => {
-                refusal(StatusCode::TOO_MANY_REQUESTS, "limited", why.label())
+                Refused::new(StatusCode::TOO_MANY_REQUESTS, "limited", why.label())
             }
-            Rejection::Unavailable => unavailable(),
+            Rejection::Unavailable => Refused::unavailable(),
         }
     }
 
@@ -271,7 +359,7 @@ impl Rejection {
 }
 
 /// A socket admitted, registered and joined in Redis, ready to serve.
-struct Attached {
+pub(crate) struct Attached {
     outbox: Arc<Outbox>,
     membership: Membership,
     holder: Holder,
@@ -279,10 +367,22 @@ struct Attached {
 }
 
 impl Attached {
-    fn serve_in_background(self, session: Session, messages: MessageStream, gateway: &Gateway) {
+    /// Serves the socket on this task until it ends.
+    pub(crate) async fn serve<T: Transport>(self, transport: T, gateway: &Gateway) {
+        socket::serve(
+            transport,
+            self.outbox,
+            self.membership,
+            gateway.socket_settings.clone(),
+            self.holder,
+        )
+        .instrument(self.span)
+        .await;
+    }
+
+    fn spawn<T: Transport + 'static>(self, transport: T, gateway: &Gateway) {
         socket::spawn(
-            session,
-            messages.max_frame_size(gateway.max_inbound_frame),
+            transport,
             self.outbox,
             self.membership,
             gateway.socket_settings.clone(),
@@ -372,68 +472,55 @@ async fn attach(
     })
 }
 
-/// Upgrades a handshake that carried no token and waits up to `wait` for
-/// `{"token": "..."}` as the first frame, so browsers can keep tokens out of
-/// URLs. The socket joins its groups only after that, so nothing is
-/// delivered before the client has proved who it is.
-fn authenticate_in_band(
-    request: HttpRequest,
-    body: web::Payload,
-    gateway: web::Data<Gateway>,
+/// On a socket upgraded without credentials, waits up to `wait` for
+/// `{"token": "..."}` as the first frame (so browsers can keep tokens out of
+/// URLs), then serves it. The socket joins its groups only after that, so
+/// nothing is delivered before the client has proved who it is.
+pub(crate) async fn serve_after_authentication<T: Transport>(
+    mut transport: T,
+    gateway: &Gateway,
     address: IpAddr,
     wait: Duration,
-) -> HttpResponse {
-    let (response, mut session, messages) =
-        match actix_ws::handle_with_protocols(&request, body, &[BEARER_PROTOCOL]) {
-            Ok(parts) => parts,
-            Err(_) => {
-                gateway.metrics.connect(ConnectResult::BadHandshake);
-                return refusal(
-                    StatusCode::BAD_REQUEST,
-                    "bad_handshake",
-                    "expected a WebSocket upgrade",
-                );
-            }
-        };
-    let peer = peer(&request);
-    actix_web::rt::spawn(async move {
-        let mut messages = messages.max_frame_size(gateway.max_inbound_frame);
-        let token = tokio::time::timeout(wait, first_token(&mut session, &mut messages))
-            .await
-            .ok()
-            .flatten();
-        let attached = match token {
-            None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
-            Some(token) => match gateway.verifier.verify(&token) {
-                Ok(identity) => attach(&gateway, identity, address).await,
-                Err(error) => Err(Rejection::Unauthorized(error)),
-            },
-        };
-        match attached {
-            Ok(attached) => {
-                if session.text(r#"{"type": "authenticated"}"#).await.is_ok() {
-                    attached.serve_in_background(session, messages, &gateway);
-                }
-            }
-            Err(rejection) => {
-                rejection.count(&gateway, &peer);
-                let code = rejection.close_code();
-                let close = CloseReason {
-                    code: actix_ws::CloseCode::Other(code.as_u16()),
-                    description: Some(code.reason().to_string()),
-                };
-                let _ = session.close(Some(close)).await;
+    peer: &str,
+) {
+    let token = tokio::time::timeout(wait, first_token(&mut transport))
+        .await
+        .ok()
+        .flatten();
+    let attached = match token {
+        None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
+        Some(token) => match gateway.verifier.verify(&token) {
+            Ok(identity) => attach(gateway, identity, address).await,
+            Err(error) => Err(Rejection::Unauthorized(error)),
+        },
+    };
+    match attached {
+        Ok(attached) => {
+            if transport
+                .send_text(r#"{"type": "authenticated"}"#)
+                .await
+                .is_ok()
+            {
+                attached.serve(transport, gateway).await;
             }
         }
-    });
-    response
+        Err(rejection) => {
+            rejection.count(gateway, peer);
+            let code = rejection.close_code();
+            let close = CloseReason {
+                code: actix_http::ws::CloseCode::Other(code.as_u16()),
+                description: Some(code.reason().to_string()),
+            };
+            transport.close(Some(close)).await;
+        }
+    }
 }
 
 /// The token of the first `{"token": ...}` frame; `None` when the client
 /// says anything else first or goes away.
-async fn first_token(session: &mut Session, messages: &mut MessageStream) -> Option<String> {
+async fn first_token<T: Transport>(transport: &mut T) -> Option<String> {
     loop {
-        match messages.recv().await? {
+        match transport.recv().await? {
             Ok(Message::Text(text)) => {
                 return match parse_client_frame(&text) {
                     Ok(ClientFrame::Auth { token }) => Some(token),
@@ -441,7 +528,7 @@ async fn first_token(session: &mut Session, messages: &mut MessageStream) -> Opt
                 }
             }
             Ok(Message::Ping(bytes)) => {
-                session.pong(&bytes).await.ok()?;
+                transport.pong(&bytes).await.ok()?;
             }
             Ok(Message::Pong(_) | Message::Nop) => {}
             _ => return None,

@@ -26,3 +26,5 @@ pub mod session;
 pub mod shutdown;
 pub mod socket;
 pub mod telemetry;
+pub mod transport;
+pub mod upgrade;

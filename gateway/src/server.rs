@@ -14,7 +14,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_tls::accept::rustls_0_23::TlsStream;
+use actix_codec::{AsyncRead, AsyncWrite, Framed};
+use actix_http::error::DispatchError;
+use actix_http::{h1, Extensions, HttpService, Request};
+use actix_service::{fn_service, map_config, ServiceFactory, ServiceFactoryExt};
+use actix_tls::accept::rustls_0_23::{Acceptor as TlsAcceptor, TlsStream};
+use actix_web::dev::AppConfig;
 use actix_web::rt::net::TcpStream;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
@@ -23,7 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use shared_proto::payload::{PayloadCodec, SerializerFormat};
 
 use crate::canary::Canary;
-use crate::config::{Config, LayerBackend, SerializerFormatSetting};
+use crate::config::{Config, LayerBackend, SerializerFormatSetting, WebSocketDriver};
 use crate::drain::{self, DrainPlan};
 use crate::events::EventMapper;
 use crate::health::Health;
@@ -40,6 +45,7 @@ use crate::router::Router;
 use crate::session::SessionAuth;
 use crate::shutdown::termination_signal;
 use crate::socket::SocketSettings;
+use crate::upgrade::take_over;
 
 /// The kernel's listen queue limit on the machines we measured.
 const LISTEN_BACKLOG: u32 = 4096;
@@ -94,6 +100,152 @@ fn join_canary_group(
         }
     });
     (conn, groups)
+}
+
+/// Bounds how long the kernel keeps data a vanished peer never
+/// acknowledges, so dead clients free their memory.
+fn limit_unacknowledged(stream: &TcpStream, limit: Duration) {
+    let _ = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(limit));
+}
+
+/// A public connection, plain or TLS, and the TCP stream beneath it.
+trait PublicStream: AsyncRead + AsyncWrite + Unpin + 'static {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl PublicStream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl PublicStream for TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// The public listener of the direct driver: actix-http's HTTP/1 service
+/// with the upgrade hook (`upgrade`) taking WebSocket handshakes, and the
+/// actix-web app for plain requests.
+fn direct_public_server(
+    config: &Config,
+    gateway: web::Data<Gateway>,
+) -> anyhow::Result<actix_server::Server> {
+    let request_timeout = config.server.handshake_timeout;
+    let unacknowledged_limit = config.server.pong_timeout;
+    let mut builder = actix_server::Server::build()
+        .backlog(LISTEN_BACKLOG)
+        .disable_signals()
+        .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1));
+    if config.server.workers > 0 {
+        builder = builder.workers(config.server.workers);
+    }
+    let listen = config.server.listen;
+    let builder = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = tls_config(cert, key)?;
+            builder.bind("public", listen, move || {
+                let http1 = direct_http1::<TlsStream<TcpStream>>(
+                    gateway.clone(),
+                    request_timeout,
+                    unacknowledged_limit,
+                );
+                TlsAcceptor::new(tls.clone())
+                    .map_init_err(|_| ())
+                    .map_err(|_| ())
+                    .map(|stream: TlsStream<TcpStream>| {
+                        let peer = stream.get_ref().0.peer_addr().ok();
+                        (stream, peer)
+                    })
+                    .and_then(http1.map_err(|_| ()))
+            })
+        }
+        _ => builder.bind("public", listen, move || {
+            let http1 =
+                direct_http1::<TcpStream>(gateway.clone(), request_timeout, unacknowledged_limit);
+            fn_service(|stream: TcpStream| {
+                let peer = stream.peer_addr().ok();
+                std::future::ready(Ok::<_, ()>((stream, peer)))
+            })
+            .and_then(http1.map_err(|_| ()))
+        }),
+    }
+    .with_context(|| format!("server.listen: cannot bind {listen}"))?;
+    Ok(builder.run())
+}
+
+fn direct_http1<T: PublicStream>(
+    gateway: web::Data<Gateway>,
+    request_timeout: Duration,
+    unacknowledged_limit: Duration,
+) -> impl ServiceFactory<
+    (T, Option<std::net::SocketAddr>),
+    Config = (),
+    Response = (),
+    Error = DispatchError,
+    InitError = (),
+> {
+    let upgrade_gateway = gateway.clone();
+    HttpService::build()
+        .client_request_timeout(request_timeout)
+        .on_connect_ext(move |stream: &T, _: &mut Extensions| {
+            limit_unacknowledged(stream.tcp(), unacknowledged_limit)
+        })
+        .upgrade(fn_service(
+            move |(request, framed): (Request, Framed<T, h1::Codec>)| {
+                let gateway = upgrade_gateway.clone();
+                async move {
+                    if let Err(error) = take_over(&gateway, request, framed).await {
+                        tracing::debug!(%error, "client left during the handshake");
+                    }
+                    Ok::<(), actix_web::Error>(())
+                }
+            },
+        ))
+        .h1(map_config(
+            App::new().app_data(gateway).configure(public_routes),
+            |_| AppConfig::default(),
+        ))
+}
+
+/// The public listener of the actix-ws driver: actix-web's server, the
+/// upgrade answered by the `/ws/notifications/` route.
+fn actix_ws_public_server(
+    config: &Config,
+    gateway: web::Data<Gateway>,
+) -> anyhow::Result<actix_server::Server> {
+    let unacknowledged_limit = config.server.pong_timeout;
+    let mut public = HttpServer::new(move || {
+        App::new()
+            .app_data(gateway.clone())
+            .configure(public_routes)
+    })
+    .on_connect(move |connection: &dyn Any, _| {
+        let tcp = connection.downcast_ref::<TcpStream>().or_else(|| {
+            connection
+                .downcast_ref::<TlsStream<TcpStream>>()
+                .map(PublicStream::tcp)
+        });
+        if let Some(stream) = tcp {
+            limit_unacknowledged(stream, unacknowledged_limit);
+        }
+    })
+    .backlog(LISTEN_BACKLOG)
+    .client_request_timeout(config.server.handshake_timeout)
+    .disable_signals()
+    .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1));
+    if config.server.workers > 0 {
+        public = public.workers(config.server.workers);
+    }
+    let public = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            public.bind_rustls_0_23(config.server.listen, tls_config(cert, key)?)
+        }
+        _ => public.bind(config.server.listen),
+    }
+    .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
+    Ok(public.run())
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -222,40 +374,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }),
     });
 
-    let unacknowledged_limit = config.server.pong_timeout;
-    let public_data = gateway.clone();
-    let mut public = HttpServer::new(move || {
-        App::new()
-            .app_data(public_data.clone())
-            .configure(public_routes)
-    })
-    .on_connect(move |connection: &dyn Any, _| {
-        // Bounds how long the kernel keeps data a vanished peer never
-        // acknowledges, so dead clients free their memory.
-        let tcp = connection.downcast_ref::<TcpStream>().or_else(|| {
-            connection
-                .downcast_ref::<TlsStream<TcpStream>>()
-                .map(|tls| tls.get_ref().0)
-        });
-        if let Some(stream) = tcp {
-            let _ = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(unacknowledged_limit));
-        }
-    })
-    .backlog(LISTEN_BACKLOG)
-    .client_request_timeout(config.server.handshake_timeout)
-    .disable_signals()
-    .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1));
-    if config.server.workers > 0 {
-        public = public.workers(config.server.workers);
-    }
-    let public = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
-        (Some(cert), Some(key)) => {
-            public.bind_rustls_0_23(config.server.listen, tls_config(cert, key)?)
-        }
-        _ => public.bind(config.server.listen),
-    }
-    .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?
-    .run();
+    let public = match config.server.websocket_driver {
+        WebSocketDriver::Direct => direct_public_server(&config, gateway.clone())?,
+        WebSocketDriver::ActixWs => actix_ws_public_server(&config, gateway.clone())?,
+    };
     let admin_data = gateway.clone();
     let admin = HttpServer::new(move || {
         App::new()

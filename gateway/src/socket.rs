@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_ws::{CloseReason, Message, MessageStream, ProtocolError, Session};
+use actix_http::ws::{CloseReason, Message, ProtocolError};
 use shared_proto::close::CloseCode;
 use shared_proto::frame::{parse_client_frame, ClientFrame};
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
@@ -24,6 +24,7 @@ use crate::limits::{Admission, TokenBucket};
 use crate::metrics::Metrics;
 use crate::outbox::{CloseNote, Next, Outbox};
 use crate::registry::{ConnId, Registry};
+use crate::transport::Transport;
 
 pub struct SocketSettings {
     pub ping_interval: Duration,
@@ -73,36 +74,34 @@ enum Ending {
     Closed(CloseCode, CloseNote),
 }
 
-pub fn spawn(
-    session: Session,
-    messages: MessageStream,
+/// Serves one socket until it ends, then undoes its membership.
+pub(crate) async fn serve<T: Transport>(
+    transport: T,
+    outbox: Arc<Outbox>,
+    membership: Membership,
+    settings: Arc<SocketSettings>,
+    holder: Holder,
+) {
+    let ending = run(transport, &outbox, &membership.metrics, &settings, holder).await;
+    tracing::info!(?ending, "socket closed");
+    drop(membership);
+}
+
+/// Serves one socket on a task of its own (drivers whose connection
+/// lives elsewhere, like actix-ws's).
+pub(crate) fn spawn<T: Transport + 'static>(
+    transport: T,
     outbox: Arc<Outbox>,
     membership: Membership,
     settings: Arc<SocketSettings>,
     holder: Holder,
     span: tracing::Span,
 ) {
-    actix_web::rt::spawn(
-        async move {
-            let ending = run(
-                session,
-                messages,
-                &outbox,
-                &membership.metrics,
-                &settings,
-                holder,
-            )
-            .await;
-            tracing::info!(?ending, "socket closed");
-            drop(membership);
-        }
-        .instrument(span),
-    );
+    actix_web::rt::spawn(serve(transport, outbox, membership, settings, holder).instrument(span));
 }
 
-async fn run(
-    mut session: Session,
-    mut messages: MessageStream,
+async fn run<T: Transport>(
+    mut transport: T,
     outbox: &Outbox,
     metrics: &Metrics,
     settings: &SocketSettings,
@@ -125,17 +124,15 @@ async fn run(
         tokio::select! {
             next = outbox.next() => match next {
                 Next::Frames(frames) => {
-                    for frame in frames {
-                        match timeout(send_timeout, session.text(frame)).await {
-                            Ok(Ok(())) => metrics.frames_delivered.inc(),
-                            Ok(Err(_)) | Err(_) => return Ending::ConnectionLost,
-                        }
+                    match timeout(send_timeout, transport.send_texts(&frames)).await {
+                        Ok(Ok(())) => metrics.frames_delivered.inc_by(frames.len() as u64),
+                        Ok(Err(_)) | Err(_) => return Ending::ConnectionLost,
                     }
                 }
                 Next::Close(code, note) => break Ending::Closed(code, note),
             },
             () = &mut expiry => break Ending::Closed(CloseCode::TokenExpired, CloseNote::Standard),
-            message = messages.recv() => {
+            message = transport.recv() => {
                 last_heard = Instant::now();
                 let is_data = matches!(
                     message,
@@ -147,14 +144,14 @@ async fn run(
                 match message {
                     None => return Ending::ConnectionLost,
                     Some(Ok(Message::Ping(bytes))) => {
-                        if session.pong(&bytes).await.is_err() {
+                        if timeout(send_timeout, transport.pong(&bytes)).await.map_or(true, |sent| sent.is_err()) {
                             return Ending::ConnectionLost;
                         }
                     }
                     Some(Ok(Message::Pong(_))) | Some(Ok(Message::Nop)) => {}
                     Some(Ok(Message::Text(text))) => {
                         metrics.client_frames.inc();
-                        match handle_client_text(&mut session, &text, settings, &mut holder).await {
+                        match handle_client_text(&mut transport, &text, settings, &mut holder).await {
                             ClientTextOutcome::Continue => {}
                             ClientTextOutcome::Refreshed => expiry
                                 .as_mut()
@@ -168,7 +165,7 @@ async fn run(
                     }
                     Some(Ok(Message::Close(_))) => {
                         // Echo the close as RFC 6455 asks, then stop.
-                        let _ = timeout(send_timeout, session.close(None)).await;
+                        let _ = timeout(send_timeout, transport.close(None)).await;
                         return Ending::ClientClosed;
                     }
                     Some(Err(ProtocolError::Overflow)) => {
@@ -182,7 +179,7 @@ async fn run(
                 if last_heard.elapsed() > settings.pong_timeout {
                     break Ending::Closed(CloseCode::PingTimeout, CloseNote::Standard);
                 }
-                if session.ping(b"").await.is_err() {
+                if timeout(send_timeout, transport.ping()).await.map_or(true, |sent| sent.is_err()) {
                     return Ending::ConnectionLost;
                 }
             }
@@ -195,11 +192,11 @@ async fn run(
             CloseNote::Reason(reason) => reason.to_string(),
         };
         let close = CloseReason {
-            code: actix_ws::CloseCode::Other(code.as_u16()),
+            code: actix_http::ws::CloseCode::Other(code.as_u16()),
             // The close frame's payload limit; actix would cut it too.
             description: Some(truncate_reason(description)),
         };
-        let _ = timeout(send_timeout, session.close(Some(close))).await;
+        let _ = timeout(send_timeout, transport.close(Some(close))).await;
     }
     ending
 }
@@ -236,8 +233,8 @@ enum ClientTextOutcome {
 /// The Channels consumer ignored whatever clients sent; so does the gateway,
 /// except an application-level ping browsers use to test liveness and an
 /// in-band token refresh that keeps the socket past its token's expiry.
-async fn handle_client_text(
-    session: &mut Session,
+async fn handle_client_text<T: Transport>(
+    transport: &mut T,
     text: &str,
     settings: &SocketSettings,
     holder: &mut Holder,
@@ -252,7 +249,7 @@ async fn handle_client_text(
                     r#"{{"type": "refreshed", "expires_at": {}}}"#,
                     identity.expires_at
                 );
-                if session.text(reply).await.is_err() {
+                if transport.send_text(&reply).await.is_err() {
                     return ClientTextOutcome::End(Ending::ConnectionLost);
                 }
                 return ClientTextOutcome::Refreshed;
@@ -272,7 +269,7 @@ async fn handle_client_text(
         },
         Ok(_) | Err(_) => return ClientTextOutcome::Continue,
     };
-    if session.text(reply).await.is_err() {
+    if transport.send_text(&reply).await.is_err() {
         return ClientTextOutcome::End(Ending::ConnectionLost);
     }
     ClientTextOutcome::Continue

@@ -1,0 +1,469 @@
+//! Transport: how WebSocket frames go on and off the wire for one socket.
+//!
+//! Two drivers speak RFC 6455 for the socket loop (`socket::run`), chosen by
+//! `server.websocket_driver`:
+//!
+//! - [`DirectTransport`] (the default) owns the connection after the
+//!   upgrade hook took it from actix-http's HTTP/1 dispatcher. It keeps no
+//!   buffer while the socket is idle: reads land in a scratch array on the
+//!   stack and only a partial frame is kept; text frames are written straight
+//!   from the shared frame bytes with one vectored write per batch.
+//! - [`ActixWsTransport`] is actix-ws's session and message stream, behind the
+//!   dispatcher's two 8 KiB buffers, actix-ws's channel and its body task.
+//!
+//! Both parse and encode frames with actix-http's `ws` codec. This module
+//! must not know about outboxes, groups, tokens or close-code policy.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_http::ws::{CloseReason, Item, Message, OpCode, Parser, ProtocolError};
+use actix_ws::{MessageStream, Session};
+use bytes::BytesMut;
+use bytestring::ByteString;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The frame operations the socket loop needs, whichever driver runs them.
+/// `recv` must be cancel-safe: the loop polls it inside `select!`.
+pub(crate) trait Transport {
+    /// Sends text frames in order, as few writes as the driver can manage.
+    async fn send_texts(&mut self, frames: &[ByteString]) -> io::Result<()>;
+    async fn send_text(&mut self, text: &str) -> io::Result<()>;
+    async fn ping(&mut self) -> io::Result<()>;
+    async fn pong(&mut self, payload: &[u8]) -> io::Result<()>;
+    /// Sends a close frame; the socket is finished after it either way.
+    async fn close(&mut self, reason: Option<CloseReason>);
+    /// The next frame from the client; `None` once the connection is gone.
+    async fn recv(&mut self) -> Option<Result<Message, ProtocolError>>;
+}
+
+fn disconnected() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "socket closed")
+}
+
+/// actix-ws's session (outbound) and message stream (inbound).
+pub(crate) struct ActixWsTransport {
+    session: Session,
+    messages: MessageStream,
+}
+
+impl ActixWsTransport {
+    pub(crate) fn new(session: Session, messages: MessageStream, max_frame: usize) -> Self {
+        ActixWsTransport {
+            session,
+            messages: messages.max_frame_size(max_frame),
+        }
+    }
+}
+
+impl Transport for ActixWsTransport {
+    async fn send_texts(&mut self, frames: &[ByteString]) -> io::Result<()> {
+        for frame in frames {
+            self.session
+                .text(frame.clone())
+                .await
+                .map_err(|_| disconnected())?;
+        }
+        Ok(())
+    }
+
+    async fn send_text(&mut self, text: &str) -> io::Result<()> {
+        self.session
+            .text(text.to_string())
+            .await
+            .map_err(|_| disconnected())
+    }
+
+    async fn ping(&mut self) -> io::Result<()> {
+        self.session.ping(b"").await.map_err(|_| disconnected())
+    }
+
+    async fn pong(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.session.pong(payload).await.map_err(|_| disconnected())
+    }
+
+    async fn close(&mut self, reason: Option<CloseReason>) {
+        // actix-ws's close consumes a session; its clones share one sender.
+        let _ = self.session.clone().close(reason).await;
+    }
+
+    async fn recv(&mut self) -> Option<Result<Message, ProtocolError>> {
+        self.messages.recv().await
+    }
+}
+
+/// Bytes read from the connection per read call; lives on the stack only
+/// for the duration of one poll, never in the socket's state.
+const READ_SCRATCH: usize = 4096;
+/// Frames written by one vectored write (two slices each: header, payload).
+const FRAMES_PER_WRITE: usize = 64;
+
+/// A WebSocket on a connection the gateway owns (server side: client frames
+/// must be masked, ours are not).
+pub(crate) struct DirectTransport<IO> {
+    io: IO,
+    /// Unparsed bytes of a frame still arriving; empty and unallocated while
+    /// the socket is idle.
+    partial: BytesMut,
+    max_frame: usize,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
+    /// `already_read`: bytes the HTTP parser read past the handshake.
+    pub(crate) fn new(io: IO, already_read: BytesMut, max_frame: usize) -> Self {
+        DirectTransport {
+            io,
+            partial: if already_read.is_empty() {
+                BytesMut::new()
+            } else {
+                already_read
+            },
+            max_frame,
+        }
+    }
+
+    /// Writes whole frames: `frames` payloads, each after its header.
+    async fn write_frames(&mut self, opcode: OpCode, frames: &[&[u8]]) -> io::Result<()> {
+        let mut position = FramePosition::default();
+        poll_fn(|cx| self.poll_write_frames(cx, opcode, frames, &mut position)).await
+    }
+
+    fn poll_write_frames(
+        &mut self,
+        cx: &mut Context<'_>,
+        opcode: OpCode,
+        frames: &[&[u8]],
+        position: &mut FramePosition,
+    ) -> Poll<io::Result<()>> {
+        while position.frame < frames.len() {
+            let batch_end = frames.len().min(position.frame + FRAMES_PER_WRITE);
+            let batch = &frames[position.frame..batch_end];
+            let mut headers = [FrameHeader::EMPTY; FRAMES_PER_WRITE];
+            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
+            for (index, payload) in batch.iter().enumerate() {
+                headers[index] = FrameHeader::new(opcode, payload.len());
+            }
+            let mut used = 0;
+            for (index, payload) in batch.iter().enumerate() {
+                let header = headers[index].as_bytes();
+                // The first frame may be partly written already.
+                let skip = if index == 0 { position.offset } else { 0 };
+                if skip < header.len() {
+                    slices[used] = IoSlice::new(&header[skip..]);
+                    used += 1;
+                    slices[used] = IoSlice::new(payload);
+                    used += 1;
+                } else {
+                    let payload_skip = skip - header.len();
+                    slices[used] = IoSlice::new(&payload[payload_skip..]);
+                    used += 1;
+                }
+            }
+            let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..used]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(written)) => written,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            };
+            position.advance(
+                written,
+                batch
+                    .iter()
+                    .enumerate()
+                    .map(|(index, payload)| headers[index].as_bytes().len() + payload.len()),
+            );
+        }
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Reads whatever the connection has into `partial` (cancel-safe: the
+    /// bytes of one read are stored in the same poll that reads them).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut scratch = [0u8; READ_SCRATCH];
+        let mut buffer = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut self.io).poll_read(cx, &mut buffer) {
+            Poll::Ready(Ok(())) => {
+                let filled = buffer.filled();
+                self.partial.extend_from_slice(filled);
+                Poll::Ready(Ok(filled.len()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// One complete frame from `partial`, if it holds one.
+    fn parse_frame(&mut self) -> Result<Option<Message>, ProtocolError> {
+        if self.partial.is_empty() {
+            return Ok(None);
+        }
+        // Refused as soon as the header says so, not after buffering it all.
+        if declared_payload_len(&self.partial).is_some_and(|len| len > self.max_frame as u64) {
+            return Err(ProtocolError::Overflow);
+        }
+        let parsed = Parser::parse(&mut self.partial, true, self.max_frame)?;
+        if self.partial.is_empty() && self.partial.capacity() > 0 {
+            // Idle sockets hold no read buffer.
+            self.partial = BytesMut::new();
+        }
+        let Some((finished, opcode, payload)) = parsed else {
+            return Ok(None);
+        };
+        let payload = payload.unwrap_or_default().freeze();
+        let message = match (opcode, finished) {
+            (OpCode::Text, true) => {
+                Message::Text(ByteString::try_from(payload).map_err(|_| ProtocolError::BadOpCode)?)
+            }
+            (OpCode::Text, false) => Message::Continuation(Item::FirstText(payload)),
+            (OpCode::Binary, true) => Message::Binary(payload),
+            (OpCode::Binary, false) => Message::Continuation(Item::FirstBinary(payload)),
+            (OpCode::Continue, false) => Message::Continuation(Item::Continue(payload)),
+            (OpCode::Continue, true) => Message::Continuation(Item::Last(payload)),
+            (OpCode::Ping, _) => Message::Ping(payload),
+            (OpCode::Pong, _) => Message::Pong(payload),
+            (OpCode::Close, _) => Message::Close(Parser::try_parse_close_payload(&payload)?),
+            (OpCode::Bad, _) => return Err(ProtocolError::BadOpCode),
+        };
+        Ok(Some(message))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for DirectTransport<IO> {
+    async fn send_texts(&mut self, frames: &[ByteString]) -> io::Result<()> {
+        let mut payloads: [&[u8]; FRAMES_PER_WRITE] = [&[]; FRAMES_PER_WRITE];
+        for chunk in frames.chunks(FRAMES_PER_WRITE) {
+            for (slot, frame) in payloads.iter_mut().zip(chunk) {
+                *slot = frame.as_bytes();
+            }
+            self.write_frames(OpCode::Text, &payloads[..chunk.len()])
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn send_text(&mut self, text: &str) -> io::Result<()> {
+        self.write_frames(OpCode::Text, &[text.as_bytes()]).await
+    }
+
+    async fn ping(&mut self) -> io::Result<()> {
+        self.write_frames(OpCode::Ping, &[&[]]).await
+    }
+
+    async fn pong(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.write_frames(OpCode::Pong, &[payload]).await
+    }
+
+    async fn close(&mut self, reason: Option<CloseReason>) {
+        let mut payload = Vec::new();
+        if let Some(reason) = reason {
+            payload.extend_from_slice(&u16::from(reason.code).to_be_bytes());
+            if let Some(description) = &reason.description {
+                payload.extend_from_slice(description.as_bytes());
+            }
+        }
+        if self.write_frames(OpCode::Close, &[&payload]).await.is_ok() {
+            let _ = poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
+        }
+    }
+
+    async fn recv(&mut self) -> Option<Result<Message, ProtocolError>> {
+        loop {
+            match self.parse_frame() {
+                Ok(Some(message)) => return Some(Ok(message)),
+                Ok(None) => {}
+                Err(error) => return Some(Err(error)),
+            }
+            match poll_fn(|cx| self.poll_fill(cx)).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(error) => return Some(Err(ProtocolError::Io(error))),
+            }
+        }
+    }
+}
+
+/// How far a multi-frame write has got: the frame, and bytes into it
+/// (its header and payload counted together).
+#[derive(Default)]
+struct FramePosition {
+    frame: usize,
+    offset: usize,
+}
+
+impl FramePosition {
+    fn advance(&mut self, mut written: usize, mut frame_lengths: impl Iterator<Item = usize>) {
+        while written > 0 {
+            let Some(length) = frame_lengths.next() else {
+                return;
+            };
+            let left = length - self.offset;
+            if written >= left {
+                written -= left;
+                self.frame += 1;
+                self.offset = 0;
+            } else {
+                self.offset += written;
+                written = 0;
+            }
+        }
+    }
+}
+
+/// An unmasked frame header: FIN, opcode and the payload length.
+#[derive(Clone, Copy)]
+struct FrameHeader {
+    bytes: [u8; 10],
+    len: u8,
+}
+
+impl FrameHeader {
+    const EMPTY: FrameHeader = FrameHeader {
+        bytes: [0; 10],
+        len: 0,
+    };
+
+    fn new(opcode: OpCode, payload_len: usize) -> FrameHeader {
+        let mut bytes = [0u8; 10];
+        bytes[0] = 0x80 | u8::from(opcode);
+        let len = if payload_len < 126 {
+            bytes[1] = payload_len as u8;
+            2
+        } else if let Ok(short) = u16::try_from(payload_len) {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
+            10
+        };
+        FrameHeader { bytes, len }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// The payload length a frame header announces, once enough of it arrived.
+fn declared_payload_len(header: &[u8]) -> Option<u64> {
+    match *header.get(1)? & 0x7f {
+        126 => Some(u64::from(u16::from_be_bytes(
+            header.get(2..4)?.try_into().ok()?,
+        ))),
+        127 => Some(u64::from_be_bytes(header.get(2..10)?.try_into().ok()?)),
+        short => Some(u64::from(short)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x80 | opcode];
+        assert!(payload.len() < 126);
+        frame.push(0x80 | payload.len() as u8);
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        frame
+    }
+
+    #[tokio::test]
+    async fn frames_split_across_reads_are_reassembled() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut transport = DirectTransport::new(server, BytesMut::new(), 4096);
+        let mut client = client;
+        let frame = masked(0x1, b"{\"type\": \"ping\"}");
+        let (first, second) = frame.split_at(5);
+        client.write_all(first).await.unwrap();
+        let reading = tokio::spawn(async move {
+            let message = transport.recv().await;
+            (message, transport.partial.capacity())
+        });
+        tokio::task::yield_now().await;
+        client.write_all(second).await.unwrap();
+        let (message, capacity) = reading.await.unwrap();
+        match message {
+            Some(Ok(Message::Text(text))) => assert_eq!(text, "{\"type\": \"ping\"}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(capacity, 0, "an idle socket keeps no read buffer");
+    }
+
+    #[tokio::test]
+    async fn bytes_read_with_the_handshake_come_first() {
+        let (_client, server) = tokio::io::duplex(64);
+        let early = BytesMut::from(&masked(0x9, b"hi")[..]);
+        let mut transport = DirectTransport::new(server, early, 4096);
+        match transport.recv().await {
+            Some(Ok(Message::Ping(payload))) => assert_eq!(&payload[..], b"hi"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_and_unmasked_frames_are_protocol_errors() {
+        let (mut client, server) = tokio::io::duplex(256);
+        let mut transport = DirectTransport::new(server, BytesMut::new(), 8);
+        client
+            .write_all(&masked(0x1, b"far too long"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            transport.recv().await,
+            Some(Err(ProtocolError::Overflow))
+        ));
+        // A header announcing a huge frame is refused before its payload.
+        let (mut client, server) = tokio::io::duplex(256);
+        let mut transport = DirectTransport::new(server, BytesMut::new(), 4096);
+        let mut header = vec![0x81, 0x80 | 127];
+        header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        client.write_all(&header).await.unwrap();
+        assert!(matches!(
+            transport.recv().await,
+            Some(Err(ProtocolError::Overflow))
+        ));
+        let (mut client, server) = tokio::io::duplex(256);
+        let mut transport = DirectTransport::new(server, BytesMut::new(), 4096);
+        client.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+        assert!(matches!(transport.recv().await, Some(Err(_))));
+    }
+
+    #[tokio::test]
+    async fn batches_survive_short_writes() {
+        // A tiny pipe forces partial vectored writes mid-header and mid-payload.
+        let (mut client, server) = tokio::io::duplex(7);
+        let mut transport = DirectTransport::new(server, BytesMut::new(), 4096);
+        let big = "x".repeat(300);
+        let frames: Vec<ByteString> = vec!["a".into(), big.as_str().into(), "bc".into()];
+        let writer = tokio::spawn(async move {
+            transport.send_texts(&frames).await.unwrap();
+        });
+        let mut expected = vec![0x81, 1, b'a', 0x81, 126, 1, 44];
+        expected.extend_from_slice(big.as_bytes());
+        expected.extend_from_slice(&[0x81, 2, b'b', b'c']);
+        let mut received = vec![0u8; expected.len()];
+        client.read_exact(&mut received).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(received, expected);
+    }
+
+    #[test]
+    fn headers_use_the_shortest_length_form() {
+        assert_eq!(FrameHeader::new(OpCode::Text, 125).as_bytes(), [0x81, 125]);
+        assert_eq!(
+            FrameHeader::new(OpCode::Text, 126).as_bytes(),
+            [0x81, 126, 0, 126]
+        );
+        assert_eq!(
+            FrameHeader::new(OpCode::Text, 70_000).as_bytes(),
+            [0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
+        );
+        assert_eq!(FrameHeader::new(OpCode::Close, 0).as_bytes(), [0x88, 0]);
+    }
+}

@@ -1,0 +1,109 @@
+//! Upgrade: the direct WebSocket driver's way in (`server.websocket_driver =
+//! "direct"`).
+//!
+//! actix-http's HTTP/1 dispatcher hands every request that asks for a
+//! connection upgrade to this hook, with the connection itself. The hook
+//! judges the handshake with the same `http::decide` the actix-ws route uses,
+//! writes the refusal or the 101 answer with actix-http's codec, then keeps
+//! the bare connection and drops the dispatcher's two 8 KiB buffers: an idle
+//! socket then costs what its own state costs. The socket is served on the
+//! connection's own task, so no second task exists per socket. It must not
+//! judge handshakes itself (that is `http`) or frame WebSocket messages
+//! (that is `transport`).
+
+use std::future::poll_fn;
+use std::pin::Pin;
+
+use actix_codec::Framed;
+use actix_http::body::BodySize;
+use actix_http::h1::{Codec, Message};
+use actix_http::{Request, Response};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::http::{
+    decide, peer, serve_after_authentication, switching_protocols, Gateway, Refused, Verdict,
+};
+use crate::transport::DirectTransport;
+
+/// The paths a WebSocket may open on, with or without the trailing slash.
+pub(crate) fn is_socket_path(path: &str) -> bool {
+    matches!(path, "/ws/notifications/" | "/ws/notifications")
+}
+
+/// Takes over one upgrade request: answers it and, once upgraded, serves the
+/// socket until it ends. Errors only mean the client went away mid-answer.
+pub(crate) async fn take_over<IO>(
+    gateway: &Gateway,
+    request: Request,
+    mut framed: Framed<IO, Codec>,
+) -> std::io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let head = request.head();
+    if !is_socket_path(request.path()) {
+        return refuse(&mut framed, Refused::not_found()).await;
+    }
+    match decide(gateway, head).await {
+        Verdict::Refuse(refused) => refuse(&mut framed, refused).await,
+        Verdict::Upgrade(attached) => {
+            let transport = upgrade(framed, switching_protocols(head), gateway).await?;
+            attached.serve(transport, gateway).await;
+            Ok(())
+        }
+        Verdict::UpgradeThenAuthenticate { address, wait } => {
+            let peer = peer(head);
+            let transport = upgrade(framed, switching_protocols(head), gateway).await?;
+            serve_after_authentication(transport, gateway, address, wait, &peer).await;
+            Ok(())
+        }
+    }
+}
+
+/// Sends the 101 answer and keeps the bare connection plus whatever the
+/// client sent after its handshake; the codec's buffers are dropped here.
+async fn upgrade<IO>(
+    mut framed: Framed<IO, Codec>,
+    answer: Response<()>,
+    gateway: &Gateway,
+) -> std::io::Result<DirectTransport<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    send(&mut framed, Message::Item((answer, BodySize::None))).await?;
+    let parts = framed.into_parts();
+    Ok(DirectTransport::new(
+        parts.io,
+        parts.read_buf,
+        gateway.max_inbound_frame,
+    ))
+}
+
+async fn refuse<IO>(framed: &mut Framed<IO, Codec>, refused: Refused) -> std::io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let body = Bytes::from(refused.body());
+    let mut answer = Response::build(refused.status);
+    answer
+        .insert_header(("Cache-Control", "no-store"))
+        .content_type("application/json");
+    let answer = answer.finish().drop_body();
+    let length = body.len() as u64;
+    Pin::new(&mut *framed).write(Message::Item((answer, BodySize::Sized(length))))?;
+    Pin::new(&mut *framed).write(Message::Chunk(Some(body)))?;
+    send(framed, Message::Chunk(None)).await?;
+    poll_fn(|cx| Pin::new(framed.io_mut()).poll_shutdown(cx)).await
+}
+
+async fn send<IO>(
+    framed: &mut Framed<IO, Codec>,
+    message: Message<(Response<()>, BodySize)>,
+) -> std::io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    Pin::new(&mut *framed).write(message)?;
+    poll_fn(|cx| Pin::new(&mut *framed).flush(cx)).await
+}
