@@ -148,7 +148,8 @@ async fn notifications_socket(
     let identity = match (found, &gateway.session, cookie) {
         (Some((token, _source)), _, _) => gateway
             .verifier
-            .verify(&token)
+            .verify_fetching(&token)
+            .await
             .map_err(Rejection::Unauthorized),
         // No token: a Django session cookie, when the backend is asked.
         (None, Some(session), Some(cookie)) => match session.identify(cookie).await {
@@ -404,7 +405,7 @@ fn authenticate_in_band(
             .flatten();
         let attached = match token {
             None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
-            Some(token) => match gateway.verifier.verify(&token) {
+            Some(token) => match gateway.verifier.verify_fetching(&token).await {
                 Ok(identity) => attach(&gateway, identity, address).await,
                 Err(error) => Err(Rejection::Unauthorized(error)),
             },
