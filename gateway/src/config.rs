@@ -233,11 +233,24 @@ pub struct AuthConfig {
     /// A JWKS document (`{"keys": [...]}`); tokens select a key by `kid`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
-    /// Least time between re-reads of `jwks_file` prompted by an unknown `kid`.
+    /// A JWKS document fetched over HTTPS (the identity provider's
+    /// `jwks_uri`); exclusive with `jwks_file`. May carry credentials, so it
+    /// is never logged (only its host) and `check-config` redacts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// PEM CA certificates trusted for `jwks_url`, besides the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Bounds one fetch of `jwks_url`, and how long a handshake naming an
+    /// unknown `kid` waits for it.
+    #[serde(with = "humantime_serde")]
+    pub jwks_fetch_timeout: Duration,
+    /// Least time between re-reads (or fetches) of the JWKS prompted by an
+    /// unknown `kid`.
     #[serde(with = "humantime_serde")]
     pub jwks_reload_interval: Duration,
-    /// How often the JWKS file is re-read anyway (keys replaced under the
-    /// same `kid`, removed keys).
+    /// How often the JWKS is re-read (or fetched) anyway (keys replaced
+    /// under the same `kid`, removed keys).
     #[serde(with = "humantime_serde")]
     pub jwks_refresh_interval: Duration,
     /// Required `iss`; unset: not checked.
@@ -291,6 +304,9 @@ impl Default for AuthConfig {
             public_key_file: None,
             public_key_env: None,
             jwks_file: None,
+            jwks_url: None,
+            jwks_ca_file: None,
+            jwks_fetch_timeout: Duration::from_secs(3),
             jwks_reload_interval: Duration::from_secs(30),
             jwks_refresh_interval: Duration::from_secs(300),
             issuer: None,
@@ -737,6 +753,52 @@ impl Config {
         if auth.jwks_reload_interval < Duration::from_secs(1) {
             return Err(invalid("auth.jwks_reload_interval", "must be at least 1s"));
         }
+        if auth.jwks_refresh_interval < Duration::from_secs(1) {
+            return Err(invalid("auth.jwks_refresh_interval", "must be at least 1s"));
+        }
+        if auth.jwks_fetch_timeout < Duration::from_millis(100)
+            || auth.jwks_fetch_timeout > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "auth.jwks_fetch_timeout",
+                "must be between 100ms and 60s (handshakes wait for it)",
+            ));
+        }
+        if let Some(url) = &auth.jwks_url {
+            if auth.jwks_file.is_some() {
+                return Err(invalid(
+                    "auth.jwks_url",
+                    "set only one of auth.jwks_file and auth.jwks_url",
+                ));
+            }
+            // The reasons never repeat the URL: it may carry credentials.
+            let (host, https) = crate::jwks_remote::url_host(url)
+                .map_err(|reason| invalid("auth.jwks_url", reason))?;
+            if !https && !crate::jwks_remote::is_loopback_host(&host) {
+                return Err(invalid(
+                    "auth.jwks_url",
+                    format!(
+                        "must be an https:// URL: keys fetched over plain http:// from \
+                         {host} could be replaced by anyone on the path (http:// is \
+                         accepted only for a loopback host)"
+                    ),
+                ));
+            }
+        }
+        if let Some(path) = &auth.jwks_ca_file {
+            if auth.jwks_url.is_none() {
+                return Err(invalid(
+                    "auth.jwks_ca_file",
+                    "is used only with auth.jwks_url",
+                ));
+            }
+            if !path.is_file() {
+                return Err(invalid(
+                    "auth.jwks_ca_file",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
         if auth.audience.iter().any(String::is_empty) {
             return Err(invalid("auth.audience", "entries must not be empty"));
         }
@@ -901,11 +963,12 @@ impl Config {
             && auth.public_key_file.is_none()
             && auth.public_key_env.is_none()
             && auth.jwks_file.is_none()
+            && auth.jwks_url.is_none()
         {
             return Err(invalid(
                 "auth.jwt_secret",
                 "is required (set GATEWAY_AUTH_JWT_SECRET or [auth] jwt_secret), \
-                 unless auth.public_key or auth.jwks_file verifies tokens",
+                 unless auth.public_key, auth.jwks_file or auth.jwks_url verifies tokens",
             ));
         }
         crate::jwtverify::TokenVerifier::new(auth).map_err(|error| ConfigError::Invalid {
@@ -919,7 +982,18 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.layer.hosts = self.layer.hosts.iter().map(HostSetting::redacted).collect();
+        shown.auth.jwks_url = self.auth.jwks_url.as_deref().map(redact_jwks_url);
         toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# cannot render: {error}"))
+    }
+}
+
+/// `jwks_url` as `check-config` shows it: a password and the query (where
+/// API keys travel) hidden.
+fn redact_jwks_url(url: &str) -> String {
+    let shown = redact_url_password(url);
+    match shown.split_once('?') {
+        Some((before, _)) => format!("{before}?<redacted>"),
+        None => shown,
     }
 }
 
@@ -980,6 +1054,13 @@ mod tests {
                 "auth.jwks_reload_interval=\"10ms\"",
                 "auth.jwks_reload_interval",
             ),
+            ("auth.jwks_url=\"http://idp.example/jwks\"", "auth.jwks_url"),
+            ("auth.jwks_url=\"idp.example/jwks\"", "auth.jwks_url"),
+            (
+                "auth.jwks_ca_file=\"/nonexistent.pem\"",
+                "auth.jwks_ca_file",
+            ),
+            ("auth.jwks_fetch_timeout=\"1ms\"", "auth.jwks_fetch_timeout"),
         ];
         for (setting, key) in cases {
             let overrides = ["auth.jwt_secret=\"s\"".to_string(), setting.to_string()];

@@ -238,7 +238,8 @@ pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
     let identity = match (found, &gateway.session, cookie) {
         (Some((token, _source)), _, _) => gateway
             .verifier
-            .verify(&token)
+            .verify_fetching(&token)
+            .await
             .map_err(Rejection::Unauthorized),
         // No token: a Django session cookie, when the backend is asked.
         (None, Some(session), Some(cookie)) => match session.identify(cookie).await {
@@ -489,7 +490,7 @@ pub(crate) async fn serve_after_authentication<T: Transport>(
         .flatten();
     let attached = match token {
         None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
-        Some(token) => match gateway.verifier.verify(&token) {
+        Some(token) => match gateway.verifier.verify_fetching(&token).await {
             Ok(identity) => attach(gateway, identity, address).await,
             Err(error) => Err(Rejection::Unauthorized(error)),
         },

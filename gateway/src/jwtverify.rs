@@ -9,11 +9,14 @@
 //! the configured leeway, SimpleJWT's `token_type` rule and the user-id claim
 //! lookup. It is the one module that verifies tokens. It must not know where a
 //! token came from (see `credentials`) and must never log or return the token
-//! or a key.
+//! or a key. A JWKS fetched over HTTPS is kept and refreshed by `jwks_remote`;
+//! this module only reads the keys it holds and, for an unknown `kid`, waits
+//! for the one fetch `jwks_remote` runs for everyone.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -23,6 +26,7 @@ use parking_lot::{Mutex, RwLock};
 use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
+use crate::jwks_remote::RemoteJwks;
 
 /// Why a token was refused; the label doubles as the metric label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -239,7 +243,7 @@ fn hmac_secret(config: &AuthConfig) -> Result<Option<Vec<u8>>, KeyError> {
 /// One key and the algorithms it may verify: the intersection of the
 /// allowlist with what the key's type can do, so a token whose header names
 /// another family never reaches this key.
-struct VerifyingKey {
+pub(crate) struct VerifyingKey {
     kid: Option<String>,
     key: DecodingKey,
     algorithms: Vec<Algorithm>,
@@ -336,7 +340,10 @@ fn public_key_from_pem(
 /// The usable signing keys of a JWKS document. Keys without a `kid`, with a
 /// `use` other than `sig`, symmetric (`oct`: a JWKS is often public, so an
 /// HMAC secret does not belong in one) or of unsupported curves are skipped.
-fn jwks_keys(document: &[u8], allowed: &[Algorithm]) -> Result<Vec<VerifyingKey>, String> {
+pub(crate) fn jwks_keys(
+    document: &[u8],
+    allowed: &[Algorithm],
+) -> Result<Vec<VerifyingKey>, String> {
     let set: JwkSet = serde_json::from_slice(document)
         .map_err(|error| format!("not a JWKS document ({:?} error)", error.classify()))?;
     let mut keys: Vec<VerifyingKey> = Vec::new();
@@ -402,11 +409,43 @@ fn jwk_key(jwk: &Jwk, kid: String, allowed: &[Algorithm]) -> Option<VerifyingKey
     })
 }
 
+/// The keys of a JWKS document, selected by `kid`; replaced whole by a
+/// successful re-read or fetch, never emptied by a failed one.
+#[derive(Default)]
+pub(crate) struct JwksKeys(RwLock<Vec<VerifyingKey>>);
+
+impl JwksKeys {
+    fn new(keys: Vec<VerifyingKey>) -> JwksKeys {
+        JwksKeys(RwLock::new(keys))
+    }
+
+    pub(crate) fn holds(&self, kid: &str) -> bool {
+        self.0
+            .read()
+            .iter()
+            .any(|key| key.kid.as_deref() == Some(kid))
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.read().len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.read().is_empty()
+    }
+
+    /// Installs a new set; callers pass only a set that parsed and holds at
+    /// least one usable key.
+    pub(crate) fn replace(&self, keys: Vec<VerifyingKey>) {
+        *self.0.write() = keys;
+    }
+}
+
 /// A JWKS file, re-read (at most once per `reload_interval`) when a token
 /// names a `kid` it does not hold, so keys rotate without a restart.
 struct JwksFile {
     path: PathBuf,
-    keys: RwLock<Vec<VerifyingKey>>,
+    keys: JwksKeys,
     last_load: Mutex<Instant>,
     reload_interval: Duration,
 }
@@ -416,13 +455,6 @@ impl JwksFile {
         let document = std::fs::read(path)
             .map_err(|error| format!("cannot read {}: {}", path.display(), error.kind()))?;
         jwks_keys(&document, allowed)
-    }
-
-    fn has(&self, kid: &str) -> bool {
-        self.keys
-            .read()
-            .iter()
-            .any(|key| key.kid.as_deref() == Some(kid))
     }
 
     /// Re-reads the file unless that happened within `reload_interval`;
@@ -439,7 +471,7 @@ impl JwksFile {
         match JwksFile::load(&self.path, allowed) {
             Ok(keys) => {
                 tracing::info!(keys = keys.len(), %why, "JWKS file reloaded");
-                *self.keys.write() = keys;
+                self.keys.replace(keys);
             }
             Err(reason) => {
                 tracing::warn!(%reason, "JWKS file reload failed; keeping the previous keys");
@@ -455,6 +487,9 @@ pub struct TokenVerifier {
     /// `kid`, since SimpleJWT does not set one.
     unnamed: Vec<VerifyingKey>,
     jwks: Option<JwksFile>,
+    /// A JWKS document fetched over HTTPS (`auth.jwks_url`); exclusive with
+    /// `jwks`.
+    remote: Option<Arc<RemoteJwks>>,
     /// The claim checks, one per allowed algorithm (jsonwebtoken checks the
     /// header's algorithm against this list as well).
     validations: Vec<(Algorithm, Validation)>,
@@ -474,8 +509,22 @@ impl TokenVerifier {
         }
     }
 
-    pub fn uses_jwks(&self) -> bool {
+    pub fn uses_jwks_file(&self) -> bool {
         self.jwks.is_some()
+    }
+
+    /// The fetched JWKS, for the task that keeps it fresh.
+    pub fn remote_jwks(&self) -> Option<Arc<RemoteJwks>> {
+        self.remote.clone()
+    }
+
+    /// The JWKS keys, from the file or the URL, whichever is configured.
+    fn jwks_held(&self) -> Option<&JwksKeys> {
+        match (&self.jwks, &self.remote) {
+            (Some(file), _) => Some(&file.keys),
+            (None, Some(remote)) => Some(remote.keys()),
+            (None, None) => None,
+        }
     }
 
     pub fn new(config: &AuthConfig) -> Result<TokenVerifier, KeyError> {
@@ -503,7 +552,7 @@ impl TokenVerifier {
         }
         let jwks = match &config.jwks_file {
             Some(path) => Some(JwksFile {
-                keys: RwLock::new(
+                keys: JwksKeys::new(
                     JwksFile::load(path, &allowed)
                         .map_err(|reason| key_error("auth.jwks_file", reason))?,
                 ),
@@ -513,11 +562,24 @@ impl TokenVerifier {
             }),
             None => None,
         };
-        if unnamed.is_empty() && jwks.is_none() {
+        if jwks.is_some() && config.jwks_url.is_some() {
+            return Err(key_error(
+                "auth.jwks_url",
+                "set only one of auth.jwks_file and auth.jwks_url",
+            ));
+        }
+        // Nothing is fetched here: `serve` starts the fetching task, and
+        // `check-config` must not depend on the network.
+        let remote = match &config.jwks_url {
+            Some(url) => Some(Arc::new(RemoteJwks::new(url, config, &allowed)?)),
+            None => None,
+        };
+        let has_jwks = jwks.is_some() || remote.is_some();
+        if unnamed.is_empty() && !has_jwks {
             return Err(key_error(
                 "auth.jwt_secret",
                 "no verification key: set auth.jwt_secret (or _file/_env), \
-                 auth.public_key (or _file/_env) or auth.jwks_file",
+                 auth.public_key (or _file/_env), auth.jwks_file or auth.jwks_url",
             ));
         }
         // An allowed algorithm no key can ever verify is a configuration
@@ -527,7 +589,7 @@ impl TokenVerifier {
             let covered = if hmac {
                 unnamed.iter().any(|key| key.algorithms.contains(algorithm))
             } else {
-                jwks.is_some() || unnamed.iter().any(|key| key.algorithms.contains(algorithm))
+                has_jwks || unnamed.iter().any(|key| key.algorithms.contains(algorithm))
             };
             if !covered {
                 return Err(key_error(
@@ -537,7 +599,7 @@ impl TokenVerifier {
                         if hmac {
                             "HMAC needs auth.jwt_secret"
                         } else {
-                            "it needs a matching auth.public_key or auth.jwks_file"
+                            "it needs a matching auth.public_key, auth.jwks_file or auth.jwks_url"
                         }
                     ),
                 ));
@@ -571,12 +633,36 @@ impl TokenVerifier {
             allowed,
             unnamed,
             jwks,
+            remote,
             validations,
             user_id_claims: config.user_id_claims.clone(),
             groups_claim: config.groups_claim.clone(),
         })
     }
 
+    /// [`Self::verify`], but a token naming a `kid` the fetched JWKS does
+    /// not hold first waits (at most `auth.jwks_fetch_timeout`) for the one
+    /// fetch `jwks_remote` runs for every such handshake, rate-limited by
+    /// `auth.jwks_reload_interval`. Without `auth.jwks_url` it is `verify`.
+    pub async fn verify_fetching(&self, token: &str) -> Result<Identity, AuthError> {
+        if let Some(remote) = &self.remote {
+            if let Ok(header) = jsonwebtoken::decode_header(token) {
+                // Only a token that a JWKS key could verify may cause a
+                // fetch: a disallowed or HMAC algorithm never will.
+                let could_use_jwks =
+                    self.allowed.contains(&header.alg) && !HMAC.contains(&header.alg);
+                if let (true, Some(kid)) = (could_use_jwks, header.kid.as_deref()) {
+                    if !remote.keys().holds(kid) {
+                        remote.fetch_for_unknown_kid().await;
+                    }
+                }
+            }
+        }
+        self.verify(token)
+    }
+
+    /// Verifies with the keys held now (a JWKS *file* is re-read for an
+    /// unknown `kid`; a JWKS URL is fetched only by [`Self::verify_fetching`]).
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let algorithm = header.alg;
@@ -605,11 +691,13 @@ impl TokenVerifier {
             }
         };
 
-        if let (Some(jwks), Some(kid)) = (&self.jwks, header.kid.as_deref()) {
-            if !jwks.has(kid) {
-                jwks.reload_for(kid, &self.allowed);
+        if let (Some(held), Some(kid)) = (self.jwks_held(), header.kid.as_deref()) {
+            if let Some(file) = &self.jwks {
+                if !held.holds(kid) {
+                    file.reload_for(kid, &self.allowed);
+                }
             }
-            for key in jwks.keys.read().iter() {
+            for key in held.0.read().iter() {
                 if key.kid.as_deref() == Some(kid) && fits(key) {
                     try_key(key);
                 }
@@ -621,9 +709,9 @@ impl TokenVerifier {
         let claims = match outcome {
             Some(result) => result?,
             None => {
-                return Err(match (&self.jwks, header.kid) {
+                return Err(match (self.jwks_held(), header.kid) {
                     (Some(_), None) => AuthError::MissingKid,
-                    (Some(jwks), Some(kid)) if !jwks.has(&kid) => AuthError::UnknownKid,
+                    (Some(held), Some(kid)) if !held.holds(&kid) => AuthError::UnknownKid,
                     // No key of the header's family: e.g. HS256 against a
                     // public key (the algorithm-confusion attack).
                     _ => AuthError::WrongAlgorithm,

@@ -12,6 +12,7 @@ pub mod events;
 pub mod glob;
 pub mod health;
 pub mod http;
+pub mod jwks_remote;
 pub mod jwtverify;
 pub mod layer;
 pub mod limits;

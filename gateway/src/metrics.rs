@@ -58,6 +58,46 @@ impl DropReason {
     }
 }
 
+/// How one fetch of the JWKS document (`auth.jwks_url`) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwksFetchResult {
+    /// A usable document; its keys replaced the previous ones.
+    Ok,
+    /// No complete answer within `auth.jwks_fetch_timeout`.
+    Timeout,
+    /// DNS, TCP or TLS failed (a certificate not signed by a trusted root
+    /// lands here).
+    ConnectError,
+    /// An answer other than 200.
+    BadStatus,
+    /// A body larger than the cap.
+    TooLarge,
+    /// Not JSON, not a JWKS, or no usable signing key in it.
+    BadDocument,
+}
+
+impl JwksFetchResult {
+    pub const ALL: [JwksFetchResult; 6] = [
+        JwksFetchResult::Ok,
+        JwksFetchResult::Timeout,
+        JwksFetchResult::ConnectError,
+        JwksFetchResult::BadStatus,
+        JwksFetchResult::TooLarge,
+        JwksFetchResult::BadDocument,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            JwksFetchResult::Ok => "ok",
+            JwksFetchResult::Timeout => "timeout",
+            JwksFetchResult::ConnectError => "connect_error",
+            JwksFetchResult::BadStatus => "bad_status",
+            JwksFetchResult::TooLarge => "too_large",
+            JwksFetchResult::BadDocument => "bad_document",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub sockets_open: IntGauge,
@@ -78,6 +118,9 @@ pub struct Metrics {
     pub groups_local: IntGauge,
     pub drain_remaining: IntGauge,
     pub canaries_received: IntCounter,
+    jwks_fetches: IntCounterVec,
+    /// Keys held from the fetched JWKS document.
+    pub jwks_keys: IntGauge,
 }
 
 /// Outcome of one upgrade request.
@@ -280,17 +323,40 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
+            jwks_fetches: register(
+                &registry,
+                counter_vec(
+                    "gateway_jwks_fetches_total",
+                    "Fetches of the JWKS document (auth.jwks_url) by result",
+                    "result",
+                ),
+            ),
+            jwks_keys: register(
+                &registry,
+                IntGauge::new(
+                    "gateway_jwks_keys",
+                    "Signing keys held from the fetched JWKS document",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
             registry,
         };
         // Export every label value from the start so dashboards and alerts see zeros.
         for reason in DropReason::ALL {
             metrics.drops.with_label_values(&[reason.label()]);
         }
+        for result in JwksFetchResult::ALL {
+            metrics.jwks_fetches.with_label_values(&[result.label()]);
+        }
         metrics
     }
 
     pub fn connect(&self, result: ConnectResult) {
         self.connects.with_label_values(&[result.label()]).inc();
+    }
+
+    pub fn jwks_fetch(&self, result: JwksFetchResult) {
+        self.jwks_fetches.with_label_values(&[result.label()]).inc();
     }
 
     pub fn auth_failure(&self, reason: &'static str) {
@@ -362,6 +428,7 @@ mod tests {
             "gateway_drops_total{reason=\"unknown_type\"} 1",
             "gateway_drops_total{reason=\"slow_consumer\"} 0",
             "gateway_publish_lag_seconds_bucket",
+            "gateway_jwks_fetches_total{result=\"bad_status\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -328,7 +328,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
 
     let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
-    if verifier.uses_jwks() {
+    if let Some(remote) = verifier.remote_jwks() {
+        // Readiness does not wait for the first fetch: every replica shares
+        // the identity provider, so gating on it would turn its outage into
+        // ours, while open sockets and other keys keep working. A failed
+        // fetch is logged and counted (gateway_jwks_fetches_total).
+        actix_web::rt::spawn(crate::jwks_remote::run(remote, metrics.clone()));
+    }
+    if verifier.uses_jwks_file() {
         let verifier = verifier.clone();
         let every = config.auth.jwks_refresh_interval;
         actix_web::rt::spawn(async move {

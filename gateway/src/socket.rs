@@ -241,7 +241,8 @@ async fn handle_client_text<T: Transport>(
 ) -> ClientTextOutcome {
     let reply = match parse_client_frame(text) {
         Ok(ClientFrame::Ping) => r#"{"type": "pong"}"#.to_string(),
-        Ok(ClientFrame::Refresh { token }) => match settings.verifier.verify(&token) {
+        Ok(ClientFrame::Refresh { token }) => match settings.verifier.verify_fetching(&token).await
+        {
             // The same user only: a refresh must not switch identities.
             Ok(identity) if identity.user_id == holder.user_id => {
                 holder.expires_at = identity.expires_at;
