@@ -381,7 +381,8 @@ impl Attached {
         .await;
     }
 
-    fn spawn<T: Transport + 'static>(self, transport: T, gateway: &Gateway) {
+    /// Serves the socket on a task of its own.
+    pub(crate) fn spawn<T: Transport + 'static>(self, transport: T, gateway: &Gateway) {
         socket::spawn(
             transport,
             self.outbox,

@@ -41,8 +41,9 @@ pub enum CloseNote {
 /// What the socket task should do next.
 #[derive(Debug)]
 pub enum Next {
-    /// Frames to send, oldest first (drained together to batch writes).
-    Frames(Vec<ByteString>),
+    /// Frames to send are in the batch, oldest first (drained together to
+    /// batch writes).
+    Frames,
     Close(CloseCode, CloseNote),
 }
 
@@ -112,7 +113,7 @@ impl Outbox {
         self.len() == 0
     }
 
-    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
+    fn poll_next(&self, cx: &mut Context<'_>, batch: &mut VecDeque<ByteString>) -> Poll<Next> {
         self.waker.register(cx.waker());
         let mut state = self.state.lock();
         if let Some((code, note)) = &state.close {
@@ -121,16 +122,20 @@ impl Outbox {
         if state.frames.is_empty() {
             return Poll::Pending;
         }
-        let frames: Vec<ByteString> = state.frames.drain(..).collect();
-        // Give back a burst's memory: idle sockets are the common case.
-        if state.frames.capacity() > 16 {
-            state.frames.shrink_to_fit();
+        // The queue and the caller's emptied batch trade places: no copy,
+        // and the two allocations take turns instead of one per wake-up.
+        batch.clear();
+        if batch.capacity() > 16 {
+            // Give back a burst's memory: idle sockets are the common case.
+            batch.shrink_to_fit();
         }
-        Poll::Ready(Next::Frames(frames))
+        std::mem::swap(&mut state.frames, batch);
+        Poll::Ready(Next::Frames)
     }
 
-    pub async fn next(&self) -> Next {
-        poll_fn(|cx| self.poll_next(cx)).await
+    /// Waits for frames (moved into `batch`, which is emptied first) or a close.
+    pub async fn next(&self, batch: &mut VecDeque<ByteString>) -> Next {
+        poll_fn(|cx| self.poll_next(cx, batch)).await
     }
 }
 
@@ -144,8 +149,9 @@ mod tests {
         assert_eq!(outbox.push("a".into()), Pushed::Queued);
         assert_eq!(outbox.push("b".into()), Pushed::Queued);
         assert_eq!(outbox.push("c".into()), Pushed::Full);
-        match outbox.next().await {
-            Next::Frames(frames) => assert_eq!(frames, ["a", "b"]),
+        let mut batch = VecDeque::new();
+        match outbox.next(&mut batch).await {
+            Next::Frames => assert_eq!(batch, ["a", "b"]),
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(outbox.push("d".into()), Pushed::Queued);
@@ -158,7 +164,7 @@ mod tests {
         outbox.close(CloseCode::SlowConsumer);
         outbox.close(CloseCode::Normal);
         assert_eq!(outbox.push("b".into()), Pushed::Closed);
-        match outbox.next().await {
+        match outbox.next(&mut VecDeque::new()).await {
             Next::Close(code, note) => {
                 assert_eq!((code, note), (CloseCode::SlowConsumer, CloseNote::Standard))
             }

@@ -475,10 +475,13 @@ mod tests {
         let received = setup
             .outboxes
             .iter()
-            .map(|outbox| match outbox.next().now_or_never() {
-                None => "nothing".to_owned(),
-                Some(Next::Frames(frames)) => format!("{frames:?}"),
-                Some(Next::Close(code, _)) => format!("closed {code:?}"),
+            .map(|outbox| {
+                let mut batch = std::collections::VecDeque::new();
+                match outbox.next(&mut batch).now_or_never() {
+                    None => "nothing".to_owned(),
+                    Some(Next::Frames) => format!("{:?}", Vec::from(batch)),
+                    Some(Next::Close(code, _)) => format!("closed {code:?}"),
+                }
             })
             .collect();
         let drops = setup

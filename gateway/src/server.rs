@@ -194,7 +194,7 @@ fn direct_http1<T: PublicStream>(
         })
         .upgrade(fn_service(
             move |(request, framed): (Request, Framed<T, h1::Codec>)| {
-                let gateway = upgrade_gateway.clone();
+                let gateway = upgrade_gateway.clone().into_inner();
                 async move {
                     if let Err(error) = take_over(&gateway, request, framed).await {
                         tracing::debug!(%error, "client left during the handshake");

@@ -8,6 +8,7 @@
 //! `Membership` guard removes it from the registry and from its groups. It
 //! must not decode Redis payloads or decide group membership.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -119,13 +120,15 @@ async fn run<T: Transport>(
     // A client that stops reading would otherwise park this task forever on
     // a full socket buffer; past the pong timeout it counts as gone.
     let send_timeout = settings.pong_timeout;
+    // Frames taken from the outbox, reused from one wake-up to the next.
+    let mut batch = VecDeque::new();
 
     let ending = loop {
         tokio::select! {
-            next = outbox.next() => match next {
-                Next::Frames(frames) => {
-                    match timeout(send_timeout, transport.send_texts(&frames)).await {
-                        Ok(Ok(())) => metrics.frames_delivered.inc_by(frames.len() as u64),
+            next = outbox.next(&mut batch) => match next {
+                Next::Frames => {
+                    match timeout(send_timeout, transport.send_texts(batch.make_contiguous())).await {
+                        Ok(Ok(())) => metrics.frames_delivered.inc_by(batch.len() as u64),
                         Ok(Err(_)) | Err(_) => return Ending::ConnectionLost,
                     }
                 }

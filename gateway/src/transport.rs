@@ -125,16 +125,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
     }
 
     /// Writes whole frames: `frames` payloads, each after its header.
-    async fn write_frames(&mut self, opcode: OpCode, frames: &[&[u8]]) -> io::Result<()> {
+    async fn write_frames<F: AsRef<[u8]>>(
+        &mut self,
+        opcode: OpCode,
+        frames: &[F],
+    ) -> io::Result<()> {
         let mut position = FramePosition::default();
         poll_fn(|cx| self.poll_write_frames(cx, opcode, frames, &mut position)).await
     }
 
-    fn poll_write_frames(
+    fn poll_write_frames<F: AsRef<[u8]>>(
         &mut self,
         cx: &mut Context<'_>,
         opcode: OpCode,
-        frames: &[&[u8]],
+        frames: &[F],
         position: &mut FramePosition,
     ) -> Poll<io::Result<()>> {
         while position.frame < frames.len() {
@@ -143,10 +147,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
             let mut headers = [FrameHeader::EMPTY; FRAMES_PER_WRITE];
             let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
             for (index, payload) in batch.iter().enumerate() {
-                headers[index] = FrameHeader::new(opcode, payload.len());
+                headers[index] = FrameHeader::new(opcode, payload.as_ref().len());
             }
             let mut used = 0;
             for (index, payload) in batch.iter().enumerate() {
+                let payload = payload.as_ref();
                 let header = headers[index].as_bytes();
                 // The first frame may be partly written already.
                 let skip = if index == 0 { position.offset } else { 0 };
@@ -169,10 +174,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
             };
             position.advance(
                 written,
-                batch
-                    .iter()
-                    .enumerate()
-                    .map(|(index, payload)| headers[index].as_bytes().len() + payload.len()),
+                batch.iter().enumerate().map(|(index, payload)| {
+                    headers[index].as_bytes().len() + payload.as_ref().len()
+                }),
             );
         }
         Pin::new(&mut self.io).poll_flush(cx)
@@ -232,23 +236,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for DirectTransport<IO> {
     async fn send_texts(&mut self, frames: &[ByteString]) -> io::Result<()> {
-        let mut payloads: [&[u8]; FRAMES_PER_WRITE] = [&[]; FRAMES_PER_WRITE];
-        for chunk in frames.chunks(FRAMES_PER_WRITE) {
-            for (slot, frame) in payloads.iter_mut().zip(chunk) {
-                *slot = frame.as_bytes();
-            }
-            self.write_frames(OpCode::Text, &payloads[..chunk.len()])
-                .await?;
-        }
-        Ok(())
+        self.write_frames(OpCode::Text, frames).await
     }
 
     async fn send_text(&mut self, text: &str) -> io::Result<()> {
-        self.write_frames(OpCode::Text, &[text.as_bytes()]).await
+        self.write_frames(OpCode::Text, &[text]).await
     }
 
     async fn ping(&mut self) -> io::Result<()> {
-        self.write_frames(OpCode::Ping, &[&[]]).await
+        self.write_frames(OpCode::Ping, &[b""]).await
     }
 
     async fn pong(&mut self, payload: &[u8]) -> io::Result<()> {

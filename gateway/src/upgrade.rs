@@ -5,14 +5,16 @@
 //! connection upgrade to this hook, with the connection itself. The hook
 //! judges the handshake with the same `http::decide` the actix-ws route uses,
 //! writes the refusal or the 101 answer with actix-http's codec, then keeps
-//! the bare connection and drops the dispatcher's two 8 KiB buffers: an idle
-//! socket then costs what its own state costs. The socket is served on the
-//! connection's own task, so no second task exists per socket. It must not
+//! the bare connection, drops the dispatcher's two 8 KiB buffers and serves
+//! the socket on a task of its own, sized for the socket loop alone (the
+//! connection's task, with the request and the handshake's state, ends): an
+//! idle socket then costs what its own state costs. It must not
 //! judge handshakes itself (that is `http`) or frame WebSocket messages
 //! (that is `transport`).
 
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actix_codec::Framed;
 use actix_http::body::BodySize;
@@ -31,15 +33,17 @@ pub(crate) fn is_socket_path(path: &str) -> bool {
     matches!(path, "/ws/notifications/" | "/ws/notifications")
 }
 
-/// Takes over one upgrade request: answers it and, once upgraded, serves the
-/// socket until it ends. Errors only mean the client went away mid-answer.
+/// Takes over one upgrade request: answers it and, once upgraded, hands the
+/// socket to a task of its own. That task holds only the socket's state;
+/// this one (with the request, the handshake's futures and the dispatcher
+/// around them) ends here. Errors only mean the client went away mid-answer.
 pub(crate) async fn take_over<IO>(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     request: Request,
     mut framed: Framed<IO, Codec>,
 ) -> std::io::Result<()>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let head = request.head();
     if !is_socket_path(request.path()) {
@@ -49,13 +53,16 @@ where
         Verdict::Refuse(refused) => refuse(&mut framed, refused).await,
         Verdict::Upgrade(attached) => {
             let transport = upgrade(framed, switching_protocols(head), gateway).await?;
-            attached.serve(transport, gateway).await;
+            attached.spawn(transport, gateway);
             Ok(())
         }
         Verdict::UpgradeThenAuthenticate { address, wait } => {
             let peer = peer(head);
             let transport = upgrade(framed, switching_protocols(head), gateway).await?;
-            serve_after_authentication(transport, gateway, address, wait, &peer).await;
+            let gateway = gateway.clone();
+            actix_web::rt::spawn(async move {
+                serve_after_authentication(transport, &gateway, address, wait, &peer).await;
+            });
             Ok(())
         }
     }

@@ -221,6 +221,33 @@ def main() -> int:
     lines += ["", "Ratios are gateway ÷ peer for rates and peer ÷ gateway for costs (RSS, "
               "latency, seconds): above 1× the gateway is better.", ""]
 
+    if any(key.startswith("actix-ws-") for key in res):
+        lines += ["## Before and after: the direct driver against the actix-ws driver", "",
+                  "The same gateway build, in this run, with `server.websocket_driver` set to "
+                  "`direct` (the default: the gateway owns the connection after the upgrade and "
+                  "keeps no buffer while a socket is idle) and to `actix-ws` (actix-ws behind "
+                  "actix's HTTP/1 dispatcher, the driver before this change).", "",
+                  "| scenario | direct | actix-ws | direct ÷ actix-ws |", "|---|---|---|---|"]
+
+        def compare(name, direct, actix, higher=True, digits=1):
+            lines.append(f"| {name} | {fmt(direct, digits)} | {fmt(actix, digits)} | "
+                         f"{ratio(direct, actix, higher)} |")
+
+        for size in meta.get("knobs", {}).get("BENCH_IDLE_SOCKETS", "").split():
+            d = idle_row(res.get(f"gateway-idle-{size}"))
+            a = idle_row(res.get(f"actix-ws-idle-{size}"))
+            compare(f"idle RSS KiB/socket, {size} sockets", d[1], a[1], higher=False, digits=2)
+            compare(f"connects/s while opening {size}", d[2], a[2])
+        af = ((res.get("actix-ws-fixed") or {}).get("steps") or [{}])[0]
+        compare("fixed rate: p99 ms", (gf.get("latency") or {}).get("p99_ms"),
+                (af.get("latency") or {}).get("p99_ms"), higher=False, digits=2)
+        ab = ((res.get("actix-ws-broadcast") or {}).get("steps") or [{}])[0]
+        compare("broadcast deliveries/s", gb.get("deliveries_per_s"), ab.get("deliveries_per_s"))
+        compare("broadcast p99 ms", (gb.get("latency") or {}).get("p99_ms"),
+                (ab.get("latency") or {}).get("p99_ms"), higher=False, digits=2)
+        compare("broadcast lost deliveries", gb.get("lost"), ab.get("lost"), higher=False)
+        lines += ["", "Ratios above 1× favour the direct driver.", ""]
+
     lines += ["## Per-user ramp", "", "![latency vs rate](benchmarks-latency.svg)", ""]
     lines += ["| stack | target msg/s | achieved | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | misrouted | over capacity |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]

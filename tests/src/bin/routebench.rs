@@ -86,9 +86,10 @@ fn main() -> Result<()> {
     );
     check_same_frames(&codec, &small, &broadcast)?;
 
-    let drain = || {
+    let mut batch = std::collections::VecDeque::new();
+    let mut drain = || {
         for (_, outbox) in &outboxes {
-            let _ = black_box(outbox.next().now_or_never());
+            let _ = black_box(outbox.next(&mut batch).now_or_never());
         }
     };
 
