@@ -178,8 +178,12 @@ def main() -> int:
         add(f"connects/s while opening {size}", g[2], p[2], "≥ 10,000 /process")
     multi = res.get("gateway-multi")
     if multi:
-        lines.append(f"| {fmt(multi.get('sockets'))} idle over {multi.get('processes')} gateway processes, "
-                     f"total RSS MiB | {fmt(multi.get('total_rss_mib'))} | not run | — | ≤ 1024 MiB |")
+        lines.append(f"| {fmt(multi.get('sockets'))} idle over {multi.get('processes')} gateway processes "
+                     f"({fmt(multi.get('opened'))} opened), total RSS MiB | {fmt(multi.get('total_rss_mib'))} | "
+                     f"not run | — | ≤ 1024 MiB |")
+        lines.append(f"| … then one group_send per user: frames received / expected | "
+                     f"{fmt(multi.get('probe_received'))} / {fmt(multi.get('probe_expected'))}"
+                     f"{' ✔' if multi.get('all_received') else ' ✘'} | — | — | all receiving |")
     g_best = best_clean_rate(res.get("gateway-per-user"))
     p_best = best_clean_rate(res.get("peer-per-user"))
     add("per-user: highest rate with zero loss and p99 ≤ 50 ms (msgs/s achieved)",
@@ -206,6 +210,8 @@ def main() -> int:
     add("broadcast p99 ms", (gb.get("latency") or {}).get("p99_ms"),
         (pb.get("latency") or {}).get("p99_ms"), "—", higher=False, digits=2)
     add("broadcast lost deliveries", gb.get("lost"), pb.get("lost"), "0", higher=False)
+    add("broadcast: server CPU µs per delivered frame", (gb.get("cpu") or {}).get("server_cpu_us_per_delivery"),
+        (pb.get("cpu") or {}).get("server_cpu_us_per_delivery"), "—", higher=False, digits=2)
     gs = (res.get("gateway-storm") or {}).get("storm") or {}
     ps = (res.get("peer-storm") or {}).get("storm") or {}
     add(f"reconnect storm: s until all rejoined (gateway {fmt(gs.get('dropped'))}, peer {fmt(ps.get('dropped'))})",
@@ -220,6 +226,29 @@ def main() -> int:
                      f"{fmt(top)} | — | — | the ceiling |")
     lines += ["", "Ratios are gateway ÷ peer for rates and peer ÷ gateway for costs (RSS, "
               "latency, seconds): above 1× the gateway is better.", ""]
+
+    lines += ["## Where the cores went", "",
+              "CPU time of each process over each step (publish until the last frame arrived), "
+              "as cores kept busy; the machine has 2. Where the server under test uses well "
+              "under the cores left by the load generator, Redis and the publisher, the limit "
+              "lies outside it.", "",
+              "| step | server cores | load generator cores (incl. publisher) | Redis cores | "
+              "server CPU µs / delivered frame | deliveries/s |", "|---|---|---|---|---|---|"]
+
+    def cpu_row(name, step):
+        cpu = (step or {}).get("cpu") or {}
+        if not cpu:
+            return
+        lines.append(f"| {name} | {fmt(cpu.get('server_cores'), 2)} | {fmt(cpu.get('loadgen_cores'), 2)} | "
+                     f"{fmt(cpu.get('redis_cores'), 2)} | {fmt(cpu.get('server_cpu_us_per_delivery'), 2)} | "
+                     f"{fmt(step.get('deliveries_per_s'))} |")
+
+    for stack in ("gateway", "actix-ws", "peer"):
+        cpu_row(f"{stack} broadcast", ((res.get(f"{stack}-broadcast") or {}).get("steps") or [None])[0])
+        for step in (res.get(f"{stack}-per-user") or {}).get("steps", []):
+            cpu_row(f"{stack} per-user {fmt(step.get('target_rate'))}/s", step)
+        cpu_row(f"{stack} fixed rate", ((res.get(f"{stack}-fixed") or {}).get("steps") or [None])[0])
+    lines.append("")
 
     if any(key.startswith("actix-ws-") for key in res):
         lines += ["## Before and after: the direct driver against the actix-ws driver", "",

@@ -69,9 +69,10 @@ fn assert_clean_step(step: &Value) {
 }
 
 #[tokio::test]
-async fn idle_mode_connects_and_samples_rss() {
+async fn idle_mode_connects_samples_rss_and_probes_delivery() {
     let (redis, gateway) = stack().await;
     let pid = gateway.pid().to_string();
+    let redis_pid = redis.pid().to_string();
     let result = loadgen(
         &redis,
         &gateway,
@@ -86,12 +87,18 @@ async fn idle_mode_connects_and_samples_rss() {
             "0.5",
             "--server-pid",
             &pid,
+            "--redis-pid",
+            &redis_pid,
+            "--probe",
         ],
     )
     .await;
     assert_connected(&result, 40);
     assert_eq!(result["still_open"], 40, "{result}");
     assert!(result["rss"][0]["after_kib"].as_u64().is_some(), "{result}");
+    // One group_send to the sockets' user after the hold reaches all of them.
+    assert_clean_step(&result["probe"]);
+    assert_eq!(result["probe"]["received"], 40, "{result}");
 }
 
 #[tokio::test]
@@ -123,6 +130,8 @@ async fn per_user_mode_delivers_every_message_to_its_user_only() {
 #[tokio::test]
 async fn broadcast_mode_reaches_every_socket_of_the_group() {
     let (redis, gateway) = stack().await;
+    let pid = gateway.pid().to_string();
+    let redis_pid = redis.pid().to_string();
     let result = loadgen(
         &redis,
         &gateway,
@@ -135,6 +144,10 @@ async fn broadcast_mode_reaches_every_socket_of_the_group() {
             "20",
             "--broadcast-rate",
             "50",
+            "--server-pid",
+            &pid,
+            "--redis-pid",
+            &redis_pid,
         ],
     )
     .await;
@@ -142,6 +155,10 @@ async fn broadcast_mode_reaches_every_socket_of_the_group() {
     let step = &result["steps"][0];
     assert_clean_step(step);
     assert_eq!(step["expected"], 25 * 20, "{result}");
+    // Where the cores went: every process's CPU time was read.
+    for process in ["server_cpu_s", "redis_cpu_s", "loadgen_cpu_s"] {
+        assert!(step["cpu"][process].as_f64().is_some(), "{process}: {result}");
+    }
 }
 
 #[tokio::test]

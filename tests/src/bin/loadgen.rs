@@ -88,6 +88,10 @@ struct Args {
     /// Idle: seconds to hold the sockets after all connected.
     #[arg(long, default_value_t = 5.0)]
     hold_secs: f64,
+    /// Idle: after the hold, group_send one message to the sockets' user and
+    /// count who received it (proves held sockets still receive).
+    #[arg(long)]
+    probe: bool,
     /// Idle: seconds between the last connect and the RSS sample.
     #[arg(long, default_value_t = 2.0)]
     settle_secs: f64,
@@ -98,6 +102,10 @@ struct Args {
     /// (repeatable).
     #[arg(long)]
     server_pid: Vec<u32>,
+    /// The redis-server process, whose CPU time each step reports next to the
+    /// server's and the load generator's own (where the cores went).
+    #[arg(long)]
+    redis_pid: Option<u32>,
     /// Per-user: message rates (msgs/s) of the ramp, in order.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     rates: Vec<u64>,
@@ -173,13 +181,35 @@ const HIST_SHARDS: usize = 32;
 
 /// What arrived during one step (one rate, or one broadcast run).
 struct StepStats {
-    received: AtomicU64,
     duplicates: AtomicU64,
     out_of_order: AtomicU64,
     misroutes: AtomicU64,
-    first_recv_us: AtomicU64,
-    last_recv_us: AtomicU64,
-    latency: Shards<Histogram<u64>>,
+    /// Per-frame records, sharded by socket: one uncontended lock per frame
+    /// instead of counters every reader thread fights over.
+    arrivals: Shards<Arrivals>,
+}
+
+/// One shard's share of a step's arrivals.
+struct Arrivals {
+    latency: Histogram<u64>,
+    received: u64,
+    last_recv_us: u64,
+}
+
+impl Arrivals {
+    fn new() -> Result<Arrivals> {
+        Ok(Arrivals {
+            latency: new_histogram()?,
+            received: 0,
+            last_recv_us: 0,
+        })
+    }
+
+    fn record(&mut self, latency_us: u64, recv_us: u64) {
+        self.latency.saturating_record(latency_us);
+        self.received += 1;
+        self.last_recv_us = self.last_recv_us.max(recv_us);
+    }
 }
 
 fn new_histogram() -> Result<Histogram<u64>> {
@@ -190,20 +220,29 @@ fn new_histogram() -> Result<Histogram<u64>> {
 impl StepStats {
     fn new() -> Result<StepStats> {
         Ok(StepStats {
-            received: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             out_of_order: AtomicU64::new(0),
             misroutes: AtomicU64::new(0),
-            first_recv_us: AtomicU64::new(u64::MAX),
-            last_recv_us: AtomicU64::new(0),
-            latency: Shards::try_new(HIST_SHARDS, new_histogram)?,
+            arrivals: Shards::try_new(HIST_SHARDS, Arrivals::new)?,
         })
+    }
+
+    fn received(&self) -> u64 {
+        self.arrivals.all().map(|shard| shard.received).sum()
+    }
+
+    fn last_recv_us(&self) -> u64 {
+        self.arrivals
+            .all()
+            .map(|shard| shard.last_recv_us)
+            .max()
+            .unwrap_or(0)
     }
 
     fn merged(&self) -> Result<Histogram<u64>> {
         let mut out = new_histogram()?;
-        for shard in self.latency.all() {
-            out.add(&*shard).context("merging histograms")?;
+        for shard in self.arrivals.all() {
+            out.add(&shard.latency).context("merging histograms")?;
         }
         Ok(out)
     }
@@ -243,6 +282,72 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields resume after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (ticks > 0).then(|| (utime + stime) / ticks as f64)
+}
+
+/// CPU seconds of the server(s), Redis and this load generator at one moment.
+#[derive(Clone)]
+struct CpuSample {
+    servers: Vec<Option<f64>>,
+    redis: Option<f64>,
+    loadgen: Option<f64>,
+    at: Instant,
+}
+
+impl CpuSample {
+    fn take(args: &Args) -> CpuSample {
+        CpuSample {
+            servers: args
+                .server_pid
+                .iter()
+                .map(|&pid| cpu_seconds(pid))
+                .collect(),
+            redis: args.redis_pid.and_then(cpu_seconds),
+            loadgen: cpu_seconds(std::process::id()),
+            at: Instant::now(),
+        }
+    }
+
+    /// Cores each process kept busy since `self`, and the server's CPU
+    /// microseconds per delivered frame.
+    fn since(&self, args: &Args, delivered: u64) -> serde_json::Value {
+        let now = CpuSample::take(args);
+        let wall = now.at.duration_since(self.at).as_secs_f64();
+        let used = |before: Option<f64>, after: Option<f64>| match (before, after) {
+            (Some(b), Some(a)) => Some(a - b),
+            _ => None,
+        };
+        let server: Option<f64> = self
+            .servers
+            .iter()
+            .zip(&now.servers)
+            .map(|(b, a)| used(*b, *a))
+            .sum();
+        let cores = |seconds: Option<f64>| seconds.map(|s| if wall > 0.0 { s / wall } else { 0.0 });
+        json!({
+            "wall_s": wall,
+            "server_cpu_s": server,
+            "redis_cpu_s": used(self.redis, now.redis),
+            "loadgen_cpu_s": used(self.loadgen, now.loadgen),
+            "server_cores": cores(server),
+            "redis_cores": cores(used(self.redis, now.redis)),
+            "loadgen_cores": cores(used(self.loadgen, now.loadgen)),
+            "server_cpu_us_per_delivery": server
+                .filter(|_| delivered > 0)
+                .map(|s| s * 1e6 / delivered as f64),
+        })
+    }
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -378,10 +483,7 @@ async fn run_socket(
                         }
                     }
                     let latency = recv.saturating_sub(body.ts).max(1);
-                    step.latency.with(index, |h| h.saturating_record(latency));
-                    step.first_recv_us.fetch_min(recv, Ordering::Relaxed);
-                    step.last_recv_us.fetch_max(recv, Ordering::Relaxed);
-                    step.received.fetch_add(1, Ordering::Relaxed);
+                    step.arrivals.with(index, |shard| shard.record(latency, recv));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => {
@@ -587,7 +689,7 @@ async fn drain(shared: &Shared, k: usize, expected: u64, drain: Duration) {
     let mut since = Instant::now();
     loop {
         let step = &shared.steps[k];
-        let seen = step.received.load(Ordering::Relaxed)
+        let seen = step.received()
             + step.duplicates.load(Ordering::Relaxed)
             + step.misroutes.load(Ordering::Relaxed);
         if seen >= expected {
@@ -617,9 +719,9 @@ struct Published {
 /// The step's result, its loss and its p99 in ms.
 fn step_json(shared: &Shared, p: &Published) -> Result<(serde_json::Value, u64, f64)> {
     let step = &shared.steps[p.k];
-    let received = step.received.load(Ordering::Relaxed);
+    let received = step.received();
     let hist = step.merged()?;
-    let last = step.last_recv_us.load(Ordering::Relaxed);
+    let last = step.last_recv_us();
     let span = last.saturating_sub(p.started_us) as f64 / 1e6;
     let lost = p.expected.saturating_sub(received);
     let p99_ms = if hist.is_empty() {
@@ -676,7 +778,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
     if args.src_first < 1 || args.src_last < args.src_first {
         bail!("bad source address range");
     }
-    if args.mode != Mode::Idle && args.redis.is_empty() {
+    if (args.mode != Mode::Idle || args.probe) && args.redis.is_empty() {
         bail!("--redis is required for {:?}", args.mode);
     }
     let fd_limit = rlimit::increase_nofile_limit(u64::MAX).context("raising RLIMIT_NOFILE")?;
@@ -754,6 +856,33 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             out["rss"] = json!(rss);
             tokio::time::sleep(Duration::from_secs_f64(args.hold_secs)).await;
             out["still_open"] = json!(fleet.tasks.iter().filter(|t| !t.is_finished()).count());
+            if args.probe {
+                let started_us = now_us();
+                let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> = Arc::new(move |_| base);
+                let (published, over, secs) =
+                    publish_step(&args, &config, 0, 1, 1000, target_of).await?;
+                let expected = published * connect.ok as u64;
+                drain(
+                    &shared,
+                    0,
+                    expected,
+                    Duration::from_secs_f64(args.drain_secs),
+                )
+                .await;
+                let (json, _, _) = step_json(
+                    &shared,
+                    &Published {
+                        k: 0,
+                        target_rate: 0,
+                        published,
+                        over_capacity: over,
+                        publish_secs: secs,
+                        expected,
+                        started_us,
+                    },
+                )?;
+                out["probe"] = json;
+            }
             fleet.close().await;
         }
         Mode::PerUser => {
@@ -762,6 +891,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             for (k, &rate) in args.rates.iter().enumerate() {
                 let total = ((rate as f64) * args.step_secs).round().max(1.0) as u64;
                 let started_us = now_us();
+                let cpu = CpuSample::take(&args);
                 let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> =
                     Arc::new(move |seq| base + seq % count);
                 let (published, over, secs) =
@@ -775,7 +905,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
                     Duration::from_secs_f64(args.drain_secs),
                 )
                 .await;
-                let (json, lost, p99) = step_json(
+                let (mut json, lost, p99) = step_json(
                     &shared,
                     &Published {
                         k,
@@ -787,6 +917,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
                         started_us,
                     },
                 )?;
+                json["cpu"] = cpu.since(&args, json["received"].as_u64().unwrap_or(0));
                 steps.push(json);
                 if n > 0 && (lost > 0 || p99 > args.stop_p99_ms) {
                     out["stopped_at_rate"] = json!(rate);
@@ -798,6 +929,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         }
         Mode::Broadcast => {
             let started_us = now_us();
+            let cpu = CpuSample::take(&args);
             let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> = Arc::new(move |_| base);
             let (published, over, secs) = publish_step(
                 &args,
@@ -816,7 +948,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
                 Duration::from_secs_f64(args.drain_secs),
             )
             .await;
-            let (json, _, _) = step_json(
+            let (mut json, _, _) = step_json(
                 &shared,
                 &Published {
                     k: 0,
@@ -828,6 +960,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
                     started_us,
                 },
             )?;
+            json["cpu"] = cpu.since(&args, json["received"].as_u64().unwrap_or(0));
             out["steps"] = json!([json]);
             fleet.close().await;
         }
