@@ -55,6 +55,9 @@ impl std::fmt::Debug for Encryption {
 /// Fernet version byte, then an 8-byte big-endian timestamp.
 const TOKEN_HEADER: usize = 9;
 const FERNET_VERSION: u8 = 0x80;
+/// The fernet crate's (and Python's) allowance for tokens stamped in the
+/// future, which it adds to the current time.
+const FERNET_MAX_CLOCK_SKEW: u64 = 60;
 
 impl Encryption {
     /// Keys as configured in Django (strings or bytes), in the same order.
@@ -86,9 +89,15 @@ impl Encryption {
                 return Err(DecryptError::Expired { ttl_secs });
             }
         }
+        // The TTL was checked above, with saturating arithmetic: the fernet
+        // crate adds `timestamp + ttl` and `now + skew` unchecked, which
+        // overflows (a panic where overflow checks are on) for a hostile
+        // timestamp near `u64::MAX`. So it gets no TTL, and a `now` it can
+        // add its skew to; it still refuses tokens from the future.
+        let fernet_now = now_secs.min(u64::MAX - FERNET_MAX_CLOCK_SKEW);
         self.fernets
             .iter()
-            .find_map(|fernet| fernet.decrypt_at_time(token, self.ttl_secs, now_secs).ok())
+            .find_map(|fernet| fernet.decrypt_at_time(token, None, fernet_now).ok())
             .ok_or(DecryptError::Invalid)
     }
 
@@ -163,6 +172,33 @@ mod tests {
             Encryption::new::<&str>(&[], None).err(),
             Some(EncryptionConfigError::NoKeys)
         );
+    }
+
+    /// Found by the `fernet` fuzz target: a token whose timestamp is near
+    /// `u64::MAX` made the fernet crate's own TTL check (`timestamp + ttl`)
+    /// overflow, a panic wherever overflow checks are on.
+    #[test]
+    fn fuzz_regression_timestamp_near_u64_max() {
+        let with_ttl = Encryption::new(&["old key", "current key"], Some(70)).expect("keys");
+        let no_ttl = Encryption::new(&["old key", "current key"], None).expect("keys");
+        let crash = b"gP__________8YDhnuE4usErZZrfhrYfoPjcs0MI5cafRqM8r6Yr2SJufZnoHzrBP8w8PeKJHhDGpH15eR1A9rVCJEe9MeNE3Q==";
+        for token in [&crash[..], b"gP__________", b"gP__________AAAA"] {
+            for encryption in [&with_ttl, &no_ttl] {
+                for now in [0, NOW, u64::MAX] {
+                    assert_eq!(encryption.decrypt(token, now), Err(DecryptError::Invalid));
+                }
+            }
+        }
+        // A well-formed token issued at the end of time: from the future.
+        let future = with_ttl.encrypt(b"x", u64::MAX);
+        assert_eq!(with_ttl.decrypt(&future, NOW), Err(DecryptError::Invalid));
+        // And one checked at the end of time: long expired, or (no TTL) fine.
+        let token = with_ttl.encrypt(b"x", NOW);
+        assert_eq!(
+            with_ttl.decrypt(&token, u64::MAX),
+            Err(DecryptError::Expired { ttl_secs: 70 })
+        );
+        assert_eq!(no_ttl.decrypt(&token, u64::MAX).as_deref(), Ok(&b"x"[..]));
     }
 
     #[test]

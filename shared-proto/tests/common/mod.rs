@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests of shared-proto.
+//! Helpers shared by the integration tests of shared-proto, and by the
+//! `payload` fuzz target (fuzz/fuzz_targets/payload.rs includes this file).
 
 use rmpv::Value;
 use shared_proto::{render_notification, render_passthrough, PayloadCodec, SerializerFormat};
