@@ -102,10 +102,14 @@ fn join_canary_group(
     (conn, groups)
 }
 
-/// Bounds how long the kernel keeps data a vanished peer never
-/// acknowledges, so dead clients free their memory.
-fn limit_unacknowledged(stream: &TcpStream, limit: Duration) {
-    let _ = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(limit));
+/// Socket options of every public connection: frames leave at once (a
+/// push server's small writes must not wait for the previous one's ACK,
+/// which a client's delayed ACK can hold for tens of milliseconds), and the
+/// kernel keeps data a vanished peer never acknowledges only so long, so
+/// dead clients free their memory.
+fn tune_public_socket(stream: &TcpStream, unacknowledged_limit: Duration) {
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(unacknowledged_limit));
 }
 
 /// A public connection, plain or TLS, and the TCP stream beneath it.
@@ -190,7 +194,7 @@ fn direct_http1<T: PublicStream>(
     HttpService::build()
         .client_request_timeout(request_timeout)
         .on_connect_ext(move |stream: &T, _: &mut Extensions| {
-            limit_unacknowledged(stream.tcp(), unacknowledged_limit)
+            tune_public_socket(stream.tcp(), unacknowledged_limit)
         })
         .upgrade(fn_service(
             move |(request, framed): (Request, Framed<T, h1::Codec>)| {
@@ -228,7 +232,7 @@ fn actix_ws_public_server(
                 .map(PublicStream::tcp)
         });
         if let Some(stream) = tcp {
-            limit_unacknowledged(stream, unacknowledged_limit);
+            tune_public_socket(stream, unacknowledged_limit);
         }
     })
     .backlog(LISTEN_BACKLOG)

@@ -232,18 +232,23 @@ def main() -> int:
               "as cores kept busy; the machine has 2. Where the server under test uses well "
               "under the cores left by the load generator, Redis and the publisher, the limit "
               "lies outside it.", "",
-              "| step | server cores | load generator cores (incl. publisher) | Redis cores | "
-              "server CPU µs / delivered frame | deliveries/s |", "|---|---|---|---|---|---|"]
+              "| step | machine busy cores (of all) | server cores | load generator cores (incl. publisher) | "
+              "Redis cores | server CPU µs / delivered frame (or connect) | deliveries/s |",
+              "|---|---|---|---|---|---|---|"]
 
     def cpu_row(name, step):
         cpu = (step or {}).get("cpu") or {}
         if not cpu:
             return
-        lines.append(f"| {name} | {fmt(cpu.get('server_cores'), 2)} | {fmt(cpu.get('loadgen_cores'), 2)} | "
+        busy = f"{fmt(cpu.get('machine_busy_cores'), 2)} of {fmt(cpu.get('machine_cores'))}"
+        lines.append(f"| {name} | {busy} | {fmt(cpu.get('server_cores'), 2)} | {fmt(cpu.get('loadgen_cores'), 2)} | "
                      f"{fmt(cpu.get('redis_cores'), 2)} | {fmt(cpu.get('server_cpu_us_per_delivery'), 2)} | "
                      f"{fmt(step.get('deliveries_per_s'))} |")
 
     for stack in ("gateway", "actix-ws", "peer"):
+        for size in meta.get("knobs", {}).get("BENCH_IDLE_SOCKETS", "").split():
+            connect = (res.get(f"{stack}-idle-{size}") or {}).get("connect")
+            cpu_row(f"{stack} opening {size} sockets (per connect)", connect)
         cpu_row(f"{stack} broadcast", ((res.get(f"{stack}-broadcast") or {}).get("steps") or [None])[0])
         for step in (res.get(f"{stack}-per-user") or {}).get("steps", []):
             cpu_row(f"{stack} per-user {fmt(step.get('target_rate'))}/s", step)
@@ -276,6 +281,12 @@ def main() -> int:
                 (ab.get("latency") or {}).get("p99_ms"), higher=False, digits=2)
         compare("broadcast lost deliveries", gb.get("lost"), ab.get("lost"), higher=False)
         lines += ["", "Ratios above 1× favour the direct driver.", ""]
+
+    changes = Path(__file__).with_name("changes.md")
+    if changes.exists():
+        lines += ["## Changes, each measured before and after", "",
+                  f"(Kept by hand in `tests/bench/{changes.name}`.)", "",
+                  changes.read_text().strip(), ""]
 
     lines += ["## Per-user ramp", "", "![latency vs rate](benchmarks-latency.svg)", ""]
     lines += ["| stack | target msg/s | achieved | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | misrouted | over capacity |",

@@ -157,7 +157,10 @@ async fn broadcast_mode_reaches_every_socket_of_the_group() {
     assert_eq!(step["expected"], 25 * 20, "{result}");
     // Where the cores went: every process's CPU time was read.
     for process in ["server_cpu_s", "redis_cpu_s", "loadgen_cpu_s"] {
-        assert!(step["cpu"][process].as_f64().is_some(), "{process}: {result}");
+        assert!(
+            step["cpu"][process].as_f64().is_some(),
+            "{process}: {result}"
+        );
     }
 }
 

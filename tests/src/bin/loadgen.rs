@@ -296,12 +296,32 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     (ticks > 0).then(|| (utime + stime) / ticks as f64)
 }
 
-/// CPU seconds of the server(s), Redis and this load generator at one moment.
+/// Seconds all cores of the machine have spent busy (not idle or waiting
+/// on I/O), from the first line of /proc/stat.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|field| field.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| (total - idle) / per_second as f64)
+}
+
+/// CPU seconds of the server(s), Redis, this load generator and the whole
+/// machine at one moment.
 #[derive(Clone)]
 struct CpuSample {
     servers: Vec<Option<f64>>,
     redis: Option<f64>,
     loadgen: Option<f64>,
+    machine: Option<f64>,
     at: Instant,
 }
 
@@ -315,13 +335,14 @@ impl CpuSample {
                 .collect(),
             redis: args.redis_pid.and_then(cpu_seconds),
             loadgen: cpu_seconds(std::process::id()),
+            machine: machine_busy_seconds(),
             at: Instant::now(),
         }
     }
 
-    /// Cores each process kept busy since `self`, and the server's CPU
-    /// microseconds per delivered frame.
-    fn since(&self, args: &Args, delivered: u64) -> serde_json::Value {
+    /// Cores each process (and the machine) kept busy since `self`, and the
+    /// server's CPU microseconds per event (delivered frame, or connect).
+    fn since(&self, args: &Args, events: u64) -> serde_json::Value {
         let now = CpuSample::take(args);
         let wall = now.at.duration_since(self.at).as_secs_f64();
         let used = |before: Option<f64>, after: Option<f64>| match (before, after) {
@@ -343,9 +364,11 @@ impl CpuSample {
             "server_cores": cores(server),
             "redis_cores": cores(used(self.redis, now.redis)),
             "loadgen_cores": cores(used(self.loadgen, now.loadgen)),
+            "machine_busy_cores": cores(used(self.machine, now.machine)),
+            "machine_cores": std::thread::available_parallelism().map_or(0, usize::from),
             "server_cpu_us_per_delivery": server
-                .filter(|_| delivered > 0)
-                .map(|s| s * 1e6 / delivered as f64),
+                .filter(|_| events > 0)
+                .map(|s| s * 1e6 / events as f64),
         })
     }
 }
@@ -825,6 +848,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
     });
     let per_user = args.mode == Mode::PerUser;
     let user_of = move |i: usize| if per_user { base + i as u64 } else { base };
+    let connect_cpu = CpuSample::take(&args);
     let (fleet, connect) = connect_fleet(
         Arc::clone(&connector),
         n,
@@ -834,6 +858,8 @@ async fn run(args: Args) -> Result<serde_json::Value> {
     )
     .await?;
     out["connect"] = connect.to_json();
+    // Here "per delivery" reads "per connect": the handshake's server cost.
+    out["connect"]["cpu"] = connect_cpu.since(&args, connect.ok as u64);
     if let Some(path) = &args.ready_file {
         std::fs::write(path, b"").with_context(|| format!("writing {}", path.display()))?;
     }
