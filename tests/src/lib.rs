@@ -4,10 +4,11 @@
 //! ([`redis_server`], asserted through the tiny RESP client in [`resp`]), the REAL
 //! Python `channels_redis` publisher ([`python`]), the gateway binary under test
 //! ([`gateway_proc`]), a browser-like WebSocket client ([`ws_client`]),
-//! convenience JWTs ([`tokens`]) and, for benchmarks, a native core-layer
+//! convenience JWTs ([`tokens`]), test keys and certificates ([`certs`]) and, for benchmarks, a native core-layer
 //! `group_send` ([`publisher`], checked against the Python library). It must not re-implement gateway logic, must
 //! never use the Redis on port 6379, and ends only processes it started, by PID.
 
+pub mod certs;
 pub mod gateway_proc;
 pub mod procs;
 pub mod publisher;

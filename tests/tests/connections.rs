@@ -24,53 +24,9 @@ fn toml_string(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
 
-fn run(command: &mut Command) {
-    let status = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("command runs");
-    assert!(status.success(), "{command:?} failed");
-}
-
 /// A private CA and a server certificate for 127.0.0.1, made with openssl.
 fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let path = |name: &str| dir.join(name);
-    run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=test-ca", "-keyout"])
-        .arg(path("ca.key"))
-        .arg("-out")
-        .arg(path("ca.pem")));
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(path("server.key"))
-        .arg("-out")
-        .arg(path("server.csr")));
-    std::fs::write(path("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext file");
-    run(Command::new("openssl")
-        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-        .arg("-in")
-        .arg(path("server.csr"))
-        .arg("-CA")
-        .arg(path("ca.pem"))
-        .arg("-CAkey")
-        .arg(path("ca.key"))
-        .arg("-extfile")
-        .arg(path("san.ext"))
-        .arg("-out")
-        .arg(path("server.pem")));
-    (path("ca.pem"), path("server.pem"), path("server.key"))
+    tests::certs::test_ca_and_server_certificate(dir, "test")
 }
 
 /// Connects `user`, proves a group_send reaches the socket, and hands the

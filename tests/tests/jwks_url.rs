@@ -28,15 +28,6 @@ use tests::{
 /// neither the log nor the metrics.
 const URL_SECRET: &str = "jwks-url-credential-7f3a";
 
-fn run(command: &mut Command) {
-    let output = command.output().expect("command runs");
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 fn toml_string(value: &str) -> String {
     tests::gateway_proc::toml_str(value)
 }
@@ -67,17 +58,7 @@ impl Material {
             ),
             ("ed", &["-algorithm", "ed25519"][..]),
         ] {
-            let private = material.path(&format!("{name}.pem"));
-            run(Command::new("openssl")
-                .arg("genpkey")
-                .args(args)
-                .arg("-out")
-                .arg(&private));
-            run(Command::new("openssl")
-                .args(["pkey", "-pubout", "-in"])
-                .arg(&private)
-                .arg("-out")
-                .arg(material.path(&format!("{name}.pub"))));
+            tests::certs::key_pair(&material.dir, name, args);
         }
         material
     }
@@ -97,42 +78,7 @@ impl Material {
     /// A CA named `ca` and a server certificate for 127.0.0.1 signed by it:
     /// `(ca.pem, server.pem, server.key)`.
     fn certificates(&self, ca: &str) -> (PathBuf, PathBuf, PathBuf) {
-        let path = |name: &str| self.path(&format!("{ca}-{name}"));
-        run(Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            ])
-            .args(["-subj", &format!("/CN={ca}"), "-keyout"])
-            .arg(path("ca.key"))
-            .arg("-out")
-            .arg(path("ca.pem")));
-        run(Command::new("openssl")
-            .args([
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(path("server.key"))
-            .arg("-out")
-            .arg(path("server.csr")));
-        std::fs::write(path("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("ext file");
-        run(Command::new("openssl")
-            .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
-            .arg("-in")
-            .arg(path("server.csr"))
-            .arg("-CA")
-            .arg(path("ca.pem"))
-            .arg("-CAkey")
-            .arg(path("ca.key"))
-            .arg("-extfile")
-            .arg(path("san.ext"))
-            .arg("-out")
-            .arg(path("server.pem")));
-        (path("ca.pem"), path("server.pem"), path("server.key"))
+        tests::certs::test_ca_and_server_certificate(&self.dir, ca)
     }
 }
 
@@ -362,6 +308,19 @@ async fn redis_and_driver() -> (RedisServer, LayerDriver) {
     (redis, driver)
 }
 
+/// Keys, a CA-signed JWKS server publishing the RS256 key `kid`, and a
+/// gateway (with `auth` settings `extra`) that has fetched it once.
+async fn with_one_rsa_key(kid: &str, extra: &[&str]) -> (Material, JwksServer, Fixture) {
+    let material = Material::new();
+    let (ca, cert, key) = material.certificates("ca");
+    let (redis, mut driver) = redis_and_driver().await;
+    let document = json!({"keys": [jwk(&mut driver, &material, "rsa", kid, "RS256").await]});
+    let server = JwksServer::start(&cert, &key, material.path("state"), &document);
+    let fixture = Fixture::start(redis, driver, &server.url(), &ca, extra).await;
+    fixture.wait_fetches("ok", 1.0).await;
+    (material, server, fixture)
+}
+
 #[tokio::test]
 async fn fetched_keys_verify_each_family_and_a_new_kid_is_fetched_on_first_use() {
     let material = Material::new();
@@ -429,20 +388,8 @@ async fn fetched_keys_verify_each_family_and_a_new_kid_is_fetched_on_first_use()
 
 #[tokio::test]
 async fn a_key_replaced_under_the_same_kid_is_picked_up_by_the_periodic_fetch() {
-    let material = Material::new();
-    let (ca, cert, key) = material.certificates("ca");
-    let (redis, mut driver) = redis_and_driver().await;
-    let document = json!({"keys": [jwk(&mut driver, &material, "rsa", "rot", "RS256").await]});
-    let server = JwksServer::start(&cert, &key, material.path("state"), &document);
-    let mut fixture = Fixture::start(
-        redis,
-        driver,
-        &server.url(),
-        &ca,
-        &["jwks_refresh_interval = \"1s\""],
-    )
-    .await;
-    fixture.wait_fetches("ok", 1.0).await;
+    let (material, server, mut fixture) =
+        with_one_rsa_key("rot", &["jwks_refresh_interval = \"1s\""]).await;
     let token = fixture.token(&material, "rsa2", "RS256", "rot").await;
     fixture
         .refuses("new key, old document", &token, "bad_signature")
@@ -461,69 +408,8 @@ async fn a_key_replaced_under_the_same_kid_is_picked_up_by_the_periodic_fetch() 
 
 #[tokio::test]
 async fn concurrent_handshakes_with_an_unknown_kid_share_one_fetch() {
-    let material = Material::new();
-    let (ca, cert, key) = material.certificates("ca");
-    let (redis, mut driver) = redis_and_driver().await;
-    let document = json!({"keys": [jwk(&mut driver, &material, "rsa", "rsa-1", "RS256").await]});
-    let server = JwksServer::start(&cert, &key, material.path("state"), &document);
-    let mut fixture = Fixture::start(redis, driver, &server.url(), &ca, &[]).await;
-    fixture.wait_fetches("ok", 1.0).await;
-    server.serve(&json!({"keys": [
-        jwk(&mut fixture.driver, &material, "rsa", "rsa-1", "RS256").await,
-        jwk(&mut fixture.driver, &material, "ed", "ed-2", "EdDSA").await,
-    ]}));
-    // A slow provider: every handshake below arrives while the fetch runs.
-    server.set("delay_ms", "500");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let before = server.requests();
-    let token = fixture.token(&material, "ed", "EdDSA", "ed-2").await;
-    let url = fixture.url();
-    let handshakes = (0..40).map(|_| WsClient::connect(&url, TokenIn::Header(token.clone())));
-    let results = futures_util::future::join_all(handshakes).await;
-    for result in results {
-        match result {
-            Ok(mut socket) => socket.close().await.expect("close"),
-            Err(error) => panic!("handshake during the shared fetch refused: {error}"),
-        }
-    }
-    let fetched = server.requests() - before;
-    assert!(
-        (1..=2).contains(&fetched),
-        "40 handshakes with an unknown kid caused {fetched} fetches"
-    );
-
-    // Made-up kids right after: rate-limited, no fetch per handshake.
-    server.set("delay_ms", "0");
-    let before = server.requests();
-    let bogus = fixture.token(&material, "rsa", "RS256", "made-up").await;
-    let handshakes = (0..30).map(|_| WsClient::connect(&url, TokenIn::Header(bogus.clone())));
-    for result in futures_util::future::join_all(handshakes).await {
-        match result {
-            Ok(_) => panic!("a made-up kid was accepted"),
-            Err(error) => assert_refusal("made-up kid", &error, "unknown_kid"),
-        }
-    }
-    let fetched = server.requests() - before;
-    assert!(fetched <= 1, "30 made-up kids caused {fetched} fetches");
-    fixture.assert_nothing_leaked().await;
-}
-
-#[tokio::test]
-async fn a_failing_server_keeps_the_keys_that_work() {
-    let material = Material::new();
-    let (ca, cert, key) = material.certificates("ca");
-    let (redis, mut driver) = redis_and_driver().await;
-    let document = json!({"keys": [jwk(&mut driver, &material, "rsa", "rsa-1", "RS256").await]});
-    let server = JwksServer::start(&cert, &key, material.path("state"), &document);
-    let mut fixture = Fixture::start(
-        redis,
-        driver,
-        &server.url(),
-        &ca,
-        &["jwks_refresh_interval = \"1s\""],
-    )
-    .await;
-    fixture.wait_fetches("ok", 1.0).await;
+    let (material, server, mut fixture) =
+        with_one_rsa_key("rsa-1", &["jwks_refresh_interval = \"1s\""]).await;
     let token = fixture.token(&material, "rsa", "RS256", "rsa-1").await;
     fixture.accepts("before the outage", &token).await;
 

@@ -7,7 +7,6 @@
 //! allowlist; and a grep of the gateway log for every token it saw.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 mod common;
@@ -52,22 +51,7 @@ impl Keys {
     }
 
     fn pair(&self, name: &str, args: &[&str]) {
-        let private = self.dir.join(format!("{name}.pem"));
-        let public = self.dir.join(format!("{name}.pub"));
-        run_openssl(
-            Command::new("openssl")
-                .arg("genpkey")
-                .args(args)
-                .arg("-out")
-                .arg(&private),
-        );
-        run_openssl(
-            Command::new("openssl")
-                .args(["pkey", "-pubout", "-in"])
-                .arg(&private)
-                .arg("-out")
-                .arg(&public),
-        );
+        tests::certs::key_pair(&self.dir, name, args);
     }
 
     fn private(&self, name: &str) -> String {
@@ -110,15 +94,6 @@ impl Drop for Keys {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn run_openssl(command: &mut Command) {
-    let output = command.output().expect("openssl runs");
-    assert!(
-        output.status.success(),
-        "openssl failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 fn read(path: &Path) -> String {

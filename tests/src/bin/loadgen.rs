@@ -777,6 +777,59 @@ fn step_json(shared: &Shared, p: &Published) -> Result<(serde_json::Value, u64, 
     ))
 }
 
+/// What one measured step publishes: `messages` at `rate`, message `seq` to
+/// the user `target_of(seq)`, each expected on `fan_out` sockets.
+struct StepPlan {
+    k: usize,
+    messages: u64,
+    rate: u64,
+    target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync>,
+    fan_out: u64,
+}
+
+/// Publishes a step's messages, waits until each reached its sockets or the
+/// drain time passed, and reports the step with where the cores went.
+/// Returns the step's JSON, its loss and its p99 in ms.
+async fn measured_step(
+    args: &Args,
+    config: &PublisherConfig,
+    shared: &Shared,
+    plan: StepPlan,
+) -> Result<(serde_json::Value, u64, f64)> {
+    let StepPlan {
+        k,
+        messages,
+        rate,
+        target_of,
+        fan_out,
+    } = plan;
+    let started_us = now_us();
+    let cpu = CpuSample::take(args);
+    let (published, over, secs) = publish_step(args, config, k, messages, rate, target_of).await?;
+    let expected = published * fan_out;
+    drain(
+        shared,
+        k,
+        expected,
+        Duration::from_secs_f64(args.drain_secs),
+    )
+    .await;
+    let (mut json, lost, p99) = step_json(
+        shared,
+        &Published {
+            k,
+            target_rate: rate,
+            published,
+            over_capacity: over,
+            publish_secs: secs,
+            expected,
+            started_us,
+        },
+    )?;
+    json["cpu"] = cpu.since(args, json["received"].as_u64().unwrap_or(0));
+    Ok((json, lost, p99))
+}
+
 fn publisher_config(args: &Args) -> Result<PublisherConfig> {
     let mut config = PublisherConfig {
         prefix: args.prefix.clone(),
@@ -883,30 +936,16 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             tokio::time::sleep(Duration::from_secs_f64(args.hold_secs)).await;
             out["still_open"] = json!(fleet.tasks.iter().filter(|t| !t.is_finished()).count());
             if args.probe {
-                let started_us = now_us();
                 let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> = Arc::new(move |_| base);
-                let (published, over, secs) =
-                    publish_step(&args, &config, 0, 1, 1000, target_of).await?;
-                let expected = published * connect.ok as u64;
-                drain(
-                    &shared,
-                    0,
-                    expected,
-                    Duration::from_secs_f64(args.drain_secs),
-                )
-                .await;
-                let (json, _, _) = step_json(
-                    &shared,
-                    &Published {
-                        k: 0,
-                        target_rate: 0,
-                        published,
-                        over_capacity: over,
-                        publish_secs: secs,
-                        expected,
-                        started_us,
-                    },
-                )?;
+                let fan_out = connect.ok as u64;
+                let plan = StepPlan {
+                    k: 0,
+                    messages: 1,
+                    rate: 1000,
+                    target_of,
+                    fan_out,
+                };
+                let (json, _, _) = measured_step(&args, &config, &shared, plan).await?;
                 out["probe"] = json;
             }
             fleet.close().await;
@@ -916,34 +955,18 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             let count = n.max(1) as u64;
             for (k, &rate) in args.rates.iter().enumerate() {
                 let total = ((rate as f64) * args.step_secs).round().max(1.0) as u64;
-                let started_us = now_us();
-                let cpu = CpuSample::take(&args);
                 let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> =
                     Arc::new(move |seq| base + seq % count);
-                let (published, over, secs) =
-                    publish_step(&args, &config, k, total, rate, target_of).await?;
                 // Without sockets (the Redis-alone ceiling) nothing is expected.
-                let expected = if n == 0 { 0 } else { published };
-                drain(
-                    &shared,
+                let fan_out = u64::from(n > 0);
+                let plan = StepPlan {
                     k,
-                    expected,
-                    Duration::from_secs_f64(args.drain_secs),
-                )
-                .await;
-                let (mut json, lost, p99) = step_json(
-                    &shared,
-                    &Published {
-                        k,
-                        target_rate: rate,
-                        published,
-                        over_capacity: over,
-                        publish_secs: secs,
-                        expected,
-                        started_us,
-                    },
-                )?;
-                json["cpu"] = cpu.since(&args, json["received"].as_u64().unwrap_or(0));
+                    messages: total,
+                    rate,
+                    target_of,
+                    fan_out,
+                };
+                let (json, lost, p99) = measured_step(&args, &config, &shared, plan).await?;
                 steps.push(json);
                 if n > 0 && (lost > 0 || p99 > args.stop_p99_ms) {
                     out["stopped_at_rate"] = json!(rate);
@@ -954,39 +977,15 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             fleet.close().await;
         }
         Mode::Broadcast => {
-            let started_us = now_us();
-            let cpu = CpuSample::take(&args);
             let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> = Arc::new(move |_| base);
-            let (published, over, secs) = publish_step(
-                &args,
-                &config,
-                0,
-                args.messages,
-                args.broadcast_rate,
+            let plan = StepPlan {
+                k: 0,
+                messages: args.messages,
+                rate: args.broadcast_rate,
                 target_of,
-            )
-            .await?;
-            let expected = published * connect.ok as u64;
-            drain(
-                &shared,
-                0,
-                expected,
-                Duration::from_secs_f64(args.drain_secs),
-            )
-            .await;
-            let (mut json, _, _) = step_json(
-                &shared,
-                &Published {
-                    k: 0,
-                    target_rate: args.broadcast_rate,
-                    published,
-                    over_capacity: over,
-                    publish_secs: secs,
-                    expected,
-                    started_us,
-                },
-            )?;
-            json["cpu"] = cpu.since(&args, json["received"].as_u64().unwrap_or(0));
+                fan_out: connect.ok as u64,
+            };
+            let (json, _, _) = measured_step(&args, &config, &shared, plan).await?;
             out["steps"] = json!([json]);
             fleet.close().await;
         }
@@ -1003,31 +1002,16 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             )
             .await?;
             let joined = storm_started.elapsed();
-            let started_us = now_us();
             let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> = Arc::new(move |_| base);
-            let (published, over, secs) =
-                publish_step(&args, &config, 0, 1, 1000, target_of).await?;
-            let expected = published * again.ok as u64;
-            drain(
-                &shared,
-                0,
-                expected,
-                Duration::from_secs_f64(args.drain_secs),
-            )
-            .await;
+            let plan = StepPlan {
+                k: 0,
+                messages: 1,
+                rate: 1000,
+                target_of,
+                fan_out: again.ok as u64,
+            };
+            let (json, lost, _) = measured_step(&args, &config, &shared, plan).await?;
             let reached_all = storm_started.elapsed();
-            let (json, lost, _) = step_json(
-                &shared,
-                &Published {
-                    k: 0,
-                    target_rate: 0,
-                    published,
-                    over_capacity: over,
-                    publish_secs: secs,
-                    expected,
-                    started_us,
-                },
-            )?;
             out["storm"] = json!({
                 "dropped": before,
                 "reconnect": again.to_json(),
