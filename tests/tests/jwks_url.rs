@@ -408,6 +408,49 @@ async fn a_key_replaced_under_the_same_kid_is_picked_up_by_the_periodic_fetch() 
 
 #[tokio::test]
 async fn concurrent_handshakes_with_an_unknown_kid_share_one_fetch() {
+    let (material, server, mut fixture) = with_one_rsa_key("rsa-1", &[]).await;
+    server.serve(&json!({"keys": [
+        jwk(&mut fixture.driver, &material, "rsa", "rsa-1", "RS256").await,
+        jwk(&mut fixture.driver, &material, "ed", "ed-2", "EdDSA").await,
+    ]}));
+    // A slow provider: every handshake below arrives while the fetch runs.
+    server.set("delay_ms", "500");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = server.requests();
+    let token = fixture.token(&material, "ed", "EdDSA", "ed-2").await;
+    let url = fixture.url();
+    let handshakes = (0..40).map(|_| WsClient::connect(&url, TokenIn::Header(token.clone())));
+    let results = futures_util::future::join_all(handshakes).await;
+    for result in results {
+        match result {
+            Ok(mut socket) => socket.close().await.expect("close"),
+            Err(error) => panic!("handshake during the shared fetch refused: {error}"),
+        }
+    }
+    let fetched = server.requests() - before;
+    assert!(
+        (1..=2).contains(&fetched),
+        "40 handshakes with an unknown kid caused {fetched} fetches"
+    );
+
+    // Made-up kids right after: rate-limited, no fetch per handshake.
+    server.set("delay_ms", "0");
+    let before = server.requests();
+    let bogus = fixture.token(&material, "rsa", "RS256", "made-up").await;
+    let handshakes = (0..30).map(|_| WsClient::connect(&url, TokenIn::Header(bogus.clone())));
+    for result in futures_util::future::join_all(handshakes).await {
+        match result {
+            Ok(_) => panic!("a made-up kid was accepted"),
+            Err(error) => assert_refusal("made-up kid", &error, "unknown_kid"),
+        }
+    }
+    let fetched = server.requests() - before;
+    assert!(fetched <= 1, "30 made-up kids caused {fetched} fetches");
+    fixture.assert_nothing_leaked().await;
+}
+
+#[tokio::test]
+async fn a_failing_server_keeps_the_keys_that_work() {
     let (material, server, mut fixture) =
         with_one_rsa_key("rsa-1", &["jwks_refresh_interval = \"1s\""]).await;
     let token = fixture.token(&material, "rsa", "RS256", "rsa-1").await;
