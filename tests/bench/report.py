@@ -201,6 +201,10 @@ def main() -> int:
         (gf.get("latency") or {}).get("p99_ms"), (pf.get("latency") or {}).get("p99_ms"),
         "≤ 5 ms", higher=False, digits=2)
     add("fixed rate: lost messages", gf.get("lost"), pf.get("lost"), "0", higher=False)
+    lag = gf.get("gateway_routing_lag") or {}
+    if lag:
+        lines.append(f"| fixed rate: of that, queue score → routing in the gateway, p99 (bucket bound, ms) | "
+                     f"≤ {fmt(lag.get('p99_ms_at_most'), 1)} | — | — | the rest is publish → queue and routing → client |")
     gb = ((res.get("gateway-broadcast") or {}).get("steps") or [{}])[0]
     pb = ((res.get("peer-broadcast") or {}).get("steps") or [{}])[0]
     gbs = (res.get("gateway-broadcast") or {}).get("sockets")
@@ -289,8 +293,9 @@ def main() -> int:
                   changes.read_text().strip(), ""]
 
     lines += ["## Per-user ramp", "", "![latency vs rate](benchmarks-latency.svg)", ""]
-    lines += ["| stack | target msg/s | achieved | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | misrouted | over capacity |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| stack | target msg/s | achieved | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | misrouted | over capacity "
+              "| gateway queue → routing p99 ≤ ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for stack in ("gateway", "peer"):
         for s in (res.get(f"{stack}-per-user") or {}).get("steps", []):
             lat = s.get("latency") or {}
@@ -298,7 +303,8 @@ def main() -> int:
                 f"| {stack} | {fmt(s.get('target_rate'))} | {fmt(s.get('achieved_rate'), 0)} | "
                 f"{fmt(lat.get('p50_ms'), 2)} | {fmt(lat.get('p99_ms'), 2)} | {fmt(lat.get('p999_ms'), 2)} | "
                 f"{fmt(lat.get('max_ms'), 2)} | {fmt(s.get('lost'))} | {fmt(s.get('duplicates'))} | "
-                f"{fmt(s.get('misroutes'))} | {fmt(s.get('over_capacity'))} |")
+                f"{fmt(s.get('misroutes'))} | {fmt(s.get('over_capacity'))} | "
+                f"{fmt((s.get('gateway_routing_lag') or {}).get('p99_ms_at_most'), 1)} |")
     lines += ["", "## Notes", ""]
     for note in meta.get("notes", []):
         lines.append(f"- {note}")

@@ -116,6 +116,8 @@ async fn per_user_mode_delivers_every_message_to_its_user_only() {
             "50,200",
             "--step-secs",
             "1",
+            "--gateway-admin",
+            gateway.admin_addr(),
         ],
     )
     .await;
@@ -124,6 +126,12 @@ async fn per_user_mode_delivers_every_message_to_its_user_only() {
     assert_eq!(steps.len(), 2, "{result}");
     for step in steps {
         assert_clean_step(step);
+        // The gateway's own queue → routing lag was read for the step.
+        let routed = step["gateway_routing_lag"]["messages"].as_u64();
+        assert!(
+            routed.is_some_and(|n| n >= step["published"].as_u64().unwrap_or(0)),
+            "{step}"
+        );
     }
 }
 

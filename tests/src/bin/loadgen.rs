@@ -106,6 +106,12 @@ struct Args {
     /// server's and the load generator's own (where the cores went).
     #[arg(long)]
     redis_pid: Option<u32>,
+    /// The gateway's admin address (HOST:PORT): each step also reports how
+    /// long messages waited between their queue score and routing there
+    /// (`gateway_publish_lag_seconds`), to tell a latency tail in front of
+    /// the gateway from one behind it.
+    #[arg(long)]
+    gateway_admin: Option<SocketAddr>,
     /// Per-user: message rates (msgs/s) of the ramp, in order.
     #[arg(long, value_delimiter = ',', default_value = "1000")]
     rates: Vec<u64>,
@@ -777,6 +783,72 @@ fn step_json(shared: &Shared, p: &Published) -> Result<(serde_json::Value, u64, 
     ))
 }
 
+/// The gateway's cumulative `gateway_publish_lag_seconds` buckets
+/// (upper bound in seconds, count), read from its admin listener.
+async fn publish_lag_buckets(admin: SocketAddr) -> Option<Vec<(f64, u64)>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(admin))
+        .await
+        .ok()?
+        .ok()?;
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {admin}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    let buckets: Vec<(f64, u64)> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("gateway_publish_lag_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (bound, count) = rest.split_once("\"} ")?;
+            let bound = if bound == "+Inf" {
+                f64::INFINITY
+            } else {
+                bound.parse().ok()?
+            };
+            Some((bound, count.trim().parse().ok()?))
+        })
+        .collect();
+    (!buckets.is_empty()).then_some(buckets)
+}
+
+/// Quantiles of the routing lag between two bucket readings, as the upper
+/// bound (ms) of the bucket each falls in.
+fn lag_quantiles(before: &[(f64, u64)], after: &[(f64, u64)]) -> serde_json::Value {
+    let deltas: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(bound, count)| {
+            let earlier = before
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map_or(0, |(_, c)| *c);
+            (bound, count.saturating_sub(earlier))
+        })
+        .collect();
+    let total = deltas.last().map_or(0, |(_, count)| *count);
+    let at = |quantile: f64| {
+        let wanted = (quantile * total as f64).ceil() as u64;
+        deltas
+            .iter()
+            .find(|(_, count)| *count >= wanted)
+            .map(|(bound, _)| {
+                if bound.is_finite() {
+                    json!(bound * 1000.0)
+                } else {
+                    json!("inf")
+                }
+            })
+    };
+    json!({
+        "messages": total,
+        "p50_ms_at_most": at(0.50),
+        "p99_ms_at_most": at(0.99),
+        "p999_ms_at_most": at(0.999),
+    })
+}
+
 /// What one measured step publishes: `messages` at `rate`, message `seq` to
 /// the user `target_of(seq)`, each expected on `fan_out` sockets.
 struct StepPlan {
@@ -805,6 +877,10 @@ async fn measured_step(
     } = plan;
     let started_us = now_us();
     let cpu = CpuSample::take(args);
+    let lag_before = match args.gateway_admin {
+        Some(admin) => publish_lag_buckets(admin).await,
+        None => None,
+    };
     let (published, over, secs) = publish_step(args, config, k, messages, rate, target_of).await?;
     let expected = published * fan_out;
     drain(
@@ -827,6 +903,12 @@ async fn measured_step(
         },
     )?;
     json["cpu"] = cpu.since(args, json["received"].as_u64().unwrap_or(0));
+    if let Some(admin) = args.gateway_admin {
+        if let Some(after) = publish_lag_buckets(admin).await {
+            json["gateway_routing_lag"] =
+                lag_quantiles(lag_before.as_deref().unwrap_or(&[]), &after);
+        }
+    }
     Ok((json, lost, p99))
 }
 
