@@ -112,24 +112,56 @@ impl Refused {
         serde_json::json!({ "error": self.error, "reason": self.reason }).to_string()
     }
 
-    fn response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
+    /// The answer's status line and headers, for either driver.
+    pub(crate) fn head(&self) -> actix_http::Response<()> {
+        actix_http::Response::build(self.status)
             .insert_header(("Cache-Control", "no-store"))
             .content_type("application/json")
-            .body(self.body())
+            .finish()
+            .drop_body()
+    }
+
+    fn response(&self) -> HttpResponse {
+        HttpResponse::from(self.head().set_body(self.body())).map_into_boxed_body()
     }
 }
 
 /// What a handshake request comes to, before anything is written back.
 pub(crate) enum Verdict {
     Refuse(Refused),
-    /// Authenticated and joined: upgrade and serve.
-    Upgrade(Attached),
-    /// No credentials: upgrade, then wait this long for `{"token": ...}`.
-    UpgradeThenAuthenticate {
+    /// Upgrade, then serve as admitted.
+    Upgrade(Admitted),
+}
+
+/// A handshake that may be upgraded, and what the socket needs after it.
+pub(crate) enum Admitted {
+    /// Authenticated and joined.
+    Joined(Attached),
+    /// No credentials: wait this long for `{"token": ...}` first.
+    AwaitingToken {
         address: IpAddr,
         wait: Duration,
+        peer: String,
     },
+}
+
+impl Admitted {
+    /// Serves the upgraded socket on a task of its own, whichever driver
+    /// carries its frames.
+    pub(crate) fn spawn<T: Transport + 'static>(self, transport: T, gateway: Arc<Gateway>) {
+        match self {
+            Admitted::Joined(attached) => attached.spawn(transport, &gateway),
+            Admitted::AwaitingToken {
+                address,
+                wait,
+                peer,
+            } => {
+                actix_web::rt::spawn(async move {
+                    serve_after_authentication(transport, &gateway, address, wait, &peer).await;
+                });
+            }
+        }
+    }
 }
 
 fn peer_ip(head: &RequestHead) -> IpAddr {
@@ -137,7 +169,7 @@ fn peer_ip(head: &RequestHead) -> IpAddr {
         .map_or(IpAddr::from([0, 0, 0, 0]), |address| address.ip())
 }
 
-pub(crate) fn peer(head: &RequestHead) -> String {
+fn peer(head: &RequestHead) -> String {
     head.peer_addr
         .map_or_else(|| "unknown".to_string(), |address| address.ip().to_string())
 }
@@ -149,41 +181,21 @@ async fn notifications_socket(
     body: web::Payload,
     gateway: web::Data<Gateway>,
 ) -> HttpResponse {
-    match decide(&gateway, request.head()).await {
-        Verdict::Refuse(refused) => refused.response(),
-        Verdict::Upgrade(attached) => {
-            // Selecting `bearer` (never the token entry) answers a client
-            // that sent its token as a subprotocol.
-            match actix_ws::handle_with_protocols(&request, body, &[BEARER_PROTOCOL]) {
-                Ok((response, session, messages)) => {
-                    let transport =
-                        ActixWsTransport::new(session, messages, gateway.max_inbound_frame);
-                    attached.spawn(transport, &gateway);
-                    response
-                }
-                Err(_) => {
-                    gateway.metrics.connect(ConnectResult::BadHandshake);
-                    Refused::bad_handshake().response()
-                }
-            }
+    let admitted = match decide(&gateway, request.head()).await {
+        Verdict::Refuse(refused) => return refused.response(),
+        Verdict::Upgrade(admitted) => admitted,
+    };
+    // Selecting `bearer` (never the token entry) answers a client that sent
+    // its token as a subprotocol.
+    match actix_ws::handle_with_protocols(&request, body, &[BEARER_PROTOCOL]) {
+        Ok((response, session, messages)) => {
+            let transport = ActixWsTransport::new(session, messages, gateway.max_inbound_frame);
+            admitted.spawn(transport, gateway.into_inner());
+            response
         }
-        Verdict::UpgradeThenAuthenticate { address, wait } => {
-            match actix_ws::handle_with_protocols(&request, body, &[BEARER_PROTOCOL]) {
-                Ok((response, session, messages)) => {
-                    let transport =
-                        ActixWsTransport::new(session, messages, gateway.max_inbound_frame);
-                    let peer = peer(request.head());
-                    let gateway = gateway.into_inner();
-                    actix_web::rt::spawn(async move {
-                        serve_after_authentication(transport, &gateway, address, wait, &peer).await;
-                    });
-                    response
-                }
-                Err(_) => {
-                    gateway.metrics.connect(ConnectResult::BadHandshake);
-                    Refused::bad_handshake().response()
-                }
-            }
+        Err(_) => {
+            gateway.metrics.connect(ConnectResult::BadHandshake);
+            Refused::bad_handshake().response()
         }
     }
 }
@@ -256,7 +268,11 @@ pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
                     metrics.connect(ConnectResult::BadHandshake);
                     return Verdict::Refuse(Refused::bad_handshake());
                 }
-                return Verdict::UpgradeThenAuthenticate { address, wait };
+                return Verdict::Upgrade(Admitted::AwaitingToken {
+                    address,
+                    wait,
+                    peer: peer(head),
+                });
             }
             None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
         },
@@ -275,7 +291,7 @@ pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
     // before accept(): a message sent the moment the socket opens is
     // already addressed to it.
     match attach(gateway, identity, address).await {
-        Ok(attached) => Verdict::Upgrade(attached),
+        Ok(attached) => Verdict::Upgrade(Admitted::Joined(attached)),
         Err(rejection) => Verdict::Refuse(rejection.refuse(gateway, head)),
     }
 }
@@ -382,7 +398,7 @@ impl Attached {
     }
 
     /// Serves the socket on a task of its own.
-    pub(crate) fn spawn<T: Transport + 'static>(self, transport: T, gateway: &Gateway) {
+    fn spawn<T: Transport + 'static>(self, transport: T, gateway: &Gateway) {
         socket::spawn(
             transport,
             self.outbox,
@@ -478,7 +494,7 @@ async fn attach(
 /// `{"token": "..."}` as the first frame (so browsers can keep tokens out of
 /// URLs), then serves it. The socket joins its groups only after that, so
 /// nothing is delivered before the client has proved who it is.
-pub(crate) async fn serve_after_authentication<T: Transport>(
+async fn serve_after_authentication<T: Transport>(
     mut transport: T,
     gateway: &Gateway,
     address: IpAddr,

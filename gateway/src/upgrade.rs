@@ -23,9 +23,7 @@ use actix_http::{Request, Response};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::http::{
-    decide, peer, serve_after_authentication, switching_protocols, Gateway, Refused, Verdict,
-};
+use crate::http::{decide, switching_protocols, Gateway, Refused, Verdict};
 use crate::transport::DirectTransport;
 
 /// The paths a WebSocket may open on, with or without the trailing slash.
@@ -51,18 +49,9 @@ where
     }
     match decide(gateway, head).await {
         Verdict::Refuse(refused) => refuse(&mut framed, refused).await,
-        Verdict::Upgrade(attached) => {
+        Verdict::Upgrade(admitted) => {
             let transport = upgrade(framed, switching_protocols(head), gateway).await?;
-            attached.spawn(transport, gateway);
-            Ok(())
-        }
-        Verdict::UpgradeThenAuthenticate { address, wait } => {
-            let peer = peer(head);
-            let transport = upgrade(framed, switching_protocols(head), gateway).await?;
-            let gateway = gateway.clone();
-            actix_web::rt::spawn(async move {
-                serve_after_authentication(transport, &gateway, address, wait, &peer).await;
-            });
+            admitted.spawn(transport, gateway.clone());
             Ok(())
         }
     }
@@ -92,11 +81,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let body = Bytes::from(refused.body());
-    let mut answer = Response::build(refused.status);
-    answer
-        .insert_header(("Cache-Control", "no-store"))
-        .content_type("application/json");
-    let answer = answer.finish().drop_body();
+    let answer = refused.head();
     let length = body.len() as u64;
     Pin::new(&mut *framed).write(Message::Item((answer, BodySize::Sized(length))))?;
     Pin::new(&mut *framed).write(Message::Chunk(Some(body)))?;

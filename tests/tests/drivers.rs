@@ -1,0 +1,119 @@
+//! Both WebSocket drivers (`server.websocket_driver` = `direct`, the
+//! default, and `actix-ws`) behave the same on the wire: delivery through the
+//! real channels_redis, refusals before the upgrade with their status and
+//! JSON reason, the `bearer` subprotocol answer, client pings and the
+//! application ping, first-message authentication, and the close codes for
+//! binary, oversized and unknown-path traffic.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tests::{TokenIn, WsClient};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn same_behaviour(driver: &str) {
+    let mut stack = stack_with(|config| {
+        config
+            .line("server", format!("websocket_driver = \"{driver}\""))
+            .line("auth", "first_message_timeout = \"2s\"")
+    })
+    .await;
+    let url = stack.gateway.ws_url("/ws/notifications/");
+
+    // Delivery to every socket of the user, from channels_redis.
+    let mut first = connect(&stack.gateway, 42).await;
+    let mut second = connect(&stack.gateway, 42).await;
+    stack.notify("user_42", r#""due soon""#).await;
+    expect_frame(&mut first, r#"{"message": "due soon"}"#).await;
+    expect_frame(&mut second, r#"{"message": "due soon"}"#).await;
+
+    // A client ping is answered; so is the application ping.
+    first.send_ping(b"are you there").await.expect("ping");
+    first
+        .send_text(r#"{"type": "ping"}"#)
+        .await
+        .expect("app ping");
+    assert_eq!(
+        first.recv_text(WAIT).await.expect("pong"),
+        r#"{"type": "pong"}"#,
+        "{driver}"
+    );
+
+    // A bad token: 401 with the JSON reason, no upgrade.
+    let refused = WsClient::connect(&url, TokenIn::Query("not-a-jwt".into()))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.status(), Some(401), "{driver}: {refused}");
+    assert!(
+        refused.to_string().contains("unauthorized"),
+        "{driver}: {refused}"
+    );
+
+    // The subprotocol form is answered with `bearer` alone.
+    let socket = WsClient::connect(&url, TokenIn::Subprotocol(token(7)))
+        .await
+        .expect("subprotocol token accepted");
+    let selected: Vec<_> = socket
+        .response_headers()
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-protocol"))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(selected, ["bearer"], "{driver}");
+
+    // First-message authentication, then delivery.
+    let mut in_band = WsClient::connect(&url, TokenIn::None)
+        .await
+        .expect("upgraded without a token");
+    in_band
+        .send_text(&format!(r#"{{"token": "{}"}}"#, token(9)))
+        .await
+        .expect("token frame");
+    assert_eq!(
+        in_band.recv_text(WAIT).await.expect("authenticated"),
+        r#"{"type": "authenticated"}"#,
+        "{driver}"
+    );
+    stack.notify("user_9", r#""in band""#).await;
+    expect_frame(&mut in_band, r#"{"message": "in band"}"#).await;
+
+    // Binary and oversized frames close with their codes.
+    let mut binary = connect(&stack.gateway, 1).await;
+    binary.send_binary(b"\x00\x01").await.expect("sent");
+    assert_eq!(
+        binary.wait_close(WAIT).await.expect("closed"),
+        1003,
+        "{driver}"
+    );
+    let mut oversized = connect(&stack.gateway, 2).await;
+    let _ = oversized.send_text(&"x".repeat(10_000)).await;
+    assert_eq!(
+        oversized.wait_close(WAIT).await.expect("closed"),
+        1009,
+        "{driver}"
+    );
+
+    // An upgrade on another path is not a socket.
+    let elsewhere = WsClient::connect(
+        &stack.gateway.ws_url("/ws/elsewhere/"),
+        TokenIn::Header(token(3)),
+    )
+    .await
+    .err()
+    .expect("no socket there");
+    assert_eq!(elsewhere.status(), Some(404), "{driver}: {elsewhere}");
+}
+
+#[tokio::test]
+async fn the_direct_driver_speaks_the_protocol() {
+    same_behaviour("direct").await;
+}
+
+#[tokio::test]
+async fn the_actix_ws_driver_speaks_the_protocol() {
+    same_behaviour("actix-ws").await;
+}
