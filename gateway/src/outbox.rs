@@ -5,12 +5,15 @@
 //! instead of waiting, so one slow reader never stalls delivery to anyone else.
 //! It allocates nothing until a frame is queued. It must not know about
 //! WebSocket framing or Redis.
+//!
+//! A push does not wake the socket: it hands the socket's waker to the
+//! caller's [`Wakeups`], which wakes a whole run of sockets together.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
@@ -70,7 +73,9 @@ impl Outbox {
         }
     }
 
-    pub fn push(&self, frame: ByteString) -> Pushed {
+    /// Queues a frame; the socket's waker, if it is waiting, goes to
+    /// `wakeups` (a socket already holding a wake-up gives none).
+    pub fn push(&self, frame: ByteString, wakeups: &mut Wakeups) -> Pushed {
         let mut state = self.state.lock();
         if state.close.is_some() {
             return Pushed::Closed;
@@ -80,7 +85,9 @@ impl Outbox {
         }
         state.frames.push_back(frame);
         drop(state);
-        self.waker.wake();
+        if let Some(waker) = self.waker.take() {
+            wakeups.hold(waker);
+        }
         Pushed::Queued
     }
 
@@ -139,6 +146,63 @@ impl Outbox {
     }
 }
 
+/// Socket wake-ups held back while a run of payloads is routed, then given
+/// together. Socket tasks live on the worker threads and the router runs on
+/// another, so each wake-up is a cross-thread hand-off: given one by one, a
+/// worker sleeps and wakes again per frame and each socket writes one frame
+/// per system call. Given together, a worker serves every woken socket in
+/// one go, and a socket that got several frames in the run writes them with
+/// one vectored write. The caller bounds how long it holds them.
+#[derive(Default)]
+pub struct Wakeups {
+    wakers: Vec<Waker>,
+    oldest: Option<Instant>,
+}
+
+impl Wakeups {
+    pub fn new() -> Wakeups {
+        Wakeups::default()
+    }
+
+    fn hold(&mut self, waker: Waker) {
+        if self.oldest.is_none() {
+            self.oldest = Some(Instant::now());
+        }
+        self.wakers.push(waker);
+    }
+
+    pub fn len(&self) -> usize {
+        self.wakers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.wakers.is_empty()
+    }
+
+    /// Wakes every held socket.
+    pub fn wake_all(&mut self) {
+        self.oldest = None;
+        for waker in self.wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Wakes every held socket once the oldest wake-up has waited `window`,
+    /// so a long run of payloads cannot hold back its first frames.
+    pub fn wake_if_held_for(&mut self, window: Duration) {
+        if self.oldest.is_some_and(|oldest| oldest.elapsed() >= window) {
+            self.wake_all();
+        }
+    }
+}
+
+impl Drop for Wakeups {
+    /// A held wake-up is never lost, whatever path drops the holder.
+    fn drop(&mut self) {
+        self.wake_all();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,29 +210,91 @@ mod tests {
     #[tokio::test]
     async fn frames_come_out_in_order_until_full() {
         let outbox = Outbox::new(2);
-        assert_eq!(outbox.push("a".into()), Pushed::Queued);
-        assert_eq!(outbox.push("b".into()), Pushed::Queued);
-        assert_eq!(outbox.push("c".into()), Pushed::Full);
+        let wakeups = &mut Wakeups::new();
+        assert_eq!(outbox.push("a".into(), wakeups), Pushed::Queued);
+        assert_eq!(outbox.push("b".into(), wakeups), Pushed::Queued);
+        assert_eq!(outbox.push("c".into(), wakeups), Pushed::Full);
         let mut batch = VecDeque::new();
         match outbox.next(&mut batch).await {
             Next::Frames => assert_eq!(batch, ["a", "b"]),
             other => panic!("unexpected {other:?}"),
         }
-        assert_eq!(outbox.push("d".into()), Pushed::Queued);
+        assert_eq!(outbox.push("d".into(), wakeups), Pushed::Queued);
     }
 
     #[tokio::test]
     async fn close_wins_over_queued_frames() {
         let outbox = Outbox::new(4);
-        outbox.push("a".into());
+        let wakeups = &mut Wakeups::new();
+        outbox.push("a".into(), wakeups);
         outbox.close(CloseCode::SlowConsumer);
         outbox.close(CloseCode::Normal);
-        assert_eq!(outbox.push("b".into()), Pushed::Closed);
+        assert_eq!(outbox.push("b".into(), wakeups), Pushed::Closed);
         match outbox.next(&mut VecDeque::new()).await {
             Next::Close(code, note) => {
                 assert_eq!((code, note), (CloseCode::SlowConsumer, CloseNote::Standard))
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// Yields until the outbox's reader is waiting (its waker registered).
+    async fn until_waiting(outbox: &Outbox) {
+        while outbox
+            .waker
+            .take()
+            .map(|waker| outbox.waker.register(&waker))
+            .is_none()
+        {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A waiting socket is woken once per run of pushes, and only when the
+    /// run's wake-ups are given.
+    #[tokio::test]
+    async fn a_waiting_socket_is_woken_once_when_the_run_is_given() {
+        let outbox = Arc::new(Outbox::new(8));
+        let reader = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut batch = VecDeque::new();
+                match outbox.next(&mut batch).await {
+                    Next::Frames => batch.len(),
+                    Next::Close(..) => 0,
+                }
+            })
+        };
+        until_waiting(&outbox).await;
+        let mut wakeups = Wakeups::new();
+        for frame in ["a", "b", "c"] {
+            assert_eq!(outbox.push(frame.into(), &mut wakeups), Pushed::Queued);
+        }
+        assert_eq!(wakeups.len(), 1, "one wake-up for the whole run");
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished(), "held back until the run is given");
+        wakeups.wake_if_held_for(Duration::from_secs(3600));
+        assert_eq!(wakeups.len(), 1, "the window has not passed");
+        wakeups.wake_if_held_for(Duration::ZERO);
+        assert!(wakeups.is_empty());
+        assert_eq!(
+            reader.await.expect("reader"),
+            3,
+            "all three frames in one batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_holder_wakes_what_it_held() {
+        let outbox = Arc::new(Outbox::new(8));
+        let reader = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.next(&mut VecDeque::new()).await })
+        };
+        until_waiting(&outbox).await;
+        let mut wakeups = Wakeups::new();
+        outbox.push("a".into(), &mut wakeups);
+        drop(wakeups);
+        assert!(matches!(reader.await.expect("reader"), Next::Frames));
     }
 }

@@ -553,7 +553,25 @@ pub struct PublishedMessages {
 
 impl PublishedMessages {
     pub async fn next(&mut self) -> NextPublished {
-        match self.receiver.recv().await {
+        Self::published(self.receiver.recv().await)
+    }
+
+    /// The next message if one is already waiting.
+    pub fn try_next(&mut self) -> Option<NextPublished> {
+        match self.receiver.try_recv() {
+            Ok(message) => Some(Self::published(Ok(message))),
+            Err(broadcast::error::TryRecvError::Empty) => None,
+            Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                Some(NextPublished::Lagged(missed))
+            }
+            Err(broadcast::error::TryRecvError::Closed) => Some(NextPublished::Closed),
+        }
+    }
+
+    fn published(
+        received: Result<fred::types::Message, broadcast::error::RecvError>,
+    ) -> NextPublished {
+        match received {
             Ok(message) => {
                 let payload = match message.value {
                     Value::Bytes(bytes) => bytes,

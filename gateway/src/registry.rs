@@ -301,7 +301,10 @@ mod tests {
             let mut served = 0;
             let missing = registry.with_conns(&conns, |outbox| {
                 served += 1;
-                outbox.push(bytestring::ByteString::from_static("x"));
+                outbox.push(
+                    bytestring::ByteString::from_static("x"),
+                    &mut crate::outbox::Wakeups::new(),
+                );
             });
             assert_eq!((served, missing), (size + 1, 3), "size {size}");
         }

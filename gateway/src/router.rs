@@ -29,7 +29,7 @@ use shared_proto::{Encryption, Message, NotAChannelName, RouteView};
 use crate::canary::Canary;
 use crate::events::{Action, EventMapper};
 use crate::metrics::{DropReason, Metrics};
-use crate::outbox::{CloseNote, Pushed};
+use crate::outbox::{CloseNote, Pushed, Wakeups};
 use crate::registry::{ConnId, Registry};
 
 /// How payloads are decoded and delivered. Both give the same frames, the
@@ -91,19 +91,20 @@ impl Router {
     }
 
     /// Routes one core-layer payload, addressed by its `__asgi_channel__`.
-    pub fn route_queued(&self, payload: &[u8], sent_at: f64) {
+    /// The sockets it queued frames for are woken through `wakeups`.
+    pub fn route_queued(&self, payload: &[u8], sent_at: f64, wakeups: &mut Wakeups) {
         self.metrics.core_message();
         let now = unix_now();
         if sent_at > 0.0 && now >= sent_at {
             self.metrics.publish_lag.observe(now - sent_at);
         }
         match self.path {
-            RoutePath::SinglePass => self.route_queued_single_pass(payload, now),
-            RoutePath::Tree => self.route_queued_tree(payload, now),
+            RoutePath::SinglePass => self.route_queued_single_pass(payload, now, wakeups),
+            RoutePath::Tree => self.route_queued_tree(payload, now, wakeups),
         }
     }
 
-    fn route_queued_single_pass(&self, payload: &[u8], now: f64) {
+    fn route_queued_single_pass(&self, payload: &[u8], now: f64, wakeups: &mut Wakeups) {
         let Some(body) = self.plaintext(payload, now) else {
             return;
         };
@@ -125,7 +126,7 @@ impl Router {
         };
         if channels.len() < GROUPED_ROUTING_MIN {
             for channel in channels {
-                self.deliver_to_channel(channel, &frame);
+                self.deliver_to_channel(channel, &frame, wakeups);
             }
             return;
         }
@@ -141,10 +142,10 @@ impl Router {
         }
         self.count_drops(DropReason::DecodeError, not_names);
         self.count_drops(DropReason::ForeignChannel, foreign);
-        self.deliver_many(&conns, &frame);
+        self.deliver_many(&conns, &frame, wakeups);
     }
 
-    fn route_queued_tree(&self, payload: &[u8], now: f64) {
+    fn route_queued_tree(&self, payload: &[u8], now: f64, wakeups: &mut Wakeups) {
         let Some(message) = self.decode(payload, now) else {
             return;
         };
@@ -162,24 +163,30 @@ impl Router {
             return;
         };
         for channel in channels.iter() {
-            self.deliver_to_channel(channel, &frame);
+            self.deliver_to_channel(channel, &frame, wakeups);
         }
     }
 
-    fn deliver_to_channel(&self, channel: Result<&str, NotAChannelName>, frame: &Action) {
+    fn deliver_to_channel(
+        &self,
+        channel: Result<&str, NotAChannelName>,
+        frame: &Action,
+        wakeups: &mut Wakeups,
+    ) {
         let Ok(channel) = channel else {
             self.metrics.dropped(DropReason::DecodeError);
             return;
         };
         match self.registry.naming().conn_of(channel) {
-            Some(conn) => self.deliver(conn, frame),
+            Some(conn) => self.deliver(conn, frame, wakeups),
             None => self.metrics.dropped(DropReason::ForeignChannel),
         }
     }
 
     /// Routes one pub/sub-layer message, addressed by the group its channel
-    /// names (`<prefix>__group__<group>`), to every local member.
-    pub fn route_published(&self, channel: &[u8], payload: &[u8]) {
+    /// names (`<prefix>__group__<group>`), to every local member, woken
+    /// through `wakeups`.
+    pub fn route_published(&self, channel: &[u8], payload: &[u8], wakeups: &mut Wakeups) {
         self.metrics.pubsub_message();
         let group = std::str::from_utf8(channel)
             .ok()
@@ -202,7 +209,7 @@ impl Router {
                 return;
             };
             for conn in members {
-                self.deliver(conn, &frame);
+                self.deliver(conn, &frame, wakeups);
             }
             return;
         }
@@ -220,7 +227,7 @@ impl Router {
         let Some(frame) = self.frame_of(self.events.frame_view(&view), members.len()) else {
             return;
         };
-        self.deliver_many(&members, &frame);
+        self.deliver_many(&members, &frame, wakeups);
     }
 
     /// The payload the backend would write for `message`: serialized,
@@ -316,10 +323,10 @@ impl Router {
         }
     }
 
-    fn deliver(&self, conn: ConnId, frame: &Action) {
+    fn deliver(&self, conn: ConnId, frame: &Action, wakeups: &mut Wakeups) {
         let outcome = self
             .registry
-            .with_conn(conn, |outbox| push_or_close(outbox, frame));
+            .with_conn(conn, |outbox| push_or_close(outbox, frame, wakeups));
         match outcome {
             Some(Pushed::Queued) => {}
             Some(Pushed::Full) => self.metrics.dropped(DropReason::SlowConsumer),
@@ -329,16 +336,16 @@ impl Router {
 
     /// [`Router::deliver`] for many sockets at once: one registry lock per
     /// shard, drops tallied and counted once per reason.
-    fn deliver_many(&self, conns: &[ConnId], frame: &Action) {
+    fn deliver_many(&self, conns: &[ConnId], frame: &Action, wakeups: &mut Wakeups) {
         let mut slow = 0;
         let mut closed = 0;
-        let missing =
-            self.registry
-                .with_conns(conns, |outbox| match push_or_close(outbox, frame) {
-                    Pushed::Queued => {}
-                    Pushed::Full => slow += 1,
-                    Pushed::Closed => closed += 1,
-                });
+        let missing = self.registry.with_conns(conns, |outbox| {
+            match push_or_close(outbox, frame, wakeups) {
+                Pushed::Queued => {}
+                Pushed::Full => slow += 1,
+                Pushed::Closed => closed += 1,
+            }
+        });
         self.count_drops(DropReason::SlowConsumer, slow);
         self.count_drops(DropReason::NoLocalSocket, closed + missing);
     }
@@ -367,14 +374,12 @@ impl Router {
     }
 }
 
-/// Queues the shared frame; a full outbox means a socket that is not keeping
-/// up, which is closed rather than waited for.
 /// Applies one event's action to one socket: queue the shared frame (a full
 /// outbox closes the socket as too slow), or close it for the backend.
-fn push_or_close(outbox: &crate::outbox::Outbox, action: &Action) -> Pushed {
+fn push_or_close(outbox: &crate::outbox::Outbox, action: &Action, wakeups: &mut Wakeups) -> Pushed {
     match action {
         Action::Frame(frame) => {
-            let pushed = outbox.push(frame.clone());
+            let pushed = outbox.push(frame.clone(), wakeups);
             if pushed == Pushed::Full {
                 outbox.close(CloseCode::SlowConsumer);
             }
@@ -567,8 +572,8 @@ mod tests {
             let tree = setup(RoutePath::Tree, format);
             let single = setup(RoutePath::SinglePass, format);
             for (index, case) in cases.iter().enumerate() {
-                tree.router.route_queued(case, 0.0);
-                single.router.route_queued(case, 0.0);
+                tree.router.route_queued(case, 0.0, &mut Wakeups::new());
+                single.router.route_queued(case, 0.0, &mut Wakeups::new());
                 assert_eq!(observe(&tree), observe(&single), "{format} case {index}");
             }
             let published = notification(Value::Nil);
@@ -584,7 +589,7 @@ mod tests {
                         codec: PayloadCodec::pubsub_layer(format),
                         ..setup_clone(setup)
                     };
-                    pubsub.route_published(channel, body);
+                    pubsub.route_published(channel, body, &mut Wakeups::new());
                 }
                 assert_eq!(observe(&tree), observe(&single), "{format} published");
             }
@@ -621,7 +626,7 @@ mod tests {
         plain.extend(body);
         for (index, case) in [&fresh[..], &expired, &plain].into_iter().enumerate() {
             for router in &routers {
-                router.route_queued(case, 0.0);
+                router.route_queued(case, 0.0, &mut Wakeups::new());
             }
             assert_eq!(observe(&tree), observe(&single), "case {index}");
         }

@@ -4,11 +4,13 @@
 //! is lost, duplicated or misrouted, no socket closes unexpectedly. No timing
 //! is asserted; the numbers belong to `scripts/bench`.
 
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tests::gateway_bin;
-use tests::{GatewayConfig, GatewayLauncher, GatewayProcess, RedisServer};
+use tests::procs::{free_port, repo_root, send_signal, Signal};
+use tests::{python_bin, GatewayConfig, GatewayLauncher, GatewayProcess, RedisServer};
 
 const SECRET: &str = "test-secret";
 /// Upper bound on one loadgen run; it stops by itself well before.
@@ -26,8 +28,12 @@ async fn stack() -> (RedisServer, GatewayProcess) {
 }
 
 async fn loadgen(redis: &RedisServer, gateway: &GatewayProcess, extra: &[&str]) -> Value {
+    loadgen_at(redis, gateway.listen_addr(), extra).await
+}
+
+async fn loadgen_at(redis: &RedisServer, target: &str, extra: &[&str]) -> Value {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
-    cmd.args(["--target", gateway.listen_addr()])
+    cmd.args(["--target", target])
         .args(["--secret", SECRET])
         .args(["--redis", &redis.url()])
         .args(["--channel-capacity", "specific.gw-*=10000"])
@@ -187,4 +193,109 @@ async fn reconnect_storm_mode_rejoins_and_delivers() {
     assert_eq!(storm["reconnect"]["failed"], 0, "{result}");
     assert_clean_step(&storm["delivery"]);
     assert!(storm["message_reached_all_s"].is_number(), "{result}");
+}
+
+/// The Redis-alone ceiling: no gateway and no sockets, yet every group_send
+/// finds a member and its payload is popped, so Redis does a delivery's work.
+#[tokio::test]
+async fn ceiling_run_pops_every_payload_without_a_gateway() {
+    let redis = RedisServer::start().expect("redis starts");
+    let redis_pid = redis.pid().to_string();
+    let result = loadgen_at(
+        &redis,
+        "127.0.0.1:1",
+        &[
+            "--mode",
+            "per-user",
+            "--sockets",
+            "0",
+            "--ceiling-members",
+            "20",
+            "--rates",
+            "100,300",
+            "--step-secs",
+            "1",
+            "--redis-pid",
+            &redis_pid,
+        ],
+    )
+    .await;
+    let steps = result["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{result}");
+    for step in steps {
+        assert!(step["published"].as_u64().unwrap_or(0) > 0, "{step}");
+        assert_eq!(step["over_capacity"], 0, "{step}");
+        assert_eq!(step["ceiling_popped"], step["published"], "{step}");
+        assert!(step["cpu"]["redis_cpu_s"].as_f64().is_some(), "{step}");
+        assert!(step["cpu"]["server_cpu_s"].is_null(), "no server: {step}");
+    }
+}
+
+/// The Daphne peer of `scripts/bench`, started from the test venv.
+struct DaphnePeer {
+    child: Child,
+    port: u16,
+}
+
+impl DaphnePeer {
+    fn start(redis: &RedisServer) -> DaphnePeer {
+        let port = free_port().expect("free port");
+        let daphne = python_bin().with_file_name("daphne");
+        let child = Command::new(daphne)
+            .current_dir(repo_root().join("tests/bench/peer"))
+            .env("PEER_REDIS_URL", redis.url())
+            .env("PEER_JWT_SECRET", SECRET)
+            .env("PEER_CAPACITY", "10000")
+            .args(["-v", "0", "-b", "127.0.0.1", "-p", &port.to_string()])
+            .arg("peer_project.asgi:application")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("daphne starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "daphne did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        DaphnePeer { child, port }
+    }
+}
+
+impl Drop for DaphnePeer {
+    fn drop(&mut self) {
+        let _ = send_signal(self.child.id(), Signal::Term);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The load generator's own WebSocket client works against the peer too, so
+/// both stacks are measured by the same client.
+#[tokio::test]
+async fn the_load_generator_measures_the_daphne_peer_too() {
+    let redis = RedisServer::start().expect("redis starts");
+    let peer = DaphnePeer::start(&redis);
+    let target = format!("127.0.0.1:{}", peer.port);
+    let result = loadgen_at(
+        &redis,
+        &target,
+        &[
+            "--mode",
+            "per-user",
+            "--sockets",
+            "10",
+            "--rates",
+            "20",
+            "--step-secs",
+            "1",
+        ],
+    )
+    .await;
+    assert_connected(&result, 10);
+    assert_clean_step(&result["steps"][0]);
 }

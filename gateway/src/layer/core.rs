@@ -19,9 +19,10 @@ use shared_proto::names;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{CanarySending, HostRing, LayerError};
+use super::{CanarySending, HostRing, LayerError, WAKE_WINDOW};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::outbox::Wakeups;
 use crate::redis::{MembershipWrites, RedisHost};
 use crate::registry::Registry;
 use crate::router::{unix_now, Router};
@@ -219,6 +220,7 @@ async fn receive(
     stop: Shutdown,
 ) {
     let mut backlog = false;
+    let mut wakeups = Wakeups::new();
     loop {
         let block = (!backlog).then_some(RECEIVE_BLOCK);
         let pop = host.pop_queue(&queue_key, batch, block);
@@ -235,8 +237,10 @@ async fn receive(
                 health.receiver_beat();
                 backlog = payloads.len() >= batch;
                 for queued in &payloads {
-                    router.route_queued(&queued.payload, queued.sent_at);
+                    router.route_queued(&queued.payload, queued.sent_at, &mut wakeups);
+                    wakeups.wake_if_held_for(WAKE_WINDOW);
                 }
+                wakeups.wake_all();
             }
             Err(error) => {
                 backlog = false;

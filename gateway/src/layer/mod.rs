@@ -20,6 +20,12 @@ use crate::config::LayerConfig;
 use crate::redis::{RedisError, RedisHost};
 use crate::router::Router;
 
+/// How long a receiver may hold back the wake-ups of the sockets it is
+/// routing a run of payloads to (see `outbox::Wakeups`): when payloads queue
+/// up, long enough for a broadcast's sockets to get several frames per
+/// write; short next to what a notification may take end to end.
+pub const WAKE_WINDOW: Duration = Duration::from_millis(2);
+
 /// What a layer needs to send the process's canary through Redis.
 #[derive(Clone)]
 pub struct CanarySending {

@@ -20,10 +20,11 @@ use shared_proto::shard::shard_index;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{CanarySending, HostRing, LayerError};
+use super::{CanarySending, HostRing, LayerError, WAKE_WINDOW};
 use crate::config::LayerConfig;
 use crate::health::Health;
 use crate::metrics::{DropReason, Metrics};
+use crate::outbox::Wakeups;
 use crate::redis::{NextPublished, RedisError, RedisSubscriber};
 use crate::registry::Registry;
 use crate::router::Router;
@@ -163,7 +164,13 @@ impl PubSubLayer {
     }
 }
 
-/// Hands every published message of one connection to the router.
+/// At most this many published messages are routed as one run before the
+/// receiver yields to the other tasks of its thread.
+const PUBLISHED_RUN: usize = 512;
+
+/// Hands every published message of one connection to the router. The
+/// messages already waiting (up to `PUBLISHED_RUN`) are routed as one run
+/// whose sockets are woken together.
 async fn receive(
     subscriber: RedisSubscriber,
     router: Arc<Router>,
@@ -171,25 +178,39 @@ async fn receive(
     stop: Shutdown,
 ) {
     let mut messages = subscriber.messages();
+    let mut wakeups = Wakeups::new();
     loop {
-        let next = tokio::select! {
+        let mut next = tokio::select! {
             _ = stop.triggered() => return,
             next = messages.next() => next,
         };
-        match next {
-            NextPublished::Message(published) => {
-                router.route_published(&published.channel, &published.payload)
+        let mut handled = 0;
+        loop {
+            match next {
+                NextPublished::Message(published) => {
+                    router.route_published(&published.channel, &published.payload, &mut wakeups);
+                    wakeups.wake_if_held_for(WAKE_WINDOW);
+                }
+                NextPublished::Lagged(missed) => {
+                    metrics.dropped_many(DropReason::SubscriberLag, missed);
+                    tracing::warn!(
+                        missed,
+                        host = subscriber.label(),
+                        "router fell behind a subscriber"
+                    );
+                }
+                NextPublished::Closed => return,
             }
-            NextPublished::Lagged(missed) => {
-                metrics.dropped_many(DropReason::SubscriberLag, missed);
-                tracing::warn!(
-                    missed,
-                    host = subscriber.label(),
-                    "router fell behind a subscriber"
-                );
+            handled += 1;
+            if handled == PUBLISHED_RUN {
+                break;
             }
-            NextPublished::Closed => return,
+            match messages.try_next() {
+                Some(waiting) => next = waiting,
+                None => break,
+            }
         }
+        wakeups.wake_all();
     }
 }
 

@@ -21,20 +21,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use rmpv::Value;
 use serde::Deserialize;
 use serde_json::json;
 use shards::Shards;
+use tests::lean_ws::LeanWs;
 use tests::publisher::{notification, NativePublisher, PublisherConfig};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -130,6 +126,17 @@ struct Args {
     /// Parallel publisher connections.
     #[arg(long, default_value_t = 2)]
     publishers: usize,
+    /// Per-user without sockets (the Redis-alone ceiling): give this many
+    /// users' groups one member each, as sockets' joins would, and pop their
+    /// queue key as a gateway's receiver would, so that Redis does all of a
+    /// delivery's work and only the gateway and the sockets are missing.
+    #[arg(long, default_value_t = 0)]
+    ceiling_members: u64,
+    /// Most group_sends one publisher connection pipelines at once. Redis
+    /// runs a pipeline's commands back to back, so a large one holds up
+    /// every other client (the gateway's pops too) until it is done.
+    #[arg(long, default_value_t = 2000)]
+    publish_batch: u64,
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 5.0)]
     drain_secs: f64,
@@ -355,12 +362,16 @@ impl CpuSample {
             (Some(b), Some(a)) => Some(a - b),
             _ => None,
         };
-        let server: Option<f64> = self
-            .servers
-            .iter()
-            .zip(&now.servers)
-            .map(|(b, a)| used(*b, *a))
-            .sum();
+        // No server given (the ceiling run) reads "none", not zero.
+        let server: Option<f64> = if self.servers.is_empty() {
+            None
+        } else {
+            self.servers
+                .iter()
+                .zip(&now.servers)
+                .map(|(b, a)| used(*b, *a))
+                .sum()
+        };
         let cores = |seconds: Option<f64>| seconds.map(|s| if wall > 0.0 { s / wall } else { 0.0 });
         json!({
             "wall_s": wall,
@@ -379,7 +390,7 @@ impl CpuSample {
     }
 }
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = LeanWs;
 
 struct Connector {
     target: SocketAddr,
@@ -428,17 +439,10 @@ impl Connector {
         tcp.set_nodelay(true).ok();
         let claims = tests::tokens::claims_for_user(user, 3600);
         let token = tests::tokens::try_mint(&self.secret, &claims)?;
-        let url = format!("ws://{}{}?token={}", self.target, self.path, token);
-        let request = url.into_client_request().context("request")?;
-        let config = WebSocketConfig::default()
-            .read_buffer_size(4096)
-            .write_buffer_size(0)
-            .max_write_buffer_size(64 * 1024);
-        let (ws, _response) =
-            tokio_tungstenite::client_async_with_config(request, tcp, Some(config))
-                .await
-                .context("websocket handshake")?;
-        Ok(ws)
+        let path = format!("{}?token={}", self.path, token);
+        LeanWs::handshake(tcp, &self.target.to_string(), &path)
+            .await
+            .context("websocket handshake")
     }
 
     async fn open_retrying(&self, index: usize, user: u64, deadline: Instant) -> Result<(Ws, u32)> {
@@ -476,14 +480,14 @@ async fn run_socket(
         tokio::select! {
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close()).await;
                     return;
                 }
             }
-            next = ws.next() => match next {
-                Some(Ok(WsMessage::Text(text))) => {
+            next = ws.next_text() => match next {
+                Ok(Some(text)) => {
                     let recv = now_us();
-                    let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else {
+                    let Ok(frame) = serde_json::from_slice::<Frame>(text) else {
                         shared.bad_frames.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
@@ -514,8 +518,7 @@ async fn run_socket(
                     let latency = recv.saturating_sub(body.ts).max(1);
                     step.arrivals.with(index, |shard| shard.record(latency, recv));
                 }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => {
+                Ok(None) | Err(_) => {
                     if !*stop.borrow() {
                         shared.unexpected_closes.fetch_add(1, Ordering::Relaxed);
                     }
@@ -660,6 +663,7 @@ async fn publish_step(
     target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync>,
 ) -> Result<(u64, u64, f64)> {
     let publishers = args.publishers.max(1) as u64;
+    let publish_batch = args.publish_batch.max(1);
     let started = Instant::now();
     let mut handles = Vec::new();
     for p in 0..publishers {
@@ -675,7 +679,7 @@ async fn publish_step(
             while sent < mine {
                 tick.tick().await;
                 let due = ((started.elapsed().as_secs_f64() * my_rate) as u64).min(mine);
-                let n = due.saturating_sub(sent).min(2000);
+                let n = due.saturating_sub(sent).min(publish_batch);
                 if n == 0 {
                     continue;
                 }
@@ -912,6 +916,103 @@ async fn measured_step(
     Ok((json, lost, p99))
 }
 
+/// Redis's side of delivery without a gateway, for the ceiling run: the
+/// users' groups each hold one channel of a made-up process, and a task pops
+/// that process's queue key the way the gateway's receiver does (a blocking
+/// pop with a batched pop pipelined behind it) and counts what it popped.
+struct CeilingConsumer {
+    popped: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl CeilingConsumer {
+    const PROCESS: &'static str = "ceiling";
+    const POP_BATCH: usize = 512;
+
+    async fn start(args: &Args) -> Result<CeilingConsumer> {
+        let [host] = args.redis.as_slice() else {
+            bail!("--ceiling-members takes exactly one --redis host");
+        };
+        let addr = host
+            .strip_prefix("redis://")
+            .unwrap_or(host)
+            .trim_end_matches('/');
+        let mut setup = tests::RespClient::connect(addr).await?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs_f64())
+            .unwrap_or(0.0)
+            .to_string();
+        let users: Vec<u64> = (0..args.ceiling_members).collect();
+        for chunk in users.chunks(1000) {
+            let joins: Vec<Vec<String>> = chunk
+                .iter()
+                .map(|&i| {
+                    let group = format!("user_{}", args.user_base + i);
+                    let channel =
+                        shared_proto::names::specific_channel(Self::PROCESS, &i.to_string());
+                    vec![
+                        "ZADD".into(),
+                        shared_proto::names::group_key(&args.prefix, &group),
+                        now.clone(),
+                        channel,
+                    ]
+                })
+                .collect();
+            for reply in setup.pipeline(&joins).await? {
+                reply.check().context("ZADD of a ceiling member")?;
+            }
+        }
+        let queue = shared_proto::names::queue_key(
+            &args.prefix,
+            &shared_proto::names::specific_channel(Self::PROCESS, ""),
+        );
+        let mut client = tests::RespClient::connect(addr).await?;
+        let popped = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&popped);
+        let task = tokio::spawn(async move {
+            let rest = (Self::POP_BATCH - 1).to_string();
+            loop {
+                let commands = [
+                    vec!["BZPOPMIN", queue.as_str(), "1"],
+                    vec!["ZPOPMIN", queue.as_str(), rest.as_str()],
+                ];
+                let Ok(replies) = client.pipeline(&commands).await else {
+                    return;
+                };
+                let mut count = 0;
+                let mut replies = replies.into_iter();
+                if replies.next().is_some_and(|first| !first.is_nil()) {
+                    count += 1;
+                }
+                if let Some(Ok(pairs)) = replies.next().map(tests::RespValue::into_bytes_list) {
+                    count += pairs.len() as u64 / 2;
+                }
+                counter.fetch_add(count, Ordering::Relaxed);
+            }
+        });
+        Ok(CeilingConsumer { popped, task })
+    }
+
+    fn popped(&self) -> u64 {
+        self.popped.load(Ordering::Relaxed)
+    }
+
+    /// Waits (at most 10 s) until `count` payloads were popped in all.
+    async fn wait_for(&self, count: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.popped() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for CeilingConsumer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn publisher_config(args: &Args) -> Result<PublisherConfig> {
     let mut config = PublisherConfig {
         prefix: args.prefix.clone(),
@@ -1034,7 +1135,15 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         }
         Mode::PerUser => {
             let mut steps = Vec::new();
-            let count = n.max(1) as u64;
+            let ceiling = if n == 0 && args.ceiling_members > 0 {
+                Some(CeilingConsumer::start(&args).await?)
+            } else {
+                None
+            };
+            let count = match &ceiling {
+                Some(_) => args.ceiling_members,
+                None => n.max(1) as u64,
+            };
             for (k, &rate) in args.rates.iter().enumerate() {
                 let total = ((rate as f64) * args.step_secs).round().max(1.0) as u64;
                 let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> =
@@ -1048,7 +1157,12 @@ async fn run(args: Args) -> Result<serde_json::Value> {
                     target_of,
                     fan_out,
                 };
-                let (json, lost, p99) = measured_step(&args, &config, &shared, plan).await?;
+                let popped_before = ceiling.as_ref().map(CeilingConsumer::popped);
+                let (mut json, lost, p99) = measured_step(&args, &config, &shared, plan).await?;
+                if let (Some(ceiling), Some(before)) = (&ceiling, popped_before) {
+                    ceiling.wait_for(before + total).await;
+                    json["ceiling_popped"] = json!(ceiling.popped() - before);
+                }
                 steps.push(json);
                 if n > 0 && (lost > 0 || p99 > args.stop_p99_ms) {
                     out["stopped_at_rate"] = json!(rate);

@@ -25,7 +25,7 @@ use clap::Parser;
 use futures_util::FutureExt;
 use gateway::events::EventMapper;
 use gateway::metrics::Metrics;
-use gateway::outbox::Outbox;
+use gateway::outbox::{Outbox, Wakeups};
 use gateway::registry::{ChannelNaming, ConnId, Registry};
 use gateway::router::{RoutePath, Router};
 use rmpv::Value;
@@ -96,6 +96,8 @@ fn main() -> Result<()> {
     // (a) one-channel notifications, routed in batches of SMALL_BATCH
     // distinct sockets, drained (untimed) between batches.
     let batches = args.small_messages.div_ceil(SMALL_BATCH);
+    // Nothing waits on these outboxes: no wake-up is ever held.
+    let mut wakeups = Wakeups::new();
     let mut small_route = [Vec::new(), Vec::new()];
     let mut small_read = [Vec::new(), Vec::new()];
     let mut big_route = [Vec::new(), Vec::new()];
@@ -106,7 +108,7 @@ fn main() -> Result<()> {
             for _ in 0..batches {
                 let start = Instant::now();
                 for payload in &small {
-                    router.route_queued(payload, 0.0);
+                    router.route_queued(payload, 0.0, &mut wakeups);
                 }
                 elapsed += start.elapsed();
                 drain();
@@ -124,7 +126,7 @@ fn main() -> Result<()> {
             let mut elapsed = Duration::ZERO;
             for _ in 0..args.broadcasts {
                 let start = Instant::now();
-                router.route_queued(&broadcast, 0.0);
+                router.route_queued(&broadcast, 0.0, &mut wakeups);
                 elapsed += start.elapsed();
                 drain();
             }

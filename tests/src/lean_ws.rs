@@ -1,0 +1,315 @@
+//! A lean client WebSocket for the load generator: the opening handshake and
+//! the frame reader written out by hand over a plain `TcpStream`, with one
+//! reusable read buffer per socket and no allocation per frame.
+//!
+//! It exists so the load generator's own cost per received frame stays small
+//! next to the server's: with tungstenite each frame was copied into a fresh
+//! allocation and went through its message layer, and on a 2-core machine that
+//! cost is taken from the server under test. It reads what servers send to
+//! browsers (unfragmented text, ping, close) and answers pings; it is not a
+//! conforming client and must not be used where the protocol itself is under
+//! test (tests use [`crate::ws_client`]).
+
+use std::io;
+
+use base64::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Room for the handshake answer and the frames of one read.
+const INITIAL_BUFFER: usize = 4096;
+/// The largest frame it accepts; larger ones end the socket.
+const MAX_FRAME: usize = 16 * 1024 * 1024;
+/// The largest handshake answer it accepts.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+const OPCODE_CONTINUATION: u8 = 0x0;
+const OPCODE_TEXT: u8 = 0x1;
+const OPCODE_BINARY: u8 = 0x2;
+const OPCODE_CLOSE: u8 = 0x8;
+const OPCODE_PING: u8 = 0x9;
+const OPCODE_PONG: u8 = 0xA;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeanWsError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("the server refused the upgrade: {0}")]
+    Refused(String),
+    #[error("the server answered with a bad Sec-WebSocket-Accept")]
+    BadAccept,
+    #[error("the connection closed during the handshake")]
+    ClosedInHandshake,
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+}
+
+pub struct LeanWs {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    /// Unread bytes are `buffer[start..end]`.
+    start: usize,
+    end: usize,
+    mask_state: u32,
+}
+
+impl LeanWs {
+    /// Sends the opening handshake for `path_and_query` and reads the 101
+    /// answer, checking its `Sec-WebSocket-Accept`.
+    pub async fn handshake(
+        mut stream: TcpStream,
+        host: &str,
+        path_and_query: &str,
+    ) -> Result<LeanWs, LeanWsError> {
+        let nonce: [u8; 16] = rand::random();
+        let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+        let request = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut socket = LeanWs {
+            stream,
+            buffer: vec![0; INITIAL_BUFFER],
+            start: 0,
+            end: 0,
+            mask_state: u32::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3]]) | 1,
+        };
+        let head_end = loop {
+            if let Some(at) = find(&socket.buffer[..socket.end], b"\r\n\r\n") {
+                break at + 4;
+            }
+            if socket.end >= MAX_RESPONSE_HEAD {
+                return Err(LeanWsError::Protocol("handshake answer too long"));
+            }
+            if socket.fill().await? == 0 {
+                return Err(LeanWsError::ClosedInHandshake);
+            }
+        };
+        let head = String::from_utf8_lossy(&socket.buffer[..head_end]).into_owned();
+        let status_line = head.lines().next().unwrap_or_default();
+        if status_line.split_whitespace().nth(1) != Some("101") {
+            return Err(LeanWsError::Refused(status_line.to_string()));
+        }
+        let expected = accept_for(&key);
+        let accepted = head.lines().any(|line| {
+            line.split_once(':').is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("sec-websocket-accept") && value.trim() == expected
+            })
+        });
+        if !accepted {
+            return Err(LeanWsError::BadAccept);
+        }
+        socket.start = head_end;
+        Ok(socket)
+    }
+
+    /// The payload of the next text frame, or `None` once the server closed
+    /// (its close is answered) or the connection ended. Pings are answered on
+    /// the way. Cancel-safe between frames: unread bytes stay buffered.
+    pub async fn next_text(&mut self) -> Result<Option<&[u8]>, LeanWsError> {
+        loop {
+            match parse_header(&self.buffer[self.start..self.end])? {
+                Some(header) if header.total() <= self.end - self.start => {
+                    let payload = self.start + header.header_len..self.start + header.total();
+                    self.start += header.total();
+                    match header.opcode {
+                        OPCODE_TEXT => return Ok(Some(&self.buffer[payload])),
+                        OPCODE_PING => {
+                            let data = self.buffer[payload].to_vec();
+                            self.send(OPCODE_PONG, &data).await?;
+                        }
+                        OPCODE_CLOSE => {
+                            let code = self.buffer[payload].get(..2).map(<[u8]>::to_vec);
+                            self.send(OPCODE_CLOSE, &code.unwrap_or_default()).await?;
+                            return Ok(None);
+                        }
+                        OPCODE_PONG | OPCODE_BINARY => {}
+                        _ => return Err(LeanWsError::Protocol("unexpected opcode")),
+                    }
+                }
+                incomplete => {
+                    let needed = incomplete.map_or(14, |header| header.total());
+                    if needed > MAX_FRAME {
+                        return Err(LeanWsError::Protocol("frame too large"));
+                    }
+                    self.make_room(needed);
+                    if self.fill().await? == 0 {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the closing handshake (1000) and waits for the server's close
+    /// or the end of the connection.
+    pub async fn close(&mut self) -> Result<(), LeanWsError> {
+        self.send(OPCODE_CLOSE, &1000u16.to_be_bytes()).await?;
+        while self.next_text().await?.is_some() {}
+        Ok(())
+    }
+
+    /// Reads more bytes after the unread ones; 0 means the peer is gone.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.end == self.buffer.len() {
+            self.make_room(self.buffer.len() - self.start + INITIAL_BUFFER);
+        }
+        let read = self.stream.read(&mut self.buffer[self.end..]).await?;
+        self.end += read;
+        Ok(read)
+    }
+
+    /// Moves the unread bytes to the front and grows the buffer so that
+    /// `needed` unread bytes fit.
+    fn make_room(&mut self, needed: usize) {
+        if self.start > 0 {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buffer.len() < needed {
+            self.buffer.resize(needed, 0);
+        }
+    }
+
+    /// Writes one masked frame (clients must mask).
+    async fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
+        // xorshift: masks need not be secret from this client's own server.
+        self.mask_state ^= self.mask_state << 13;
+        self.mask_state ^= self.mask_state >> 17;
+        self.mask_state ^= self.mask_state << 5;
+        let mask = self.mask_state.to_be_bytes();
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        frame.push(0x80 | opcode);
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len @ 126..=65535 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(
+            payload
+                .iter()
+                .enumerate()
+                .map(|(i, byte)| byte ^ mask[i % 4]),
+        );
+        self.stream.write_all(&frame).await
+    }
+}
+
+/// A server frame's header: opcode and lengths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    opcode: u8,
+    header_len: usize,
+    payload_len: usize,
+}
+
+impl Header {
+    fn total(&self) -> usize {
+        self.header_len.saturating_add(self.payload_len)
+    }
+}
+
+/// The header at the start of `bytes`, `None` if more bytes are needed.
+fn parse_header(bytes: &[u8]) -> Result<Option<Header>, LeanWsError> {
+    let [first, second, rest @ ..] = bytes else {
+        return Ok(None);
+    };
+    if first & 0x80 == 0 || first & 0x0F == OPCODE_CONTINUATION {
+        return Err(LeanWsError::Protocol("fragmented frames are not read"));
+    }
+    if first & 0x70 != 0 {
+        return Err(LeanWsError::Protocol(
+            "reserved bits set (no extension was agreed)",
+        ));
+    }
+    if second & 0x80 != 0 {
+        return Err(LeanWsError::Protocol("server frames must not be masked"));
+    }
+    let (header_len, payload_len) = match second & 0x7F {
+        126 => match rest {
+            [a, b, ..] => (4, usize::from(u16::from_be_bytes([*a, *b]))),
+            _ => return Ok(None),
+        },
+        127 => match rest.get(..8) {
+            Some(length) => {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(length);
+                let length = usize::try_from(u64::from_be_bytes(be)).unwrap_or(usize::MAX);
+                (10, length)
+            }
+            None => return Ok(None),
+        },
+        short => (2, usize::from(short)),
+    };
+    Ok(Some(Header {
+        opcode: first & 0x0F,
+        header_len,
+        payload_len,
+    }))
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// RFC 6455's `Sec-WebSocket-Accept` for a key.
+fn accept_for(key: &str) -> String {
+    actix_http::ws::hash_key(key.as_bytes())
+        .iter()
+        .map(|&byte| byte as char)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_every_length_form() {
+        assert_eq!(parse_header(&[0x81]).ok().flatten(), None);
+        let short = parse_header(&[0x81, 5]).ok().flatten();
+        assert_eq!(
+            short,
+            Some(Header {
+                opcode: OPCODE_TEXT,
+                header_len: 2,
+                payload_len: 5
+            })
+        );
+        assert_eq!(parse_header(&[0x81, 126, 1]).ok().flatten(), None);
+        let medium = parse_header(&[0x81, 126, 1, 0]).ok().flatten();
+        assert_eq!(
+            medium.map(|h| (h.header_len, h.payload_len)),
+            Some((4, 256))
+        );
+        let long = parse_header(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0])
+            .ok()
+            .flatten();
+        assert_eq!(
+            long.map(|h| (h.header_len, h.payload_len)),
+            Some((10, 65536))
+        );
+        assert!(parse_header(&[0x01, 1]).is_err(), "fragment");
+        assert!(parse_header(&[0x81, 0x81]).is_err(), "masked server frame");
+        assert!(parse_header(&[0xC1, 1]).is_err(), "reserved bit");
+    }
+
+    #[test]
+    fn accept_matches_the_rfc_example() {
+        assert_eq!(
+            accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzrZWP5Rvm+Y="
+        );
+    }
+}
