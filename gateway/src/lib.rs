@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and the path of one message.
 
+pub mod allocator;
 pub mod canary;
 pub mod cli;
 pub mod config;

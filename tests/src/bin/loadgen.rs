@@ -11,6 +11,13 @@
 //! Redis (`scripts/bench` and the tests do), must target loopback only, and
 //! every mode is bounded in sockets and time and ends by itself.
 
+/// The publisher builds and drops many short-lived buffers per message;
+/// under glibc's allocator half of its time went to malloc and free (and
+/// their consolidation of freed chunks), cores taken from the server under
+/// test on a shared machine.
+#[global_allocator]
+static ALLOCATOR: gateway::allocator::Jemalloc = gateway::allocator::Jemalloc;
+
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -922,6 +929,9 @@ async fn measured_step(
 /// pop with a batched pop pipelined behind it) and counts what it popped.
 struct CeilingConsumer {
     popped: Arc<AtomicU64>,
+    /// Queue score (the send time) → pop, in µs: the wait in front of a
+    /// gateway's receiver that Redis and the publisher cause by themselves.
+    queue_lag: Arc<std::sync::Mutex<Histogram<u64>>>,
     task: JoinHandle<()>,
 }
 
@@ -970,6 +980,8 @@ impl CeilingConsumer {
         let mut client = tests::RespClient::connect(addr).await?;
         let popped = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&popped);
+        let queue_lag = Arc::new(std::sync::Mutex::new(new_histogram()?));
+        let lags = Arc::clone(&queue_lag);
         let task = tokio::spawn(async move {
             let rest = (Self::POP_BATCH - 1).to_string();
             loop {
@@ -980,18 +992,47 @@ impl CeilingConsumer {
                 let Ok(replies) = client.pipeline(&commands).await else {
                     return;
                 };
-                let mut count = 0;
+                let now = now_us();
+                // [key, member, score] then [member, score, member, score, …]
+                let mut scores = Vec::new();
                 let mut replies = replies.into_iter();
-                if replies.next().is_some_and(|first| !first.is_nil()) {
-                    count += 1;
+                if let Some(Ok(triple)) = replies.next().map(tests::RespValue::into_bytes_list) {
+                    scores.extend(triple.get(2).cloned());
                 }
                 if let Some(Ok(pairs)) = replies.next().map(tests::RespValue::into_bytes_list) {
-                    count += pairs.len() as u64 / 2;
+                    scores.extend(pairs.into_iter().skip(1).step_by(2));
                 }
-                counter.fetch_add(count, Ordering::Relaxed);
+                if let Ok(mut lags) = lags.lock() {
+                    for score in &scores {
+                        let sent = std::str::from_utf8(score)
+                            .ok()
+                            .and_then(|text| text.parse::<f64>().ok());
+                        if let Some(sent) = sent {
+                            let sent_us = (sent * 1e6) as u64;
+                            lags.saturating_record(now.saturating_sub(sent_us).max(1));
+                        }
+                    }
+                }
+                counter.fetch_add(scores.len() as u64, Ordering::Relaxed);
             }
         });
-        Ok(CeilingConsumer { popped, task })
+        Ok(CeilingConsumer {
+            popped,
+            queue_lag,
+            task,
+        })
+    }
+
+    /// The queue lag since the last call, as latency quantiles.
+    fn take_queue_lag(&self) -> serde_json::Value {
+        match self.queue_lag.lock() {
+            Ok(mut lags) => {
+                let json = latency_json(&lags);
+                lags.reset();
+                json
+            }
+            Err(_) => json!(null),
+        }
     }
 
     fn popped(&self) -> u64 {
@@ -1162,6 +1203,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
                 if let (Some(ceiling), Some(before)) = (&ceiling, popped_before) {
                     ceiling.wait_for(before + total).await;
                     json["ceiling_popped"] = json!(ceiling.popped() - before);
+                    json["ceiling_queue_lag"] = ceiling.take_queue_lag();
                 }
                 steps.push(json);
                 if n > 0 && (lost > 0 || p99 > args.stop_p99_ms) {
