@@ -211,6 +211,10 @@ def main() -> int:
     pbs = (res.get("peer-broadcast") or {}).get("sockets")
     add(f"broadcast deliveries/s (gateway {fmt(gbs)} sockets, peer {fmt(pbs)})",
         gb.get("deliveries_per_s"), pb.get("deliveries_per_s"), "≥ 500,000 (10k sockets)")
+    g1 = ((res.get("gateway-broadcast-1-worker") or {}).get("steps") or [{}])[0]
+    if g1:
+        lines.append(f"| broadcast deliveries/s with `server.workers = 1` (one socket thread beside the "
+                     f"routing thread) | {fmt(g1.get('deliveries_per_s'))} | — | — | sizing: workers = cores − 1 |")
     add("broadcast p99 ms", (gb.get("latency") or {}).get("p99_ms"),
         (pb.get("latency") or {}).get("p99_ms"), "—", higher=False, digits=2)
     add("broadcast lost deliveries", gb.get("lost"), pb.get("lost"), "0", higher=False)
@@ -258,6 +262,9 @@ def main() -> int:
             connect = (res.get(f"{stack}-idle-{size}") or {}).get("connect")
             cpu_row(f"{stack} opening {size} sockets (per connect)", connect)
         cpu_row(f"{stack} broadcast", ((res.get(f"{stack}-broadcast") or {}).get("steps") or [None])[0])
+        if stack == "gateway":
+            cpu_row("gateway broadcast, workers = 1",
+                    ((res.get("gateway-broadcast-1-worker") or {}).get("steps") or [None])[0])
         for step in (res.get(f"{stack}-per-user") or {}).get("steps", []):
             cpu_row(f"{stack} per-user {fmt(step.get('target_rate'))}/s", step)
         cpu_row(f"{stack} fixed rate", ((res.get(f"{stack}-fixed") or {}).get("steps") or [None])[0])
