@@ -201,6 +201,10 @@ def main() -> int:
         (gf.get("latency") or {}).get("p99_ms"), (pf.get("latency") or {}).get("p99_ms"),
         "≤ 5 ms", higher=False, digits=2)
     add("fixed rate: lost messages", gf.get("lost"), pf.get("lost"), "0", higher=False)
+    meter = gf.get("machine_hiccups") or {}
+    if meter:
+        lines.append(f"| fixed rate: the machine's worst stall during the step (a 1 ms sleep's overrun, max ms) | "
+                     f"{fmt(meter.get('max_ms'), 2)} | — | — | outside the gateway |")
     lag = gf.get("gateway_routing_lag") or {}
     if lag:
         lines.append(f"| fixed rate: of that, queue score → routing in the gateway, p99 (bucket bound, ms) | "
@@ -244,9 +248,14 @@ def main() -> int:
               "as cores kept busy; the machine has 2. Where the server under test uses well "
               "under the cores left by the load generator, Redis and the publisher, the limit "
               "lies outside it.", "",
+              "The last column is the machine's own hiccups during the step: how far a 1 ms sleep "
+              "of a thread in the load generator overran (p99 / max). Every process on the box, "
+              "Redis included, suffers those stalls; a latency tail no longer than them was not "
+              "made by the server.", "",
               "| step | machine busy cores (of all) | server cores | load generator cores (incl. publisher) | "
-              "Redis cores | server CPU µs / delivered frame (or connect) | deliveries/s |",
-              "|---|---|---|---|---|---|---|"]
+              "Redis cores | server CPU µs / delivered frame (or connect) | deliveries/s | "
+              "machine hiccups p99 / max ms |",
+              "|---|---|---|---|---|---|---|---|"]
 
     def cpu_row(name, step):
         cpu = (step or {}).get("cpu") or {}
@@ -255,7 +264,13 @@ def main() -> int:
         busy = f"{fmt(cpu.get('machine_busy_cores'), 2)} of {fmt(cpu.get('machine_cores'))}"
         lines.append(f"| {name} | {busy} | {fmt(cpu.get('server_cores'), 2)} | {fmt(cpu.get('loadgen_cores'), 2)} | "
                      f"{fmt(cpu.get('redis_cores'), 2)} | {fmt(cpu.get('server_cpu_us_per_delivery'), 2)} | "
-                     f"{fmt(step.get('deliveries_per_s'))} |")
+                     f"{fmt(step.get('deliveries_per_s'))} | {hiccups(step)} |")
+
+    def hiccups(step):
+        meter = (step or {}).get("machine_hiccups") or {}
+        if not meter:
+            return "—"
+        return f"{fmt(meter.get('p99_ms'), 2)} / {fmt(meter.get('max_ms'), 2)}"
 
     for stack in ("gateway", "actix-ws", "peer"):
         for size in meta.get("knobs", {}).get("BENCH_IDLE_SOCKETS", "").split():

@@ -887,6 +887,9 @@ async fn measured_step(
         fan_out,
     } = plan;
     let started_us = now_us();
+    if let Some(hiccups) = HICCUPS.get() {
+        hiccups.reset();
+    }
     let cpu = CpuSample::take(args);
     let lag_before = match args.gateway_admin {
         Some(admin) => publish_lag_buckets(admin).await,
@@ -914,6 +917,9 @@ async fn measured_step(
         },
     )?;
     json["cpu"] = cpu.since(args, json["received"].as_u64().unwrap_or(0));
+    if let Some(hiccups) = HICCUPS.get() {
+        json["machine_hiccups"] = hiccups.since_reset();
+    }
     if let Some(admin) = args.gateway_admin {
         if let Some(after) = publish_lag_buckets(admin).await {
             json["gateway_routing_lag"] =
@@ -922,6 +928,52 @@ async fn measured_step(
     }
     Ok((json, lost, p99))
 }
+
+/// A hiccup meter: a thread of its own sleeps 1 ms at a time and records by
+/// how much each sleep overran. What it sees, every process on the machine
+/// suffers too (scheduler queueing, the hypervisor taking the CPU away), so
+/// a latency tail as long as the worst hiccups was not made by the server.
+struct Hiccups {
+    overruns: Arc<std::sync::Mutex<Histogram<u64>>>,
+}
+
+impl Hiccups {
+    const TICK: Duration = Duration::from_millis(1);
+
+    /// Starts the meter's thread; it ends with the process.
+    fn start() -> Result<Hiccups> {
+        let overruns = Arc::new(std::sync::Mutex::new(new_histogram()?));
+        let recorder = Arc::clone(&overruns);
+        std::thread::Builder::new()
+            .name("hiccup-meter".into())
+            .spawn(move || loop {
+                let started = Instant::now();
+                std::thread::sleep(Self::TICK);
+                let overrun = started.elapsed().saturating_sub(Self::TICK);
+                if let Ok(mut overruns) = recorder.lock() {
+                    overruns.saturating_record(overrun.as_micros() as u64 + 1);
+                }
+            })
+            .context("starting the hiccup meter")?;
+        Ok(Hiccups { overruns })
+    }
+
+    fn reset(&self) {
+        if let Ok(mut overruns) = self.overruns.lock() {
+            overruns.reset();
+        }
+    }
+
+    /// Overrun quantiles since the last reset.
+    fn since_reset(&self) -> serde_json::Value {
+        match self.overruns.lock() {
+            Ok(overruns) => latency_json(&overruns),
+            Err(_) => json!(null),
+        }
+    }
+}
+
+static HICCUPS: std::sync::OnceLock<Hiccups> = std::sync::OnceLock::new();
 
 /// Redis's side of delivery without a gateway, for the ceiling run: the
 /// users' groups each hold one channel of a made-up process, and a task pops
@@ -1072,6 +1124,9 @@ fn publisher_config(args: &Args) -> Result<PublisherConfig> {
 }
 
 async fn run(args: Args) -> Result<serde_json::Value> {
+    if HICCUPS.get().is_none() {
+        let _ = HICCUPS.set(Hiccups::start()?);
+    }
     if !args.target.ip().is_loopback() {
         bail!("--target must be a loopback address");
     }
