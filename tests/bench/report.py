@@ -201,6 +201,11 @@ def main() -> int:
         (gf.get("latency") or {}).get("p99_ms"), (pf.get("latency") or {}).get("p99_ms"),
         "≤ 5 ms", higher=False, digits=2)
     add("fixed rate: lost messages", gf.get("lost"), pf.get("lost"), "0", higher=False)
+    batches = gf.get("publish_batch_time") or {}
+    if batches:
+        lines.append(f"| fixed rate: the publisher's own batches (publish timestamp → Redis's last reply), "
+                     f"p99 / max ms | {fmt(batches.get('p99_ms'), 2)} / {fmt(batches.get('max_ms'), 2)} | — | — | "
+                     f"in front of the gateway |")
     meter = gf.get("machine_hiccups") or {}
     if meter:
         lines.append(f"| fixed rate: the machine's worst stall during the step (a 1 ms sleep's overrun, max ms) | "

@@ -658,9 +658,19 @@ fn latency_json(hist: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
+/// What one step's publishing did.
+struct PublishReport {
+    published: u64,
+    over_capacity: u64,
+    secs: f64,
+    /// How long each pipelined batch of group_sends took, from the publish
+    /// timestamp its messages carry to the last reply (µs): a latency tail
+    /// that is already here arose in the publisher or in Redis.
+    batch_times: Histogram<u64>,
+}
+
 /// Publishes `plan` (target user, expected deliveries) messages of step `k`
-/// at `rate`/s over `publishers` connections; returns (published,
-/// over_capacity, publish seconds, expected deliveries).
+/// at `rate`/s over `publishers` connections.
 async fn publish_step(
     args: &Args,
     config: &PublisherConfig,
@@ -668,7 +678,7 @@ async fn publish_step(
     total: u64,
     rate: u64,
     target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync>,
-) -> Result<(u64, u64, f64)> {
+) -> Result<PublishReport> {
     let publishers = args.publishers.max(1) as u64;
     let publish_batch = args.publish_batch.max(1);
     let started = Instant::now();
@@ -681,6 +691,7 @@ async fn publish_step(
         handles.push(tokio::spawn(async move {
             let mut sent = 0u64;
             let mut over = 0u64;
+            let mut batch_times = new_histogram()?;
             let mut tick = tokio::time::interval(Duration::from_millis(2));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             while sent < mine {
@@ -707,19 +718,29 @@ async fn publish_step(
                 for outcome in publisher.group_send_many(&batch).await? {
                     over += outcome.over_capacity;
                 }
+                batch_times.saturating_record(now_us().saturating_sub(ts).max(1));
                 sent += n;
             }
-            Ok::<(u64, u64), anyhow::Error>((sent, over))
+            Ok::<_, anyhow::Error>((sent, over, batch_times))
         }));
     }
-    let mut published = 0;
-    let mut over = 0;
+    let mut report = PublishReport {
+        published: 0,
+        over_capacity: 0,
+        secs: 0.0,
+        batch_times: new_histogram()?,
+    };
     for handle in handles {
-        let (sent, dropped) = handle.await.context("publisher task")??;
-        published += sent;
-        over += dropped;
+        let (sent, dropped, times) = handle.await.context("publisher task")??;
+        report.published += sent;
+        report.over_capacity += dropped;
+        report
+            .batch_times
+            .add(&times)
+            .context("merging batch times")?;
     }
-    Ok((published, over, started.elapsed().as_secs_f64()))
+    report.secs = started.elapsed().as_secs_f64();
+    Ok(report)
 }
 
 /// Waits until `expected` deliveries of step `k` arrived or `drain` passed
@@ -895,7 +916,8 @@ async fn measured_step(
         Some(admin) => publish_lag_buckets(admin).await,
         None => None,
     };
-    let (published, over, secs) = publish_step(args, config, k, messages, rate, target_of).await?;
+    let publish = publish_step(args, config, k, messages, rate, target_of).await?;
+    let (published, over, secs) = (publish.published, publish.over_capacity, publish.secs);
     let expected = published * fan_out;
     drain(
         shared,
@@ -920,6 +942,7 @@ async fn measured_step(
     if let Some(hiccups) = HICCUPS.get() {
         json["machine_hiccups"] = hiccups.since_reset();
     }
+    json["publish_batch_time"] = latency_json(&publish.batch_times);
     if let Some(admin) = args.gateway_admin {
         if let Some(after) = publish_lag_buckets(admin).await {
             json["gateway_routing_lag"] =
