@@ -245,6 +245,18 @@ def main() -> int:
         if top and gateway_best:
             lines.append(f"| per-user: the gateway's clean rate as a share of that ceiling | "
                          f"{100 * gateway_best / top:.0f} % | — | — | ≥ 90 % where the ceiling is below target |")
+        # The gateway's steps must keep p99 ≤ 50 ms; hold the ceiling to the
+        # same bar, with its queue wait standing in for end-to-end latency.
+        clean = [s.get("achieved_rate", 0) for s in steps
+                 if (s.get("ceiling_queue_lag") or {}).get("p99_ms") is not None
+                 and s["ceiling_queue_lag"]["p99_ms"] <= 50.0]
+        clean_top = max(clean, default=None)
+        if clean_top:
+            lines.append(f"| per-user ceiling held to the same bar (its own queue wait p99 ≤ 50 ms): "
+                         f"highest achieved msgs/s | {fmt(clean_top)} | — | — | the ceiling at p99 ≤ 50 ms |")
+            if gateway_best:
+                lines.append(f"| per-user: the gateway's clean rate as a share of that | "
+                             f"{100 * gateway_best / clean_top:.0f} % | — | — | ≥ 90 % |")
     lines += ["", "Ratios are gateway ÷ peer for rates and peer ÷ gateway for costs (RSS, "
               "latency, seconds): above 1× the gateway is better.", ""]
 
@@ -326,10 +338,16 @@ def main() -> int:
                   f"(Kept by hand in `tests/bench/{changes.name}`.)", "",
                   changes.read_text().strip(), ""]
 
+    def pair(quantiles):
+        quantiles = quantiles or {}
+        if not quantiles:
+            return "—"
+        return f"{fmt(quantiles.get('p99_ms'), 2)} / {fmt(quantiles.get('max_ms'), 2)}"
+
     lines += ["## Per-user ramp", "", "![latency vs rate](benchmarks-latency.svg)", ""]
     lines += ["| stack | target msg/s | achieved | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | misrouted | over capacity "
-              "| gateway queue → routing p99 ≤ ms |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| gateway queue → routing p99 ≤ ms | publisher batches p99 / max ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for stack in ("gateway", "peer"):
         for s in (res.get(f"{stack}-per-user") or {}).get("steps", []):
             lat = s.get("latency") or {}
@@ -338,7 +356,24 @@ def main() -> int:
                 f"{fmt(lat.get('p50_ms'), 2)} | {fmt(lat.get('p99_ms'), 2)} | {fmt(lat.get('p999_ms'), 2)} | "
                 f"{fmt(lat.get('max_ms'), 2)} | {fmt(s.get('lost'))} | {fmt(s.get('duplicates'))} | "
                 f"{fmt(s.get('misroutes'))} | {fmt(s.get('over_capacity'))} | "
-                f"{fmt((s.get('gateway_routing_lag') or {}).get('p99_ms_at_most'), 1)} |")
+                f"{fmt((s.get('gateway_routing_lag') or {}).get('p99_ms_at_most'), 1)} | "
+                f"{pair(s.get('publish_batch_time'))} |")
+    ceiling_steps = (res.get("redis-ceiling") or {}).get("steps", [])
+    if ceiling_steps:
+        lines += ["", "### In front of the gateway: the same publisher and Redis alone", "",
+                  "The ceiling run's steps: every group has a member and a bare popper drains the "
+                  "queue key as the gateway's receiver would, with no gateway and no sockets. "
+                  "\"Publisher batches\" is the time from the publish timestamp a batch's messages "
+                  "carry to Redis's last reply to that batch; \"queue wait\" is from a payload's "
+                  "queue score to its pop. A latency tail that already shows here does not come "
+                  "from the gateway.", "",
+                  "| target msg/s | achieved | publisher batches p99 / max ms | queue wait p99 / max ms | "
+                  "machine hiccups p99 / max ms |",
+                  "|---|---|---|---|---|"]
+        for s in ceiling_steps:
+            lines.append(f"| {fmt(s.get('target_rate'))} | {fmt(s.get('achieved_rate'), 0)} | "
+                         f"{pair(s.get('publish_batch_time'))} | {pair(s.get('ceiling_queue_lag'))} | "
+                         f"{pair(s.get('machine_hiccups'))} |")
     lines += ["", "## Notes", ""]
     for note in meta.get("notes", []):
         lines.append(f"- {note}")
