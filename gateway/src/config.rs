@@ -125,7 +125,9 @@ pub struct ServerConfig {
     pub tls_cert_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<PathBuf>,
-    /// HTTP worker threads; 0 means one per CPU core.
+    /// Socket worker threads; 0 means one per CPU core but one, at least
+    /// one: the process's main thread (Redis receiver, router) needs a core
+    /// of its own ([`ServerConfig::socket_workers`]).
     pub workers: usize,
     /// Who speaks WebSocket on accepted sockets: `direct` (the gateway owns
     /// the connection after the upgrade and keeps no buffers while idle) or
@@ -161,6 +163,22 @@ pub struct ServerConfig {
     /// reconnecting (`retry_after_ms=` in the close reason).
     #[serde(with = "humantime_serde")]
     pub drain_reconnect_jitter: Duration,
+}
+
+impl ServerConfig {
+    /// How many socket worker threads to start: `workers`, or for 0 one per
+    /// core the process may use minus the core the main thread (Redis
+    /// receiver, router, membership writer) keeps busy, at least one. On 2
+    /// cores shared with Redis and the clients, one socket thread delivered
+    /// 1.3× the broadcast frames of two, at the same connect rate
+    /// (`docs/benchmarks.md`).
+    pub fn socket_workers(&self) -> usize {
+        if self.workers > 0 {
+            return self.workers;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        cores.saturating_sub(1).max(1)
+    }
 }
 
 impl Default for ServerConfig {
@@ -1000,6 +1018,15 @@ fn redact_jwks_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn socket_workers_leave_a_core_to_the_main_thread_unless_set() {
+        let mut server = ServerConfig::default();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(server.socket_workers(), cores.saturating_sub(1).max(1));
+        server.workers = 3;
+        assert_eq!(server.socket_workers(), 3);
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -142,9 +142,7 @@ fn direct_public_server(
         .backlog(LISTEN_BACKLOG)
         .disable_signals()
         .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1));
-    if config.server.workers > 0 {
-        builder = builder.workers(config.server.workers);
-    }
+    builder = builder.workers(config.server.socket_workers());
     let listen = config.server.listen;
     let builder = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
         (Some(cert), Some(key)) => {
@@ -239,9 +237,7 @@ fn actix_ws_public_server(
     .client_request_timeout(config.server.handshake_timeout)
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1));
-    if config.server.workers > 0 {
-        public = public.workers(config.server.workers);
-    }
+    public = public.workers(config.server.socket_workers());
     let public = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
         (Some(cert), Some(key)) => {
             public.bind_rustls_0_23(config.server.listen, tls_config(cert, key)?)
