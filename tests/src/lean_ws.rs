@@ -51,6 +51,8 @@ pub struct LeanWs {
     start: usize,
     end: usize,
     mask_state: u32,
+    /// This side's close frame went out; the server's is not answered again.
+    close_sent: bool,
 }
 
 impl LeanWs {
@@ -74,6 +76,7 @@ impl LeanWs {
             start: 0,
             end: 0,
             mask_state: u32::from_le_bytes([nonce[0], nonce[1], nonce[2], nonce[3]]) | 1,
+            close_sent: false,
         };
         let head_end = loop {
             if let Some(at) = find(&socket.buffer[..socket.end], b"\r\n\r\n") {
@@ -120,8 +123,11 @@ impl LeanWs {
                             self.send(OPCODE_PONG, &data).await?;
                         }
                         OPCODE_CLOSE => {
-                            let code = self.buffer[payload].get(..2).map(<[u8]>::to_vec);
-                            self.send(OPCODE_CLOSE, &code.unwrap_or_default()).await?;
+                            if !self.close_sent {
+                                let code = self.buffer[payload].get(..2).map(<[u8]>::to_vec);
+                                self.close_sent = true;
+                                self.send(OPCODE_CLOSE, &code.unwrap_or_default()).await?;
+                            }
                             return Ok(None);
                         }
                         OPCODE_PONG | OPCODE_BINARY => {}
@@ -145,6 +151,7 @@ impl LeanWs {
     /// Starts the closing handshake (1000) and waits for the server's close
     /// or the end of the connection.
     pub async fn close(&mut self) -> Result<(), LeanWsError> {
+        self.close_sent = true;
         self.send(OPCODE_CLOSE, &1000u16.to_be_bytes()).await?;
         while self.next_text().await?.is_some() {}
         Ok(())

@@ -14,6 +14,16 @@ use tests::{TokenIn, WsClient};
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// Sends `frame` and expects `answer` as the next text frame.
+async fn assert_answer(socket: &mut WsClient, frame: &str, answer: &str, driver: &str) {
+    socket.send_text(frame).await.expect("send");
+    assert_eq!(
+        socket.recv_text(WAIT).await.expect("answer"),
+        answer,
+        "{driver}: answer to {frame}"
+    );
+}
+
 async fn same_behaviour(driver: &str) {
     let mut stack = stack_with(|config| {
         config
@@ -32,15 +42,13 @@ async fn same_behaviour(driver: &str) {
 
     // A client ping is answered; so is the application ping.
     first.send_ping(b"are you there").await.expect("ping");
-    first
-        .send_text(r#"{"type": "ping"}"#)
-        .await
-        .expect("app ping");
-    assert_eq!(
-        first.recv_text(WAIT).await.expect("pong"),
+    assert_answer(
+        &mut first,
+        r#"{"type": "ping"}"#,
         r#"{"type": "pong"}"#,
-        "{driver}"
-    );
+        driver,
+    )
+    .await;
 
     // A bad token: 401 with the JSON reason, no upgrade.
     let refused = WsClient::connect(&url, TokenIn::Query("not-a-jwt".into()))
@@ -69,15 +77,14 @@ async fn same_behaviour(driver: &str) {
     let mut in_band = WsClient::connect(&url, TokenIn::None)
         .await
         .expect("upgraded without a token");
-    in_band
-        .send_text(&format!(r#"{{"token": "{}"}}"#, token(9)))
-        .await
-        .expect("token frame");
-    assert_eq!(
-        in_band.recv_text(WAIT).await.expect("authenticated"),
+    let token_frame = format!(r#"{{"token": "{}"}}"#, token(9));
+    assert_answer(
+        &mut in_band,
+        &token_frame,
         r#"{"type": "authenticated"}"#,
-        "{driver}"
-    );
+        driver,
+    )
+    .await;
     stack.notify("user_9", r#""in band""#).await;
     expect_frame(&mut in_band, r#"{"message": "in band"}"#).await;
 

@@ -406,6 +406,16 @@ async fn a_key_replaced_under_the_same_kid_is_picked_up_by_the_periodic_fetch() 
     fixture.assert_nothing_leaked().await;
 }
 
+/// `count` handshakes with `token` in the header, all in flight at once.
+async fn handshakes_at_once(
+    url: &str,
+    token: &str,
+    count: usize,
+) -> Vec<Result<WsClient, tests::ConnectError>> {
+    let handshakes = (0..count).map(|_| WsClient::connect(url, TokenIn::Header(token.to_string())));
+    futures_util::future::join_all(handshakes).await
+}
+
 #[tokio::test]
 async fn concurrent_handshakes_with_an_unknown_kid_share_one_fetch() {
     let (material, server, mut fixture) = with_one_rsa_key("rsa-1", &[]).await;
@@ -419,9 +429,7 @@ async fn concurrent_handshakes_with_an_unknown_kid_share_one_fetch() {
     let before = server.requests();
     let token = fixture.token(&material, "ed", "EdDSA", "ed-2").await;
     let url = fixture.url();
-    let handshakes = (0..40).map(|_| WsClient::connect(&url, TokenIn::Header(token.clone())));
-    let results = futures_util::future::join_all(handshakes).await;
-    for result in results {
+    for result in handshakes_at_once(&url, &token, 40).await {
         match result {
             Ok(mut socket) => socket.close().await.expect("close"),
             Err(error) => panic!("handshake during the shared fetch refused: {error}"),
@@ -437,8 +445,7 @@ async fn concurrent_handshakes_with_an_unknown_kid_share_one_fetch() {
     server.set("delay_ms", "0");
     let before = server.requests();
     let bogus = fixture.token(&material, "rsa", "RS256", "made-up").await;
-    let handshakes = (0..30).map(|_| WsClient::connect(&url, TokenIn::Header(bogus.clone())));
-    for result in futures_util::future::join_all(handshakes).await {
+    for result in handshakes_at_once(&url, &bogus, 30).await {
         match result {
             Ok(_) => panic!("a made-up kid was accepted"),
             Err(error) => assert_refusal("made-up kid", &error, "unknown_kid"),

@@ -139,11 +139,6 @@ struct Args {
     /// delivery's work and only the gateway and the sockets are missing.
     #[arg(long, default_value_t = 0)]
     ceiling_members: u64,
-    /// Most group_sends one publisher connection pipelines at once. Redis
-    /// runs a pipeline's commands back to back, so a large one holds up
-    /// every other client (the gateway's pops too) until it is done.
-    #[arg(long, default_value_t = 2000)]
-    publish_batch: u64,
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 5.0)]
     drain_secs: f64,
@@ -658,6 +653,10 @@ fn latency_json(hist: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
+/// Most group_sends one publisher connection pipelines at once (a publisher
+/// that fell behind catches up in batches this large).
+const PUBLISH_BATCH_MAX: u64 = 2000;
+
 /// What one step's publishing did.
 struct PublishReport {
     published: u64,
@@ -680,7 +679,6 @@ async fn publish_step(
     target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync>,
 ) -> Result<PublishReport> {
     let publishers = args.publishers.max(1) as u64;
-    let publish_batch = args.publish_batch.max(1);
     let started = Instant::now();
     let mut handles = Vec::new();
     for p in 0..publishers {
@@ -697,7 +695,7 @@ async fn publish_step(
             while sent < mine {
                 tick.tick().await;
                 let due = ((started.elapsed().as_secs_f64() * my_rate) as u64).min(mine);
-                let n = due.saturating_sub(sent).min(publish_batch);
+                let n = due.saturating_sub(sent).min(PUBLISH_BATCH_MAX);
                 if n == 0 {
                     continue;
                 }
