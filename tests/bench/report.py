@@ -134,7 +134,7 @@ def main() -> int:
         json.dumps({"meta": meta, "results": res}, indent=1, sort_keys=True) + "\n")
 
     series = {}
-    for stack, label in (("gateway", "gateway"), ("peer", "Daphne peer")):
+    for stack, label in (("gateway", "gateway"), ("bare-relay", "bare relay"), ("peer", "Daphne peer")):
         steps = (res.get(f"{stack}-per-user") or {}).get("steps", [])
         pts = []
         for s in steps:
@@ -258,6 +258,27 @@ def main() -> int:
             if gateway_best:
                 lines.append(f"| per-user: the gateway's clean rate as a share of that | "
                              f"{100 * gateway_best / clean_top:.0f} % | — | — | ≥ 90 % |")
+    bare_best = best_clean_rate(res.get("bare-relay-per-user"))
+    if res.get("bare-relay-per-user"):
+        bare_rate = bare_best and bare_best.get("achieved_rate")
+        lines.append(f"| per-user floor: the bare relay (`tests/src/bare_relay.rs`: pop, read each payload "
+                     f"once, one write per delivery, one thread, nothing else) with the same publisher, Redis "
+                     f"and clients: highest rate with zero loss and p99 ≤ 50 ms | {fmt(bare_rate)} | — | — | "
+                     f"what any server reaches here |")
+        gateway_best = g_best and g_best.get("achieved_rate")
+        if bare_rate and gateway_best:
+            lines.append(f"| per-user: the gateway's clean rate as a share of the bare relay's | "
+                         f"{100 * gateway_best / bare_rate:.0f} % | — | — | ≥ 90 % |")
+    bf = ((res.get("bare-relay-fixed") or {}).get("steps") or [{}])[0]
+    if bf:
+        bare_p99 = (bf.get("latency") or {}).get("p99_ms")
+        gateway_p99 = (gf.get("latency") or {}).get("p99_ms")
+        lines.append(f"| fixed rate: the bare relay's p99 ms, same rate and clients (the least any server "
+                     f"adds, plus the publisher, Redis and the clients) | {fmt(bare_p99, 2)} | — | — | "
+                     f"≤ 5 ms needs this well under 5 ms |")
+        if bare_p99 and gateway_p99:
+            lines.append(f"| fixed rate: the gateway's p99 over the bare relay's | "
+                         f"{gateway_p99 / bare_p99:.2f}× | — | — | — |")
     lines += ["", "Ratios are gateway ÷ peer for rates and peer ÷ gateway for costs (RSS, "
               "latency, seconds): above 1× the gateway is better.", ""]
 
@@ -270,17 +291,26 @@ def main() -> int:
               "of a thread in the load generator overran (p99 / max). Every process on the box, "
               "Redis included, suffers those stalls; a latency tail no longer than them was not "
               "made by the server.", "",
-              "| step | machine busy cores (of all) | server cores | load generator cores (incl. publisher) | "
+              "\"Stolen\" is the time the hypervisor gave this machine's virtual cores to "
+              "something else while they had work (steal time in /proc/stat): cores the "
+              "step did not really have. \"Kernel share\" is the part of the server's CPU "
+              "spent in the kernel, mostly in `writev` sending frames, which on loopback "
+              "also runs the client's side of TCP.", "",
+              "| step | machine busy cores (of all) | stolen cores | server cores | server kernel share | "
+              "load generator cores (incl. publisher) | "
               "Redis cores | server CPU µs / delivered frame (or connect) | deliveries/s | "
               "machine hiccups p99 / max ms |",
-              "|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|"]
 
     def cpu_row(name, step):
         cpu = (step or {}).get("cpu") or {}
         if not cpu:
             return
         busy = f"{fmt(cpu.get('machine_busy_cores'), 2)} of {fmt(cpu.get('machine_cores'))}"
-        lines.append(f"| {name} | {busy} | {fmt(cpu.get('server_cores'), 2)} | {fmt(cpu.get('loadgen_cores'), 2)} | "
+        share = cpu.get("server_kernel_share")
+        share = f"{100 * share:.0f} %" if share is not None else "—"
+        lines.append(f"| {name} | {busy} | {fmt(cpu.get('machine_steal_cores'), 2)} | "
+                     f"{fmt(cpu.get('server_cores'), 2)} | {share} | {fmt(cpu.get('loadgen_cores'), 2)} | "
                      f"{fmt(cpu.get('redis_cores'), 2)} | {fmt(cpu.get('server_cpu_us_per_delivery'), 2)} | "
                      f"{fmt(step.get('deliveries_per_s'))} | {hiccups(step)} |")
 
@@ -301,6 +331,9 @@ def main() -> int:
         for step in (res.get(f"{stack}-per-user") or {}).get("steps", []):
             cpu_row(f"{stack} per-user {fmt(step.get('target_rate'))}/s", step)
         cpu_row(f"{stack} fixed rate", ((res.get(f"{stack}-fixed") or {}).get("steps") or [None])[0])
+    for step in (res.get("bare-relay-per-user") or {}).get("steps", []):
+        cpu_row(f"bare relay per-user {fmt(step.get('target_rate'))}/s", step)
+    cpu_row("bare relay fixed rate", ((res.get("bare-relay-fixed") or {}).get("steps") or [None])[0])
     for step in (res.get("redis-ceiling") or {}).get("steps", []):
         step = dict(step, deliveries_per_s=step.get("achieved_rate"))
         cpu_row(f"ceiling (Redis alone) per-user {fmt(step.get('target_rate'))}/s", step)
@@ -349,7 +382,7 @@ def main() -> int:
     lines += ["| stack | target msg/s | achieved | p50 ms | p99 ms | p99.9 ms | max ms | lost | dup | misrouted | over capacity "
               "| gateway queue → routing p99 ≤ ms | publisher batches p99 / max ms |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for stack in ("gateway", "peer"):
+    for stack in ("gateway", "bare-relay", "peer"):
         for s in (res.get(f"{stack}-per-user") or {}).get("steps", []):
             lat = s.get("latency") or {}
             lines.append(

@@ -271,7 +271,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// RFC 6455's `Sec-WebSocket-Accept` for a key.
-fn accept_for(key: &str) -> String {
+pub fn accept_for(key: &str) -> String {
     actix_http::ws::hash_key(key.as_bytes())
         .iter()
         .map(|&byte| byte as char)

@@ -6,9 +6,11 @@
 //! ([`gateway_proc`]), a browser-like WebSocket client ([`ws_client`]),
 //! convenience JWTs ([`tokens`]), test keys and certificates ([`certs`]) and, for benchmarks, a native core-layer
 //! `group_send` ([`publisher`], checked against the Python library) and a lean
-//! frame reader ([`lean_ws`]) for the load generator. It must not re-implement gateway logic, must
+//! frame reader ([`lean_ws`]) for the load generator, and the [`bare_relay`] it
+//! measures the gateway against (the least work any relay must do). It must not re-implement gateway logic, must
 //! never use the Redis on port 6379, and ends only processes it started, by PID.
 
+pub mod bare_relay;
 pub mod certs;
 pub mod gateway_proc;
 pub mod lean_ws;

@@ -132,6 +132,8 @@ async fn per_user_mode_delivers_every_message_to_its_user_only() {
     assert_eq!(steps.len(), 2, "{result}");
     for step in steps {
         assert_clean_step(step);
+        // Each step numbers its messages from 0 again; order is per step.
+        assert_eq!(step["out_of_order"], 0, "{step}");
         // The gateway's own queue → routing lag was read for the step.
         let routed = step["gateway_routing_lag"]["messages"].as_u64();
         assert!(
@@ -229,6 +231,49 @@ async fn ceiling_run_pops_every_payload_without_a_gateway() {
         assert!(step["cpu"]["redis_cpu_s"].as_f64().is_some(), "{step}");
         assert!(step["cpu"]["server_cpu_s"].is_null(), "no server: {step}");
     }
+}
+
+/// The bare relay (the benchmark's floor): the load generator serves its own
+/// sockets from a relay thread that pops, reads once and writes, and
+/// accounts that thread as the server.
+#[tokio::test]
+async fn bare_relay_run_delivers_every_message_to_its_user_only() {
+    let redis = RedisServer::start().expect("redis starts");
+    let redis_pid = redis.pid().to_string();
+    let result = loadgen_at(
+        &redis,
+        "127.0.0.1:1",
+        &[
+            "--bare-relay",
+            "--mode",
+            "per-user",
+            "--sockets",
+            "30",
+            "--rates",
+            "50,200",
+            "--step-secs",
+            "1",
+            "--capacity",
+            "1000",
+            "--redis-pid",
+            &redis_pid,
+        ],
+    )
+    .await;
+    assert_connected(&result, 30);
+    let steps = result["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{result}");
+    let mut published = 0;
+    for step in steps {
+        assert_clean_step(step);
+        assert_eq!(step["out_of_order"], 0, "{step}");
+        assert!(step["cpu"]["server_cpu_s"].as_f64().is_some(), "{step}");
+        published += step["published"].as_u64().unwrap_or(0);
+    }
+    let relay = &result["bare_relay"];
+    assert_eq!(relay["joined"], 30, "{result}");
+    assert_eq!(relay["written"], published, "{result}");
+    assert_eq!(relay["dropped"], 0, "{result}");
 }
 
 /// The Daphne peer of `scripts/bench`, started from the test venv.

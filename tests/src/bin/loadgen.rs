@@ -33,6 +33,7 @@ use rmpv::Value;
 use serde::Deserialize;
 use serde_json::json;
 use shards::Shards;
+use tests::bare_relay::BareRelay;
 use tests::lean_ws::LeanWs;
 use tests::publisher::{notification, NativePublisher, PublisherConfig};
 use tokio::net::{TcpSocket, TcpStream};
@@ -139,6 +140,13 @@ struct Args {
     /// delivery's work and only the gateway and the sockets are missing.
     #[arg(long, default_value_t = 0)]
     ceiling_members: u64,
+    /// Serve the sockets from a bare relay inside this process
+    /// (`tests::bare_relay`: pop, read each payload once, one write per
+    /// delivery, on one thread of its own) instead of `--target`: the floor
+    /// any server could reach on this machine, measured like the server.
+    /// Its thread's CPU is reported as the server's.
+    #[arg(long)]
+    bare_relay: bool,
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 5.0)]
     drain_secs: f64,
@@ -299,21 +307,62 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields resume after its ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (ticks > 0).then(|| (utime + stime) / ticks as f64)
+/// CPU seconds a process (`/proc/PID/stat`) or thread
+/// (`/proc/self/task/TID/stat`) has used so far, in user space and in the
+/// kernel.
+#[derive(Clone, Copy, Default)]
+struct CpuTimes {
+    user: f64,
+    kernel: f64,
 }
 
-/// Seconds all cores of the machine have spent busy (not idle or waiting
-/// on I/O), from the first line of /proc/stat.
-fn machine_busy_seconds() -> Option<f64> {
+impl CpuTimes {
+    fn read(stat_path: &str) -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string(stat_path).ok()?;
+        // The command name may hold spaces; fields resume after its ')'.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        // SAFETY: sysconf only reads a configuration value.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (ticks > 0).then(|| CpuTimes {
+            user: utime / ticks as f64,
+            kernel: stime / ticks as f64,
+        })
+    }
+
+    fn of_process(pid: u32) -> Option<CpuTimes> {
+        CpuTimes::read(&format!("/proc/{pid}/stat"))
+    }
+
+    fn of_own_thread(tid: libc::pid_t) -> Option<CpuTimes> {
+        CpuTimes::read(&format!("/proc/self/task/{tid}/stat"))
+    }
+
+    fn total(self) -> f64 {
+        self.user + self.kernel
+    }
+
+    fn minus(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - earlier.user,
+            kernel: self.kernel - earlier.kernel,
+        }
+    }
+
+    fn plus(self, other: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user + other.user,
+            kernel: self.kernel + other.kernel,
+        }
+    }
+}
+
+/// Seconds (busy, stolen) of all the machine's cores so far, from the first
+/// line of /proc/stat. Busy is everything but idle and I/O wait, steal
+/// included; steal is time the hypervisor ran something else while this
+/// machine wanted a core.
+fn machine_seconds() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let ticks: Vec<f64> = stat
         .lines()
@@ -324,33 +373,58 @@ fn machine_busy_seconds() -> Option<f64> {
         .collect::<Option<_>>()?;
     let total: f64 = ticks.iter().take(8).sum();
     let idle = ticks.get(3)? + ticks.get(4)?;
+    let steal = *ticks.get(7)?;
     // SAFETY: sysconf only reads a configuration value.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (per_second > 0).then(|| (total - idle) / per_second as f64)
+    (per_second > 0).then(|| {
+        (
+            (total - idle) / per_second as f64,
+            steal / per_second as f64,
+        )
+    })
 }
+
+/// The bare relay's thread, when this load generator runs one: its CPU is
+/// the server's, not the load generator's.
+static BARE_RELAY_THREAD: std::sync::OnceLock<libc::pid_t> = std::sync::OnceLock::new();
 
 /// CPU seconds of the server(s), Redis, this load generator and the whole
 /// machine at one moment.
 #[derive(Clone)]
 struct CpuSample {
-    servers: Vec<Option<f64>>,
+    servers: Vec<Option<CpuTimes>>,
     redis: Option<f64>,
     loadgen: Option<f64>,
-    machine: Option<f64>,
+    machine: Option<(f64, f64)>,
     at: Instant,
 }
 
 impl CpuSample {
     fn take(args: &Args) -> CpuSample {
-        CpuSample {
-            servers: args
+        let relay = BARE_RELAY_THREAD
+            .get()
+            .map(|&tid| CpuTimes::of_own_thread(tid));
+        let own = CpuTimes::of_process(std::process::id()).map(CpuTimes::total);
+        let servers = match relay {
+            Some(relay) => vec![relay],
+            None => args
                 .server_pid
                 .iter()
-                .map(|&pid| cpu_seconds(pid))
+                .map(|&pid| CpuTimes::of_process(pid))
                 .collect(),
-            redis: args.redis_pid.and_then(cpu_seconds),
-            loadgen: cpu_seconds(std::process::id()),
-            machine: machine_busy_seconds(),
+        };
+        let loadgen = match relay {
+            Some(relay) => own.zip(relay).map(|(own, relay)| own - relay.total()),
+            None => own,
+        };
+        CpuSample {
+            servers,
+            redis: args
+                .redis_pid
+                .and_then(CpuTimes::of_process)
+                .map(CpuTimes::total),
+            loadgen,
+            machine: machine_seconds(),
             at: Instant::now(),
         }
     }
@@ -365,27 +439,33 @@ impl CpuSample {
             _ => None,
         };
         // No server given (the ceiling run) reads "none", not zero.
-        let server: Option<f64> = if self.servers.is_empty() {
+        let server: Option<CpuTimes> = if self.servers.is_empty() {
             None
         } else {
             self.servers
                 .iter()
                 .zip(&now.servers)
-                .map(|(b, a)| used(*b, *a))
-                .sum()
+                .map(|(b, a)| a.zip(*b).map(|(a, b)| a.minus(b)))
+                .try_fold(CpuTimes::default(), |sum, one| one.map(|one| sum.plus(one)))
         };
+        let server_s = server.map(CpuTimes::total);
         let cores = |seconds: Option<f64>| seconds.map(|s| if wall > 0.0 { s / wall } else { 0.0 });
+        let machine = self.machine.zip(now.machine);
         json!({
             "wall_s": wall,
-            "server_cpu_s": server,
+            "server_cpu_s": server_s,
             "redis_cpu_s": used(self.redis, now.redis),
             "loadgen_cpu_s": used(self.loadgen, now.loadgen),
-            "server_cores": cores(server),
+            "server_cores": cores(server_s),
+            "server_kernel_share": server
+                .filter(|times| times.total() > 0.0)
+                .map(|times| times.kernel / times.total()),
             "redis_cores": cores(used(self.redis, now.redis)),
             "loadgen_cores": cores(used(self.loadgen, now.loadgen)),
-            "machine_busy_cores": cores(used(self.machine, now.machine)),
+            "machine_busy_cores": cores(machine.map(|(b, a)| a.0 - b.0)),
+            "machine_steal_cores": cores(machine.map(|(b, a)| a.1 - b.1)),
             "machine_cores": std::thread::available_parallelism().map_or(0, usize::from),
-            "server_cpu_us_per_delivery": server
+            "server_cpu_us_per_delivery": server_s
                 .filter(|_| events > 0)
                 .map(|s| s * 1e6 / events as f64),
         })
@@ -475,9 +555,11 @@ async fn run_socket(
     mut stop: watch::Receiver<bool>,
 ) {
     // Every (step, seq) seen, for exact duplicate counts; the last seq per
-    // publisher connection, for order (each publisher's sends are in order).
+    // publisher connection in the current step, for order (each publisher's
+    // sends are in order; every step numbers its messages from 0 again).
     let mut seen: HashSet<(usize, u64)> = HashSet::new();
     let mut last_by_publisher: Vec<Option<u64>> = Vec::new();
+    let mut order_step = 0usize;
     loop {
         tokio::select! {
             changed = stop.changed() => {
@@ -505,6 +587,10 @@ async fn run_socket(
                     if !seen.insert((body.k, body.seq)) {
                         step.duplicates.fetch_add(1, Ordering::Relaxed);
                         continue;
+                    }
+                    if body.k != order_step {
+                        order_step = body.k;
+                        last_by_publisher.clear();
                     }
                     if body.p < 1024 {
                         if last_by_publisher.len() <= body.p {
@@ -1013,13 +1099,7 @@ impl CeilingConsumer {
     const POP_BATCH: usize = 512;
 
     async fn start(args: &Args) -> Result<CeilingConsumer> {
-        let [host] = args.redis.as_slice() else {
-            bail!("--ceiling-members takes exactly one --redis host");
-        };
-        let addr = host
-            .strip_prefix("redis://")
-            .unwrap_or(host)
-            .trim_end_matches('/');
+        let addr = single_redis_addr(args, "--ceiling-members")?;
         let mut setup = tests::RespClient::connect(addr).await?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -1127,6 +1207,17 @@ impl Drop for CeilingConsumer {
     }
 }
 
+/// `HOST:PORT` of the one `--redis` host `what` works with.
+fn single_redis_addr<'a>(args: &'a Args, what: &str) -> Result<&'a str> {
+    let [host] = args.redis.as_slice() else {
+        bail!("{what} takes exactly one --redis host");
+    };
+    Ok(host
+        .strip_prefix("redis://")
+        .unwrap_or(host)
+        .trim_end_matches('/'))
+}
+
 fn publisher_config(args: &Args) -> Result<PublisherConfig> {
     let mut config = PublisherConfig {
         prefix: args.prefix.clone(),
@@ -1175,8 +1266,21 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         unexpected_closes: AtomicU64::new(0),
         bad_frames: AtomicU64::new(0),
     });
+    let relay = if args.bare_relay {
+        let relay = BareRelay::start(
+            single_redis_addr(&args, "--bare-relay")?,
+            &args.prefix,
+            &args.secret,
+        )?;
+        if BARE_RELAY_THREAD.set(relay.thread_id()).is_err() {
+            bail!("one bare relay per load generator");
+        }
+        Some(relay)
+    } else {
+        None
+    };
     let connector = Arc::new(Connector {
-        target: args.target,
+        target: relay.as_ref().map_or(args.target, BareRelay::addr),
         path: args.path.clone(),
         secret: args.secret.clone(),
         src_first: args.src_first,
@@ -1335,6 +1439,15 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             });
             fleet.close().await;
         }
+    }
+    if let Some(relay) = &relay {
+        let counts = relay.counts();
+        out["bare_relay"] = json!({
+            "joined": counts.joined.load(Ordering::Relaxed),
+            "popped": counts.popped.load(Ordering::Relaxed),
+            "written": counts.written.load(Ordering::Relaxed),
+            "dropped": counts.dropped.load(Ordering::Relaxed),
+        });
     }
     out["unexpected_closes"] = json!(shared.unexpected_closes.load(Ordering::Relaxed));
     out["bad_frames"] = json!(shared.bad_frames.load(Ordering::Relaxed));
