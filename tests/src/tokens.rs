@@ -49,6 +49,20 @@ pub fn mint_with(header: &Header, key: &EncodingKey, claims: &Value) -> Result<S
     Ok(token)
 }
 
+/// HS256 tokens for many claims at once, listed for the leak check with one
+/// append: a load generator mints its sockets' tokens before it measures,
+/// so neither the signing nor a file append per token is in its connect path.
+pub fn try_mint_many(secret: &str, claims: impl IntoIterator<Item = Value>) -> Result<Vec<String>> {
+    let header = Header::new(Algorithm::HS256);
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    let tokens = claims
+        .into_iter()
+        .map(|claims| jsonwebtoken::encode(&header, &claims, &key).context("jsonwebtoken::encode"))
+        .collect::<Result<Vec<_>>>()?;
+    append_issued(&tokens);
+    Ok(tokens)
+}
+
 /// Where every token a test issues is listed, so `tests/py/check_token_leaks.py`
 /// can prove after the whole run that none reached a gateway log.
 pub fn issued_tokens_file() -> PathBuf {
@@ -57,19 +71,29 @@ pub fn issued_tokens_file() -> PathBuf {
         .join("issued-tokens.txt")
 }
 
-/// Appends `token` to [`issued_tokens_file`]. One short `O_APPEND` write per
-/// token keeps concurrent test processes from interleaving lines.
+/// Appends `token` to [`issued_tokens_file`].
 pub fn record_issued(token: &str) {
+    append_issued(&[token]);
+}
+
+/// One `O_APPEND` write of whole lines, so concurrent test processes never
+/// interleave inside a line.
+fn append_issued<T: AsRef<str>>(tokens: &[T]) {
     let path = issued_tokens_file();
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
+    }
+    let mut lines = String::new();
+    for token in tokens {
+        lines.push_str(token.as_ref());
+        lines.push('\n');
     }
     if let Ok(mut file) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&path)
     {
-        let _ = file.write_all(format!("{token}\n").as_bytes());
+        let _ = file.write_all(lines.as_bytes());
     }
 }
 

@@ -478,6 +478,8 @@ struct Connector {
     target: SocketAddr,
     path: String,
     secret: String,
+    /// Each socket's (user, token), minted before any measured step.
+    tokens: Vec<(u64, String)>,
     src_first: u8,
     src_count: usize,
     timeout: Duration,
@@ -519,9 +521,16 @@ impl Connector {
             .await
             .with_context(|| format!("connect {} from {src}", self.target))?;
         tcp.set_nodelay(true).ok();
-        let claims = tests::tokens::claims_for_user(user, 3600);
-        let token = tests::tokens::try_mint(&self.secret, &claims)?;
-        let path = format!("{}?token={}", self.path, token);
+        let path = match self.tokens.get(index) {
+            Some((minted_for, token)) if *minted_for == user => {
+                format!("{}?token={token}", self.path)
+            }
+            _ => {
+                let claims = tests::tokens::claims_for_user(user, 3600);
+                let token = tests::tokens::try_mint(&self.secret, &claims)?;
+                format!("{}?token={token}", self.path)
+            }
+        };
         LeanWs::handshake(tcp, &self.target.to_string(), &path)
             .await
             .context("websocket handshake")
@@ -1279,17 +1288,27 @@ async fn run(args: Args) -> Result<serde_json::Value> {
     } else {
         None
     };
+    let n = args.sockets;
+    let base = args.user_base;
+    let per_user = args.mode == Mode::PerUser;
+    let user_of = move |i: usize| if per_user { base + i as u64 } else { base };
+    let users: Vec<u64> = (0..n).map(user_of).collect();
+    let tokens = tests::tokens::try_mint_many(
+        &args.secret,
+        users
+            .iter()
+            .map(|&user| tests::tokens::claims_for_user(user, 3600)),
+    )?;
     let connector = Arc::new(Connector {
         target: relay.as_ref().map_or(args.target, BareRelay::addr),
         path: args.path.clone(),
         secret: args.secret.clone(),
+        tokens: users.into_iter().zip(tokens).collect(),
         src_first: args.src_first,
         src_count: usize::from(args.src_last - args.src_first) + 1,
         timeout: Duration::from_secs_f64(args.connect_timeout_secs),
     });
     let config = publisher_config(&args)?;
-    let n = args.sockets;
-    let base = args.user_base;
     let rss_before: Vec<(u32, Option<u64>)> = args
         .server_pid
         .iter()
@@ -1303,8 +1322,6 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         "fd_limit": fd_limit,
         "target": args.target.to_string(),
     });
-    let per_user = args.mode == Mode::PerUser;
-    let user_of = move |i: usize| if per_user { base + i as u64 } else { base };
     let connect_cpu = CpuSample::take(&args);
     let (fleet, connect) = connect_fleet(
         Arc::clone(&connector),
