@@ -281,32 +281,18 @@ async fn read_handshake(stream: &mut TcpStream, secret: &str) -> Result<(String,
 /// The relay's whole delivery path.
 async fn pop_and_write(mut redis: RespClient, setup: Rc<Setup>, sockets: Sockets) {
     let queue = names::queue_key(&setup.prefix, &names::specific_channel(PROCESS, ""));
-    let rest = (POP_BATCH - 1).to_string();
     let codec = PayloadCodec::core_layer(SerializerFormat::Msgpack);
     let counts = &setup.counts;
     let mut rendered = String::new();
     let mut frame = Vec::new();
     loop {
-        let commands = [
-            vec!["BZPOPMIN", queue.as_str(), "1"],
-            vec!["ZPOPMIN", queue.as_str(), rest.as_str()],
-        ];
-        let Ok(replies) = redis.pipeline(&commands).await else {
+        let Ok(payloads) = redis.pop_queue(&queue, POP_BATCH).await else {
             return;
         };
-        // [key, member, score] then [member, score, member, score, …]
-        let mut payloads = Vec::new();
-        let mut replies = replies.into_iter();
-        if let Some(Ok(triple)) = replies.next().map(RespValue::into_bytes_list) {
-            payloads.extend(triple.into_iter().nth(1));
-        }
-        if let Some(Ok(pairs)) = replies.next().map(RespValue::into_bytes_list) {
-            payloads.extend(pairs.into_iter().step_by(2));
-        }
         counts
             .popped
             .fetch_add(payloads.len() as u64, Ordering::Relaxed);
-        for payload in &payloads {
+        for (payload, _score) in &payloads {
             let Ok(view) = codec
                 .strip_random_prefix(payload)
                 .and_then(|body| codec.route_view(body))

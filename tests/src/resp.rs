@@ -174,6 +174,35 @@ impl RespClient {
         Ok(replies)
     }
 
+    /// Pops up to `max` members of the sorted set `key` the way a
+    /// gateway's receiver drains its queue key: a blocking pop (1 s at most)
+    /// with a batched pop pipelined behind it. Returns (member, score) pairs
+    /// in pop order; none when the wait ran out.
+    pub async fn pop_queue(&mut self, key: &str, max: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let rest = max.saturating_sub(1).to_string();
+        let replies = self
+            .pipeline(&[
+                vec!["BZPOPMIN", key, "1"],
+                vec!["ZPOPMIN", key, rest.as_str()],
+            ])
+            .await?;
+        let mut popped = Vec::new();
+        let mut replies = replies.into_iter();
+        // [key, member, score] (nil on timeout), then [member, score, …].
+        if let Some(Ok(triple)) = replies.next().map(RespValue::into_bytes_list) {
+            if let Ok([_, member, score]) = <[Vec<u8>; 3]>::try_from(triple) {
+                popped.push((member, score));
+            }
+        }
+        if let Some(Ok(pairs)) = replies.next().map(RespValue::into_bytes_list) {
+            let mut pairs = pairs.into_iter();
+            while let (Some(member), Some(score)) = (pairs.next(), pairs.next()) {
+                popped.push((member, score));
+            }
+        }
+        Ok(popped)
+    }
+
     /// Reads the next reply (or pushed pub/sub message).
     pub fn read_value(&mut self) -> Pin<Box<dyn Future<Output = Result<RespValue>> + Send + '_>> {
         Box::pin(async move {

@@ -13,6 +13,18 @@ use tests::procs::{free_port, repo_root, send_signal, Signal};
 use tests::{python_bin, GatewayConfig, GatewayLauncher, GatewayProcess, RedisServer};
 
 const SECRET: &str = "test-secret";
+/// The per-user scenario at smoke scale: 30 sockets (one user each), two
+/// one-second steps; the gateway and the bare relay both run it.
+const PER_USER_SMOKE: [&str; 8] = [
+    "--mode",
+    "per-user",
+    "--sockets",
+    "30",
+    "--rates",
+    "50,200",
+    "--step-secs",
+    "1",
+];
 /// Upper bound on one loadgen run; it stops by itself well before.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -55,6 +67,16 @@ async fn loadgen_at(redis: &RedisServer, target: &str, extra: &[&str]) -> Value 
             String::from_utf8_lossy(&output.stdout)
         )
     })
+}
+
+/// A run with no server under test (the Redis-alone ceiling, the bare
+/// relay), on a redis-server of its own whose CPU it reports.
+async fn loadgen_without_server(extra: &[&str]) -> Value {
+    let redis = RedisServer::start().expect("redis starts");
+    let redis_pid = redis.pid().to_string();
+    let mut args = extra.to_vec();
+    args.extend(["--redis-pid", redis_pid.as_str()]);
+    loadgen_at(&redis, "127.0.0.1:1", &args).await
 }
 
 fn assert_connected(result: &Value, sockets: u64) {
@@ -110,23 +132,9 @@ async fn idle_mode_connects_samples_rss_and_probes_delivery() {
 #[tokio::test]
 async fn per_user_mode_delivers_every_message_to_its_user_only() {
     let (redis, gateway) = stack().await;
-    let result = loadgen(
-        &redis,
-        &gateway,
-        &[
-            "--mode",
-            "per-user",
-            "--sockets",
-            "30",
-            "--rates",
-            "50,200",
-            "--step-secs",
-            "1",
-            "--gateway-admin",
-            gateway.admin_addr(),
-        ],
-    )
-    .await;
+    let mut args = PER_USER_SMOKE.to_vec();
+    args.extend(["--gateway-admin", gateway.admin_addr()]);
+    let result = loadgen(&redis, &gateway, &args).await;
     assert_connected(&result, 30);
     let steps = result["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 2, "{result}");
@@ -201,26 +209,18 @@ async fn reconnect_storm_mode_rejoins_and_delivers() {
 /// finds a member and its payload is popped, so Redis does a delivery's work.
 #[tokio::test]
 async fn ceiling_run_pops_every_payload_without_a_gateway() {
-    let redis = RedisServer::start().expect("redis starts");
-    let redis_pid = redis.pid().to_string();
-    let result = loadgen_at(
-        &redis,
-        "127.0.0.1:1",
-        &[
-            "--mode",
-            "per-user",
-            "--sockets",
-            "0",
-            "--ceiling-members",
-            "20",
-            "--rates",
-            "100,300",
-            "--step-secs",
-            "1",
-            "--redis-pid",
-            &redis_pid,
-        ],
-    )
+    let result = loadgen_without_server(&[
+        "--mode",
+        "per-user",
+        "--sockets",
+        "0",
+        "--ceiling-members",
+        "20",
+        "--rates",
+        "100,300",
+        "--step-secs",
+        "1",
+    ])
     .await;
     let steps = result["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 2, "{result}");
@@ -238,28 +238,9 @@ async fn ceiling_run_pops_every_payload_without_a_gateway() {
 /// accounts that thread as the server.
 #[tokio::test]
 async fn bare_relay_run_delivers_every_message_to_its_user_only() {
-    let redis = RedisServer::start().expect("redis starts");
-    let redis_pid = redis.pid().to_string();
-    let result = loadgen_at(
-        &redis,
-        "127.0.0.1:1",
-        &[
-            "--bare-relay",
-            "--mode",
-            "per-user",
-            "--sockets",
-            "30",
-            "--rates",
-            "50,200",
-            "--step-secs",
-            "1",
-            "--capacity",
-            "1000",
-            "--redis-pid",
-            &redis_pid,
-        ],
-    )
-    .await;
+    let mut args = PER_USER_SMOKE.to_vec();
+    args.extend(["--bare-relay", "--capacity", "1000"]);
+    let result = loadgen_without_server(&args).await;
     assert_connected(&result, 30);
     let steps = result["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 2, "{result}");

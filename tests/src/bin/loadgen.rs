@@ -1145,27 +1145,13 @@ impl CeilingConsumer {
         let queue_lag = Arc::new(std::sync::Mutex::new(new_histogram()?));
         let lags = Arc::clone(&queue_lag);
         let task = tokio::spawn(async move {
-            let rest = (Self::POP_BATCH - 1).to_string();
             loop {
-                let commands = [
-                    vec!["BZPOPMIN", queue.as_str(), "1"],
-                    vec!["ZPOPMIN", queue.as_str(), rest.as_str()],
-                ];
-                let Ok(replies) = client.pipeline(&commands).await else {
+                let Ok(popped) = client.pop_queue(&queue, Self::POP_BATCH).await else {
                     return;
                 };
                 let now = now_us();
-                // [key, member, score] then [member, score, member, score, …]
-                let mut scores = Vec::new();
-                let mut replies = replies.into_iter();
-                if let Some(Ok(triple)) = replies.next().map(tests::RespValue::into_bytes_list) {
-                    scores.extend(triple.get(2).cloned());
-                }
-                if let Some(Ok(pairs)) = replies.next().map(tests::RespValue::into_bytes_list) {
-                    scores.extend(pairs.into_iter().skip(1).step_by(2));
-                }
                 if let Ok(mut lags) = lags.lock() {
-                    for score in &scores {
+                    for (_member, score) in &popped {
                         let sent = std::str::from_utf8(score)
                             .ok()
                             .and_then(|text| text.parse::<f64>().ok());
@@ -1175,7 +1161,7 @@ impl CeilingConsumer {
                         }
                     }
                 }
-                counter.fetch_add(scores.len() as u64, Ordering::Relaxed);
+                counter.fetch_add(popped.len() as u64, Ordering::Relaxed);
             }
         });
         Ok(CeilingConsumer {
