@@ -172,6 +172,8 @@ async fn serve(
             let mut next_conn = 0u64;
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
+                    // Out of descriptors, say: wait rather than spin.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 };
                 next_conn += 1;

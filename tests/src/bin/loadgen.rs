@@ -477,9 +477,8 @@ type Ws = LeanWs;
 struct Connector {
     target: SocketAddr,
     path: String,
-    secret: String,
-    /// Each socket's (user, token), minted before any measured step.
-    tokens: Vec<(u64, String)>,
+    /// Each socket's token, by socket index, minted before any measured step.
+    tokens: Vec<String>,
     src_first: u8,
     src_count: usize,
     timeout: Duration,
@@ -487,7 +486,7 @@ struct Connector {
 
 impl Connector {
     /// TCP from 127.0.0.X (port chosen at connect time), then the handshake.
-    async fn open(&self, index: usize, user: u64) -> Result<Ws> {
+    async fn open(&self, index: usize) -> Result<Ws> {
         let octet = u8::try_from(usize::from(self.src_first) + index % self.src_count)
             .context("source address octet")?;
         let src = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, octet), 0));
@@ -521,29 +520,24 @@ impl Connector {
             .await
             .with_context(|| format!("connect {} from {src}", self.target))?;
         tcp.set_nodelay(true).ok();
-        let path = match self.tokens.get(index) {
-            Some((minted_for, token)) if *minted_for == user => {
-                format!("{}?token={token}", self.path)
-            }
-            _ => {
-                let claims = tests::tokens::claims_for_user(user, 3600);
-                let token = tests::tokens::try_mint(&self.secret, &claims)?;
-                format!("{}?token={token}", self.path)
-            }
-        };
+        let token = self
+            .tokens
+            .get(index)
+            .with_context(|| format!("no token minted for socket {index}"))?;
+        let path = format!("{}?token={token}", self.path);
         LeanWs::handshake(tcp, &self.target.to_string(), &path)
             .await
             .context("websocket handshake")
     }
 
-    async fn open_retrying(&self, index: usize, user: u64, deadline: Instant) -> Result<(Ws, u32)> {
+    async fn open_retrying(&self, index: usize, deadline: Instant) -> Result<(Ws, u32)> {
         let mut failures = 0u32;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 bail!("socket {index}: no connection before the deadline ({failures} failures)");
             }
-            match tokio::time::timeout(remaining.min(self.timeout), self.open(index, user)).await {
+            match tokio::time::timeout(remaining.min(self.timeout), self.open(index)).await {
                 Ok(Ok(ws)) => return Ok((ws, failures)),
                 Ok(Err(_)) | Err(_) => {
                     failures += 1;
@@ -673,7 +667,7 @@ async fn connect_fleet(
         let retries = Arc::clone(&retries);
         handshakes.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await.ok()?;
-            match connector.open_retrying(index, user, deadline).await {
+            match connector.open_retrying(index, deadline).await {
                 Ok((ws, failures)) => {
                     retries.fetch_add(u64::from(failures), Ordering::Relaxed);
                     Some((ws, index, user))
@@ -1278,18 +1272,14 @@ async fn run(args: Args) -> Result<serde_json::Value> {
     let base = args.user_base;
     let per_user = args.mode == Mode::PerUser;
     let user_of = move |i: usize| if per_user { base + i as u64 } else { base };
-    let users: Vec<u64> = (0..n).map(user_of).collect();
     let tokens = tests::tokens::try_mint_many(
         &args.secret,
-        users
-            .iter()
-            .map(|&user| tests::tokens::claims_for_user(user, 3600)),
+        (0..n).map(|i| tests::tokens::claims_for_user(user_of(i), 3600)),
     )?;
     let connector = Arc::new(Connector {
         target: relay.as_ref().map_or(args.target, BareRelay::addr),
         path: args.path.clone(),
-        secret: args.secret.clone(),
-        tokens: users.into_iter().zip(tokens).collect(),
+        tokens,
         src_first: args.src_first,
         src_count: usize::from(args.src_last - args.src_first) + 1,
         timeout: Duration::from_secs_f64(args.connect_timeout_secs),
