@@ -1,10 +1,14 @@
 //! The bare relay: the least work any server relaying channels_redis
 //! messages to WebSocket clients must do on this machine, as the benchmark's
-//! floor to measure the gateway against in the same run. It pops its
-//! process's queue key (a blocking pop with a batched pop pipelined behind
-//! it), reads each payload once, renders the frame once and writes it to the
-//! socket of each listed channel with one system call, all on one thread of
-//! its own (the load generator accounts that thread's CPU as the server's).
+//! floor to measure the gateway against in the same run. It accepts a
+//! socket, reads the handshake, checks the token, answers 101 and joins the
+//! user's group (joins pipelined, `ZADD` + `EXPIRE` as channels_redis'
+//! `group_add`); it pops its process's queue key (a blocking pop with a
+//! batched pop pipelined behind it), reads each payload once, renders the
+//! frame once and writes it to the socket of each listed channel with one
+//! system call. All of it runs on one thread, in a process of its own
+//! (`tests/src/bin/bare-relay.rs`), which the load generator measures like
+//! any server.
 //!
 //! It is a measuring tool, not a server, and must stay bare: no limits,
 //! pings, timeouts, reconnects, membership refresh or clean-up, no
@@ -12,19 +16,19 @@
 //! tokens; it serves loopback clients of the benchmark and joins groups in
 //! the benchmark's own Redis only.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Serialize;
 use shared_proto::{names, PayloadCodec, SerializerFormat};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, Mutex};
+use tokio::sync::Notify;
 
 use crate::resp::{RespClient, RespValue};
 
@@ -34,175 +38,150 @@ const PROCESS: &str = "bare";
 const POP_BATCH: usize = 512;
 /// Longest handshake request head read.
 const HEAD_MAX: usize = 8192;
+/// The gateway's listen backlog too: a burst of connects must not overflow
+/// the accept queue (SYNs dropped there come back only after a second).
+const LISTEN_BACKLOG: i32 = 4096;
+/// channels_redis' default `group_expiry`, set on every join as it does.
+const GROUP_EXPIRY_SECS: &str = "86400";
 
-/// A running bare relay; stops when dropped.
-pub struct BareRelay {
-    addr: SocketAddr,
-    thread_id: libc::pid_t,
-    counts: Arc<RelayCounts>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// Where and for whom the relay serves.
+pub struct RelayOptions {
+    /// Loopback address to accept WebSocket clients on.
+    pub listen: SocketAddr,
+    /// The channel layer's Redis, `HOST:PORT`.
+    pub redis: String,
+    /// The layer's key prefix.
+    pub prefix: String,
+    /// HS256 secret of the clients' tokens.
+    pub secret: String,
 }
 
-/// What the relay did so far.
-#[derive(Default, Debug)]
+/// What the relay did, printed when it stops.
+#[derive(Default, Debug, Serialize)]
 pub struct RelayCounts {
     /// Sockets that completed the handshake and joined their group.
-    pub joined: AtomicU64,
+    pub joined: u64,
     /// Payloads popped from the queue key.
-    pub popped: AtomicU64,
+    pub popped: u64,
     /// Frames written to a socket.
-    pub written: AtomicU64,
+    pub written: u64,
     /// Payloads that did not read as a notification, channels with no
-    /// socket here, and failed writes.
-    pub dropped: AtomicU64,
+    /// socket here, failed writes and failed joins.
+    pub dropped: u64,
 }
 
-impl BareRelay {
-    /// Starts listening on 127.0.0.1 (a free port) with its own thread.
-    /// `redis` is `HOST:PORT`; `prefix` the layer's key prefix.
-    pub fn start(redis: &str, prefix: &str, secret: &str) -> Result<BareRelay> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind bare relay")?;
-        listener.set_nonblocking(true).context("nonblocking")?;
-        let addr = listener.local_addr().context("local address")?;
-        let counts = Arc::new(RelayCounts::default());
-        let (stop, stopped) = oneshot::channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let config = Setup {
-            redis: redis.to_string(),
-            prefix: prefix.to_string(),
-            secret: secret.to_string(),
-            counts: Arc::clone(&counts),
-        };
-        let thread = std::thread::Builder::new()
-            .name("bare-relay".into())
-            .spawn(move || {
-                // SAFETY: gettid has no preconditions.
-                let thread_id = unsafe { libc::gettid() };
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(err) => {
-                        let _ = ready_tx.send(Err(anyhow!("runtime: {err}")));
-                        return;
-                    }
-                };
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, async move {
-                    match serve(listener, config, stopped).await {
-                        Ok(serving) => {
-                            let _ = ready_tx.send(Ok(thread_id));
-                            serving.await;
-                        }
-                        Err(err) => {
-                            let _ = ready_tx.send(Err(err));
-                        }
-                    }
-                });
-            })
-            .context("spawning the bare relay thread")?;
-        let thread_id = ready_rx
-            .recv()
-            .map_err(|_| anyhow!("the bare relay thread ended before it was ready"))??;
-        Ok(BareRelay {
-            addr,
-            thread_id,
-            counts,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-
-    /// Where clients connect.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The relay thread's id, for its CPU time under `/proc/self/task`.
-    pub fn thread_id(&self) -> libc::pid_t {
-        self.thread_id
-    }
-
-    pub fn counts(&self) -> &RelayCounts {
-        &self.counts
-    }
+/// The counters while running: one thread, so plain cells.
+#[derive(Default)]
+struct Counters {
+    joined: Cell<u64>,
+    popped: Cell<u64>,
+    written: Cell<u64>,
+    dropped: Cell<u64>,
 }
 
-impl Drop for BareRelay {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+fn bump(counter: &Cell<u64>, by: u64) {
+    counter.set(counter.get() + by);
+}
+
+impl Counters {
+    fn snapshot(&self) -> RelayCounts {
+        RelayCounts {
+            joined: self.joined.get(),
+            popped: self.popped.get(),
+            written: self.written.get(),
+            dropped: self.dropped.get(),
         }
     }
-}
-
-struct Setup {
-    redis: String,
-    prefix: String,
-    secret: String,
-    counts: Arc<RelayCounts>,
 }
 
 /// Sockets by connection number (the part after `!` in their channel name).
 type Sockets = Rc<RefCell<HashMap<u64, Rc<TcpStream>>>>;
 
-/// Connects to Redis, then returns the future that serves until `stopped`.
-async fn serve(
-    listener: std::net::TcpListener,
-    setup: Setup,
-    stopped: oneshot::Receiver<()>,
-) -> Result<impl std::future::Future<Output = ()>> {
-    let listener = TcpListener::from_std(listener).context("listener")?;
-    let joins = Rc::new(Mutex::new(RespClient::connect(&setup.redis).await?));
-    let popper = RespClient::connect(&setup.redis).await?;
-    let sockets: Sockets = Rc::default();
-    let setup = Rc::new(setup);
-    let pops = tokio::task::spawn_local(pop_and_write(
-        popper,
-        Rc::clone(&setup),
-        Rc::clone(&sockets),
-    ));
-    Ok(async move {
-        let accepting = async {
-            let mut next_conn = 0u64;
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    // Out of descriptors, say: wait rather than spin.
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                };
-                next_conn += 1;
-                tokio::task::spawn_local(admit(
-                    stream,
-                    next_conn,
-                    Rc::clone(&setup),
-                    Rc::clone(&joins),
-                    Rc::clone(&sockets),
-                ));
-            }
-        };
-        tokio::select! {
-            _ = stopped => {}
-            () = accepting => {}
-        }
-        pops.abort();
-    })
+/// A socket whose handshake checked out, waiting for its group join.
+struct PendingJoin {
+    conn: u64,
+    stream: TcpStream,
+    /// The 101 answer, sent once the join is written.
+    answer: String,
+    group: String,
+    channel: String,
 }
 
-/// Answers one handshake, joins the user's group, keeps the socket.
-async fn admit(
-    mut stream: TcpStream,
-    conn: u64,
-    setup: Rc<Setup>,
-    joins: Rc<Mutex<RespClient>>,
+/// Joins not yet written to Redis.
+#[derive(Default)]
+struct PendingJoins {
+    joins: RefCell<Vec<PendingJoin>>,
+    added: Notify,
+}
+
+struct Relay {
+    prefix: String,
+    secret: String,
+    counts: Counters,
     sockets: Sockets,
-) {
-    let Ok((user, key)) = read_handshake(&mut stream, &setup.secret).await else {
+    pending: PendingJoins,
+}
+
+/// Serves on the current thread until `stop` completes, then returns what
+/// it did. Must run inside a `tokio::task::LocalSet`. The listener is bound
+/// only once both Redis connections are up, so a client that can connect is
+/// served.
+pub async fn serve(options: RelayOptions, stop: impl Future<Output = ()>) -> Result<RelayCounts> {
+    let joiner = RespClient::connect(&options.redis).await?;
+    let popper = RespClient::connect(&options.redis).await?;
+    let listener = bind(options.listen)?;
+    let relay = Rc::new(Relay {
+        prefix: options.prefix,
+        secret: options.secret,
+        counts: Counters::default(),
+        sockets: Rc::default(),
+        pending: PendingJoins::default(),
+    });
+    let pops = tokio::task::spawn_local(pop_and_write(popper, Rc::clone(&relay)));
+    let joins = tokio::task::spawn_local(write_joins(joiner, Rc::clone(&relay)));
+    let accepting = async {
+        let mut next_conn = 0u64;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors, say: wait rather than spin.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            };
+            next_conn += 1;
+            tokio::task::spawn_local(admit(stream, next_conn, Rc::clone(&relay)));
+        }
+    };
+    tokio::select! {
+        () = stop => {}
+        () = accepting => {}
+    }
+    pops.abort();
+    joins.abort();
+    Ok(relay.counts.snapshot())
+}
+
+fn bind(listen: SocketAddr) -> Result<TcpListener> {
+    if !listen.ip().is_loopback() {
+        bail!("the bare relay listens on loopback only, not {listen}");
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .context("socket")?;
+    socket.set_reuse_address(true).context("SO_REUSEADDR")?;
+    socket.set_nonblocking(true).context("nonblocking")?;
+    socket
+        .bind(&listen.into())
+        .with_context(|| format!("bind {listen}"))?;
+    socket.listen(LISTEN_BACKLOG).context("listen")?;
+    TcpListener::from_std(socket.into()).context("listener")
+}
+
+/// Reads one handshake and queues the socket for its join.
+async fn admit(mut stream: TcpStream, conn: u64, relay: Rc<Relay>) {
+    let Ok((user, key)) = read_handshake(&mut stream, &relay.secret).await else {
         return;
     };
     stream.set_nodelay(true).ok();
@@ -211,24 +190,64 @@ async fn admit(
          Sec-WebSocket-Accept: {}\r\n\r\n",
         crate::lean_ws::accept_for(&key)
     );
-    if write_all(&stream, answer.as_bytes()).await.is_err() {
-        return;
-    }
-    // Kept before the join, so no message to it can arrive first.
-    sockets.borrow_mut().insert(conn, Rc::new(stream));
-    let channel = names::specific_channel(PROCESS, &conn.to_string());
-    let group = names::group_key(&setup.prefix, &format!("user_{user}"));
-    let now = crate::tokens::now_secs().to_string();
-    let joined = joins
-        .lock()
-        .await
-        .command(&["ZADD", group.as_str(), now.as_str(), channel.as_str()])
-        .await
-        .and_then(RespValue::check);
-    if joined.is_ok() {
-        setup.counts.joined.fetch_add(1, Ordering::Relaxed);
-    } else {
-        sockets.borrow_mut().remove(&conn);
+    relay.pending.joins.borrow_mut().push(PendingJoin {
+        conn,
+        stream,
+        answer,
+        group: names::group_key(&relay.prefix, &format!("user_{user}")),
+        channel: names::specific_channel(PROCESS, &conn.to_string()),
+    });
+    relay.pending.added.notify_one();
+}
+
+/// Writes the queued joins, all that queued up during the previous round
+/// trip in one pipeline. Like a Channels consumer (`group_add` before
+/// `accept`) and the gateway, a socket is answered 101 only once its join
+/// is written, so whatever is sent to its group after the client sees the
+/// socket open reaches it. The answer goes out and the socket becomes
+/// reachable in one step of this one thread, so no frame can precede it.
+async fn write_joins(mut redis: RespClient, relay: Rc<Relay>) {
+    loop {
+        relay.pending.added.notified().await;
+        let batch = std::mem::take(&mut *relay.pending.joins.borrow_mut());
+        if batch.is_empty() {
+            continue;
+        }
+        let now = crate::tokens::now_secs().to_string();
+        let commands: Vec<Vec<&str>> = batch
+            .iter()
+            .flat_map(|join| {
+                [
+                    vec![
+                        "ZADD",
+                        join.group.as_str(),
+                        now.as_str(),
+                        join.channel.as_str(),
+                    ],
+                    vec!["EXPIRE", join.group.as_str(), GROUP_EXPIRY_SECS],
+                ]
+            })
+            .collect();
+        let Ok(replies) = redis.pipeline(&commands).await else {
+            return;
+        };
+        for (join, replies) in batch.into_iter().zip(replies.chunks(2)) {
+            let written = replies
+                .iter()
+                .all(|reply| !matches!(reply, RespValue::Error(_)));
+            // A fresh socket's send buffer takes the short answer whole.
+            let answered = written
+                && join.stream.try_write(join.answer.as_bytes()).ok() == Some(join.answer.len());
+            if answered {
+                relay
+                    .sockets
+                    .borrow_mut()
+                    .insert(join.conn, Rc::new(join.stream));
+                bump(&relay.counts.joined, 1);
+            } else {
+                bump(&relay.counts.dropped, 1);
+            }
+        }
     }
 }
 
@@ -281,34 +300,32 @@ async fn read_handshake(stream: &mut TcpStream, secret: &str) -> Result<(String,
 }
 
 /// The relay's whole delivery path.
-async fn pop_and_write(mut redis: RespClient, setup: Rc<Setup>, sockets: Sockets) {
-    let queue = names::queue_key(&setup.prefix, &names::specific_channel(PROCESS, ""));
+async fn pop_and_write(mut redis: RespClient, relay: Rc<Relay>) {
+    let queue = names::queue_key(&relay.prefix, &names::specific_channel(PROCESS, ""));
     let codec = PayloadCodec::core_layer(SerializerFormat::Msgpack);
-    let counts = &setup.counts;
+    let counts = &relay.counts;
     let mut rendered = String::new();
     let mut frame = Vec::new();
     loop {
         let Ok(payloads) = redis.pop_queue(&queue, POP_BATCH).await else {
             return;
         };
-        counts
-            .popped
-            .fetch_add(payloads.len() as u64, Ordering::Relaxed);
+        bump(&counts.popped, payloads.len() as u64);
         for (payload, _score) in &payloads {
             let Ok(view) = codec
                 .strip_random_prefix(payload)
                 .and_then(|body| codec.route_view(body))
             else {
-                counts.dropped.fetch_add(1, Ordering::Relaxed);
+                bump(&counts.dropped, 1);
                 continue;
             };
             rendered.clear();
             let Ok(channels) = view.channels() else {
-                counts.dropped.fetch_add(1, Ordering::Relaxed);
+                bump(&counts.dropped, 1);
                 continue;
             };
             if view.render_notification(&mut rendered).is_err() {
-                counts.dropped.fetch_add(1, Ordering::Relaxed);
+                bump(&counts.dropped, 1);
                 continue;
             }
             frame.clear();
@@ -319,7 +336,7 @@ async fn pop_and_write(mut redis: RespClient, setup: Rc<Setup>, sockets: Sockets
                     .ok()
                     .and_then(|name| name.rsplit_once('!'))
                     .and_then(|(_, conn)| conn.parse::<u64>().ok())
-                    .and_then(|conn| sockets.borrow().get(&conn).cloned());
+                    .and_then(|conn| relay.sockets.borrow().get(&conn).cloned());
                 let written = match socket {
                     Some(socket) => write_all(&socket, &frame).await.is_ok(),
                     None => false,
@@ -329,7 +346,7 @@ async fn pop_and_write(mut redis: RespClient, setup: Rc<Setup>, sockets: Sockets
                 } else {
                     &counts.dropped
                 };
-                counter.fetch_add(1, Ordering::Relaxed);
+                bump(counter, 1);
             }
         }
     }

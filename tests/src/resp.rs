@@ -104,6 +104,13 @@ impl RespValue {
     }
 }
 
+/// `HOST:PORT` of a `redis://HOST:PORT` URL (a bare `HOST:PORT` as is).
+pub fn host_port(url: &str) -> &str {
+    url.strip_prefix("redis://")
+        .unwrap_or(url)
+        .trim_end_matches('/')
+}
+
 /// One connection speaking RESP2.
 pub struct RespClient {
     stream: BufReader<TcpStream>,

@@ -233,14 +233,48 @@ async fn ceiling_run_pops_every_payload_without_a_gateway() {
     }
 }
 
-/// The bare relay (the benchmark's floor): the load generator serves its own
-/// sockets from a relay thread that pops, reads once and writes, and
-/// accounts that thread as the server.
+/// The bare relay (the benchmark's floor), a process of its own measured
+/// like a server: it answers each socket once its join is written, and
+/// pops, reads once and writes; SIGTERM stops it and it prints its counts.
 #[tokio::test]
 async fn bare_relay_run_delivers_every_message_to_its_user_only() {
+    let redis = RedisServer::start().expect("redis starts");
+    let port = free_port().expect("free port");
+    let listen = format!("127.0.0.1:{port}");
+    let relay = Command::new(env!("CARGO_BIN_EXE_bare-relay"))
+        .args([
+            "--listen",
+            &listen,
+            "--redis",
+            &redis.url(),
+            "--secret",
+            SECRET,
+        ])
+        .env_remove("LOADGEN_SECRET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bare-relay starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(Instant::now() < deadline, "bare-relay listens within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let relay_pid = relay.id().to_string();
+    let redis_pid = redis.pid().to_string();
     let mut args = PER_USER_SMOKE.to_vec();
-    args.extend(["--bare-relay", "--capacity", "1000"]);
-    let result = loadgen_without_server(&args).await;
+    args.extend(["--capacity", "1000", "--server-pid", &relay_pid]);
+    args.extend(["--redis-pid", &redis_pid]);
+    let result = loadgen_at(&redis, &listen, &args).await;
+    send_signal(relay.id(), Signal::Term).expect("SIGTERM to bare-relay");
+    let output = relay.wait_with_output().expect("bare-relay stops");
+    assert!(
+        output.status.success(),
+        "bare-relay: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let counts: Value = serde_json::from_slice(&output.stdout).expect("counts as JSON");
     assert_connected(&result, 30);
     let steps = result["steps"].as_array().expect("steps");
     assert_eq!(steps.len(), 2, "{result}");
@@ -251,10 +285,9 @@ async fn bare_relay_run_delivers_every_message_to_its_user_only() {
         assert!(step["cpu"]["server_cpu_s"].as_f64().is_some(), "{step}");
         published += step["published"].as_u64().unwrap_or(0);
     }
-    let relay = &result["bare_relay"];
-    assert_eq!(relay["joined"], 30, "{result}");
-    assert_eq!(relay["written"], published, "{result}");
-    assert_eq!(relay["dropped"], 0, "{result}");
+    assert_eq!(counts["joined"], 30, "{counts}");
+    assert_eq!(counts["written"], published, "{counts}");
+    assert_eq!(counts["dropped"], 0, "{counts}");
 }
 
 /// The Daphne peer of `scripts/bench`, started from the test venv.

@@ -33,7 +33,6 @@ use rmpv::Value;
 use serde::Deserialize;
 use serde_json::json;
 use shards::Shards;
-use tests::bare_relay::BareRelay;
 use tests::lean_ws::LeanWs;
 use tests::publisher::{notification, NativePublisher, PublisherConfig};
 use tokio::net::{TcpSocket, TcpStream};
@@ -140,13 +139,6 @@ struct Args {
     /// delivery's work and only the gateway and the sockets are missing.
     #[arg(long, default_value_t = 0)]
     ceiling_members: u64,
-    /// Serve the sockets from a bare relay inside this process
-    /// (`tests::bare_relay`: pop, read each payload once, one write per
-    /// delivery, on one thread of its own) instead of `--target`: the floor
-    /// any server could reach on this machine, measured like the server.
-    /// Its thread's CPU is reported as the server's.
-    #[arg(long)]
-    bare_relay: bool,
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 5.0)]
     drain_secs: f64,
@@ -307,9 +299,8 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// CPU seconds a process (`/proc/PID/stat`) or thread
-/// (`/proc/self/task/TID/stat`) has used so far, in user space and in the
-/// kernel.
+/// CPU seconds a process (`/proc/PID/stat`) has used so far, in user
+/// space and in the kernel.
 #[derive(Clone, Copy, Default)]
 struct CpuTimes {
     user: f64,
@@ -333,10 +324,6 @@ impl CpuTimes {
 
     fn of_process(pid: u32) -> Option<CpuTimes> {
         CpuTimes::read(&format!("/proc/{pid}/stat"))
-    }
-
-    fn of_own_thread(tid: libc::pid_t) -> Option<CpuTimes> {
-        CpuTimes::read(&format!("/proc/self/task/{tid}/stat"))
     }
 
     fn total(self) -> f64 {
@@ -384,10 +371,6 @@ fn machine_seconds() -> Option<(f64, f64)> {
     })
 }
 
-/// The bare relay's thread, when this load generator runs one: its CPU is
-/// the server's, not the load generator's.
-static BARE_RELAY_THREAD: std::sync::OnceLock<libc::pid_t> = std::sync::OnceLock::new();
-
 /// CPU seconds of the server(s), Redis, this load generator and the whole
 /// machine at one moment.
 #[derive(Clone)]
@@ -401,29 +384,17 @@ struct CpuSample {
 
 impl CpuSample {
     fn take(args: &Args) -> CpuSample {
-        let relay = BARE_RELAY_THREAD
-            .get()
-            .map(|&tid| CpuTimes::of_own_thread(tid));
-        let own = CpuTimes::of_process(std::process::id()).map(CpuTimes::total);
-        let servers = match relay {
-            Some(relay) => vec![relay],
-            None => args
+        CpuSample {
+            servers: args
                 .server_pid
                 .iter()
                 .map(|&pid| CpuTimes::of_process(pid))
                 .collect(),
-        };
-        let loadgen = match relay {
-            Some(relay) => own.zip(relay).map(|(own, relay)| own - relay.total()),
-            None => own,
-        };
-        CpuSample {
-            servers,
             redis: args
                 .redis_pid
                 .and_then(CpuTimes::of_process)
                 .map(CpuTimes::total),
-            loadgen,
+            loadgen: CpuTimes::of_process(std::process::id()).map(CpuTimes::total),
             machine: machine_seconds(),
             at: Instant::now(),
         }
@@ -1201,10 +1172,7 @@ fn single_redis_addr<'a>(args: &'a Args, what: &str) -> Result<&'a str> {
     let [host] = args.redis.as_slice() else {
         bail!("{what} takes exactly one --redis host");
     };
-    Ok(host
-        .strip_prefix("redis://")
-        .unwrap_or(host)
-        .trim_end_matches('/'))
+    Ok(tests::resp::host_port(host))
 }
 
 fn publisher_config(args: &Args) -> Result<PublisherConfig> {
@@ -1255,19 +1223,6 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         unexpected_closes: AtomicU64::new(0),
         bad_frames: AtomicU64::new(0),
     });
-    let relay = if args.bare_relay {
-        let relay = BareRelay::start(
-            single_redis_addr(&args, "--bare-relay")?,
-            &args.prefix,
-            &args.secret,
-        )?;
-        if BARE_RELAY_THREAD.set(relay.thread_id()).is_err() {
-            bail!("one bare relay per load generator");
-        }
-        Some(relay)
-    } else {
-        None
-    };
     let n = args.sockets;
     let base = args.user_base;
     let per_user = args.mode == Mode::PerUser;
@@ -1277,7 +1232,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         (0..n).map(|i| tests::tokens::claims_for_user(user_of(i), 3600)),
     )?;
     let connector = Arc::new(Connector {
-        target: relay.as_ref().map_or(args.target, BareRelay::addr),
+        target: args.target,
         path: args.path.clone(),
         tokens,
         src_first: args.src_first,
@@ -1432,15 +1387,6 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             });
             fleet.close().await;
         }
-    }
-    if let Some(relay) = &relay {
-        let counts = relay.counts();
-        out["bare_relay"] = json!({
-            "joined": counts.joined.load(Ordering::Relaxed),
-            "popped": counts.popped.load(Ordering::Relaxed),
-            "written": counts.written.load(Ordering::Relaxed),
-            "dropped": counts.dropped.load(Ordering::Relaxed),
-        });
     }
     out["unexpected_closes"] = json!(shared.unexpected_closes.load(Ordering::Relaxed));
     out["bad_frames"] = json!(shared.bad_frames.load(Ordering::Relaxed));
