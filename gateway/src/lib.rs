@@ -17,6 +17,7 @@ pub mod jwks_remote;
 pub mod jwtverify;
 pub mod layer;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod origin;
 pub mod outbox;

@@ -9,14 +9,13 @@
 //! Redis, then the process exits 0 — all within `shutdown_timeout`. It owns
 //! that order and nothing else.
 
-use std::any::Any;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_codec::{AsyncRead, AsyncWrite, Framed};
 use actix_http::error::DispatchError;
-use actix_http::{h1, Extensions, HttpService, Request};
+use actix_http::{h1, HttpService, Request};
 use actix_service::{fn_service, map_config, ServiceFactory, ServiceFactoryExt};
 use actix_tls::accept::rustls_0_23::{Acceptor as TlsAcceptor, TlsStream};
 use actix_web::dev::AppConfig;
@@ -38,6 +37,7 @@ use crate::layer::core::{CoreLayer, CoreSettings, RECEIVE_BLOCK};
 use crate::layer::pubsub::PubSubLayer;
 use crate::layer::{CanarySending, HostRing, Layer};
 use crate::limits::Limits;
+use crate::listener::{self, ConnectionOptions};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::registry::{ChannelNaming, ConnId, Registry};
@@ -46,9 +46,6 @@ use crate::session::SessionAuth;
 use crate::shutdown::termination_signal;
 use crate::socket::SocketSettings;
 use crate::upgrade::take_over;
-
-/// The kernel's listen queue limit on the machines we measured.
-const LISTEN_BACKLOG: u32 = 4096;
 
 pub fn serve(config: Config) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(run(config))
@@ -102,31 +99,13 @@ fn join_canary_group(
     (conn, groups)
 }
 
-/// Socket options of every public connection: frames leave at once (a
-/// push server's small writes must not wait for the previous one's ACK,
-/// which a client's delayed ACK can hold for tens of milliseconds), and the
-/// kernel keeps data a vanished peer never acknowledges only so long, so
-/// dead clients free their memory.
-fn tune_public_socket(stream: &TcpStream, unacknowledged_limit: Duration) {
-    let _ = stream.set_nodelay(true);
-    let _ = socket2::SockRef::from(stream).set_tcp_user_timeout(Some(unacknowledged_limit));
-}
-
-/// A public connection, plain or TLS, and the TCP stream beneath it.
-trait PublicStream: AsyncRead + AsyncWrite + Unpin + 'static {
-    fn tcp(&self) -> &TcpStream;
-}
-
-impl PublicStream for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
-    }
-}
-
-impl PublicStream for TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref().0
-    }
+/// The public listening socket, with the options every connection inherits.
+fn public_listener(config: &Config) -> anyhow::Result<std::net::TcpListener> {
+    let options = ConnectionOptions {
+        unacknowledged_limit: config.server.pong_timeout,
+    };
+    listener::bind(config.server.listen, options)
+        .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))
 }
 
 /// The public listener of the direct driver: actix-http's HTTP/1 service
@@ -137,22 +116,17 @@ fn direct_public_server(
     gateway: web::Data<Gateway>,
 ) -> anyhow::Result<actix_server::Server> {
     let request_timeout = config.server.handshake_timeout;
-    let unacknowledged_limit = config.server.pong_timeout;
     let mut builder = actix_server::Server::build()
-        .backlog(LISTEN_BACKLOG)
         .disable_signals()
         .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1));
     builder = builder.workers(config.server.socket_workers());
     let listen = config.server.listen;
+    let listener = public_listener(config)?;
     let builder = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
         (Some(cert), Some(key)) => {
             let tls = tls_config(cert, key)?;
-            builder.bind("public", listen, move || {
-                let http1 = direct_http1::<TlsStream<TcpStream>>(
-                    gateway.clone(),
-                    request_timeout,
-                    unacknowledged_limit,
-                );
+            builder.listen("public", listener, move || {
+                let http1 = direct_http1::<TlsStream<TcpStream>>(gateway.clone(), request_timeout);
                 TlsAcceptor::new(tls.clone())
                     .map_init_err(|_| ())
                     .map_err(|_| ())
@@ -163,9 +137,8 @@ fn direct_public_server(
                     .and_then(http1.map_err(|_| ()))
             })
         }
-        _ => builder.bind("public", listen, move || {
-            let http1 =
-                direct_http1::<TcpStream>(gateway.clone(), request_timeout, unacknowledged_limit);
+        _ => builder.listen("public", listener, move || {
+            let http1 = direct_http1::<TcpStream>(gateway.clone(), request_timeout);
             fn_service(|stream: TcpStream| {
                 let peer = stream.peer_addr().ok();
                 std::future::ready(Ok::<_, ()>((stream, peer)))
@@ -177,10 +150,9 @@ fn direct_public_server(
     Ok(builder.run())
 }
 
-fn direct_http1<T: PublicStream>(
+fn direct_http1<T: AsyncRead + AsyncWrite + Unpin + 'static>(
     gateway: web::Data<Gateway>,
     request_timeout: Duration,
-    unacknowledged_limit: Duration,
 ) -> impl ServiceFactory<
     (T, Option<std::net::SocketAddr>),
     Config = (),
@@ -191,9 +163,6 @@ fn direct_http1<T: PublicStream>(
     let upgrade_gateway = gateway.clone();
     HttpService::build()
         .client_request_timeout(request_timeout)
-        .on_connect_ext(move |stream: &T, _: &mut Extensions| {
-            tune_public_socket(stream.tcp(), unacknowledged_limit)
-        })
         .upgrade(fn_service(
             move |(request, framed): (Request, Framed<T, h1::Codec>)| {
                 let gateway = upgrade_gateway.clone().into_inner();
@@ -217,32 +186,19 @@ fn actix_ws_public_server(
     config: &Config,
     gateway: web::Data<Gateway>,
 ) -> anyhow::Result<actix_server::Server> {
-    let unacknowledged_limit = config.server.pong_timeout;
     let mut public = HttpServer::new(move || {
         App::new()
             .app_data(gateway.clone())
             .configure(public_routes)
     })
-    .on_connect(move |connection: &dyn Any, _| {
-        let tcp = connection.downcast_ref::<TcpStream>().or_else(|| {
-            connection
-                .downcast_ref::<TlsStream<TcpStream>>()
-                .map(PublicStream::tcp)
-        });
-        if let Some(stream) = tcp {
-            tune_public_socket(stream, unacknowledged_limit);
-        }
-    })
-    .backlog(LISTEN_BACKLOG)
     .client_request_timeout(config.server.handshake_timeout)
     .disable_signals()
     .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1));
     public = public.workers(config.server.socket_workers());
+    let listener = public_listener(config)?;
     let public = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
-        (Some(cert), Some(key)) => {
-            public.bind_rustls_0_23(config.server.listen, tls_config(cert, key)?)
-        }
-        _ => public.bind(config.server.listen),
+        (Some(cert), Some(key)) => public.listen_rustls_0_23(listener, tls_config(cert, key)?),
+        _ => public.listen(listener),
     }
     .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
     Ok(public.run())

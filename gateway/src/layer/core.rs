@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use shared_proto::names;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{CanarySending, HostRing, LayerError, WAKE_WINDOW};
 use crate::health::Health;
@@ -38,6 +39,9 @@ const MEMBERSHIP_BATCH: usize = 2_048;
 const CANARY_REPAIR_EVERY: Duration = Duration::from_secs(5);
 /// Channels per `ZADD`, so one refresh of a huge group is not one huge command.
 const MEMBERS_PER_COMMAND: usize = 1_000;
+/// A membership write that follows the previous one within this window
+/// waits for the window's end and takes everything queued by then.
+const STORM_GATHER: Duration = Duration::from_millis(1);
 
 pub struct CoreSettings {
     pub prefix: String,
@@ -264,7 +268,21 @@ async fn write_memberships(
     needs_refresh: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(256);
+    let mut last_write: Option<Instant> = None;
     while ops.recv_many(&mut batch, MEMBERSHIP_BATCH).await > 0 {
+        // Writes back to back mean a connect storm: gather the joins of one
+        // short window into one pipeline instead of a round trip (and a
+        // wake-up of this thread) per connect. A lone join goes out at once.
+        if let Some(last) = last_write.filter(|last| last.elapsed() < STORM_GATHER) {
+            tokio::time::sleep_until(last + STORM_GATHER).await;
+            while batch.len() < MEMBERSHIP_BATCH {
+                match ops.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_write = Some(Instant::now());
         let mut plan = WritePlan::new(hosts.len());
         let mut joins = Vec::new();
         let mut flushes = Vec::new();
