@@ -79,6 +79,18 @@ async fn loadgen_without_server(extra: &[&str]) -> Value {
     loadgen_at(&redis, "127.0.0.1:1", &args).await
 }
 
+/// Waits until a server process just started accepts on `address`.
+fn wait_for_listener(address: &str, limit: Duration, what: &str) {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(address).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {address} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn assert_connected(result: &Value, sockets: u64) {
     assert_eq!(result["connect"]["ok"], sockets, "all connected: {result}");
     assert_eq!(result["connect"]["failed"], 0, "{result}");
@@ -256,11 +268,7 @@ async fn bare_relay_run_delivers_every_message_to_its_user_only() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("bare-relay starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&listen).is_err() {
-        assert!(Instant::now() < deadline, "bare-relay listens within 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_listener(&listen, Duration::from_secs(20), "bare-relay");
     let relay_pid = relay.id().to_string();
     let redis_pid = redis.pid().to_string();
     let mut args = PER_USER_SMOKE.to_vec();
@@ -312,11 +320,11 @@ impl DaphnePeer {
             .stderr(Stdio::null())
             .spawn()
             .expect("daphne starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "daphne did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_listener(
+            &format!("127.0.0.1:{port}"),
+            Duration::from_secs(30),
+            "daphne",
+        );
         DaphnePeer { child, port }
     }
 }
