@@ -20,7 +20,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// The kernel's listen queue limit on the machines we measured.
-pub const LISTEN_BACKLOG: i32 = 4096;
+const LISTEN_BACKLOG: i32 = 4096;
 
 /// How long the kernel holds a connection that sent nothing yet before it
 /// gives up deferring (and passes it on; the handshake timeout then ends it).

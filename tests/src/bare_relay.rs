@@ -1,9 +1,9 @@
 //! The bare relay: the least work any server relaying channels_redis
 //! messages to WebSocket clients must do on this machine, as the benchmark's
 //! floor to measure the gateway against in the same run. It accepts a
-//! socket, reads the handshake, checks the token, answers 101 and joins the
-//! user's group (joins pipelined, `ZADD` + `EXPIRE` as channels_redis'
-//! `group_add`); it pops its process's queue key (a blocking pop with a
+//! socket, reads the handshake, checks the token, joins the user's group
+//! (joins pipelined, `ZADD` + `EXPIRE` as channels_redis' `group_add`) and
+//! only then answers 101; it pops its process's queue key (a blocking pop with a
 //! batched pop pipelined behind it), reads each payload once, renders the
 //! frame once and writes it to the socket of each listed channel with one
 //! system call. All of it runs on one thread, in a process of its own
@@ -16,7 +16,7 @@
 //! tokens; it serves loopback clients of the benchmark and joins groups in
 //! the benchmark's own Redis only.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,30 +70,6 @@ pub struct RelayCounts {
     pub dropped: u64,
 }
 
-/// The counters while running: one thread, so plain cells.
-#[derive(Default)]
-struct Counters {
-    joined: Cell<u64>,
-    popped: Cell<u64>,
-    written: Cell<u64>,
-    dropped: Cell<u64>,
-}
-
-fn bump(counter: &Cell<u64>, by: u64) {
-    counter.set(counter.get() + by);
-}
-
-impl Counters {
-    fn snapshot(&self) -> RelayCounts {
-        RelayCounts {
-            joined: self.joined.get(),
-            popped: self.popped.get(),
-            written: self.written.get(),
-            dropped: self.dropped.get(),
-        }
-    }
-}
-
 /// Sockets by connection number (the part after `!` in their channel name).
 type Sockets = Rc<RefCell<HashMap<u64, Rc<TcpStream>>>>;
 
@@ -117,7 +93,8 @@ struct PendingJoins {
 struct Relay {
     prefix: String,
     secret: String,
-    counts: Counters,
+    /// One thread: a plain `RefCell`, never borrowed across an await.
+    counts: RefCell<RelayCounts>,
     sockets: Sockets,
     pending: PendingJoins,
 }
@@ -133,7 +110,7 @@ pub async fn serve(options: RelayOptions, stop: impl Future<Output = ()>) -> Res
     let relay = Rc::new(Relay {
         prefix: options.prefix,
         secret: options.secret,
-        counts: Counters::default(),
+        counts: RefCell::default(),
         sockets: Rc::default(),
         pending: PendingJoins::default(),
     });
@@ -157,7 +134,7 @@ pub async fn serve(options: RelayOptions, stop: impl Future<Output = ()>) -> Res
     }
     pops.abort();
     joins.abort();
-    Ok(relay.counts.snapshot())
+    Ok(relay.counts.take())
 }
 
 fn bind(listen: SocketAddr) -> Result<TcpListener> {
@@ -243,9 +220,9 @@ async fn write_joins(mut redis: RespClient, relay: Rc<Relay>) {
                     .sockets
                     .borrow_mut()
                     .insert(join.conn, Rc::new(join.stream));
-                bump(&relay.counts.joined, 1);
+                relay.counts.borrow_mut().joined += 1;
             } else {
-                bump(&relay.counts.dropped, 1);
+                relay.counts.borrow_mut().dropped += 1;
             }
         }
     }
@@ -310,22 +287,22 @@ async fn pop_and_write(mut redis: RespClient, relay: Rc<Relay>) {
         let Ok(payloads) = redis.pop_queue(&queue, POP_BATCH).await else {
             return;
         };
-        bump(&counts.popped, payloads.len() as u64);
+        counts.borrow_mut().popped += payloads.len() as u64;
         for (payload, _score) in &payloads {
             let Ok(view) = codec
                 .strip_random_prefix(payload)
                 .and_then(|body| codec.route_view(body))
             else {
-                bump(&counts.dropped, 1);
+                counts.borrow_mut().dropped += 1;
                 continue;
             };
             rendered.clear();
             let Ok(channels) = view.channels() else {
-                bump(&counts.dropped, 1);
+                counts.borrow_mut().dropped += 1;
                 continue;
             };
             if view.render_notification(&mut rendered).is_err() {
-                bump(&counts.dropped, 1);
+                counts.borrow_mut().dropped += 1;
                 continue;
             }
             frame.clear();
@@ -341,12 +318,12 @@ async fn pop_and_write(mut redis: RespClient, relay: Rc<Relay>) {
                     Some(socket) => write_all(&socket, &frame).await.is_ok(),
                     None => false,
                 };
-                let counter = if written {
-                    &counts.written
+                let mut counts = counts.borrow_mut();
+                if written {
+                    counts.written += 1;
                 } else {
-                    &counts.dropped
-                };
-                bump(counter, 1);
+                    counts.dropped += 1;
+                }
             }
         }
     }
