@@ -126,8 +126,8 @@ pub struct ServerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<PathBuf>,
     /// Socket worker threads; 0 means one per CPU core but one, at least
-    /// one: the process's main thread (Redis receiver, router) needs a core
-    /// of its own ([`ServerConfig::socket_workers`]).
+    /// one ([`ServerConfig::socket_workers`]). The first one to start also
+    /// runs the Redis receiver and the router.
     pub workers: usize,
     /// Who speaks WebSocket on accepted sockets: `direct` (the gateway owns
     /// the connection after the upgrade and keeps no buffers while idle) or
@@ -167,11 +167,12 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// How many socket worker threads to start: `workers`, or for 0 one per
-    /// core the process may use minus the core the main thread (Redis
-    /// receiver, router, membership writer) keeps busy, at least one. On 2
-    /// cores shared with Redis and the clients, one socket thread delivered
-    /// 1.3× the broadcast frames of two, at the same connect rate
-    /// (`docs/benchmarks.md`).
+    /// core the process may use but one, at least one. The receiver routes
+    /// on the first socket thread, and its own sockets are woken without a
+    /// hand-off between threads; on 2 cores shared with Redis and the
+    /// clients, one socket thread delivered 1.3–1.4× the broadcast frames of
+    /// two (`docs/benchmarks.md`). The main thread keeps the membership
+    /// writer, the keeper and the admin listener.
     pub fn socket_workers(&self) -> usize {
         if self.workers > 0 {
             return self.workers;

@@ -25,6 +25,8 @@ use anyhow::Context;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use shared_proto::payload::{PayloadCodec, SerializerFormat};
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 
 use crate::canary::Canary;
 use crate::config::{Config, LayerBackend, SerializerFormatSetting, WebSocketDriver};
@@ -46,6 +48,10 @@ use crate::session::SessionAuth;
 use crate::shutdown::termination_signal;
 use crate::socket::SocketSettings;
 use crate::upgrade::take_over;
+
+/// How long the first socket worker may take to start before the receiver
+/// starts on the main thread instead.
+const WORKER_START: Duration = Duration::from_secs(10);
 
 pub fn serve(config: Config) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(run(config))
@@ -108,12 +114,48 @@ fn public_listener(config: &Config) -> anyhow::Result<std::net::TcpListener> {
         .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))
 }
 
+/// Passes the runtime of the first socket worker to start to the layer,
+/// whose receiver then runs there: a message is popped, routed and written
+/// to its sockets on one thread, without a hand-off between threads.
+#[derive(Clone)]
+struct SocketRuntimeReport {
+    report: Arc<parking_lot::Mutex<Option<oneshot::Sender<Handle>>>>,
+    /// The thread that builds the server: a factory called there (rather
+    /// than on a worker) must not claim the place.
+    builder_thread: std::thread::ThreadId,
+}
+
+impl SocketRuntimeReport {
+    fn new() -> (SocketRuntimeReport, oneshot::Receiver<Handle>) {
+        let (report, reported) = oneshot::channel();
+        let report = SocketRuntimeReport {
+            report: Arc::new(parking_lot::Mutex::new(Some(report))),
+            builder_thread: std::thread::current().id(),
+        };
+        (report, reported)
+    }
+
+    /// Called by the service factory, which actix-server runs on each worker.
+    fn offer_current(&self) {
+        if std::thread::current().id() == self.builder_thread {
+            return;
+        }
+        let Ok(runtime) = Handle::try_current() else {
+            return;
+        };
+        if let Some(report) = self.report.lock().take() {
+            let _ = report.send(runtime);
+        }
+    }
+}
+
 /// The public listener of the direct driver: actix-http's HTTP/1 service
 /// with the upgrade hook (`upgrade`) taking WebSocket handshakes, and the
 /// actix-web app for plain requests.
 fn direct_public_server(
     config: &Config,
     gateway: web::Data<Gateway>,
+    socket_runtime: SocketRuntimeReport,
 ) -> anyhow::Result<actix_server::Server> {
     let request_timeout = config.server.handshake_timeout;
     let mut builder = actix_server::Server::build()
@@ -126,6 +168,7 @@ fn direct_public_server(
         (Some(cert), Some(key)) => {
             let tls = tls_config(cert, key)?;
             builder.listen("public", listener, move || {
+                socket_runtime.offer_current();
                 let http1 = direct_http1::<TlsStream<TcpStream>>(gateway.clone(), request_timeout);
                 TlsAcceptor::new(tls.clone())
                     .map_init_err(|_| ())
@@ -138,6 +181,7 @@ fn direct_public_server(
             })
         }
         _ => builder.listen("public", listener, move || {
+            socket_runtime.offer_current();
             let http1 = direct_http1::<TcpStream>(gateway.clone(), request_timeout);
             fn_service(|stream: TcpStream| {
                 let peer = stream.peer_addr().ok();
@@ -185,8 +229,10 @@ fn direct_http1<T: AsyncRead + AsyncWrite + Unpin + 'static>(
 fn actix_ws_public_server(
     config: &Config,
     gateway: web::Data<Gateway>,
+    socket_runtime: SocketRuntimeReport,
 ) -> anyhow::Result<actix_server::Server> {
     let mut public = HttpServer::new(move || {
+        socket_runtime.offer_current();
         App::new()
             .app_data(gateway.clone())
             .configure(public_routes)
@@ -337,9 +383,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }),
     });
 
+    let (socket_runtime, socket_runtime_reported) = SocketRuntimeReport::new();
     let public = match config.server.websocket_driver {
-        WebSocketDriver::Direct => direct_public_server(&config, gateway.clone())?,
-        WebSocketDriver::ActixWs => actix_ws_public_server(&config, gateway.clone())?,
+        WebSocketDriver::Direct => direct_public_server(&config, gateway.clone(), socket_runtime)?,
+        WebSocketDriver::ActixWs => {
+            actix_ws_public_server(&config, gateway.clone(), socket_runtime)?
+        }
     };
     let admin_data = gateway.clone();
     let admin = HttpServer::new(move || {
@@ -362,6 +411,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let admin_handle = admin.handle();
     let mut public_task = actix_web::rt::spawn(public);
     let mut admin_task = actix_web::rt::spawn(admin);
+    let receive_runtime = match tokio::time::timeout(WORKER_START, socket_runtime_reported).await {
+        Ok(Ok(runtime)) => runtime,
+        _ => {
+            tracing::warn!("no socket worker reported its runtime; receiving on the main thread");
+            Handle::current()
+        }
+    };
+    layer.start_receiving(&receive_runtime);
 
     tokio::select! {
         signal = termination_signal() => tracing::info!(signal, "shutting down"),
@@ -403,4 +460,44 @@ async fn run(config: Config) -> anyhow::Result<()> {
     admin_handle.stop(false).await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_worker_with_a_runtime_gets_the_receiver() {
+        let (report, mut reported) = SocketRuntimeReport::new();
+
+        // The thread that builds the server is not a socket thread.
+        report.offer_current();
+        assert!(reported.try_recv().is_err());
+
+        // A thread without a runtime has nothing to offer.
+        let no_runtime = report.clone();
+        std::thread::spawn(move || no_runtime.offer_current())
+            .join()
+            .expect("thread ran");
+        assert!(reported.try_recv().is_err());
+
+        let worker = |report: SocketRuntimeReport| {
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async { report.offer_current() });
+            })
+            .join()
+            .expect("worker ran");
+        };
+        worker(report.clone());
+        let runtime = reported.try_recv().expect("the first worker reported");
+        assert_eq!(
+            runtime.runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        // Later workers (or a restarted service) leave the place as it is.
+        worker(report);
+    }
 }

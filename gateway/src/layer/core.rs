@@ -2,7 +2,9 @@
 //!
 //! Three tasks: the receiver drains this process's one queue key
 //! (`<prefix>specific.<process>!`) with a blocking pop plus batched pops and
-//! feeds the router; the membership writer turns joins, leaves and refreshes
+//! feeds the router, on the runtime it is given (a socket thread's, so that
+//! popping, routing and writing the frames happen on one thread); the
+//! membership writer turns joins, leaves and refreshes
 //! into one pipeline per Redis host per batch; the keeper re-adds every live
 //! membership well before `group_expiry` and right after any reconnect, since
 //! Channels itself never refreshes and a Redis restart wipes them. It must not
@@ -77,10 +79,25 @@ pub struct CoreLayer {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     hosts: HostRing,
     receive_host: RedisHost,
+    /// The receiver until `start_receiving` places it.
+    receiver: Mutex<Option<Receiver>>,
+}
+
+/// Everything the receiver needs, so it can be started on another runtime
+/// than the one that built the layer.
+struct Receiver {
+    host: RedisHost,
+    queue_key: String,
+    batch: usize,
+    router: Arc<Router>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    stop: Shutdown,
 }
 
 impl CoreLayer {
-    /// Connects to every host and starts the layer's tasks.
+    /// Connects to every host and starts the layer's tasks, except the
+    /// receiver: see [`CoreLayer::start_receiving`].
     pub fn start(
         hosts: HostRing,
         registry: Arc<Registry>,
@@ -98,7 +115,6 @@ impl CoreLayer {
         for host in hosts.hosts() {
             host.start();
         }
-        receive_host.start();
         tracing::info!(
             queue_key = %queue_key,
             receive_host = receive_host.label(),
@@ -124,17 +140,17 @@ impl CoreLayer {
                 stop.clone(),
             ))
         });
+        let receiver = Receiver {
+            host: receive_host.clone(),
+            queue_key,
+            batch: settings.receive_batch,
+            router,
+            health: health.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        };
         let settings = Arc::new(settings);
         let mut tasks = vec![
-            tokio::spawn(receive(
-                receive_host.clone(),
-                queue_key,
-                settings.receive_batch,
-                router,
-                health.clone(),
-                metrics.clone(),
-                stop.clone(),
-            )),
             tokio::spawn(write_memberships(
                 ops_rx,
                 hosts.clone(),
@@ -161,7 +177,24 @@ impl CoreLayer {
             tasks: Mutex::new(tasks),
             hosts,
             receive_host,
+            receiver: Mutex::new(Some(receiver)),
         })
+    }
+
+    /// Starts the receiver, and its Redis connection, on `runtime`. Only the
+    /// first call does anything: one popper per queue key keeps each
+    /// socket's messages in order.
+    pub fn start_receiving(&self, runtime: &tokio::runtime::Handle) {
+        let Some(receiver) = self.receiver.lock().take() else {
+            return;
+        };
+        let task = runtime.spawn(async move {
+            // The client's connection task is spawned here, on `runtime`,
+            // so replies are read on the thread that routes them.
+            receiver.host.start();
+            receive(receiver).await;
+        });
+        self.tasks.lock().push(task);
     }
 
     pub async fn join(&self, groups: &[Arc<str>], channel: &str) -> Result<(), LayerError> {
@@ -208,21 +241,25 @@ impl CoreLayer {
         for host in self.hosts.hosts() {
             host.stop().await;
         }
-        self.receive_host.stop().await;
+        // A receiver never placed never connected.
+        if self.receiver.lock().is_none() {
+            self.receive_host.stop().await;
+        }
     }
 }
 
 /// Drains the queue key: a blocking pop when idle, plain batched pops while
 /// a backlog lasts. Each round trip is a readiness heartbeat.
-async fn receive(
-    host: RedisHost,
-    queue_key: String,
-    batch: usize,
-    router: Arc<Router>,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    stop: Shutdown,
-) {
+async fn receive(receiver: Receiver) {
+    let Receiver {
+        host,
+        queue_key,
+        batch,
+        router,
+        health,
+        metrics,
+        stop,
+    } = receiver;
     let mut backlog = false;
     let mut wakeups = Wakeups::new();
     loop {

@@ -105,6 +105,16 @@ impl Layer {
         }
     }
 
+    /// Starts receiving what the backend sends, on `runtime`: a socket
+    /// thread's, so a message is read, routed and written on one thread.
+    /// Only the first call does anything.
+    pub fn start_receiving(&self, runtime: &tokio::runtime::Handle) {
+        match self {
+            Layer::Core(layer) => layer.start_receiving(runtime),
+            Layer::Pubsub(layer) => layer.start_receiving(runtime),
+        }
+    }
+
     /// Removes every remaining membership of this process and stops receiving.
     pub async fn shutdown(&self) {
         match self {

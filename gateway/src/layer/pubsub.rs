@@ -52,9 +52,20 @@ pub struct PubSubLayer {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     subscribers: Vec<RedisSubscriber>,
     publishers: HostRing,
+    /// The receivers until `start_receiving` places them.
+    receivers: Mutex<Option<Receivers>>,
+}
+
+/// What the receivers need, so they can be started on another runtime than
+/// the one that built the layer.
+struct Receivers {
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
 }
 
 impl PubSubLayer {
+    /// Starts the subscription tasks; the receivers (and the subscriber
+    /// connections) start with [`PubSubLayer::start_receiving`].
     pub fn start(
         config: &LayerConfig,
         registry: Arc<Registry>,
@@ -70,15 +81,10 @@ impl PubSubLayer {
             .collect::<Result<Vec<_>, _>>()?;
         let stop = Shutdown::new();
         let mut tasks = Vec::new();
-        for subscriber in &subscribers {
-            subscriber.start();
-            tasks.push(tokio::spawn(receive(
-                subscriber.clone(),
-                router.clone(),
-                metrics.clone(),
-                stop.clone(),
-            )));
-        }
+        let receivers = Receivers {
+            router,
+            metrics: metrics.clone(),
+        };
         let (ops, ops_rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
         tasks.push(tokio::spawn(manage_subscriptions(
             ops_rx,
@@ -112,7 +118,28 @@ impl PubSubLayer {
             tasks: Mutex::new(tasks),
             subscribers,
             publishers,
+            receivers: Mutex::new(Some(receivers)),
         })
+    }
+
+    /// Connects the subscribers and starts their receivers on `runtime`, so
+    /// messages are read on the thread that routes them. Only the first
+    /// call does anything.
+    pub fn start_receiving(&self, runtime: &tokio::runtime::Handle) {
+        let Some(receivers) = self.receivers.lock().take() else {
+            return;
+        };
+        let mut tasks = self.tasks.lock();
+        for subscriber in &self.subscribers {
+            let subscriber = subscriber.clone();
+            let router = receivers.router.clone();
+            let metrics = receivers.metrics.clone();
+            let stop = self.stop.clone();
+            tasks.push(runtime.spawn(async move {
+                subscriber.start();
+                receive(subscriber, router, metrics, stop).await;
+            }));
+        }
     }
 
     pub async fn join(&self, groups: &[Arc<str>]) -> Result<(), LayerError> {
@@ -155,8 +182,11 @@ impl PubSubLayer {
             task.abort();
             let _ = task.await;
         }
-        for subscriber in &self.subscribers {
-            subscriber.stop().await;
+        // Subscribers never placed never connected.
+        if self.receivers.lock().is_none() {
+            for subscriber in &self.subscribers {
+                subscriber.stop().await;
+            }
         }
         for host in self.publishers.hosts() {
             host.stop().await;
