@@ -295,7 +295,7 @@ def main() -> int:
     gw = ((res.get("gateway-broadcast-workers-per-core") or {}).get("steps") or [{}])[0]
     if gw:
         lines.append(f"| broadcast deliveries/s with one socket thread per core (`server.workers` = cores; "
-                     f"the default leaves one core to the routing thread) | {fmt(gw.get('deliveries_per_s'))} | "
+                     f"the default is one per core but one) | {fmt(gw.get('deliveries_per_s'))} | "
                      f"— | — | sizing |")
     add("broadcast p99 ms", (gb.get("latency") or {}).get("p99_ms"),
         (pb.get("latency") or {}).get("p99_ms"), "—", higher=False, digits=2)
