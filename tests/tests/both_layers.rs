@@ -41,7 +41,30 @@ on_both_layers!(
     canaries_come_back_through_redis,
     concurrent_connects_share_round_trips,
     the_backend_can_disconnect_a_group,
+    receiving_and_routing_run_on_the_socket_thread,
 );
+
+/// The receiver (and its Redis connection) runs on the socket worker, so a
+/// message is popped, routed and written on one thread.
+async fn receiving_and_routing_run_on_the_socket_thread(layer: &str) {
+    let mut stack = layer_stack(layer, |config| config).await;
+    let mut socket = connect(&stack.gateway, 42).await;
+    stack.notify("user_42", r#""on one thread""#).await;
+    expect_frame(&mut socket, r#"{"message": "on one thread"}"#).await;
+    let threads = receiver_threads(&stack.gateway, 1).await;
+    assert_eq!(threads.len(), 1, "{layer}: one receiver: {threads:?}");
+    assert!(
+        threads.iter().all(|thread| is_socket_worker(thread)),
+        "{layer}: receiver threads {threads:?}"
+    );
+    assert!(
+        !stack
+            .gateway
+            .log_text()
+            .contains("no socket worker reported"),
+        "{layer}: the receiver fell back to the main thread"
+    );
+}
 
 async fn delivers_to_every_socket_of_the_user_only(layer: &str) {
     let mut stack = layer_stack(layer, |config| config).await;

@@ -39,6 +39,11 @@ async fn same_behaviour(driver: &str) {
     stack.notify("user_42", r#""due soon""#).await;
     expect_frame(&mut first, r#"{"message": "due soon"}"#).await;
     expect_frame(&mut second, r#"{"message": "due soon"}"#).await;
+    let threads = receiver_threads(&stack.gateway, 1).await;
+    assert!(
+        threads.len() == 1 && is_socket_worker(&threads[0]),
+        "{driver}: the receiver runs on the socket worker: {threads:?}"
+    );
 
     // A client ping is answered; so is the application ping.
     first.send_ping(b"are you there").await.expect("ping");

@@ -260,6 +260,7 @@ async fn receive(receiver: Receiver) {
         metrics,
         stop,
     } = receiver;
+    tracing::info!(thread = super::thread_name(), "receiving");
     let mut backlog = false;
     let mut wakeups = Wakeups::new();
     loop {

@@ -26,6 +26,15 @@ use crate::router::Router;
 /// write; short next to what a notification may take end to end.
 pub const WAKE_WINDOW: Duration = Duration::from_millis(2);
 
+/// The current thread's name, for the log line that says where a receiver
+/// runs.
+fn thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_string()
+}
+
 /// What a layer needs to send the process's canary through Redis.
 #[derive(Clone)]
 pub struct CanarySending {

@@ -209,6 +209,11 @@ async fn receive(
 ) {
     let mut messages = subscriber.messages();
     let mut wakeups = Wakeups::new();
+    tracing::info!(
+        thread = super::thread_name(),
+        host = subscriber.label(),
+        "receiving"
+    );
     loop {
         let mut next = tokio::select! {
             _ = stop.triggered() => return,

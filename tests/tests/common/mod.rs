@@ -169,3 +169,28 @@ pub async fn group_members(redis: &RedisServer, group: &str) -> Vec<String> {
         .await
         .expect("zrange")
 }
+
+/// The threads the gateway's receivers said they run on (its `receiving`
+/// log lines), once at least `expected` have said so.
+pub async fn receiver_threads(gateway: &GatewayProcess, expected: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let threads: Vec<String> = gateway
+            .log_text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|entry| entry["message"] == "receiving")
+            .filter_map(|entry| entry["thread"].as_str().map(str::to_string))
+            .collect();
+        if threads.len() >= expected || Instant::now() >= deadline {
+            return threads;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `thread` is one of actix-server's socket workers (arbiter
+/// threads), not the process's main thread.
+pub fn is_socket_worker(thread: &str) -> bool {
+    thread.starts_with("actix-rt|system:") && thread.contains("|arbiter:")
+}
