@@ -2,7 +2,8 @@
 //! stops it in order.
 //!
 //! Start: raise the open-files limit, wire registry, router and layer, bind
-//! the public and admin listeners. Stop (SIGTERM / SIGINT): readiness goes
+//! the public and admin listeners, then start the layer's receiver on the
+//! first socket worker's runtime. Stop (SIGTERM / SIGINT): readiness goes
 //! false and new sockets are refused at once, the listener stops accepting
 //! after `drain_delay`, sockets are closed with 1001 in batches over
 //! `drain_window` (see `drain`), this process's memberships are removed from
