@@ -172,7 +172,7 @@ impl ServerConfig {
     /// hand-off between threads; on 2 cores shared with Redis and the
     /// clients, one socket thread delivered 1.3–1.4× the broadcast frames of
     /// two (`docs/benchmarks.md`). The main thread keeps the membership
-    /// writer, the keeper and the admin listener.
+    /// writer, the keeper and the canary.
     pub fn socket_workers(&self) -> usize {
         if self.workers > 0 {
             return self.workers;
