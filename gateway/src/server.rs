@@ -211,12 +211,15 @@ fn direct_http1<T: AsyncRead + AsyncWrite + Unpin + 'static>(
         .upgrade(fn_service(
             move |(request, framed): (Request, Framed<T, h1::Codec>)| {
                 let gateway = upgrade_gateway.clone().into_inner();
-                async move {
+                // Boxed: the dispatcher holds this future inline, and the
+                // connection's whole future is moved when its task is
+                // spawned; 2.6 KB less to copy per connect.
+                Box::pin(async move {
                     if let Err(error) = take_over(&gateway, request, framed).await {
                         tracing::debug!(%error, "client left during the handshake");
                     }
                     Ok::<(), actix_web::Error>(())
-                }
+                })
             },
         ))
         .h1(map_config(
