@@ -8,6 +8,16 @@
 //!
 //! A push does not wake the socket: it hands the socket's waker to the
 //! caller's [`Wakeups`], which wakes a whole run of sockets together.
+//!
+//! Where the socket's connection allows it (a [`Wire`] is attached), the
+//! frames a run queued for a socket whose task is waiting are not handed to
+//! the task at all: whoever gives the run's wake-ups writes them to the
+//! connection with one vectored write, and wakes the task only for what the
+//! connection did not take. A frame to an idle socket then costs one system
+//! call and no task poll. The outbox is the one place that decides who may
+//! write next, so frames never interleave: the task only under a claim
+//! (taking frames claims the wire; so does a frame of its own), the giver
+//! of wake-ups only while the task holds no claim.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -18,6 +28,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
+use prometheus::IntCounter;
 use shared_proto::close::CloseCode;
 
 /// What a push did.
@@ -45,9 +56,32 @@ pub enum CloseNote {
 #[derive(Debug)]
 pub enum Next {
     /// Frames to send are in the batch, oldest first (drained together to
-    /// batch writes).
-    Frames,
+    /// batch writes); the first one's first `first_sent` bytes (header
+    /// included) are on the wire already. The task holds the wire until it
+    /// calls [`Outbox::release_wire`].
+    Frames {
+        first_sent: usize,
+    },
     Close(CloseCode, CloseNote),
+}
+
+/// How far a [`Wire`] got with a run of frames without waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WrittenNow {
+    /// Frames written whole.
+    pub whole: usize,
+    /// Bytes of the next frame's wire form (header included) written.
+    pub next_sent: usize,
+}
+
+/// A connection frames can be written to without waiting; the transport
+/// implements it, since it knows the framing.
+pub trait Wire: Send + Sync {
+    /// Writes as much of `frames` as text frames as the connection takes
+    /// now, the first from byte `first_sent` of its wire form on. A
+    /// connection that would block or failed just stops it; the socket's
+    /// task finds out which when it writes.
+    fn write_now(&self, frames: &[ByteString], first_sent: usize) -> WrittenNow;
 }
 
 pub struct Outbox {
@@ -59,6 +93,14 @@ pub struct Outbox {
 struct State {
     frames: VecDeque<ByteString>,
     close: Option<(CloseCode, CloseNote)>,
+    /// Where a push may write at once; none until the socket task attaches
+    /// it, and none again once the task ends.
+    wire: Option<Arc<dyn Wire>>,
+    /// The socket task is writing (or has ended): pushes queue.
+    task_holds_wire: bool,
+    /// Bytes of `frames[0]` already written by a push that the connection
+    /// took only part of; the rest must go out before anything else.
+    head_sent: usize,
 }
 
 impl Outbox {
@@ -68,14 +110,19 @@ impl Outbox {
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 close: None,
+                wire: None,
+                task_holds_wire: false,
+                head_sent: 0,
             }),
             waker: AtomicWaker::new(),
         }
     }
 
-    /// Queues a frame; the socket's waker, if it is waiting, goes to
-    /// `wakeups` (a socket already holding a wake-up gives none).
-    pub fn push(&self, frame: ByteString, wakeups: &mut Wakeups) -> Pushed {
+    /// Queues a frame. A waiting socket whose wire is free goes to
+    /// `wakeups` to be written to when the run's wake-ups are given; any
+    /// other waiting socket's waker goes there (a socket already held gives
+    /// none).
+    pub fn push(self: &Arc<Self>, frame: ByteString, wakeups: &mut Wakeups) -> Pushed {
         let mut state = self.state.lock();
         if state.close.is_some() {
             return Pushed::Closed;
@@ -83,16 +130,46 @@ impl Outbox {
         if state.frames.len() >= self.capacity {
             return Pushed::Full;
         }
+        let first = state.frames.is_empty();
         state.frames.push_back(frame);
+        let writable_by_giver = state.wire.is_some() && !state.task_holds_wire;
         drop(state);
-        if let Some(waker) = self.waker.take() {
+        if writable_by_giver {
+            // Frames queued before this one mean the socket is held already.
+            if first {
+                wakeups.write_later(self.clone());
+            }
+        } else if let Some(waker) = self.waker.take() {
             wakeups.hold(waker);
         }
         Pushed::Queued
     }
 
+    /// Writes the queued frames to the wire if the task holds no claim;
+    /// wakes the task for whatever is left. Returns the frames written.
+    fn write_queued(&self) -> usize {
+        let mut guard = self.state.lock();
+        let state = &mut *guard;
+        let mut written = 0;
+        if let (false, Some(wire)) = (state.task_holds_wire, &state.wire) {
+            if !state.frames.is_empty() {
+                let now = wire.write_now(state.frames.make_contiguous(), state.head_sent);
+                state.frames.drain(..now.whole);
+                state.head_sent = now.next_sent;
+                written = now.whole;
+            }
+        }
+        let left = !state.frames.is_empty();
+        drop(guard);
+        if left {
+            self.waker.wake();
+        }
+        written
+    }
+
     /// Asks the socket to close; the first request wins and queued frames
-    /// are discarded, since the close is what the client must see next.
+    /// are discarded, since the close is what the client must see next
+    /// (all but a frame partly on the wire, which must be finished first).
     pub fn close(&self, code: CloseCode) {
         self.close_with(code, CloseNote::Standard);
     }
@@ -102,7 +179,11 @@ impl Outbox {
         let mut state = self.state.lock();
         if state.close.is_none() {
             state.close = Some((code, note));
-            state.frames = VecDeque::new();
+            if state.head_sent > 0 {
+                state.frames.truncate(1);
+            } else {
+                state.frames = VecDeque::new();
+            }
         }
         drop(state);
         self.waker.wake();
@@ -120,6 +201,39 @@ impl Outbox {
         self.len() == 0
     }
 
+    /// Lets pushes write at once to `wire`, from now on.
+    pub fn attach_wire(&self, wire: Arc<dyn Wire>) {
+        self.state.lock().wire = Some(wire);
+    }
+
+    /// For a write of the socket task's own (a ping, a reply, the close):
+    /// pushes queue until [`Outbox::release_wire`]. Returns a frame a push
+    /// left partly written, with the bytes of it already sent: the task
+    /// must finish it first.
+    pub fn claim_wire(&self) -> Option<(ByteString, usize)> {
+        let mut state = self.state.lock();
+        state.task_holds_wire = true;
+        let sent = std::mem::take(&mut state.head_sent);
+        if sent > 0 {
+            state.frames.pop_front().map(|frame| (frame, sent))
+        } else {
+            None
+        }
+    }
+
+    /// The socket task's write is done: pushes may write at once again.
+    pub fn release_wire(&self) {
+        self.state.lock().task_holds_wire = false;
+    }
+
+    /// The socket task has ended: nothing writes to its connection again,
+    /// and the outbox lets go of it.
+    pub fn retire_wire(&self) {
+        let mut state = self.state.lock();
+        state.task_holds_wire = true;
+        state.wire = None;
+    }
+
     fn poll_next(&self, cx: &mut Context<'_>, batch: &mut VecDeque<ByteString>) -> Poll<Next> {
         self.waker.register(cx.waker());
         let mut state = self.state.lock();
@@ -129,6 +243,8 @@ impl Outbox {
         if state.frames.is_empty() {
             return Poll::Pending;
         }
+        state.task_holds_wire = true;
+        let first_sent = std::mem::take(&mut state.head_sent);
         // The queue and the caller's emptied batch trade places: no copy,
         // and the two allocations take turns instead of one per wake-up.
         batch.clear();
@@ -137,26 +253,33 @@ impl Outbox {
             batch.shrink_to_fit();
         }
         std::mem::swap(&mut state.frames, batch);
-        Poll::Ready(Next::Frames)
+        Poll::Ready(Next::Frames { first_sent })
     }
 
-    /// Waits for frames (moved into `batch`, which is emptied first) or a close.
+    /// Waits for frames (moved into `batch`, which is emptied first, and
+    /// the wire claimed for them) or a close.
     pub async fn next(&self, batch: &mut VecDeque<ByteString>) -> Next {
         poll_fn(|cx| self.poll_next(cx, batch)).await
     }
 }
 
 /// Socket wake-ups held back while a run of payloads is routed, then given
-/// together. Socket tasks live on the worker threads and the router runs on
-/// another, so each wake-up is a cross-thread hand-off: given one by one, a
-/// worker sleeps and wakes again per frame and each socket writes one frame
-/// per system call. Given together, a worker serves every woken socket in
-/// one go, and a socket that got several frames in the run writes them with
-/// one vectored write. The caller bounds how long it holds them.
+/// together. Given one by one, a socket's task would wake and write once
+/// per frame; given together, a socket that got several frames in the run
+/// writes them with one vectored write, and a worker serves every woken
+/// socket in one go. Sockets with a free wire are not woken at all: their
+/// frames are written here at the end of the run. Those writes are never
+/// given early: when a receiver falls behind, its runs grow and each
+/// socket's frames share a system call (a loopback write costs several
+/// microseconds, routing a frame a fraction of one), which is what keeps a
+/// backlog's cost per frame down. The caller bounds the run.
 #[derive(Default)]
 pub struct Wakeups {
     wakers: Vec<Waker>,
+    writes: Vec<Arc<Outbox>>,
     oldest: Option<Instant>,
+    /// Counts the frames written here.
+    delivered: Option<IntCounter>,
 }
 
 impl Wakeups {
@@ -164,34 +287,56 @@ impl Wakeups {
         Wakeups::default()
     }
 
+    /// Counts the frames it writes into `delivered`.
+    pub fn counting(delivered: IntCounter) -> Wakeups {
+        let mut wakeups = Wakeups::new();
+        wakeups.delivered = Some(delivered);
+        wakeups
+    }
+
     fn hold(&mut self, waker: Waker) {
-        if self.oldest.is_none() {
-            self.oldest = Some(Instant::now());
-        }
+        self.oldest.get_or_insert_with(Instant::now);
         self.wakers.push(waker);
     }
 
+    fn write_later(&mut self, outbox: Arc<Outbox>) {
+        self.writes.push(outbox);
+    }
+
     pub fn len(&self) -> usize {
-        self.wakers.len()
+        self.wakers.len() + self.writes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.wakers.is_empty()
+        self.len() == 0
     }
 
-    /// Wakes every held socket.
+    /// The run is over: writes to every held socket with a free wire and
+    /// wakes the others.
     pub fn wake_all(&mut self) {
+        let mut written = 0;
+        for outbox in self.writes.drain(..) {
+            written += outbox.write_queued();
+        }
+        if let Some(delivered) = &self.delivered {
+            delivered.inc_by(written as u64);
+        }
+        self.wake_tasks();
+    }
+
+    fn wake_tasks(&mut self) {
         self.oldest = None;
         for waker in self.wakers.drain(..) {
             waker.wake();
         }
     }
 
-    /// Wakes every held socket once the oldest wake-up has waited `window`,
-    /// so a long run of payloads cannot hold back its first frames.
+    /// Wakes the held socket tasks once the oldest wake-up has waited
+    /// `window`, so a long run of payloads cannot hold back their first
+    /// frames when they run on another thread.
     pub fn wake_if_held_for(&mut self, window: Duration) {
         if self.oldest.is_some_and(|oldest| oldest.elapsed() >= window) {
-            self.wake_all();
+            self.wake_tasks();
         }
     }
 }
@@ -209,14 +354,14 @@ mod tests {
 
     #[tokio::test]
     async fn frames_come_out_in_order_until_full() {
-        let outbox = Outbox::new(2);
+        let outbox = Arc::new(Outbox::new(2));
         let wakeups = &mut Wakeups::new();
         assert_eq!(outbox.push("a".into(), wakeups), Pushed::Queued);
         assert_eq!(outbox.push("b".into(), wakeups), Pushed::Queued);
         assert_eq!(outbox.push("c".into(), wakeups), Pushed::Full);
         let mut batch = VecDeque::new();
         match outbox.next(&mut batch).await {
-            Next::Frames => assert_eq!(batch, ["a", "b"]),
+            Next::Frames { first_sent: 0 } => assert_eq!(batch, ["a", "b"]),
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(outbox.push("d".into(), wakeups), Pushed::Queued);
@@ -224,7 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_wins_over_queued_frames() {
-        let outbox = Outbox::new(4);
+        let outbox = Arc::new(Outbox::new(4));
         let wakeups = &mut Wakeups::new();
         outbox.push("a".into(), wakeups);
         outbox.close(CloseCode::SlowConsumer);
@@ -260,7 +405,7 @@ mod tests {
             tokio::spawn(async move {
                 let mut batch = VecDeque::new();
                 match outbox.next(&mut batch).await {
-                    Next::Frames => batch.len(),
+                    Next::Frames { .. } => batch.len(),
                     Next::Close(..) => 0,
                 }
             })
@@ -295,6 +440,163 @@ mod tests {
         let mut wakeups = Wakeups::new();
         outbox.push("a".into(), &mut wakeups);
         drop(wakeups);
-        assert!(matches!(reader.await.expect("reader"), Next::Frames));
+        assert!(matches!(reader.await.expect("reader"), Next::Frames { .. }));
+    }
+    /// A wire that takes `room` bytes in all, a frame's wire form being
+    /// just its text here.
+    struct TestWire {
+        taken: Mutex<String>,
+        room: Mutex<usize>,
+    }
+
+    impl TestWire {
+        fn with_room(room: usize) -> Arc<TestWire> {
+            Arc::new(TestWire {
+                taken: Mutex::new(String::new()),
+                room: Mutex::new(room),
+            })
+        }
+
+        fn taken(&self) -> String {
+            self.taken.lock().clone()
+        }
+    }
+
+    impl Wire for TestWire {
+        fn write_now(&self, frames: &[ByteString], first_sent: usize) -> WrittenNow {
+            let mut room = self.room.lock();
+            let mut sent = first_sent;
+            for (index, frame) in frames.iter().enumerate() {
+                let rest = &frame[sent..];
+                let take = rest.len().min(*room);
+                self.taken.lock().push_str(&rest[..take]);
+                *room -= take;
+                if take < rest.len() {
+                    return WrittenNow {
+                        whole: index,
+                        next_sent: sent + take,
+                    };
+                }
+                sent = 0;
+            }
+            WrittenNow {
+                whole: frames.len(),
+                next_sent: 0,
+            }
+        }
+    }
+
+    /// A socket task waiting on `outbox`, returning what it was given.
+    fn waiting_reader(outbox: &Arc<Outbox>) -> tokio::task::JoinHandle<(Next, Vec<ByteString>)> {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            let next = outbox.next(&mut batch).await;
+            (next, batch.into())
+        })
+    }
+
+    #[tokio::test]
+    async fn a_free_wire_takes_the_runs_frames_and_the_task_is_not_woken() {
+        let outbox = Arc::new(Outbox::new(8));
+        let wire = TestWire::with_room(100);
+        outbox.attach_wire(wire.clone());
+        let reader = waiting_reader(&outbox);
+        until_waiting(&outbox).await;
+        let delivered = IntCounter::new("delivered", "test").expect("counter");
+        let mut wakeups = Wakeups::counting(delivered.clone());
+        for frame in ["a", "b", "c"] {
+            assert_eq!(outbox.push(frame.into(), &mut wakeups), Pushed::Queued);
+        }
+        assert_eq!(wakeups.len(), 1, "held once for the run");
+        assert_eq!(wire.taken(), "", "nothing written before the run is given");
+        wakeups.wake_all();
+        assert_eq!(wire.taken(), "abc");
+        assert_eq!(delivered.get(), 3);
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished(), "the task was not woken");
+        reader.abort();
+    }
+
+    #[tokio::test]
+    async fn what_the_wire_does_not_take_goes_to_the_task_with_how_far_it_got() {
+        let outbox = Arc::new(Outbox::new(8));
+        let wire = TestWire::with_room(3);
+        outbox.attach_wire(wire.clone());
+        let reader = waiting_reader(&outbox);
+        until_waiting(&outbox).await;
+        let mut wakeups = Wakeups::new();
+        outbox.push("abcd".into(), &mut wakeups);
+        outbox.push("ef".into(), &mut wakeups);
+        wakeups.wake_all();
+        assert_eq!(wire.taken(), "abc");
+        let (next, batch) = reader.await.expect("reader");
+        assert!(matches!(next, Next::Frames { first_sent: 3 }), "{next:?}");
+        assert_eq!(batch, ["abcd", "ef"]);
+        // The task holds the wire until it has written them.
+        let mut wakeups = Wakeups::new();
+        outbox.push("g".into(), &mut wakeups);
+        wakeups.wake_all();
+        assert_eq!(
+            wire.taken(),
+            "abc",
+            "no write while the task holds the wire"
+        );
+        outbox.release_wire();
+        *wire.room.lock() = 10;
+        let mut wakeups = Wakeups::new();
+        outbox.push("h".into(), &mut wakeups);
+        wakeups.wake_all();
+        assert_eq!(
+            wire.taken(),
+            "abc",
+            "queued frames wait for the task, which was woken for them"
+        );
+        assert_eq!(outbox.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_claim_first_hands_over_a_partly_written_frame() {
+        let outbox = Arc::new(Outbox::new(8));
+        let wire = TestWire::with_room(2);
+        outbox.attach_wire(wire.clone());
+        let mut wakeups = Wakeups::new();
+        outbox.push("abcd".into(), &mut wakeups);
+        outbox.push("ef".into(), &mut wakeups);
+        wakeups.wake_all();
+        assert_eq!(outbox.claim_wire(), Some(("abcd".into(), 2)));
+        assert_eq!(outbox.claim_wire(), None, "handed over once");
+        assert_eq!(outbox.len(), 1, "the rest stays queued for the task");
+    }
+
+    #[tokio::test]
+    async fn a_close_keeps_a_partly_written_frame_for_the_task_to_finish() {
+        let outbox = Arc::new(Outbox::new(8));
+        let wire = TestWire::with_room(1);
+        outbox.attach_wire(wire.clone());
+        let mut wakeups = Wakeups::new();
+        outbox.push("abcd".into(), &mut wakeups);
+        outbox.push("ef".into(), &mut wakeups);
+        wakeups.wake_all();
+        outbox.close(CloseCode::SlowConsumer);
+        assert!(matches!(
+            outbox.next(&mut VecDeque::new()).await,
+            Next::Close(CloseCode::SlowConsumer, _)
+        ));
+        assert_eq!(outbox.claim_wire(), Some(("abcd".into(), 1)));
+        assert_eq!(outbox.len(), 0, "the frames not yet begun are discarded");
+    }
+
+    #[tokio::test]
+    async fn a_retired_wire_is_never_written_again() {
+        let outbox = Arc::new(Outbox::new(8));
+        let wire = TestWire::with_room(100);
+        outbox.attach_wire(wire.clone());
+        outbox.retire_wire();
+        let mut wakeups = Wakeups::new();
+        outbox.push("a".into(), &mut wakeups);
+        wakeups.wake_all();
+        assert_eq!(wire.taken(), "");
+        assert_eq!(Arc::strong_count(&wire), 1, "the outbox let go of it");
     }
 }

@@ -151,11 +151,11 @@ impl Registry {
 
     /// Runs `deliver` on a socket's outbox without cloning it; `None` when
     /// no local socket has that id.
-    pub fn with_conn<R>(&self, conn: ConnId, deliver: impl FnOnce(&Outbox) -> R) -> Option<R> {
+    pub fn with_conn<R>(&self, conn: ConnId, deliver: impl FnOnce(&Arc<Outbox>) -> R) -> Option<R> {
         self.shard(conn)
             .read()
             .get(&conn)
-            .map(|outbox| deliver(outbox))
+            .map(deliver)
     }
 
     /// Groups with at least one local socket.
@@ -171,7 +171,7 @@ impl Registry {
     /// takes at most 64 locks instead of 10,000. Each lock is held only while
     /// its share of `deliver` calls runs, which push without waiting. The
     /// order in which sockets are served is not `conns`' order.
-    pub fn with_conns(&self, conns: &[ConnId], mut deliver: impl FnMut(&Outbox)) -> usize {
+    pub fn with_conns(&self, conns: &[ConnId], mut deliver: impl FnMut(&Arc<Outbox>)) -> usize {
         let mut missing = 0;
         if conns.len() < GROUPED_DELIVERY_MIN {
             for conn in conns {

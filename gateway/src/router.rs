@@ -29,7 +29,7 @@ use shared_proto::{Encryption, Message, NotAChannelName, RouteView};
 use crate::canary::Canary;
 use crate::events::{Action, EventMapper};
 use crate::metrics::{DropReason, Metrics};
-use crate::outbox::{CloseNote, Pushed, Wakeups};
+use crate::outbox::{CloseNote, Outbox, Pushed, Wakeups};
 use crate::registry::{ConnId, Registry};
 
 /// How payloads are decoded and delivered. Both give the same frames, the
@@ -346,6 +346,7 @@ impl Router {
                 Pushed::Closed => closed += 1,
             }
         });
+
         self.count_drops(DropReason::SlowConsumer, slow);
         self.count_drops(DropReason::NoLocalSocket, closed + missing);
     }
@@ -376,7 +377,7 @@ impl Router {
 
 /// Applies one event's action to one socket: queue the shared frame (a full
 /// outbox closes the socket as too slow), or close it for the backend.
-fn push_or_close(outbox: &crate::outbox::Outbox, action: &Action, wakeups: &mut Wakeups) -> Pushed {
+fn push_or_close(outbox: &Arc<Outbox>, action: &Action, wakeups: &mut Wakeups) -> Pushed {
     match action {
         Action::Frame(frame) => {
             let pushed = outbox.push(frame.clone(), wakeups);
@@ -484,7 +485,7 @@ mod tests {
                 let mut batch = std::collections::VecDeque::new();
                 match outbox.next(&mut batch).now_or_never() {
                     None => "nothing".to_owned(),
-                    Some(Next::Frames) => format!("{:?}", Vec::from(batch)),
+                    Some(Next::Frames { .. }) => format!("{:?}", Vec::from(batch)),
                     Some(Next::Close(code, _)) => format!("closed {code:?}"),
                 }
             })

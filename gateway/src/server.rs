@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_codec::{AsyncRead, AsyncWrite, Framed};
+use actix_codec::Framed;
 use actix_http::error::DispatchError;
 use actix_http::{h1, HttpService, Request};
 use actix_service::{fn_service, map_config, ServiceFactory, ServiceFactoryExt};
@@ -48,7 +48,7 @@ use crate::router::Router;
 use crate::session::SessionAuth;
 use crate::shutdown::termination_signal;
 use crate::socket::SocketSettings;
-use crate::upgrade::take_over;
+use crate::upgrade::{take_over, Connection};
 
 /// How long the first socket worker may take to start before the receiver
 /// starts on the main thread instead.
@@ -195,7 +195,7 @@ fn direct_public_server(
     Ok(builder.run())
 }
 
-fn direct_http1<T: AsyncRead + AsyncWrite + Unpin + 'static>(
+fn direct_http1<T: Connection>(
     gateway: web::Data<Gateway>,
     request_timeout: Duration,
 ) -> impl ServiceFactory<

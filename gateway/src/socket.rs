@@ -9,6 +9,8 @@
 //! must not decode Redis payloads or decide group membership.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,7 +85,11 @@ pub(crate) async fn serve<T: Transport>(
     settings: Arc<SocketSettings>,
     holder: Holder,
 ) {
+    if let Some(wire) = transport.wire() {
+        outbox.attach_wire(wire);
+    }
     let ending = run(transport, &outbox, &membership.metrics, &settings, holder).await;
+    outbox.retire_wire();
     tracing::info!(?ending, "socket closed");
     drop(membership);
 }
@@ -126,9 +132,12 @@ async fn run<T: Transport>(
     let ending = loop {
         tokio::select! {
             next = outbox.next(&mut batch) => match next {
-                Next::Frames => {
-                    match timeout(send_timeout, transport.send_texts(batch.make_contiguous())).await {
-                        Ok(Ok(())) => metrics.frames_delivered.inc_by(batch.len() as u64),
+                Next::Frames { first_sent } => {
+                    match timeout(send_timeout, transport.send_texts(batch.make_contiguous(), first_sent)).await {
+                        Ok(Ok(())) => {
+                            outbox.release_wire();
+                            metrics.frames_delivered.inc_by(batch.len() as u64);
+                        }
                         Ok(Err(_)) | Err(_) => return Ending::ConnectionLost,
                     }
                 }
@@ -147,7 +156,7 @@ async fn run<T: Transport>(
                 match message {
                     None => return Ending::ConnectionLost,
                     Some(Ok(Message::Ping(bytes))) => {
-                        if timeout(send_timeout, transport.pong(&bytes)).await.map_or(true, |sent| sent.is_err()) {
+                        if !sent_in_time(send_timeout, send_own(&mut transport, outbox, metrics, OwnFrame::Pong(&bytes))).await {
                             return Ending::ConnectionLost;
                         }
                     }
@@ -157,12 +166,19 @@ async fn run<T: Transport>(
                         // Boxed: a refresh may fetch keys, and that future
                         // would otherwise be part of every idle socket's
                         // task (2,752 bytes instead of 1,392).
-                        match Box::pin(handle_client_text(&mut transport, &text, settings, &mut holder)).await {
-                            ClientTextOutcome::Continue => {}
-                            ClientTextOutcome::Refreshed => expiry
-                                .as_mut()
-                                .reset(expiry_instant(holder.expires_at, settings.leeway)),
+                        let reply = match Box::pin(handle_client_text(&text, settings, &mut holder)).await {
+                            ClientTextOutcome::Ignored => continue,
+                            ClientTextOutcome::Reply(reply) => reply,
+                            ClientTextOutcome::Refreshed(reply) => {
+                                expiry
+                                    .as_mut()
+                                    .reset(expiry_instant(holder.expires_at, settings.leeway));
+                                reply
+                            }
                             ClientTextOutcome::End(ending) => break ending,
+                        };
+                        if !sent_in_time(send_timeout, send_own(&mut transport, outbox, metrics, OwnFrame::Text(&reply))).await {
+                            return Ending::ConnectionLost;
                         }
                     }
                     Some(Ok(Message::Binary(_))) | Some(Ok(Message::Continuation(_))) => {
@@ -171,7 +187,7 @@ async fn run<T: Transport>(
                     }
                     Some(Ok(Message::Close(_))) => {
                         // Echo the close as RFC 6455 asks, then stop.
-                        let _ = timeout(send_timeout, transport.close(None)).await;
+                        let _ = timeout(send_timeout, send_close(&mut transport, outbox, metrics, None)).await;
                         return Ending::ClientClosed;
                     }
                     Some(Err(ProtocolError::Overflow)) => {
@@ -185,7 +201,7 @@ async fn run<T: Transport>(
                 if last_heard.elapsed() > settings.pong_timeout {
                     break Ending::Closed(CloseCode::PingTimeout, CloseNote::Standard);
                 }
-                if timeout(send_timeout, transport.ping()).await.map_or(true, |sent| sent.is_err()) {
+                if !sent_in_time(send_timeout, send_own(&mut transport, outbox, metrics, OwnFrame::Ping)).await {
                     return Ending::ConnectionLost;
                 }
             }
@@ -202,9 +218,74 @@ async fn run<T: Transport>(
             // The close frame's payload limit; actix would cut it too.
             description: Some(truncate_reason(description)),
         };
-        let _ = timeout(send_timeout, transport.close(Some(close))).await;
+        let _ = timeout(
+            send_timeout,
+            send_close(&mut transport, outbox, metrics, Some(close)),
+        )
+        .await;
     }
     ending
+}
+
+/// A frame of the socket task's own, besides the outbox's.
+enum OwnFrame<'a> {
+    Ping,
+    Pong(&'a [u8]),
+    Text(&'a str),
+}
+
+/// Whether `sending` succeeded within `limit`.
+async fn sent_in_time(limit: Duration, sending: impl Future<Output = io::Result<()>>) -> bool {
+    matches!(timeout(limit, sending).await, Ok(Ok(())))
+}
+
+/// Writes a frame of the task's own under a claim on the wire, so no
+/// pushed frame can be written in the middle of it.
+async fn send_own<T: Transport>(
+    transport: &mut T,
+    outbox: &Outbox,
+    metrics: &Metrics,
+    frame: OwnFrame<'_>,
+) -> io::Result<()> {
+    finish_pushed_frame(transport, outbox, metrics).await?;
+    match frame {
+        OwnFrame::Ping => transport.ping().await?,
+        OwnFrame::Pong(payload) => transport.pong(payload).await?,
+        OwnFrame::Text(text) => transport.send_text(text).await?,
+    }
+    outbox.release_wire();
+    Ok(())
+}
+
+/// Writes the close frame; the claim on the wire is never given back, so
+/// nothing follows the close.
+async fn send_close<T: Transport>(
+    transport: &mut T,
+    outbox: &Outbox,
+    metrics: &Metrics,
+    reason: Option<CloseReason>,
+) {
+    if finish_pushed_frame(transport, outbox, metrics)
+        .await
+        .is_ok()
+    {
+        transport.close(reason).await;
+    }
+}
+
+/// Claims the wire, first finishing a frame a push left partly written.
+async fn finish_pushed_frame<T: Transport>(
+    transport: &mut T,
+    outbox: &Outbox,
+    metrics: &Metrics,
+) -> io::Result<()> {
+    if let Some((frame, sent)) = outbox.claim_wire() {
+        transport
+            .send_texts(std::slice::from_ref(&frame), sent)
+            .await?;
+        metrics.frames_delivered.inc();
+    }
+    Ok(())
 }
 
 /// At most 123 bytes (the close frame's limit), cut at a character boundary.
@@ -231,53 +312,140 @@ fn expiry_instant(expires_at: u64, leeway: u64) -> Instant {
 }
 
 enum ClientTextOutcome {
-    Continue,
-    Refreshed,
+    Ignored,
+    Reply(String),
+    /// The token was refreshed (`holder` holds its expiry); the reply says so.
+    Refreshed(String),
     End(Ending),
 }
 
 /// The Channels consumer ignored whatever clients sent; so does the gateway,
 /// except an application-level ping browsers use to test liveness and an
 /// in-band token refresh that keeps the socket past its token's expiry.
-async fn handle_client_text<T: Transport>(
-    transport: &mut T,
+async fn handle_client_text(
     text: &str,
     settings: &SocketSettings,
     holder: &mut Holder,
 ) -> ClientTextOutcome {
-    let reply = match parse_client_frame(text) {
-        Ok(ClientFrame::Ping) => r#"{"type": "pong"}"#.to_string(),
+    match parse_client_frame(text) {
+        Ok(ClientFrame::Ping) => ClientTextOutcome::Reply(r#"{"type": "pong"}"#.to_string()),
         Ok(ClientFrame::Refresh { token }) => match settings.verifier.verify_fetching(&token).await
         {
             // The same user only: a refresh must not switch identities.
             Ok(identity) if identity.user_id == holder.user_id => {
                 holder.expires_at = identity.expires_at;
-                let reply = format!(
+                ClientTextOutcome::Refreshed(format!(
                     r#"{{"type": "refreshed", "expires_at": {}}}"#,
                     identity.expires_at
-                );
-                if transport.send_text(&reply).await.is_err() {
-                    return ClientTextOutcome::End(Ending::ConnectionLost);
-                }
-                return ClientTextOutcome::Refreshed;
+                ))
             }
             Ok(_) => {
-                return ClientTextOutcome::End(Ending::Closed(
-                    CloseCode::Forbidden,
-                    CloseNote::Standard,
-                ))
+                ClientTextOutcome::End(Ending::Closed(CloseCode::Forbidden, CloseNote::Standard))
             }
             Err(_) => {
-                return ClientTextOutcome::End(Ending::Closed(
-                    CloseCode::Unauthorized,
-                    CloseNote::Standard,
-                ))
+                ClientTextOutcome::End(Ending::Closed(CloseCode::Unauthorized, CloseNote::Standard))
             }
         },
-        Ok(_) | Err(_) => return ClientTextOutcome::Continue,
-    };
-    if transport.send_text(&reply).await.is_err() {
-        return ClientTextOutcome::End(Ending::ConnectionLost);
+        Ok(_) | Err(_) => ClientTextOutcome::Ignored,
     }
-    ClientTextOutcome::Continue
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{Wakeups, Wire, WrittenNow};
+    use bytestring::ByteString;
+
+    /// Records what the socket task writes, in order.
+    #[derive(Default)]
+    struct Recorder {
+        written: Vec<String>,
+    }
+
+    impl Transport for Recorder {
+        async fn send_texts(&mut self, frames: &[ByteString], first_sent: usize) -> io::Result<()> {
+            let mut from = first_sent;
+            for frame in frames {
+                self.written.push(format!("{frame} from byte {from}"));
+                from = 0;
+            }
+            Ok(())
+        }
+        async fn send_text(&mut self, text: &str) -> io::Result<()> {
+            self.written.push(text.to_string());
+            Ok(())
+        }
+        async fn ping(&mut self) -> io::Result<()> {
+            self.written.push("ping".into());
+            Ok(())
+        }
+        async fn pong(&mut self, _: &[u8]) -> io::Result<()> {
+            self.written.push("pong".into());
+            Ok(())
+        }
+        async fn close(&mut self, _: Option<CloseReason>) {
+            self.written.push("close".into());
+        }
+        async fn recv(&mut self) -> Option<Result<Message, ProtocolError>> {
+            std::future::pending().await
+        }
+    }
+
+    /// A connection that takes two bytes of whatever it is given.
+    struct TwoBytesWire;
+
+    impl Wire for TwoBytesWire {
+        fn write_now(&self, _: &[ByteString], first_sent: usize) -> WrittenNow {
+            WrittenNow {
+                whole: 0,
+                next_sent: first_sent + 2,
+            }
+        }
+    }
+
+    /// An outbox whose first frame a push left two bytes into.
+    fn half_written(frames: &[&str]) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox::new(8));
+        outbox.attach_wire(Arc::new(TwoBytesWire));
+        let mut wakeups = Wakeups::new();
+        for frame in frames {
+            outbox.push((*frame).into(), &mut wakeups);
+        }
+        wakeups.wake_all();
+        outbox
+    }
+
+    #[tokio::test]
+    async fn the_tasks_own_frames_wait_for_a_frame_a_push_left_half_written() {
+        let outbox = half_written(&["abcd", "ef"]);
+        let metrics = Metrics::new();
+        let mut transport = Recorder::default();
+        send_own(&mut transport, &outbox, &metrics, OwnFrame::Ping)
+            .await
+            .expect("sent");
+        send_own(&mut transport, &outbox, &metrics, OwnFrame::Text("reply"))
+            .await
+            .expect("sent");
+        assert_eq!(transport.written, ["abcd from byte 2", "ping", "reply"]);
+        assert_eq!(metrics.frames_delivered.get(), 1);
+        assert_eq!(
+            outbox.len(),
+            1,
+            "the next frame stays for the outbox's batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_follows_the_half_written_frame() {
+        let outbox = half_written(&["abcd", "ef"]);
+        outbox.close(CloseCode::SlowConsumer);
+        let metrics = Metrics::new();
+        let mut transport = Recorder::default();
+        send_close(&mut transport, &outbox, &metrics, None).await;
+        assert_eq!(transport.written, ["abcd from byte 2", "close"]);
+        assert_eq!(
+            outbox.push("late".into(), &mut Wakeups::new()),
+            crate::outbox::Pushed::Closed
+        );
+    }
 }

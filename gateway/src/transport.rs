@@ -7,7 +7,10 @@
 //!   upgrade hook took it from actix-http's HTTP/1 dispatcher. It keeps no
 //!   buffer while the socket is idle: reads land in a scratch array on the
 //!   stack and only a partial frame is kept; text frames are written straight
-//!   from the shared frame bytes with one vectored write per batch.
+//!   from the shared frame bytes with one vectored write per batch. On plain
+//!   TCP the connection is shared ([`SharedTcp`]) with the socket's outbox
+//!   as a [`Wire`], so a frame pushed to an idle socket is written by the
+//!   pusher at once; the outbox decides who writes when.
 //! - [`ActixWsTransport`] is actix-ws's session and message stream, behind the
 //!   dispatcher's two 8 KiB buffers, actix-ws's channel and its body task.
 //!
@@ -16,20 +19,27 @@
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
+use std::net::Shutdown;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use actix_http::ws::{CloseReason, Item, Message, OpCode, Parser, ProtocolError};
 use actix_ws::{MessageStream, Session};
 use bytes::BytesMut;
 use bytestring::ByteString;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::outbox::{Wire, WrittenNow};
 
 /// The frame operations the socket loop needs, whichever driver runs them.
 /// `recv` must be cancel-safe: the loop polls it inside `select!`.
 pub(crate) trait Transport {
-    /// Sends text frames in order, as few writes as the driver can manage.
-    async fn send_texts(&mut self, frames: &[ByteString]) -> io::Result<()>;
+    /// Sends text frames in order, as few writes as the driver can manage;
+    /// the first `first_sent` bytes of the first frame's wire form are
+    /// on the wire already (written through the [`Wire`]).
+    async fn send_texts(&mut self, frames: &[ByteString], first_sent: usize) -> io::Result<()>;
     async fn send_text(&mut self, text: &str) -> io::Result<()>;
     async fn ping(&mut self) -> io::Result<()>;
     async fn pong(&mut self, payload: &[u8]) -> io::Result<()>;
@@ -37,6 +47,11 @@ pub(crate) trait Transport {
     async fn close(&mut self, reason: Option<CloseReason>);
     /// The next frame from the client; `None` once the connection is gone.
     async fn recv(&mut self) -> Option<Result<Message, ProtocolError>>;
+    /// The connection as a [`Wire`] others may write frames to at once, if
+    /// the driver can share it.
+    fn wire(&self) -> Option<Arc<dyn Wire>> {
+        None
+    }
 }
 
 fn disconnected() -> io::Error {
@@ -59,7 +74,8 @@ impl ActixWsTransport {
 }
 
 impl Transport for ActixWsTransport {
-    async fn send_texts(&mut self, frames: &[ByteString]) -> io::Result<()> {
+    async fn send_texts(&mut self, frames: &[ByteString], _first_sent: usize) -> io::Result<()> {
+        // actix-ws's connection has no wire: nothing is ever partly sent.
         for frame in frames {
             self.session
                 .text(frame.clone())
@@ -108,6 +124,8 @@ pub(crate) struct DirectTransport<IO> {
     /// the socket is idle.
     partial: BytesMut,
     max_frame: usize,
+    /// The same connection, for pushes to write to at once.
+    wire: Option<Arc<dyn Wire>>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
@@ -121,16 +139,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
                 already_read
             },
             max_frame,
+            wire: None,
         }
     }
 
-    /// Writes whole frames: `frames` payloads, each after its header.
+    /// Writes whole frames: `frames` payloads, each after its header, the
+    /// first one from byte `first_sent` of its wire form on.
     async fn write_frames<F: AsRef<[u8]>>(
         &mut self,
         opcode: OpCode,
         frames: &[F],
+        first_sent: usize,
     ) -> io::Result<()> {
-        let mut position = FramePosition::default();
+        let mut position = FramePosition {
+            frame: 0,
+            offset: first_sent,
+        };
         poll_fn(|cx| self.poll_write_frames(cx, opcode, frames, &mut position)).await
     }
 
@@ -142,42 +166,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
         position: &mut FramePosition,
     ) -> Poll<io::Result<()>> {
         while position.frame < frames.len() {
-            let batch_end = frames.len().min(position.frame + FRAMES_PER_WRITE);
-            let batch = &frames[position.frame..batch_end];
-            let mut headers = [FrameHeader::EMPTY; FRAMES_PER_WRITE];
-            let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
-            for (index, payload) in batch.iter().enumerate() {
-                headers[index] = FrameHeader::new(opcode, payload.as_ref().len());
-            }
-            let mut used = 0;
-            for (index, payload) in batch.iter().enumerate() {
-                let payload = payload.as_ref();
-                let header = headers[index].as_bytes();
-                // The first frame may be partly written already.
-                let skip = if index == 0 { position.offset } else { 0 };
-                if skip < header.len() {
-                    slices[used] = IoSlice::new(&header[skip..]);
-                    used += 1;
-                    slices[used] = IoSlice::new(payload);
-                    used += 1;
-                } else {
-                    let payload_skip = skip - header.len();
-                    slices[used] = IoSlice::new(&payload[payload_skip..]);
-                    used += 1;
-                }
-            }
-            let written = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..used]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(written)) => written,
-                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => return Poll::Pending,
-            };
-            position.advance(
-                written,
-                batch.iter().enumerate().map(|(index, payload)| {
-                    headers[index].as_bytes().len() + payload.as_ref().len()
-                }),
-            );
+            ready!(write_step(opcode, frames, position, |slices| {
+                Pin::new(&mut self.io).poll_write_vectored(cx, slices)
+            }))?;
         }
         Pin::new(&mut self.io).poll_flush(cx)
     }
@@ -234,21 +225,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
     }
 }
 
+impl DirectTransport<SharedTcp> {
+    /// A plain TCP connection, shared with the socket's outbox as its wire.
+    pub(crate) fn shared_tcp(stream: TcpStream, already_read: BytesMut, max_frame: usize) -> Self {
+        let stream = Arc::new(stream);
+        let mut transport =
+            DirectTransport::new(SharedTcp(stream.clone()), already_read, max_frame);
+        transport.wire = Some(stream);
+        transport
+    }
+}
+
 impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for DirectTransport<IO> {
-    async fn send_texts(&mut self, frames: &[ByteString]) -> io::Result<()> {
-        self.write_frames(OpCode::Text, frames).await
+    async fn send_texts(&mut self, frames: &[ByteString], first_sent: usize) -> io::Result<()> {
+        self.write_frames(OpCode::Text, frames, first_sent).await
     }
 
     async fn send_text(&mut self, text: &str) -> io::Result<()> {
-        self.write_frames(OpCode::Text, &[text]).await
+        self.write_frames(OpCode::Text, &[text], 0).await
     }
 
     async fn ping(&mut self) -> io::Result<()> {
-        self.write_frames(OpCode::Ping, &[b""]).await
+        self.write_frames(OpCode::Ping, &[b""], 0).await
     }
 
     async fn pong(&mut self, payload: &[u8]) -> io::Result<()> {
-        self.write_frames(OpCode::Pong, &[payload]).await
+        self.write_frames(OpCode::Pong, &[payload], 0).await
     }
 
     async fn close(&mut self, reason: Option<CloseReason>) {
@@ -259,7 +261,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for DirectTransport<IO> {
                 payload.extend_from_slice(description.as_bytes());
             }
         }
-        if self.write_frames(OpCode::Close, &[&payload]).await.is_ok() {
+        if self
+            .write_frames(OpCode::Close, &[&payload], 0)
+            .await
+            .is_ok()
+        {
             let _ = poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await;
         }
     }
@@ -278,6 +284,144 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for DirectTransport<IO> {
             }
         }
     }
+
+    fn wire(&self) -> Option<Arc<dyn Wire>> {
+        self.wire.clone()
+    }
+}
+
+/// A TCP connection its socket task reads and writes through while the
+/// outbox holds it too, as the [`Wire`] pushes write to at once. tokio's
+/// readiness calls and `try_*` I/O take `&TcpStream`, so both can use one
+/// stream; the outbox makes sure only one of them writes at a time.
+pub(crate) struct SharedTcp(Arc<TcpStream>);
+
+impl AsyncRead for SharedTcp {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buffer.initialize_unfilled()) {
+                Ok(read) => {
+                    buffer.advance(read);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; `try_read` cleared it, so the next
+                // readiness poll waits for the kernel.
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(bytes)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(slices) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                written => return Poll::Ready(written),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(self.0.as_ref()).shutdown(Shutdown::Write))
+    }
+}
+
+impl Wire for TcpStream {
+    fn write_now(&self, frames: &[ByteString], first_sent: usize) -> WrittenNow {
+        let mut position = FramePosition {
+            frame: 0,
+            offset: first_sent,
+        };
+        while position.frame < frames.len() {
+            let step = write_step(OpCode::Text, frames, &mut position, |slices| {
+                match self.try_write_vectored(slices) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+                    written => Poll::Ready(written),
+                }
+            });
+            if !matches!(step, Poll::Ready(Ok(()))) {
+                break;
+            }
+        }
+        WrittenNow {
+            whole: position.frame,
+            next_sent: position.offset,
+        }
+    }
+}
+
+/// One vectored write of up to `FRAMES_PER_WRITE` frames from `position`
+/// on (`write` does it), moving `position` past what it wrote.
+fn write_step<F: AsRef<[u8]>>(
+    opcode: OpCode,
+    frames: &[F],
+    position: &mut FramePosition,
+    write: impl FnOnce(&[IoSlice<'_>]) -> Poll<io::Result<usize>>,
+) -> Poll<io::Result<()>> {
+    let batch_end = frames.len().min(position.frame + FRAMES_PER_WRITE);
+    let batch = frames.get(position.frame..batch_end).unwrap_or_default();
+    let mut headers = [FrameHeader::EMPTY; FRAMES_PER_WRITE];
+    let mut slices = [IoSlice::new(&[]); FRAMES_PER_WRITE * 2];
+    for (index, payload) in batch.iter().enumerate() {
+        headers[index] = FrameHeader::new(opcode, payload.as_ref().len());
+    }
+    let mut used = 0;
+    for (index, payload) in batch.iter().enumerate() {
+        let payload = payload.as_ref();
+        let header = headers[index].as_bytes();
+        // The first frame may be partly written already.
+        let skip = if index == 0 { position.offset } else { 0 };
+        if skip < header.len() {
+            slices[used] = IoSlice::new(&header[skip..]);
+            used += 1;
+            slices[used] = IoSlice::new(payload);
+            used += 1;
+        } else {
+            slices[used] = IoSlice::new(&payload[skip - header.len()..]);
+            used += 1;
+        }
+    }
+    let written = match ready!(write(&slices[..used])) {
+        Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+        Ok(written) => written,
+        Err(error) => return Poll::Ready(Err(error)),
+    };
+    position.advance(
+        written,
+        batch
+            .iter()
+            .enumerate()
+            .map(|(index, payload)| headers[index].as_bytes().len() + payload.as_ref().len()),
+    );
+    Poll::Ready(Ok(()))
 }
 
 /// How far a multi-frame write has got: the frame, and bytes into it
@@ -438,7 +582,7 @@ mod tests {
         let big = "x".repeat(300);
         let frames: Vec<ByteString> = vec!["a".into(), big.as_str().into(), "bc".into()];
         let writer = tokio::spawn(async move {
-            transport.send_texts(&frames).await.unwrap();
+            transport.send_texts(&frames, 0).await.unwrap();
         });
         let mut expected = vec![0x81, 1, b'a', 0x81, 126, 1, 44];
         expected.extend_from_slice(big.as_bytes());
@@ -518,6 +662,61 @@ mod tests {
                 .collect();
             proptest::prop_assert_eq!(got, texts);
         }
+    }
+
+    /// Reads one unmasked frame: (opcode, payload).
+    async fn read_server_frame(client: &mut (impl AsyncReadExt + Unpin)) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        let len = match head[1] {
+            126 => u64::from(client.read_u16().await.unwrap()),
+            127 => client.read_u64().await.unwrap(),
+            short => u64::from(short),
+        };
+        let mut payload = vec![0u8; len as usize];
+        client.read_exact(&mut payload).await.unwrap();
+        (head[0] & 0x0f, payload)
+    }
+
+    #[tokio::test]
+    async fn the_wire_and_the_task_share_a_tcp_connection_without_tearing_frames() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut transport = DirectTransport::shared_tcp(server, BytesMut::new(), 4096);
+        let wire = transport.wire().expect("plain TCP is shared");
+        let small: Vec<ByteString> = vec!["a".into(), "bc".into()];
+        assert_eq!(
+            wire.write_now(&small, 0),
+            WrittenNow {
+                whole: 2,
+                next_sent: 0
+            }
+        );
+        // More than the kernel's buffers hold: the wire stops mid-frame.
+        let big = ByteString::from("x".repeat(256 * 1024));
+        let frames = vec![big.clone(); 64];
+        let now = wire.write_now(&frames, 0);
+        assert!(now.whole < frames.len(), "the buffers filled up");
+        let rest = frames[now.whole..].to_vec();
+        let writer = tokio::spawn(async move {
+            transport.send_texts(&rest, now.next_sent).await.unwrap();
+            transport.ping().await.unwrap();
+        });
+        assert_eq!(read_server_frame(&mut client).await, (1, b"a".to_vec()));
+        assert_eq!(read_server_frame(&mut client).await, (1, b"bc".to_vec()));
+        for index in 0..frames.len() {
+            let (opcode, payload) = read_server_frame(&mut client).await;
+            assert_eq!(opcode, 1, "frame {index}");
+            assert!(
+                payload[..] == big.as_bytes()[..],
+                "frame {index} arrived whole"
+            );
+        }
+        assert_eq!(read_server_frame(&mut client).await, (9, Vec::new()));
+        writer.await.unwrap();
     }
 
     #[test]

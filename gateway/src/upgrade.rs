@@ -8,7 +8,9 @@
 //! the bare connection, drops the dispatcher's two 8 KiB buffers and serves
 //! the socket on a task of its own, sized for the socket loop alone (the
 //! connection's task, with the request and the handshake's state, ends): an
-//! idle socket then costs what its own state costs. It must not
+//! idle socket then costs what its own state costs. A plain TCP connection
+//! is kept shared, so pushes can write to it at once (`transport::SharedTcp`);
+//! a TLS one is not (its record state belongs to one writer). It must not
 //! judge handshakes itself (that is `http`) or frame WebSocket messages
 //! (that is `transport`).
 
@@ -20,11 +22,35 @@ use actix_codec::Framed;
 use actix_http::body::BodySize;
 use actix_http::h1::{Codec, Message};
 use actix_http::{Request, Response};
-use bytes::Bytes;
+use actix_tls::accept::rustls_0_23::TlsStream;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::http::{decide, switching_protocols, Gateway, Refused, Verdict};
-use crate::transport::DirectTransport;
+use crate::transport::{DirectTransport, SharedTcp};
+
+/// A connection the direct driver accepts, and how its socket keeps it
+/// once upgraded.
+pub(crate) trait Connection: AsyncRead + AsyncWrite + Unpin + 'static {
+    type Kept: AsyncRead + AsyncWrite + Unpin + 'static;
+    /// `already_read`: bytes the HTTP parser read past the handshake.
+    fn keep(self, already_read: BytesMut, max_frame: usize) -> DirectTransport<Self::Kept>;
+}
+
+impl Connection for TcpStream {
+    type Kept = SharedTcp;
+    fn keep(self, already_read: BytesMut, max_frame: usize) -> DirectTransport<SharedTcp> {
+        DirectTransport::shared_tcp(self, already_read, max_frame)
+    }
+}
+
+impl Connection for TlsStream<TcpStream> {
+    type Kept = Self;
+    fn keep(self, already_read: BytesMut, max_frame: usize) -> DirectTransport<Self> {
+        DirectTransport::new(self, already_read, max_frame)
+    }
+}
 
 /// The paths a WebSocket may open on, with or without the trailing slash.
 pub(crate) fn is_socket_path(path: &str) -> bool {
@@ -35,14 +61,11 @@ pub(crate) fn is_socket_path(path: &str) -> bool {
 /// socket to a task of its own. That task holds only the socket's state;
 /// this one (with the request, the handshake's futures and the dispatcher
 /// around them) ends here. Errors only mean the client went away mid-answer.
-pub(crate) async fn take_over<IO>(
+pub(crate) async fn take_over<IO: Connection>(
     gateway: &Arc<Gateway>,
     request: Request,
     mut framed: Framed<IO, Codec>,
-) -> std::io::Result<()>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + 'static,
-{
+) -> std::io::Result<()> {
     let head = request.head();
     if !is_socket_path(request.path()) {
         return refuse(&mut framed, Refused::not_found()).await;
@@ -59,21 +82,14 @@ where
 
 /// Sends the 101 answer and keeps the bare connection plus whatever the
 /// client sent after its handshake; the codec's buffers are dropped here.
-async fn upgrade<IO>(
+async fn upgrade<IO: Connection>(
     mut framed: Framed<IO, Codec>,
     answer: Response<()>,
     gateway: &Gateway,
-) -> std::io::Result<DirectTransport<IO>>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
+) -> std::io::Result<DirectTransport<IO::Kept>> {
     send(&mut framed, Message::Item((answer, BodySize::None))).await?;
     let parts = framed.into_parts();
-    Ok(DirectTransport::new(
-        parts.io,
-        parts.read_buf,
-        gateway.max_inbound_frame,
-    ))
+    Ok(parts.io.keep(parts.read_buf, gateway.max_inbound_frame))
 }
 
 async fn refuse<IO>(framed: &mut Framed<IO, Codec>, refused: Refused) -> std::io::Result<()>

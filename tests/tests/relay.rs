@@ -380,6 +380,42 @@ async fn a_slow_reader_is_closed_with_4004_and_others_are_not_slowed() {
     );
 }
 
+/// Frames far bigger than the kernel's socket buffers: writes stop
+/// mid-frame, the socket's task finishes them, and its pings go between
+/// whole frames only (a torn frame would fail the client's parser).
+#[tokio::test]
+async fn frames_larger_than_the_socket_buffers_arrive_whole_in_order_between_pings() {
+    let mut stack = stack_with(|config| {
+        config
+            .ping_interval("100ms")
+            .pong_timeout("30s")
+            .line("server", "outbound_queue = 1024")
+    })
+    .await;
+    let mut reader = connect(&stack.gateway, 73).await;
+    const FRAMES: usize = 120;
+    let filler = "z".repeat(100 * 1024);
+    for index in 0..FRAMES {
+        stack
+            .notify("user_73", &format!("\"{index:03}{filler}\""))
+            .await;
+    }
+    // Not reading yet: the buffers fill and pings come due meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for index in 0..FRAMES {
+        let text = reader.recv_text(WAIT).await.expect("every frame arrives");
+        assert_eq!(
+            text,
+            format!("{{\"message\": \"{index:03}{filler}\"}}"),
+            "frame {index} whole and in order"
+        );
+    }
+    assert_eq!(
+        metric(&stack.gateway, "gateway_frames_delivered_total ").await,
+        FRAMES as f64
+    );
+}
+
 #[tokio::test]
 async fn a_peer_that_stops_answering_pings_is_dropped() {
     let stack = stack_with(|config| config.ping_interval("200ms").pong_timeout("1s")).await;

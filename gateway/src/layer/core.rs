@@ -262,7 +262,7 @@ async fn receive(receiver: Receiver) {
     } = receiver;
     tracing::info!(thread = super::thread_name(), "receiving");
     let mut backlog = false;
-    let mut wakeups = Wakeups::new();
+    let mut wakeups = Wakeups::counting(metrics.frames_delivered.clone());
     loop {
         let block = (!backlog).then_some(RECEIVE_BLOCK);
         let pop = host.pop_queue(&queue_key, batch, block);

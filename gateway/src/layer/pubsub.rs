@@ -208,7 +208,7 @@ async fn receive(
     stop: Shutdown,
 ) {
     let mut messages = subscriber.messages();
-    let mut wakeups = Wakeups::new();
+    let mut wakeups = Wakeups::counting(metrics.frames_delivered.clone());
     tracing::info!(
         thread = super::thread_name(),
         host = subscriber.label(),
