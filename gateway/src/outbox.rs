@@ -555,15 +555,22 @@ mod tests {
         assert_eq!(outbox.len(), 2);
     }
 
+    /// An outbox with `frames` pushed as one run and given to a wire with
+    /// room for `room` bytes.
+    fn given_to_wire(room: usize, frames: &[&str]) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox::new(8));
+        outbox.attach_wire(TestWire::with_room(room));
+        let mut wakeups = Wakeups::new();
+        for frame in frames {
+            outbox.push((*frame).into(), &mut wakeups);
+        }
+        wakeups.wake_all();
+        outbox
+    }
+
     #[tokio::test]
     async fn a_claim_first_hands_over_a_partly_written_frame() {
-        let outbox = Arc::new(Outbox::new(8));
-        let wire = TestWire::with_room(2);
-        outbox.attach_wire(wire.clone());
-        let mut wakeups = Wakeups::new();
-        outbox.push("abcd".into(), &mut wakeups);
-        outbox.push("ef".into(), &mut wakeups);
-        wakeups.wake_all();
+        let outbox = given_to_wire(2, &["abcd", "ef"]);
         assert_eq!(outbox.claim_wire(), Some(("abcd".into(), 2)));
         assert_eq!(outbox.claim_wire(), None, "handed over once");
         assert_eq!(outbox.len(), 1, "the rest stays queued for the task");
@@ -571,13 +578,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_keeps_a_partly_written_frame_for_the_task_to_finish() {
-        let outbox = Arc::new(Outbox::new(8));
-        let wire = TestWire::with_room(1);
-        outbox.attach_wire(wire.clone());
-        let mut wakeups = Wakeups::new();
-        outbox.push("abcd".into(), &mut wakeups);
-        outbox.push("ef".into(), &mut wakeups);
-        wakeups.wake_all();
+        let outbox = given_to_wire(1, &["abcd", "ef"]);
         outbox.close(CloseCode::SlowConsumer);
         assert!(matches!(
             outbox.next(&mut VecDeque::new()).await,

@@ -152,10 +152,7 @@ impl Registry {
     /// Runs `deliver` on a socket's outbox without cloning it; `None` when
     /// no local socket has that id.
     pub fn with_conn<R>(&self, conn: ConnId, deliver: impl FnOnce(&Arc<Outbox>) -> R) -> Option<R> {
-        self.shard(conn)
-            .read()
-            .get(&conn)
-            .map(deliver)
+        self.shard(conn).read().get(&conn).map(deliver)
     }
 
     /// Groups with at least one local socket.

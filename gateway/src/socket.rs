@@ -9,7 +9,6 @@
 //! must not decode Redis payloads or decide group membership.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,7 +155,7 @@ async fn run<T: Transport>(
                 match message {
                     None => return Ending::ConnectionLost,
                     Some(Ok(Message::Ping(bytes))) => {
-                        if !sent_in_time(send_timeout, send_own(&mut transport, outbox, metrics, OwnFrame::Pong(&bytes))).await {
+                        if !send_own_in_time(&mut transport, outbox, metrics, OwnFrame::Pong(&bytes), send_timeout).await {
                             return Ending::ConnectionLost;
                         }
                     }
@@ -177,7 +176,7 @@ async fn run<T: Transport>(
                             }
                             ClientTextOutcome::End(ending) => break ending,
                         };
-                        if !sent_in_time(send_timeout, send_own(&mut transport, outbox, metrics, OwnFrame::Text(&reply))).await {
+                        if !send_own_in_time(&mut transport, outbox, metrics, OwnFrame::Text(&reply), send_timeout).await {
                             return Ending::ConnectionLost;
                         }
                     }
@@ -187,7 +186,7 @@ async fn run<T: Transport>(
                     }
                     Some(Ok(Message::Close(_))) => {
                         // Echo the close as RFC 6455 asks, then stop.
-                        let _ = timeout(send_timeout, send_close(&mut transport, outbox, metrics, None)).await;
+                        send_close_in_time(&mut transport, outbox, metrics, None, send_timeout).await;
                         return Ending::ClientClosed;
                     }
                     Some(Err(ProtocolError::Overflow)) => {
@@ -201,7 +200,7 @@ async fn run<T: Transport>(
                 if last_heard.elapsed() > settings.pong_timeout {
                     break Ending::Closed(CloseCode::PingTimeout, CloseNote::Standard);
                 }
-                if !sent_in_time(send_timeout, send_own(&mut transport, outbox, metrics, OwnFrame::Ping)).await {
+                if !send_own_in_time(&mut transport, outbox, metrics, OwnFrame::Ping, send_timeout).await {
                     return Ending::ConnectionLost;
                 }
             }
@@ -218,11 +217,7 @@ async fn run<T: Transport>(
             // The close frame's payload limit; actix would cut it too.
             description: Some(truncate_reason(description)),
         };
-        let _ = timeout(
-            send_timeout,
-            send_close(&mut transport, outbox, metrics, Some(close)),
-        )
-        .await;
+        send_close_in_time(&mut transport, outbox, metrics, Some(close), send_timeout).await;
     }
     ending
 }
@@ -234,9 +229,33 @@ enum OwnFrame<'a> {
     Text(&'a str),
 }
 
-/// Whether `sending` succeeded within `limit`.
-async fn sent_in_time(limit: Duration, sending: impl Future<Output = io::Result<()>>) -> bool {
-    matches!(timeout(limit, sending).await, Ok(Ok(())))
+/// Whether a frame of the task's own was written within `limit`. Boxed,
+/// like every rare path of the socket loop: inline, this future (a timer and
+/// two writes) would be part of every idle socket's task.
+async fn send_own_in_time<T: Transport>(
+    transport: &mut T,
+    outbox: &Outbox,
+    metrics: &Metrics,
+    frame: OwnFrame<'_>,
+    limit: Duration,
+) -> bool {
+    let sending = Box::pin(timeout(limit, send_own(transport, outbox, metrics, frame)));
+    matches!(sending.await, Ok(Ok(())))
+}
+
+/// [`send_close`] within `limit`; boxed for the same reason.
+async fn send_close_in_time<T: Transport>(
+    transport: &mut T,
+    outbox: &Outbox,
+    metrics: &Metrics,
+    reason: Option<CloseReason>,
+    limit: Duration,
+) {
+    let _ = Box::pin(timeout(
+        limit,
+        send_close(transport, outbox, metrics, reason),
+    ))
+    .await;
 }
 
 /// Writes a frame of the task's own under a claim on the wire, so no

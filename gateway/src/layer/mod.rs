@@ -20,10 +20,11 @@ use crate::config::LayerConfig;
 use crate::redis::{RedisError, RedisHost};
 use crate::router::Router;
 
-/// How long a receiver may hold back the wake-ups of the sockets it is
-/// routing a run of payloads to (see `outbox::Wakeups`): when payloads queue
-/// up, long enough for a broadcast's sockets to get several frames per
-/// write; short next to what a notification may take end to end.
+/// How long a receiver may hold back the wake-ups of the socket tasks it is
+/// routing a run of payloads to (see `outbox::Wakeups`; the sockets it
+/// writes to itself wait for the end of the run): when payloads queue up,
+/// long enough for a broadcast's sockets to get several frames per write;
+/// short next to what a notification may take end to end.
 pub const WAKE_WINDOW: Duration = Duration::from_millis(2);
 
 /// The current thread's name, for the log line that says where a receiver
