@@ -168,10 +168,10 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// How many socket worker threads to start: `workers`, or for 0 one per
     /// core the process may use but one, at least one. The receiver routes
-    /// on the first socket thread, and its own sockets are woken without a
-    /// hand-off between threads; on 2 cores shared with Redis and the
-    /// clients, one socket thread delivered 1.3–1.4× the broadcast frames of
-    /// two (`docs/benchmarks.md`). The main thread keeps the membership
+    /// on the first socket thread and writes frames to waiting sockets of
+    /// every thread itself; on 2 cores shared with Redis and the clients,
+    /// one socket thread and two deliver about as many broadcast frames
+    /// (`docs/benchmarks.md`), and the main thread keeps the membership
     /// writer, the keeper and the canary.
     pub fn socket_workers(&self) -> usize {
         if self.workers > 0 {
