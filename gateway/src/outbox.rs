@@ -93,13 +93,14 @@ pub struct Outbox {
 struct State {
     frames: VecDeque<ByteString>,
     close: Option<(CloseCode, CloseNote)>,
-    /// Where a push may write at once; none until the socket task attaches
-    /// it, and none again once the task ends.
+    /// Where the giver of a run's wake-ups may write; none until the socket
+    /// task attaches it, and none again once the task ends.
     wire: Option<Arc<dyn Wire>>,
-    /// The socket task is writing (or has ended): pushes queue.
+    /// The socket task is writing (or has ended): nobody else writes.
     task_holds_wire: bool,
-    /// Bytes of `frames[0]` already written by a push that the connection
-    /// took only part of; the rest must go out before anything else.
+    /// Bytes of `frames[0]` already written by a giver of wake-ups that the
+    /// connection took only part of; the rest must go out before anything
+    /// else.
     head_sent: usize,
 }
 
@@ -201,15 +202,15 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// Lets pushes write at once to `wire`, from now on.
+    /// Lets the giver of a run's wake-ups write to `wire` from now on.
     pub fn attach_wire(&self, wire: Arc<dyn Wire>) {
         self.state.lock().wire = Some(wire);
     }
 
     /// For a write of the socket task's own (a ping, a reply, the close):
-    /// pushes queue until [`Outbox::release_wire`]. Returns a frame a push
-    /// left partly written, with the bytes of it already sent: the task
-    /// must finish it first.
+    /// nobody else writes until [`Outbox::release_wire`]. Returns a frame
+    /// the giver of wake-ups left partly written, with the bytes of it
+    /// already sent: the task must finish it first.
     pub fn claim_wire(&self) -> Option<(ByteString, usize)> {
         let mut state = self.state.lock();
         state.task_holds_wire = true;
@@ -221,7 +222,8 @@ impl Outbox {
         }
     }
 
-    /// The socket task's write is done: pushes may write at once again.
+    /// The socket task's write is done: the giver of wake-ups may write
+    /// again.
     pub fn release_wire(&self) {
         self.state.lock().task_holds_wire = false;
     }
@@ -442,6 +444,7 @@ mod tests {
         drop(wakeups);
         assert!(matches!(reader.await.expect("reader"), Next::Frames { .. }));
     }
+
     /// A wire that takes `room` bytes in all, a frame's wire form being
     /// just its text here.
     struct TestWire {

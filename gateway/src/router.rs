@@ -346,7 +346,6 @@ impl Router {
                 Pushed::Closed => closed += 1,
             }
         });
-
         self.count_drops(DropReason::SlowConsumer, slow);
         self.count_drops(DropReason::NoLocalSocket, closed + missing);
     }

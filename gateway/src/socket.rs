@@ -259,7 +259,7 @@ async fn send_close_in_time<T: Transport>(
 }
 
 /// Writes a frame of the task's own under a claim on the wire, so no
-/// pushed frame can be written in the middle of it.
+/// frame of the outbox can be written in the middle of it.
 async fn send_own<T: Transport>(
     transport: &mut T,
     outbox: &Outbox,
@@ -292,7 +292,8 @@ async fn send_close<T: Transport>(
     }
 }
 
-/// Claims the wire, first finishing a frame a push left partly written.
+/// Claims the wire, first finishing a frame the receiver left partly
+/// written.
 async fn finish_pushed_frame<T: Transport>(
     transport: &mut T,
     outbox: &Outbox,

@@ -9,8 +9,8 @@
 //!   stack and only a partial frame is kept; text frames are written straight
 //!   from the shared frame bytes with one vectored write per batch. On plain
 //!   TCP the connection is shared ([`SharedTcp`]) with the socket's outbox
-//!   as a [`Wire`], so a frame pushed to an idle socket is written by the
-//!   pusher at once; the outbox decides who writes when.
+//!   as a [`Wire`], so the receiver writes a run's frames to a waiting
+//!   socket itself; the outbox decides who writes when.
 //! - [`ActixWsTransport`] is actix-ws's session and message stream, behind the
 //!   dispatcher's two 8 KiB buffers, actix-ws's channel and its body task.
 //!
@@ -47,8 +47,8 @@ pub(crate) trait Transport {
     async fn close(&mut self, reason: Option<CloseReason>);
     /// The next frame from the client; `None` once the connection is gone.
     async fn recv(&mut self) -> Option<Result<Message, ProtocolError>>;
-    /// The connection as a [`Wire`] others may write frames to at once, if
-    /// the driver can share it.
+    /// The connection as a [`Wire`] the receiver may write frames to, if the
+    /// driver can share it.
     fn wire(&self) -> Option<Arc<dyn Wire>> {
         None
     }
@@ -124,7 +124,7 @@ pub(crate) struct DirectTransport<IO> {
     /// the socket is idle.
     partial: BytesMut,
     max_frame: usize,
-    /// The same connection, for pushes to write to at once.
+    /// The same connection, for the receiver to write a run's frames to.
     wire: Option<Arc<dyn Wire>>,
 }
 
@@ -291,7 +291,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for DirectTransport<IO> {
 }
 
 /// A TCP connection its socket task reads and writes through while the
-/// outbox holds it too, as the [`Wire`] pushes write to at once. tokio's
+/// outbox holds it too, as the [`Wire`] the receiver writes to. tokio's
 /// readiness calls and `try_*` I/O take `&TcpStream`, so both can use one
 /// stream; the outbox makes sure only one of them writes at a time.
 pub(crate) struct SharedTcp(Arc<TcpStream>);
