@@ -350,8 +350,82 @@ impl Drop for Wakeups {
     }
 }
 
+/// An outbox's wire for tests, shared with the socket loop's tests.
+#[cfg(test)]
+pub(crate) mod test_wire {
+    use super::*;
+
+    /// A wire that takes `room` bytes in all, a frame's wire form being
+    /// just its text here.
+    pub(crate) struct TestWire {
+        taken: Mutex<String>,
+        room: Mutex<usize>,
+    }
+
+    impl TestWire {
+        pub(crate) fn with_room(room: usize) -> Arc<TestWire> {
+            Arc::new(TestWire {
+                taken: Mutex::new(String::new()),
+                room: Mutex::new(room),
+            })
+        }
+
+        pub(crate) fn taken(&self) -> String {
+            self.taken.lock().clone()
+        }
+
+        pub(crate) fn make_room(&self, room: usize) {
+            *self.room.lock() = room;
+        }
+    }
+
+    impl Wire for TestWire {
+        fn write_now(&self, frames: &[ByteString], first_sent: usize) -> WrittenNow {
+            let mut room = self.room.lock();
+            let mut sent = first_sent;
+            for (index, frame) in frames.iter().enumerate() {
+                let rest = &frame[sent..];
+                let take = rest.len().min(*room);
+                self.taken.lock().push_str(&rest[..take]);
+                *room -= take;
+                if take < rest.len() {
+                    return WrittenNow {
+                        whole: index,
+                        next_sent: sent + take,
+                    };
+                }
+                sent = 0;
+            }
+            WrittenNow {
+                whole: frames.len(),
+                next_sent: 0,
+            }
+        }
+    }
+
+    /// An outbox attached to a [`TestWire`] with room for `room` bytes.
+    pub(crate) fn on_wire(room: usize) -> (Arc<Outbox>, Arc<TestWire>) {
+        let outbox = Arc::new(Outbox::new(8));
+        let wire = TestWire::with_room(room);
+        outbox.attach_wire(wire.clone());
+        (outbox, wire)
+    }
+
+    /// [`on_wire`], with `frames` pushed as one run and given.
+    pub(crate) fn given_to_wire(room: usize, frames: &[&str]) -> Arc<Outbox> {
+        let (outbox, _) = on_wire(room);
+        let mut wakeups = Wakeups::new();
+        for frame in frames {
+            outbox.push((*frame).into(), &mut wakeups);
+        }
+        wakeups.wake_all();
+        outbox
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_wire::{given_to_wire, on_wire};
     use super::*;
 
     #[tokio::test]
@@ -445,67 +519,31 @@ mod tests {
         assert!(matches!(reader.await.expect("reader"), Next::Frames { .. }));
     }
 
-    /// A wire that takes `room` bytes in all, a frame's wire form being
-    /// just its text here.
-    struct TestWire {
-        taken: Mutex<String>,
-        room: Mutex<usize>,
-    }
-
-    impl TestWire {
-        fn with_room(room: usize) -> Arc<TestWire> {
-            Arc::new(TestWire {
-                taken: Mutex::new(String::new()),
-                room: Mutex::new(room),
+    /// [`on_wire`], and a socket task waiting on the outbox that returns
+    /// what it was given.
+    async fn with_waiting_reader(
+        room: usize,
+    ) -> (
+        Arc<Outbox>,
+        Arc<super::test_wire::TestWire>,
+        tokio::task::JoinHandle<(Next, Vec<ByteString>)>,
+    ) {
+        let (outbox, wire) = on_wire(room);
+        let reader = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut batch = VecDeque::new();
+                let next = outbox.next(&mut batch).await;
+                (next, batch.into())
             })
-        }
-
-        fn taken(&self) -> String {
-            self.taken.lock().clone()
-        }
-    }
-
-    impl Wire for TestWire {
-        fn write_now(&self, frames: &[ByteString], first_sent: usize) -> WrittenNow {
-            let mut room = self.room.lock();
-            let mut sent = first_sent;
-            for (index, frame) in frames.iter().enumerate() {
-                let rest = &frame[sent..];
-                let take = rest.len().min(*room);
-                self.taken.lock().push_str(&rest[..take]);
-                *room -= take;
-                if take < rest.len() {
-                    return WrittenNow {
-                        whole: index,
-                        next_sent: sent + take,
-                    };
-                }
-                sent = 0;
-            }
-            WrittenNow {
-                whole: frames.len(),
-                next_sent: 0,
-            }
-        }
-    }
-
-    /// A socket task waiting on `outbox`, returning what it was given.
-    fn waiting_reader(outbox: &Arc<Outbox>) -> tokio::task::JoinHandle<(Next, Vec<ByteString>)> {
-        let outbox = outbox.clone();
-        tokio::spawn(async move {
-            let mut batch = VecDeque::new();
-            let next = outbox.next(&mut batch).await;
-            (next, batch.into())
-        })
+        };
+        until_waiting(&outbox).await;
+        (outbox, wire, reader)
     }
 
     #[tokio::test]
     async fn a_free_wire_takes_the_runs_frames_and_the_task_is_not_woken() {
-        let outbox = Arc::new(Outbox::new(8));
-        let wire = TestWire::with_room(100);
-        outbox.attach_wire(wire.clone());
-        let reader = waiting_reader(&outbox);
-        until_waiting(&outbox).await;
+        let (outbox, wire, reader) = with_waiting_reader(100).await;
         let delivered = IntCounter::new("delivered", "test").expect("counter");
         let mut wakeups = Wakeups::counting(delivered.clone());
         for frame in ["a", "b", "c"] {
@@ -523,11 +561,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_the_wire_does_not_take_goes_to_the_task_with_how_far_it_got() {
-        let outbox = Arc::new(Outbox::new(8));
-        let wire = TestWire::with_room(3);
-        outbox.attach_wire(wire.clone());
-        let reader = waiting_reader(&outbox);
-        until_waiting(&outbox).await;
+        let (outbox, wire, reader) = with_waiting_reader(3).await;
         let mut wakeups = Wakeups::new();
         outbox.push("abcd".into(), &mut wakeups);
         outbox.push("ef".into(), &mut wakeups);
@@ -546,7 +580,7 @@ mod tests {
             "no write while the task holds the wire"
         );
         outbox.release_wire();
-        *wire.room.lock() = 10;
+        wire.make_room(10);
         let mut wakeups = Wakeups::new();
         outbox.push("h".into(), &mut wakeups);
         wakeups.wake_all();
@@ -556,19 +590,6 @@ mod tests {
             "queued frames wait for the task, which was woken for them"
         );
         assert_eq!(outbox.len(), 2);
-    }
-
-    /// An outbox with `frames` pushed as one run and given to a wire with
-    /// room for `room` bytes.
-    fn given_to_wire(room: usize, frames: &[&str]) -> Arc<Outbox> {
-        let outbox = Arc::new(Outbox::new(8));
-        outbox.attach_wire(TestWire::with_room(room));
-        let mut wakeups = Wakeups::new();
-        for frame in frames {
-            outbox.push((*frame).into(), &mut wakeups);
-        }
-        wakeups.wake_all();
-        outbox
     }
 
     #[tokio::test]
@@ -593,9 +614,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_retired_wire_is_never_written_again() {
-        let outbox = Arc::new(Outbox::new(8));
-        let wire = TestWire::with_room(100);
-        outbox.attach_wire(wire.clone());
+        let (outbox, wire) = on_wire(100);
         outbox.retire_wire();
         let mut wakeups = Wakeups::new();
         outbox.push("a".into(), &mut wakeups);

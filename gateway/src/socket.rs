@@ -373,7 +373,7 @@ async fn handle_client_text(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{Wakeups, Wire, WrittenNow};
+    use crate::outbox::Wakeups;
     use bytestring::ByteString;
 
     /// Records what the socket task writes, in order.
@@ -411,28 +411,10 @@ mod tests {
         }
     }
 
-    /// A connection that takes two bytes of whatever it is given.
-    struct TwoBytesWire;
-
-    impl Wire for TwoBytesWire {
-        fn write_now(&self, _: &[ByteString], first_sent: usize) -> WrittenNow {
-            WrittenNow {
-                whole: 0,
-                next_sent: first_sent + 2,
-            }
-        }
-    }
-
-    /// An outbox whose first frame a push left two bytes into.
+    /// An outbox whose first frame the receiver's write left two bytes
+    /// into.
     fn half_written(frames: &[&str]) -> Arc<Outbox> {
-        let outbox = Arc::new(Outbox::new(8));
-        outbox.attach_wire(Arc::new(TwoBytesWire));
-        let mut wakeups = Wakeups::new();
-        for frame in frames {
-            outbox.push((*frame).into(), &mut wakeups);
-        }
-        wakeups.wake_all();
-        outbox
+        crate::outbox::test_wire::given_to_wire(2, frames)
     }
 
     #[tokio::test]
