@@ -124,8 +124,6 @@ pub(crate) struct DirectTransport<IO> {
     /// the socket is idle.
     partial: BytesMut,
     max_frame: usize,
-    /// The same connection, for the receiver to write a run's frames to.
-    wire: Option<Arc<dyn Wire>>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
@@ -139,7 +137,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
                 already_read
             },
             max_frame,
-            wire: None,
         }
     }
 
@@ -225,18 +222,27 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
     }
 }
 
-impl DirectTransport<SharedTcp> {
-    /// A plain TCP connection, shared with the socket's outbox as its wire.
-    pub(crate) fn shared_tcp(stream: TcpStream, already_read: BytesMut, max_frame: usize) -> Self {
-        let stream = Arc::new(stream);
-        let mut transport =
-            DirectTransport::new(SharedTcp(stream.clone()), already_read, max_frame);
-        transport.wire = Some(stream);
-        transport
+/// A connection a [`DirectTransport`] can also hand out as a [`Wire`], if
+/// it is shared.
+pub(crate) trait WireSource {
+    fn wire(&self) -> Option<Arc<dyn Wire>> {
+        None
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for DirectTransport<IO> {
+impl WireSource for SharedTcp {
+    fn wire(&self) -> Option<Arc<dyn Wire>> {
+        Some(self.0.clone())
+    }
+}
+
+/// A TLS stream's record state belongs to one writer: the socket's task.
+impl<IO> WireSource for actix_tls::accept::rustls_0_23::TlsStream<IO> {}
+
+#[cfg(test)]
+impl WireSource for tokio::io::DuplexStream {}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + WireSource> Transport for DirectTransport<IO> {
     async fn send_texts(&mut self, frames: &[ByteString], first_sent: usize) -> io::Result<()> {
         self.write_frames(OpCode::Text, frames, first_sent).await
     }
@@ -286,7 +292,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for DirectTransport<IO> {
     }
 
     fn wire(&self) -> Option<Arc<dyn Wire>> {
-        self.wire.clone()
+        self.io.wire()
     }
 }
 
@@ -295,6 +301,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Transport for DirectTransport<IO> {
 /// readiness calls and `try_*` I/O take `&TcpStream`, so both can use one
 /// stream; the outbox makes sure only one of them writes at a time.
 pub(crate) struct SharedTcp(Arc<TcpStream>);
+
+impl SharedTcp {
+    pub(crate) fn new(stream: TcpStream) -> SharedTcp {
+        SharedTcp(Arc::new(stream))
+    }
+}
 
 impl AsyncRead for SharedTcp {
     fn poll_read(
@@ -685,7 +697,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let mut transport = DirectTransport::shared_tcp(server, BytesMut::new(), 4096);
+        let mut transport = DirectTransport::new(SharedTcp::new(server), BytesMut::new(), 4096);
         let wire = transport.wire().expect("plain TCP is shared");
         let small: Vec<ByteString> = vec!["a".into(), "bc".into()];
         assert_eq!(

@@ -28,12 +28,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::http::{decide, switching_protocols, Gateway, Refused, Verdict};
-use crate::transport::{DirectTransport, SharedTcp};
+use crate::transport::{DirectTransport, SharedTcp, WireSource};
 
 /// A connection the direct driver accepts, and how its socket keeps it
 /// once upgraded.
 pub(crate) trait Connection: AsyncRead + AsyncWrite + Unpin + 'static {
-    type Kept: AsyncRead + AsyncWrite + Unpin + 'static;
+    type Kept: AsyncRead + AsyncWrite + Unpin + WireSource + 'static;
     /// `already_read`: bytes the HTTP parser read past the handshake.
     fn keep(self, already_read: BytesMut, max_frame: usize) -> DirectTransport<Self::Kept>;
 }
@@ -41,7 +41,7 @@ pub(crate) trait Connection: AsyncRead + AsyncWrite + Unpin + 'static {
 impl Connection for TcpStream {
     type Kept = SharedTcp;
     fn keep(self, already_read: BytesMut, max_frame: usize) -> DirectTransport<SharedTcp> {
-        DirectTransport::shared_tcp(self, already_read, max_frame)
+        DirectTransport::new(SharedTcp::new(self), already_read, max_frame)
     }
 }
 
