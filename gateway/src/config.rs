@@ -532,6 +532,9 @@ fn redact_url_password(url: &str) -> String {
     }
 }
 
+/// The most queue keys one process may use (`layer.queue_keys`).
+pub const MAX_QUEUE_KEYS: usize = 256;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LayerConfig {
@@ -552,8 +555,12 @@ pub struct LayerConfig {
     /// How often live memberships are re-added; default a quarter of `group_expiry`.
     #[serde(with = "humantime_serde")]
     pub membership_refresh: Option<Duration>,
-    /// Messages taken from the queue key per round trip.
+    /// Messages taken from the queue keys per round trip.
     pub receive_batch: usize,
+    /// Queue keys this process spreads its sockets over (all of one user's
+    /// in one key): channels_redis' `capacity` holds per key, so this many
+    /// times Django's default room for a burst, with nothing set in Django.
+    pub queue_keys: usize,
     /// How often the process sends itself a canary through Redis; `0s`
     /// turns the canary (and its readiness check) off.
     #[serde(with = "humantime_serde")]
@@ -574,6 +581,7 @@ impl Default for LayerConfig {
             symmetric_encryption_keys: Vec::new(),
             membership_refresh: None,
             receive_batch: 512,
+            queue_keys: 16,
             canary_interval: Duration::from_secs(1),
         }
     }
@@ -956,6 +964,12 @@ impl Config {
             return Err(invalid(
                 "layer.receive_batch",
                 "must be between 1 and 10000",
+            ));
+        }
+        if layer.queue_keys == 0 || layer.queue_keys > MAX_QUEUE_KEYS {
+            return Err(invalid(
+                "layer.queue_keys",
+                format!("must be between 1 and {MAX_QUEUE_KEYS}"),
             ));
         }
         for event_type in &self.events.passthrough_types {

@@ -107,6 +107,7 @@ pub struct Metrics {
     redis_messages_pubsub: IntCounter,
     pub frames_delivered: IntCounter,
     drops: IntCounterVec,
+    delivery_pauses: IntCounterVec,
     pub redis_reconnects: IntCounter,
     pub membership_writes_failed: IntCounter,
     pub membership_pipelines: IntCounter,
@@ -218,6 +219,14 @@ impl Metrics {
                     "gateway_drops_total",
                     "Messages or frames not delivered, by reason",
                     "reason",
+                ),
+            ),
+            delivery_pauses: register(
+                &registry,
+                counter_vec(
+                    "gateway_delivery_pauses_total",
+                    "Pauses of a receiver's run so sockets half full could take their frames, by outcome",
+                    "outcome",
                 ),
             ),
             redis_reconnects: register(
@@ -381,6 +390,13 @@ impl Metrics {
         self.drops
             .with_label_values(&[reason.label()])
             .inc_by(count);
+    }
+
+    /// One pause of a receiver's run (`outbox::Wakeups::pace`): whether
+    /// every socket it waited for caught up.
+    pub fn delivery_paused(&self, caught_up: bool) {
+        let outcome = if caught_up { "caught_up" } else { "gave_up" };
+        self.delivery_pauses.with_label_values(&[outcome]).inc();
     }
 
     /// Runs one Redis round trip and records how long it took under `command`.

@@ -6,6 +6,13 @@
 //! It allocates nothing until a frame is queued. It must not know about
 //! WebSocket framing or Redis.
 //!
+//! Full must mean the client, not the gateway: a receiver that pops a
+//! backlog routes many payloads before anything is written, so an outbox
+//! half full asks the giver of wake-ups to pause the run ([`Wakeups::pace`]):
+//! write and wake now, and wait, briefly and once, for the socket to take
+//! its frames. Only what a socket still has not taken after that counts
+//! against it.
+//!
 //! A push does not wake the socket: it hands the socket's waker to the
 //! caller's [`Wakeups`], which wakes a whole run of sockets together.
 //!
@@ -86,6 +93,8 @@ pub trait Wire: Send + Sync {
 
 pub struct Outbox {
     capacity: usize,
+    /// Queued frames from which a run should pause for this socket.
+    pace_from: usize,
     state: Mutex<State>,
     waker: AtomicWaker,
 }
@@ -102,18 +111,29 @@ struct State {
     /// connection took only part of; the rest must go out before anything
     /// else.
     head_sent: usize,
+    /// A pause did not get this socket below `pace_from`: it is on its own
+    /// until it has taken its queue (a client that does not read must not
+    /// pause every run).
+    unpaced: bool,
 }
 
 impl Outbox {
     pub fn new(capacity: usize) -> Outbox {
         Outbox {
             capacity,
+            // A one-frame outbox (the canary's) never pauses anyone.
+            pace_from: if capacity >= 2 {
+                capacity / 2
+            } else {
+                usize::MAX
+            },
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 close: None,
                 wire: None,
                 task_holds_wire: false,
                 head_sent: 0,
+                unpaced: false,
             }),
             waker: AtomicWaker::new(),
         }
@@ -122,7 +142,8 @@ impl Outbox {
     /// Queues a frame. A waiting socket whose wire is free goes to
     /// `wakeups` to be written to when the run's wake-ups are given; any
     /// other waiting socket's waker goes there (a socket already held gives
-    /// none).
+    /// none). An outbox that reaches half its capacity asks `wakeups` to
+    /// pause the run.
     pub fn push(self: &Arc<Self>, frame: ByteString, wakeups: &mut Wakeups) -> Pushed {
         let mut state = self.state.lock();
         if state.close.is_some() {
@@ -134,7 +155,11 @@ impl Outbox {
         let first = state.frames.is_empty();
         state.frames.push_back(frame);
         let writable_by_giver = state.wire.is_some() && !state.task_holds_wire;
+        let wants_pause = state.frames.len() == self.pace_from && !state.unpaced;
         drop(state);
+        if wants_pause {
+            wakeups.pace_for(self.clone());
+        }
         if writable_by_giver {
             // Frames queued before this one mean the socket is held already.
             if first {
@@ -158,6 +183,9 @@ impl Outbox {
                 state.frames.drain(..now.whole);
                 state.head_sent = now.next_sent;
                 written = now.whole;
+                if state.frames.len() < self.pace_from {
+                    state.unpaced = false;
+                }
             }
         }
         let left = !state.frames.is_empty();
@@ -192,6 +220,19 @@ impl Outbox {
 
     pub fn is_closing(&self) -> bool {
         self.state.lock().close.is_some()
+    }
+
+    /// The socket has taken enough of its queue (or is closing) for a
+    /// paused run to go on.
+    fn caught_up(&self) -> bool {
+        let state = self.state.lock();
+        state.close.is_some() || state.frames.len() < self.pace_from
+    }
+
+    /// A pause was not enough: no run pauses for this socket again until
+    /// it has taken its queue.
+    fn stop_pacing(&self) {
+        self.state.lock().unpaced = true;
     }
 
     pub fn len(&self) -> usize {
@@ -246,6 +287,7 @@ impl Outbox {
             return Poll::Pending;
         }
         state.task_holds_wire = true;
+        state.unpaced = false;
         let first_sent = std::mem::take(&mut state.head_sent);
         // The queue and the caller's emptied batch trade places: no copy,
         // and the two allocations take turns instead of one per wake-up.
@@ -265,6 +307,18 @@ impl Outbox {
     }
 }
 
+/// How a [`Wakeups::pace`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paused {
+    /// Every socket it paused for took its frames.
+    CaughtUp,
+    /// Some socket was still behind when the limit passed.
+    GaveUp,
+}
+
+/// Yields a pause tries before it sleeps between looks.
+const PAUSE_YIELDS: u32 = 16;
+
 /// Socket wake-ups held back while a run of payloads is routed, then given
 /// together. Given one by one, a socket's task would wake and write once
 /// per frame; given together, a socket that got several frames in the run
@@ -279,6 +333,8 @@ impl Outbox {
 pub struct Wakeups {
     wakers: Vec<Waker>,
     writes: Vec<Arc<Outbox>>,
+    /// Sockets that reached half their capacity during the run.
+    pausing_for: Vec<Arc<Outbox>>,
     oldest: Option<Instant>,
     /// Counts the frames written here.
     delivered: Option<IntCounter>,
@@ -303,6 +359,48 @@ impl Wakeups {
 
     fn write_later(&mut self, outbox: Arc<Outbox>) {
         self.writes.push(outbox);
+    }
+
+    fn pace_for(&mut self, outbox: Arc<Outbox>) {
+        self.pausing_for.push(outbox);
+    }
+
+    /// A socket reached half its capacity: the run should pause
+    /// ([`Wakeups::pace`]) before routing its next payload.
+    pub fn wants_pause(&self) -> bool {
+        !self.pausing_for.is_empty()
+    }
+
+    /// Pauses the run for the sockets that asked for it: gives every
+    /// wake-up held so far (writing what the wires take), then waits up to
+    /// `limit` for those sockets to take their frames, yielding so that
+    /// tasks on this thread run. A socket still behind after that is not
+    /// waited for again until it has caught up, so a client that does not
+    /// read costs one pause and then meets its outbox's bound alone.
+    pub async fn pace(&mut self, limit: Duration) -> Paused {
+        let started = Instant::now();
+        self.wake_all();
+        let mut yields = 0u32;
+        loop {
+            self.pausing_for.retain(|outbox| !outbox.caught_up());
+            if self.pausing_for.is_empty() {
+                return Paused::CaughtUp;
+            }
+            if started.elapsed() >= limit {
+                for outbox in self.pausing_for.drain(..) {
+                    outbox.stop_pacing();
+                }
+                return Paused::GaveUp;
+            }
+            // Tasks of this thread need a yield; tasks of another thread
+            // need time, which a short sleep gives without spinning.
+            if yields < PAUSE_YIELDS {
+                yields += 1;
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -610,6 +708,103 @@ mod tests {
         ));
         assert_eq!(outbox.claim_wire(), Some(("abcd".into(), 1)));
         assert_eq!(outbox.len(), 0, "the frames not yet begun are discarded");
+    }
+
+    /// A task on this thread that takes whatever its outbox holds, as a
+    /// socket reading at network speed does; returns how many frames it
+    /// took, once the outbox closes.
+    fn fast_reader(outbox: &Arc<Outbox>) -> tokio::task::JoinHandle<usize> {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            let mut taken = 0;
+            while let Next::Frames { .. } = outbox.next(&mut batch).await {
+                taken += batch.len();
+                outbox.release_wire();
+            }
+            taken
+        })
+    }
+
+    /// A run deeper than the outbox reaches a reader that keeps up: the
+    /// run pauses at half the capacity, the reader takes its frames, and
+    /// nothing is refused.
+    #[tokio::test]
+    async fn a_run_pauses_at_half_capacity_and_a_fast_reader_takes_everything() {
+        let outbox = Arc::new(Outbox::new(8));
+        let reader = fast_reader(&outbox);
+        until_waiting(&outbox).await;
+        let mut wakeups = Wakeups::new();
+        let mut pauses = 0;
+        for index in 0..100 {
+            let frame = ByteString::from(format!("{index}"));
+            assert_eq!(
+                outbox.push(frame, &mut wakeups),
+                Pushed::Queued,
+                "frame {index}"
+            );
+            if wakeups.wants_pause() {
+                pauses += 1;
+                assert_eq!(wakeups.pace(Duration::from_secs(5)).await, Paused::CaughtUp);
+            }
+        }
+        assert!(pauses >= 100 / 4 - 1, "paused every 4 frames: {pauses}");
+        wakeups.wake_all();
+        tokio::task::yield_now().await;
+        outbox.close(CloseCode::Normal);
+        assert_eq!(reader.await.expect("reader"), 100);
+    }
+
+    /// A socket whose task does not take its frames costs one pause, up to
+    /// its limit, then meets its bound alone: later runs never wait for it.
+    #[tokio::test]
+    async fn a_reader_that_does_not_keep_up_costs_one_pause_then_fills_up() {
+        let outbox = Arc::new(Outbox::new(8));
+        let mut wakeups = Wakeups::new();
+        let mut outcomes = Vec::new();
+        let mut pushed = Vec::new();
+        for index in 0..10 {
+            pushed.push(outbox.push(format!("{index}").into(), &mut wakeups));
+            if wakeups.wants_pause() {
+                outcomes.push(wakeups.pace(Duration::from_millis(20)).await);
+            }
+        }
+        assert_eq!(outcomes, [Paused::GaveUp], "one pause, given up");
+        assert_eq!(&pushed[..8], [Pushed::Queued; 8]);
+        assert_eq!(&pushed[8..], [Pushed::Full; 2]);
+        // Once it has taken its queue, it is paused for again.
+        let mut batch = VecDeque::new();
+        assert!(matches!(outbox.next(&mut batch).await, Next::Frames { .. }));
+        outbox.release_wire();
+        for index in 0..4 {
+            outbox.push(format!("{index}").into(), &mut wakeups);
+        }
+        assert!(wakeups.wants_pause());
+    }
+
+    /// On a free wire the pause is the write itself: the frames go out at
+    /// once and the run goes on without waking the task.
+    #[tokio::test]
+    async fn a_pause_on_a_free_wire_writes_the_frames_and_goes_on() {
+        let (outbox, wire, reader) = with_waiting_reader(1_000).await;
+        let mut wakeups = Wakeups::new();
+        for frame in ["a", "b", "c", "d"] {
+            outbox.push(frame.into(), &mut wakeups);
+        }
+        assert!(wakeups.wants_pause());
+        assert_eq!(wakeups.pace(Duration::from_secs(5)).await, Paused::CaughtUp);
+        assert_eq!(wire.taken(), "abcd");
+        assert!(!reader.is_finished(), "the task was not woken");
+        reader.abort();
+    }
+
+    /// The canary's one-frame outbox never pauses a run.
+    #[test]
+    fn a_one_frame_outbox_never_asks_for_a_pause() {
+        let outbox = Arc::new(Outbox::new(1));
+        let mut wakeups = Wakeups::new();
+        outbox.push("a".into(), &mut wakeups);
+        assert!(!wakeups.wants_pause());
     }
 
     #[tokio::test]

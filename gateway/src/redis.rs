@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use fred::prelude::{
     ClientLike, Config as FredConfig, Error as FredError, EventInterface, KeysInterface,
-    LuaInterface, PubsubInterface, ReconnectPolicy, SortedSetsInterface, TcpConfig, Value,
+    PubsubInterface, ReconnectPolicy, SortedSetsInterface, TcpConfig, Value,
 };
 use fred::types::config::{Server, ServerConfig, TlsConfig, TlsConnector};
 use fred::types::Builder;
@@ -213,6 +213,44 @@ fn builder(host: &HostSetting) -> Result<Builder, RedisError> {
     Ok(builder)
 }
 
+/// Pops up to `ARGV[1]` payloads from the queue keys `KEYS`, as a flat
+/// `[member, score, …]` array, each key's in score order. Every key gets
+/// its share first, then the rest goes to the keys that had more, so one
+/// busy key cannot leave the others to fill up to the sender's capacity.
+static POP_QUEUES: std::sync::LazyLock<fred::types::scripts::Script> =
+    std::sync::LazyLock::new(|| {
+        fred::types::scripts::Script::from_lua(
+            "local left = tonumber(ARGV[1]) \
+             local share = math.max(1, math.floor(left / #KEYS)) \
+             local out = {} \
+             local more = {} \
+             for i = 1, #KEYS do \
+               if left <= 0 then break end \
+               local ask = math.min(share, left) \
+               local got = redis.call('ZPOPMIN', KEYS[i], ask) \
+               for j = 1, #got do out[#out + 1] = got[j] end \
+               left = left - #got / 2 \
+               more[i] = (#got / 2 == ask) \
+             end \
+             for i = 1, #KEYS do \
+               if left <= 0 then break end \
+               if more[i] then \
+                 local got = redis.call('ZPOPMIN', KEYS[i], left) \
+                 for j = 1, #got do out[#out + 1] = got[j] end \
+                 left = left - #got / 2 \
+               end \
+             end \
+             return out",
+        )
+    });
+
+/// How long a receiver's pop may wait for its reply. Longer than a pause of
+/// this process that does not already cost its memberships (the liveness
+/// timeout): the timer would otherwise fire on resumption before the reply
+/// already waiting in the socket is read. A Redis that stops answering is
+/// noticed sooner by readiness (the receiver's heartbeat).
+const RECEIVER_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Pub/sub messages one subscriber connection may hold for the router.
 const PUBLISHED_BACKLOG: usize = 16_384;
 
@@ -269,10 +307,18 @@ impl RedisHost {
         Ok(RedisHost { client, label })
     }
 
-    /// A second connection to the same host, for commands that block it.
+    /// A second connection to the same host, for a receiver: its pops
+    /// block the connection, and their replies must survive a stall of
+    /// this process (CPU starvation, a pause) that outlasts the usual
+    /// command timeout: a pop whose reply arrives after its caller gave up
+    /// loses the payloads it took off the queue.
     pub fn twin(&self) -> RedisHost {
+        let client = self.client.clone_new();
+        let mut performance = client.perf_config();
+        performance.default_command_timeout = RECEIVER_COMMAND_TIMEOUT;
+        client.update_perf_config(performance);
         RedisHost {
-            client: self.client.clone_new(),
+            client,
             label: self.label.clone(),
         }
     }
@@ -314,13 +360,15 @@ impl RedisHost {
         }
     }
 
-    /// Takes up to `max` payloads from a queue key in score order. With
-    /// `block`, waits up to that long for the first one (`BZPOPMIN`) and takes
-    /// the rest in the same round trip (`ZPOPMIN` pipelined behind it). Keep
+    /// Takes up to `max` payloads from a process's queue keys, each key's in
+    /// score order (the keys' payloads follow one another; a socket's
+    /// frames all come from one key). With `block`, waits up to that long
+    /// for the first one (`BZPOPMIN` over every key) and takes the rest in
+    /// the same round trip (the pop script pipelined behind it). Keep
     /// `block` well under the 5 s command timeout.
-    pub async fn pop_queue(
+    pub async fn pop_queues(
         &self,
-        key: &str,
+        keys: &[String],
         max: usize,
         block: Option<Duration>,
     ) -> Result<Vec<QueuedPayload>, RedisError> {
@@ -329,21 +377,26 @@ impl RedisHost {
             Some(timeout) => {
                 let pipeline = self.client.pipeline();
                 let () = pipeline
-                    .bzpopmin(key, timeout.as_secs_f64())
+                    .bzpopmin(keys.to_vec(), timeout.as_secs_f64())
                     .await
                     .map_err(|error| self.command_error(error))?;
+                // A pipeline has no EVALSHA of its own: spell it out.
+                let mut evalsha: Vec<Value> = Vec::with_capacity(keys.len() + 3);
+                evalsha.push(Value::String(POP_QUEUES.sha1().clone()));
+                evalsha.push(Value::Integer(keys.len() as i64));
+                evalsha.extend(keys.iter().map(|key| Value::String(key.as_str().into())));
+                evalsha.push(Value::Integer(max.saturating_sub(1) as i64));
                 let () = pipeline
-                    .zpopmin(key, Some(max.saturating_sub(1)))
+                    .custom(
+                        fred::types::CustomCommand::new_static("EVALSHA", None, false),
+                        evalsha,
+                    )
                     .await
                     .map_err(|error| self.command_error(error))?;
-                let replies: Vec<Value> = pipeline
-                    .all()
-                    .await
-                    .map_err(|error| self.command_error(error))?;
-                let mut replies = replies.into_iter();
+                let mut replies = pipeline.try_all::<Value>().await.into_iter();
                 match replies.next() {
-                    Some(Value::Null) | None => return Ok(popped),
-                    Some(Value::Array(triple)) => {
+                    Some(Ok(Value::Null)) | None => return Ok(popped),
+                    Some(Ok(Value::Array(triple))) => {
                         let mut triple = triple.into_iter();
                         let (_key, member, score) = (triple.next(), triple.next(), triple.next());
                         let (Some(member), Some(score)) = (member, score) else {
@@ -353,16 +406,27 @@ impl RedisHost {
                         };
                         popped.push(self.queued_payload(member, score)?);
                     }
-                    Some(_) => return Err(self.bad_reply("BZPOPMIN reply is not an array")),
+                    Some(Ok(_)) => return Err(self.bad_reply("BZPOPMIN reply is not an array")),
+                    Some(Err(error)) => return Err(self.command_error(error)),
                 }
-                if let Some(rest) = replies.next() {
-                    self.push_pairs(rest, &mut popped)?;
+                match replies.next() {
+                    Some(Ok(rest)) => self.push_pairs(rest, &mut popped)?,
+                    // The script is not loaded yet (a new or restarted
+                    // server): what it would have taken stays queued for
+                    // the next pop, which loads it.
+                    Some(Err(error)) if error.details().starts_with("NOSCRIPT") => {
+                        POP_QUEUES
+                            .load(&self.client)
+                            .await
+                            .map_err(|error| self.command_error(error))?;
+                    }
+                    Some(Err(error)) => return Err(self.command_error(error)),
+                    None => {}
                 }
             }
             None => {
-                let reply: Value = self
-                    .client
-                    .zpopmin(key, Some(max))
+                let reply: Value = POP_QUEUES
+                    .evalsha_with_reload(&self.client, keys.to_vec(), max)
                     .await
                     .map_err(|error| self.command_error(error))?;
                 self.push_pairs(reply, &mut popped)?;
@@ -427,34 +491,38 @@ impl RedisHost {
             .map_err(|error| self.command_error(error))
     }
 
-    /// Queues one payload the way channels_redis' group_send does: `ZADD`
-    /// with the send time as score and refresh the key's TTL, unless the key
-    /// already holds `capacity` payloads. Returns whether it was queued.
+    /// Queues one payload the way channels_redis' group_send does (`ZADD`
+    /// with the send time as score, then the key's TTL refreshed), in one
+    /// round trip, without the sender's capacity check.
     pub async fn queue_payload(
         &self,
         queue_key: &str,
         payload: Bytes,
-        capacity: u64,
         expiry: u64,
         sent_at: f64,
-    ) -> Result<bool, RedisError> {
-        const QUEUE_UNLESS_FULL: &str = "\
-            if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end \
-            redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) \
-            redis.call('EXPIRE', KEYS[1], ARGV[4]) \
-            return 1";
-        let args: Vec<Value> = vec![
-            Value::Bytes(payload),
-            Value::String(capacity.to_string().into()),
-            Value::Double(sent_at),
-            Value::String(expiry.to_string().into()),
-        ];
-        let queued: i64 = self
-            .client
-            .eval(QUEUE_UNLESS_FULL, vec![queue_key], args)
+    ) -> Result<(), RedisError> {
+        let expiry = i64::try_from(expiry).unwrap_or(i64::MAX);
+        let pipeline = self.client.pipeline();
+        let () = pipeline
+            .zadd(
+                queue_key,
+                None,
+                None,
+                false,
+                false,
+                (sent_at, Value::Bytes(payload)),
+            )
             .await
             .map_err(|error| self.command_error(error))?;
-        Ok(queued == 1)
+        let () = pipeline
+            .expire(queue_key, expiry, None)
+            .await
+            .map_err(|error| self.command_error(error))?;
+        let results = pipeline.try_all::<Value>().await;
+        match results.into_iter().find_map(Result::err) {
+            Some(error) => Err(self.command_error(error)),
+            None => Ok(()),
+        }
     }
 
     /// `PUBLISH`, as the pub/sub layer's group_send does.

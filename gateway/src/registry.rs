@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use shared_proto::shard::shard_index;
+
 use crate::outbox::Outbox;
 
 pub type ConnId = u64;
@@ -23,7 +25,16 @@ const SHARDS: usize = 64;
 /// One lock's worth of the socket table.
 type SocketShard = RwLock<HashMap<ConnId, Arc<Outbox>>>;
 
-/// Channel names of this process: `specific.<process-id>!<conn-id-hex>`.
+/// Channel names of this process: `specific.<process-id>.<lane>!<conn-id-hex>`.
+///
+/// channels_redis queues by the part up to `!`, so each lane is a queue key
+/// of its own, and its sender's `capacity` (100 by default) holds per lane:
+/// spreading sockets over several lanes gives a process that many times the
+/// room for a burst without a setting in Django. A socket's lane follows
+/// its first group (its user's), so every socket of one user shares one
+/// key and a `group_send` to a user stays one payload in send order. Every
+/// lane is chosen to live on the same Redis host, so one blocking pop
+/// serves them all.
 ///
 /// The process id starts with `gw-`, which a Python `uuid4().hex` never
 /// contains, so operators can target the gateway's queue keys with a
@@ -31,20 +42,46 @@ type SocketShard = RwLock<HashMap<ConnId, Arc<Outbox>>>;
 #[derive(Debug, Clone)]
 pub struct ChannelNaming {
     process_id: String,
-    non_local: String,
+    /// `specific.<process-id>.`: what every lane's name starts with.
+    base: String,
+    /// Each lane's label (what stands between `base` and `!`).
+    labels: Vec<String>,
+    /// Each lane's non-local part, `base` + label + `!`.
+    non_locals: Vec<String>,
 }
 
+/// Low bits of a connection id that hold its lane; the rest count.
+pub(crate) const LANE_BITS: u32 = 8;
+/// Lanes a connection id can name.
+const MAX_LANES: usize = 1 << LANE_BITS;
+const _: () = assert!(MAX_LANES >= crate::config::MAX_QUEUE_KEYS);
+
 impl ChannelNaming {
-    pub fn random() -> ChannelNaming {
+    /// A fresh process id with `lanes` queue keys, all placed on one host
+    /// of a ring of `hosts`.
+    pub fn random(lanes: usize, hosts: usize) -> ChannelNaming {
         let process_id = format!("gw-{:024x}", rand::random::<u128>() >> 32);
-        ChannelNaming::with_process_id(process_id)
+        ChannelNaming::with_process_id(process_id, lanes, hosts)
     }
 
-    pub fn with_process_id(process_id: String) -> ChannelNaming {
-        let non_local = format!("specific.{process_id}!");
+    pub fn with_process_id(process_id: String, lanes: usize, hosts: usize) -> ChannelNaming {
+        let lanes = lanes.clamp(1, MAX_LANES);
+        let base = format!("specific.{process_id}.");
+        let non_local = |label: &str| format!("{base}{label}!");
+        // channels_redis places a queue key by its non-local part: keep the
+        // labels whose key lands where the first one does.
+        let home = shard_index(&non_local("0"), hosts.max(1));
+        let labels: Vec<String> = (0u32..)
+            .map(|candidate| candidate.to_string())
+            .filter(|label| shard_index(&non_local(label), hosts.max(1)) == home)
+            .take(lanes)
+            .collect();
+        let non_locals = labels.iter().map(|label| non_local(label)).collect();
         ChannelNaming {
             process_id,
-            non_local,
+            base,
+            labels,
+            non_locals,
         }
     }
 
@@ -52,25 +89,43 @@ impl ChannelNaming {
         &self.process_id
     }
 
-    /// `specific.<process>!`: the part that names this process's queue key.
-    pub fn non_local_part(&self) -> &str {
-        &self.non_local
+    /// `specific.<process>.<lane>!` for every lane: the parts that name this
+    /// process's queue keys, all on one Redis host.
+    pub fn non_local_parts(&self) -> &[String] {
+        &self.non_locals
+    }
+
+    /// The lane for a socket whose first group is `group`.
+    fn lane_for(&self, group: Option<&str>) -> u64 {
+        // channels_redis' own crc32 placement spreads group names evenly.
+        group.map_or(0, |group| shard_index(group, self.labels.len()) as u64)
+    }
+
+    fn lane_of(conn: ConnId) -> usize {
+        (conn & (MAX_LANES as u64 - 1)) as usize
     }
 
     pub fn channel(&self, conn: ConnId) -> String {
-        format!("{}{conn:x}", self.non_local)
+        let lane = self
+            .non_locals
+            .get(Self::lane_of(conn))
+            .unwrap_or(&self.non_locals[0]);
+        format!("{lane}{conn:x}")
     }
 
     /// The connection a channel name addresses, if it belongs to this process.
     ///
-    /// Called once per listed channel on the routing hot path, so it is a
-    /// prefix compare and a hex parse of the rest, allocating nothing.
+    /// Called once per listed channel on the routing hot path, so it is two
+    /// prefix compares and a hex parse, allocating nothing.
     pub fn conn_of(&self, channel: &str) -> Option<ConnId> {
-        let local = channel.strip_prefix(self.non_local.as_str())?;
+        let rest = channel.strip_prefix(self.base.as_str())?;
+        let (label, local) = rest.split_once('!')?;
         if local.is_empty() || local.len() > 16 {
             return None;
         }
-        ConnId::from_str_radix(local, 16).ok()
+        let conn = ConnId::from_str_radix(local, 16).ok()?;
+        let expected = self.labels.get(Self::lane_of(conn))?;
+        (expected == label).then_some(conn)
     }
 }
 
@@ -85,9 +140,10 @@ pub struct GroupTransitions {
 /// them by shard first.
 const GROUPED_DELIVERY_MIN: usize = 32;
 
-fn shard_index(conn: ConnId) -> usize {
-    // Connection ids are sequential, so the low bits spread evenly.
-    (conn as usize) % SHARDS
+fn socket_shard(conn: ConnId) -> usize {
+    // Above the lane bits, connection ids are sequential, so their low
+    // bits spread evenly.
+    ((conn >> LANE_BITS) as usize) % SHARDS
 }
 
 pub struct Registry {
@@ -112,13 +168,16 @@ impl Registry {
     }
 
     fn shard(&self, conn: ConnId) -> &SocketShard {
-        &self.sockets[shard_index(conn)]
+        &self.sockets[socket_shard(conn)]
     }
 
     /// Adds a socket and its groups; returns the groups that had no local
     /// member before (a pub/sub layer subscribes to those).
+    /// The socket's lane (queue key) follows its first group.
     pub fn register(&self, outbox: Arc<Outbox>, groups: &[Arc<str>]) -> (ConnId, GroupTransitions) {
-        let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let count = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let lane = self.naming.lane_for(groups.first().map(AsRef::as_ref));
+        let conn = (count << LANE_BITS) | lane;
         self.shard(conn).write().insert(conn, outbox);
         let mut transitions = GroupTransitions::default();
         let mut local_groups = self.groups.lock();
@@ -181,7 +240,7 @@ impl Registry {
         // A counting sort by shard: two passes, one allocation.
         let mut ends = [0usize; SHARDS];
         for conn in conns {
-            ends[shard_index(*conn)] += 1;
+            ends[socket_shard(*conn)] += 1;
         }
         let mut next = [0usize; SHARDS];
         let mut total = 0;
@@ -192,7 +251,7 @@ impl Registry {
         }
         let mut grouped = vec![0; conns.len()];
         for conn in conns {
-            let slot = &mut next[shard_index(*conn)];
+            let slot = &mut next[socket_shard(*conn)];
             if let Some(entry) = grouped.get_mut(*slot) {
                 *entry = *conn;
             }
@@ -266,24 +325,66 @@ mod tests {
 
     #[test]
     fn channel_names_round_trip_and_foreign_names_do_not_match() {
-        let naming = ChannelNaming::with_process_id("gw-abc".into());
-        let channel = naming.channel(255);
-        assert_eq!(channel, "specific.gw-abc!ff");
+        let naming = ChannelNaming::with_process_id("gw-abc".into(), 1, 1);
+        let channel = naming.channel(0xff00);
+        assert_eq!(channel, "specific.gw-abc.0!ff00");
         assert!(shared_proto::names::is_valid_channel_name(&channel));
-        assert_eq!(naming.conn_of(&channel), Some(255));
-        assert_eq!(naming.conn_of("specific.gw-abd!ff"), None);
-        assert_eq!(naming.conn_of("specific.gw-abc!"), None);
-        assert_eq!(naming.conn_of("specific.gw-abc!zz"), None);
-        assert_eq!(naming.conn_of("specific.gw-abc!11111111111111111"), None);
-        let random = ChannelNaming::random();
+        assert_eq!(naming.conn_of(&channel), Some(0xff00));
+        assert_eq!(naming.conn_of("specific.gw-abd.0!ff00"), None);
+        assert_eq!(naming.conn_of("specific.gw-abc!ff00"), None);
+        assert_eq!(naming.conn_of("specific.gw-abc.0!"), None);
+        assert_eq!(naming.conn_of("specific.gw-abc.0!zz"), None);
+        assert_eq!(naming.conn_of("specific.gw-abc.0!11111111111111111"), None);
+        // The lane in the id and the lane in the name must agree.
+        assert_eq!(naming.conn_of("specific.gw-abc.0!ff01"), None);
+        assert_eq!(naming.conn_of("specific.gw-abc.1!ff00"), None);
+        let random = ChannelNaming::random(crate::config::MAX_QUEUE_KEYS, 3);
         assert!(shared_proto::names::is_valid_channel_name(
             &random.channel(u64::MAX)
         ));
     }
 
     #[test]
+    fn a_users_sockets_share_a_lane_and_every_lane_lives_on_one_host() {
+        for hosts in [1, 2, 3, 7] {
+            let naming = ChannelNaming::with_process_id("gw-abc".into(), 16, hosts);
+            let parts = naming.non_local_parts();
+            assert_eq!(parts.len(), 16);
+            let home = shard_index(&parts[0], hosts);
+            for part in parts {
+                assert_eq!(shard_index(part, hosts), home, "{part} with {hosts} hosts");
+                assert!(shared_proto::names::is_valid_channel_name(part));
+            }
+        }
+        let registry = Registry::new(ChannelNaming::with_process_id("gw-abc".into(), 16, 1));
+        let mut lanes_used = HashSet::new();
+        for user in 0..64 {
+            let group: Arc<str> = Arc::from(format!("user_{user}").as_str());
+            let extra: Arc<str> = Arc::from("broadcast");
+            let channels: Vec<String> = (0..3)
+                .map(|_| {
+                    let groups = [group.clone(), extra.clone()];
+                    let (conn, _) = registry.register(Arc::new(Outbox::new(1)), &groups);
+                    let channel = registry.naming().channel(conn);
+                    assert_eq!(registry.naming().conn_of(&channel), Some(conn));
+                    channel
+                })
+                .collect();
+            let lane = shared_proto::names::non_local_part(&channels[0]).to_string();
+            for channel in &channels {
+                assert_eq!(shared_proto::names::non_local_part(channel), lane);
+            }
+            lanes_used.insert(lane);
+        }
+        assert!(
+            lanes_used.len() > 8,
+            "users spread over lanes: {lanes_used:?}"
+        );
+    }
+
+    #[test]
     fn with_conns_serves_every_entry_once_per_mention() {
-        let registry = Registry::new(ChannelNaming::with_process_id("gw-1".into()));
+        let registry = Registry::new(ChannelNaming::with_process_id("gw-1".into(), 1, 1));
         let outboxes: Vec<(ConnId, Arc<Outbox>)> = (0..200)
             .map(|_| {
                 let outbox = Arc::new(Outbox::new(8));
@@ -314,7 +415,7 @@ mod tests {
 
     #[test]
     fn group_transitions_track_first_and_last_member() {
-        let registry = Registry::new(ChannelNaming::with_process_id("gw-1".into()));
+        let registry = Registry::new(ChannelNaming::with_process_id("gw-1".into(), 1, 1));
         let group: Arc<str> = Arc::from("user_1");
         let (a, t) = registry.register(Arc::new(Outbox::new(1)), std::slice::from_ref(&group));
         assert_eq!(t.now_active, vec![group.clone()]);

@@ -419,7 +419,11 @@ mod tests {
     }
 
     fn setup(path: RoutePath, format: SerializerFormat) -> Setup {
-        let registry = Arc::new(Registry::new(ChannelNaming::with_process_id("gw-t".into())));
+        let registry = Arc::new(Registry::new(ChannelNaming::with_process_id(
+            "gw-t".into(),
+            1,
+            1,
+        )));
         let group: Arc<str> = Arc::from("user_1");
         let outboxes: Vec<Arc<Outbox>> = (0..SOCKETS)
             .map(|index| {
@@ -466,11 +470,17 @@ mod tests {
             .unwrap()
     }
 
+    /// The channel of the `nth` socket registered (one lane: its id is the
+    /// count above the lane bits).
+    fn channel_name(nth: u64) -> String {
+        format!("specific.gw-t.0!{:x}", nth << crate::registry::LANE_BITS)
+    }
+
     fn channels(conns: impl IntoIterator<Item = u64>) -> Value {
         Value::Array(
             conns
                 .into_iter()
-                .map(|conn| Value::from(format!("specific.gw-t!{conn:x}")))
+                .map(|conn| Value::from(channel_name(conn)))
                 .collect(),
         )
     }
@@ -524,14 +534,14 @@ mod tests {
             // Foreign, unknown, malformed and repeated entries.
             broadcast.extend([
                 Value::from("specific.other!1"),
-                Value::from("specific.gw-t!ffff"),
+                Value::from(channel_name(0xffff)),
                 Value::from(7),
-                Value::from("specific.gw-t!3"),
-                Value::from("specific.gw-t!3"),
-                Value::from("specific.gw-t!3"),
+                Value::from(channel_name(3)),
+                Value::from(channel_name(3)),
+                Value::from(channel_name(3)),
             ]);
             let cases: Vec<Vec<u8>> = vec![
-                notification(Value::from("specific.gw-t!1")),
+                notification(Value::from(channel_name(1))),
                 notification(Value::Array(broadcast)),
                 notification(channels([2, 4, 5])),
                 payload(

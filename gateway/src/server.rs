@@ -267,7 +267,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
         RECEIVE_BLOCK * 3,
         canary_enabled.then(|| (canary_interval * 5).max(Duration::from_secs(3))),
     ));
-    let registry = Arc::new(Registry::new(ChannelNaming::random()));
+    let registry = Arc::new(Registry::new(ChannelNaming::random(
+        config.layer.queue_keys,
+        config.layer.hosts.len(),
+    )));
     let canary = canary_enabled.then(|| {
         Arc::new(Canary::new(
             registry.naming().process_id(),
@@ -304,7 +307,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 prefix: config.layer.prefix.clone(),
                 expiry: config.layer.expiry,
                 group_expiry: config.layer.group_expiry,
-                capacity: config.layer.capacity,
                 refresh_interval: config.layer.membership_refresh_interval(),
                 receive_batch: config.layer.receive_batch,
                 canary: canary_sending.clone(),

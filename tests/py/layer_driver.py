@@ -235,8 +235,16 @@ async def op_group_send(layer, req):
     return {}
 
 
+# Concurrent group_sends of one round of op_group_send_seq.
+SEND_CONCURRENCY = 32
+
+
 async def op_group_send_seq(layer, req):
-    group = need(req, "group", str)
+    # One group, or several in turn: message i goes to every group before
+    # message i + 1 goes to any.
+    groups = req.get("groups") or [need(req, "group", str)]
+    if not all(isinstance(group, str) for group in groups):
+        raise RequestError("'groups' must be a list of strings")
     count = need(req, "count", int)
     template = need_message(req)
     index_field = req.get("index_field", "seq")
@@ -256,7 +264,15 @@ async def op_group_send_seq(layer, req):
                 inner[timestamp_field] = time.time()
         else:
             message["message"] = f"{inner} #{i}"
-        await layer.group_send(group, message)
+        # Many groups: sent concurrently in slices (as async Django code
+        # with gather would), each group's messages still one after another.
+        for start_at in range(0, len(groups), SEND_CONCURRENCY):
+            await asyncio.gather(
+                *(
+                    layer.group_send(group, copy.deepcopy(message))
+                    for group in groups[start_at : start_at + SEND_CONCURRENCY]
+                )
+            )
     return {"count": count, "elapsed_s": time.time() - began}
 
 

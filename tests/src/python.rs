@@ -424,6 +424,23 @@ impl LayerDriver {
         .await
     }
 
+    /// [`group_send_seq`](Self::group_send_seq) to several groups in turn:
+    /// message `i` goes to every group before message `i + 1` goes to any.
+    pub async fn group_send_rounds(
+        &mut self,
+        groups: &[String],
+        count: u64,
+        message: impl ToDriverJson,
+        index_field: &str,
+    ) -> Result<Value> {
+        let raw = message.to_driver_json()?;
+        self.op_with(
+            json!({"op": "group_send_seq", "groups": groups, "count": count, "index_field": index_field}),
+            &[("message", raw)],
+        )
+        .await
+    }
+
     /// Like [`group_send_seq`](Self::group_send_seq), also stamping
     /// `time.time()` (float seconds) into `timestamp_field` of each message.
     pub async fn group_send_seq_timed(

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{CanarySending, HostRing, LayerError, WAKE_WINDOW};
+use super::{CanarySending, HostRing, LayerError};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::Wakeups;
@@ -49,8 +49,6 @@ pub struct CoreSettings {
     pub prefix: String,
     pub expiry: u64,
     pub group_expiry: u64,
-    /// The backend's `capacity`, honoured when queueing the canary.
-    pub capacity: u64,
     pub refresh_interval: Duration,
     pub receive_batch: usize,
     pub canary: Option<CanarySending>,
@@ -87,7 +85,7 @@ pub struct CoreLayer {
 /// than the one that built the layer.
 struct Receiver {
     host: RedisHost,
-    queue_key: String,
+    queue_keys: Vec<String>,
     batch: usize,
     router: Arc<Router>,
     health: Arc<Health>,
@@ -106,17 +104,26 @@ impl CoreLayer {
         metrics: Arc<Metrics>,
         settings: CoreSettings,
     ) -> Result<CoreLayer, LayerError> {
-        let non_local = registry.naming().non_local_part().to_string();
-        let queue_key = names::queue_key(&settings.prefix, &non_local);
+        // Every lane's key lives on the host of the first (`ChannelNaming`).
+        let non_locals = registry.naming().non_local_parts().to_vec();
+        let home = non_locals
+            .first()
+            .map(|non_local| hosts.index_for(non_local))
+            .ok_or_else(|| LayerError::Unavailable("no queue key named".into()))?;
+        let queue_keys: Vec<String> = non_locals
+            .iter()
+            .map(|non_local| names::queue_key(&settings.prefix, non_local))
+            .collect();
         let receive_host = hosts
-            .host(hosts.index_for(&non_local))
+            .host(home)
             .ok_or_else(|| LayerError::Unavailable("no Redis host configured".into()))?
             .twin();
         for host in hosts.hosts() {
             host.start();
         }
         tracing::info!(
-            queue_key = %queue_key,
+            queue_key = %queue_keys.first().map_or("", String::as_str),
+            queue_keys = queue_keys.len(),
             receive_host = receive_host.label(),
             hosts = hosts.len(),
             "core layer started"
@@ -126,7 +133,7 @@ impl CoreLayer {
         let (ops, ops_rx) = mpsc::channel(MEMBERSHIP_QUEUE);
         let needs_refresh = Arc::new(AtomicBool::new(false));
         let queue_host = hosts
-            .host(hosts.index_for(&non_local))
+            .host(home)
             .cloned()
             .ok_or_else(|| LayerError::Unavailable("no Redis host configured".into()))?;
         let canary_task = settings.canary.clone().map(|sending| {
@@ -134,15 +141,14 @@ impl CoreLayer {
                 sending,
                 hosts.clone(),
                 queue_host,
-                queue_key.clone(),
-                non_local.clone(),
-                (settings.prefix.clone(), settings.capacity, settings.expiry),
+                registry.clone(),
+                (settings.prefix.clone(), settings.expiry),
                 stop.clone(),
             ))
         });
         let receiver = Receiver {
             host: receive_host.clone(),
-            queue_key,
+            queue_keys,
             batch: settings.receive_batch,
             router,
             health: health.clone(),
@@ -253,7 +259,7 @@ impl CoreLayer {
 async fn receive(receiver: Receiver) {
     let Receiver {
         host,
-        queue_key,
+        queue_keys,
         batch,
         router,
         health,
@@ -265,7 +271,7 @@ async fn receive(receiver: Receiver) {
     let mut wakeups = Wakeups::counting(metrics.frames_delivered.clone());
     loop {
         let block = (!backlog).then_some(RECEIVE_BLOCK);
-        let pop = host.pop_queue(&queue_key, batch, block);
+        let pop = host.pop_queues(&queue_keys, batch, block);
         let popped = tokio::select! {
             _ = stop.triggered() => return,
             popped = async {
@@ -280,7 +286,7 @@ async fn receive(receiver: Receiver) {
                 backlog = payloads.len() >= batch;
                 for queued in &payloads {
                     router.route_queued(&queued.payload, queued.sent_at, &mut wakeups);
-                    wakeups.wake_if_held_for(WAKE_WINDOW);
+                    super::between_payloads(&mut wakeups, &metrics).await;
                 }
                 wakeups.wake_all();
             }
@@ -539,16 +545,18 @@ async fn keep_memberships(
 }
 
 /// Every `interval`, group_sends a canary to this process's own canary
-/// group exactly as channels_redis would: read the group's members from
-/// Redis, then queue one payload listing this process's channels among them.
-/// A lost membership therefore means no canary, and readiness notices.
+/// group as channels_redis would: read the group's members from Redis,
+/// then queue one payload per queue key listing this process's channels
+/// of that key. A lost membership therefore means no canary, and readiness
+/// notices. The sender's capacity is not applied: a busy key means the
+/// process is behind, which the receiver's heartbeat reports; it must not
+/// read as lost memberships and trigger a full re-add.
 async fn send_canaries(
     sending: CanarySending,
     hosts: HostRing,
     queue_host: RedisHost,
-    queue_key: String,
-    non_local: String,
-    (prefix, capacity, expiry): (String, u64, u64),
+    registry: Arc<Registry>,
+    (prefix, expiry): (String, u64),
     stop: Shutdown,
 ) {
     let group = sending.canary.group().clone();
@@ -568,25 +576,30 @@ async fn send_canaries(
                 continue;
             }
         };
-        let ours: Vec<String> = members
-            .into_iter()
-            .filter(|channel| channel.starts_with(non_local.as_str()))
-            .collect();
-        if ours.is_empty() {
-            continue;
-        }
-        let Some(payload) = sending
-            .canary
-            .event(&ours)
-            .and_then(|event| sending.router.encode(&event))
-        else {
-            continue;
-        };
-        if let Err(error) = queue_host
-            .queue_payload(&queue_key, payload, capacity, expiry, unix_now())
-            .await
-        {
-            tracing::debug!(%error, "canary: queueing failed");
+        let naming = registry.naming();
+        for non_local in naming.non_local_parts() {
+            let ours: Vec<String> = members
+                .iter()
+                .filter(|channel| names::non_local_part(channel) == non_local)
+                .cloned()
+                .collect();
+            if ours.is_empty() {
+                continue;
+            }
+            let Some(payload) = sending
+                .canary
+                .event(&ours)
+                .and_then(|event| sending.router.encode(&event))
+            else {
+                continue;
+            };
+            let queue_key = names::queue_key(&prefix, non_local);
+            if let Err(error) = queue_host
+                .queue_payload(&queue_key, payload, expiry, unix_now())
+                .await
+            {
+                tracing::debug!(%error, "canary: queueing failed");
+            }
         }
     }
 }

@@ -17,6 +17,8 @@ use shared_proto::shard::shard_index;
 
 use crate::canary::Canary;
 use crate::config::LayerConfig;
+use crate::metrics::Metrics;
+use crate::outbox::{Paused, Wakeups};
 use crate::redis::{RedisError, RedisHost};
 use crate::router::Router;
 
@@ -26,6 +28,23 @@ use crate::router::Router;
 /// long enough for a broadcast's sockets to get several frames per write;
 /// short next to what a notification may take end to end.
 pub const WAKE_WINDOW: Duration = Duration::from_millis(2);
+
+/// The longest a receiver pauses its run for sockets that reached half
+/// their outbox: a fast client's task takes its frames within
+/// microseconds on this thread and within a scheduler slice on another;
+/// a client that does not read costs this once.
+pub const PAUSE_LIMIT: Duration = Duration::from_millis(25);
+
+/// What a receiver does between two payloads of a run: pause for sockets
+/// that are half full, or give the wake-ups held for `WAKE_WINDOW`.
+async fn between_payloads(wakeups: &mut Wakeups, metrics: &Metrics) {
+    if wakeups.wants_pause() {
+        let paused = wakeups.pace(PAUSE_LIMIT).await;
+        metrics.delivery_paused(paused == Paused::CaughtUp);
+    } else {
+        wakeups.wake_if_held_for(WAKE_WINDOW);
+    }
+}
 
 /// The current thread's name, for the log line that says where a receiver
 /// runs.

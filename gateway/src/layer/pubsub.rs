@@ -20,7 +20,7 @@ use shared_proto::shard::shard_index;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{CanarySending, HostRing, LayerError, WAKE_WINDOW};
+use super::{CanarySending, HostRing, LayerError};
 use crate::config::LayerConfig;
 use crate::health::Health;
 use crate::metrics::{DropReason, Metrics};
@@ -224,7 +224,7 @@ async fn receive(
             match next {
                 NextPublished::Message(published) => {
                     router.route_published(&published.channel, &published.payload, &mut wakeups);
-                    wakeups.wake_if_held_for(WAKE_WINDOW);
+                    super::between_payloads(&mut wakeups, &metrics).await;
                 }
                 NextPublished::Lagged(missed) => {
                     metrics.dropped_many(DropReason::SubscriberLag, missed);

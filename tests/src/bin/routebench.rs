@@ -54,7 +54,7 @@ const SMALL_BATCH: usize = 1_000;
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let naming = ChannelNaming::with_process_id("gw-0123456789abcdef01234567".into());
+    let naming = ChannelNaming::with_process_id("gw-0123456789abcdef01234567".into(), 16, 1);
     let registry = Arc::new(Registry::new(naming.clone()));
     let sockets = args.channels.max(SMALL_BATCH);
     let outboxes: Vec<(ConnId, Arc<Outbox>)> = (0..sockets)
