@@ -23,6 +23,9 @@ struct Backlog {
     driver: &'static str,
     users: u64,
     per_user: u64,
+    /// Django's default `capacity` (100 per queue key) and no
+    /// `channel_capacity`, instead of room for the whole backlog.
+    django_defaults: bool,
 }
 
 async fn a_stalled_gateway_delivers_its_whole_backlog(case: Backlog) {
@@ -31,6 +34,7 @@ async fn a_stalled_gateway_delivers_its_whole_backlog(case: Backlog) {
         driver,
         users,
         per_user,
+        django_defaults,
     } = case;
     let redis = RedisServer::start().expect("redis");
     let mut config = GatewayConfig::new(&redis.url())
@@ -41,11 +45,11 @@ async fn a_stalled_gateway_delivers_its_whole_backlog(case: Backlog) {
     // The sender's capacity would drop most of a backlog this deep before
     // the gateway could see it; what is queued must arrive.
     let capacity = match layer {
-        "core" => json!({ "channel_capacity": { "specific.gw-*": 100_000 } }),
+        "core" if !django_defaults => json!({ "channel_capacity": { "specific.gw-*": 100_000 } }),
         _ => json!({}),
     };
     let mut publisher = layer_publisher(layer, &[&redis], capacity).await;
-    let first_user = 10_000;
+    let first_user = 30_000;
     let mut sockets: Vec<WsClient> = Vec::new();
     for user in first_user..first_user + users {
         sockets.push(connect(&gateway, user).await);
@@ -110,6 +114,7 @@ async fn core_direct_one_user_deep_backlog() {
         driver: "direct",
         users: 1,
         per_user: DEEP,
+        django_defaults: false,
     })
     .await;
 }
@@ -121,6 +126,7 @@ async fn core_actix_ws_one_user_deep_backlog() {
         driver: "actix-ws",
         users: 1,
         per_user: DEEP,
+        django_defaults: false,
     })
     .await;
 }
@@ -132,6 +138,7 @@ async fn pubsub_direct_one_user_deep_backlog() {
         driver: "direct",
         users: 1,
         per_user: DEEP,
+        django_defaults: false,
     })
     .await;
 }
@@ -143,6 +150,7 @@ async fn pubsub_actix_ws_one_user_deep_backlog() {
         driver: "actix-ws",
         users: 1,
         per_user: DEEP,
+        django_defaults: false,
     })
     .await;
 }
@@ -154,6 +162,7 @@ async fn core_direct_1000_users_backlog() {
         driver: "direct",
         users: 1_000,
         per_user: 5,
+        django_defaults: false,
     })
     .await;
 }
@@ -165,6 +174,7 @@ async fn core_actix_ws_1000_users_backlog() {
         driver: "actix-ws",
         users: 1_000,
         per_user: 5,
+        django_defaults: false,
     })
     .await;
 }
@@ -176,6 +186,7 @@ async fn pubsub_direct_1000_users_backlog() {
         driver: "direct",
         users: 1_000,
         per_user: 5,
+        django_defaults: false,
     })
     .await;
 }
@@ -187,6 +198,24 @@ async fn pubsub_actix_ws_1000_users_backlog() {
         driver: "actix-ws",
         users: 1_000,
         per_user: 5,
+        django_defaults: false,
+    })
+    .await;
+}
+
+/// Django's defaults: `capacity` 100 per queue key, nothing for the
+/// gateway's channels. 1,200 users each get a message while the gateway is
+/// stalled: one key per process would have held 100 of them and
+/// channels_redis would have dropped the rest; spread over the process's
+/// 16 keys (76 at most in one, for these user ids) every one arrives.
+#[tokio::test]
+async fn core_django_default_capacity_holds_a_burst_over_many_users() {
+    a_stalled_gateway_delivers_its_whole_backlog(Backlog {
+        layer: "core",
+        driver: "direct",
+        users: 1_200,
+        per_user: 1,
+        django_defaults: true,
     })
     .await;
 }
