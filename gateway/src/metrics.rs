@@ -58,6 +58,27 @@ impl DropReason {
     }
 }
 
+/// How a receiver's pause for sockets with half-full queues ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseOutcome {
+    /// Every socket it waited for took its frames.
+    CaughtUp,
+    /// Some socket was still behind when the pause's limit passed.
+    GaveUp,
+    /// Not paused: the receiver had spent its pause budget for this second.
+    OverBudget,
+}
+
+impl PauseOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            PauseOutcome::CaughtUp => "caught_up",
+            PauseOutcome::GaveUp => "gave_up",
+            PauseOutcome::OverBudget => "over_budget",
+        }
+    }
+}
+
 /// How one fetch of the JWKS document (`auth.jwks_url`) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwksFetchResult {
@@ -392,11 +413,12 @@ impl Metrics {
             .inc_by(count);
     }
 
-    /// One pause of a receiver's run (`outbox::Wakeups::pace`): whether
-    /// every socket it waited for caught up.
-    pub fn delivery_paused(&self, caught_up: bool) {
-        let outcome = if caught_up { "caught_up" } else { "gave_up" };
-        self.delivery_pauses.with_label_values(&[outcome]).inc();
+    /// One pause of a receiver's run (`outbox::Wakeups::pace`), or one it
+    /// skipped.
+    pub fn delivery_paused(&self, outcome: PauseOutcome) {
+        self.delivery_pauses
+            .with_label_values(&[outcome.label()])
+            .inc();
     }
 
     /// Runs one Redis round trip and records how long it took under `command`.

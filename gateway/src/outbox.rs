@@ -371,6 +371,11 @@ impl Wakeups {
         !self.pausing_for.is_empty()
     }
 
+    /// Lets the run go on without the pause its sockets asked for.
+    pub fn forget_pauses(&mut self) {
+        self.pausing_for.clear();
+    }
+
     /// Pauses the run for the sockets that asked for it: gives every
     /// wake-up held so far (writing what the wires take), then waits up to
     /// `limit` for those sockets to take their frames, yielding so that

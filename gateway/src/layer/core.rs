@@ -269,6 +269,7 @@ async fn receive(receiver: Receiver) {
     tracing::info!(thread = super::thread_name(), "receiving");
     let mut backlog = false;
     let mut wakeups = Wakeups::counting(metrics.frames_delivered.clone());
+    let mut pacer = super::Pacer::new();
     loop {
         let block = (!backlog).then_some(RECEIVE_BLOCK);
         let pop = host.pop_queues(&queue_keys, batch, block);
@@ -286,7 +287,7 @@ async fn receive(receiver: Receiver) {
                 backlog = payloads.len() >= batch;
                 for queued in &payloads {
                     router.route_queued(&queued.payload, queued.sent_at, &mut wakeups);
-                    super::between_payloads(&mut wakeups, &metrics).await;
+                    pacer.between_payloads(&mut wakeups, &metrics).await;
                 }
                 wakeups.wake_all();
             }

@@ -17,7 +17,7 @@ use shared_proto::shard::shard_index;
 
 use crate::canary::Canary;
 use crate::config::LayerConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PauseOutcome};
 use crate::outbox::{Paused, Wakeups};
 use crate::redis::{RedisError, RedisHost};
 use crate::router::Router;
@@ -35,14 +35,50 @@ pub const WAKE_WINDOW: Duration = Duration::from_millis(2);
 /// a client that does not read costs this once.
 pub const PAUSE_LIMIT: Duration = Duration::from_millis(25);
 
+/// Of every second, the most a receiver spends paused: sockets that keep
+/// falling half behind (many slow links during a long backlog) must not
+/// slow everyone else's delivery by more than this share.
+const PAUSE_BUDGET: Duration = Duration::from_millis(250);
+const PAUSE_BUDGET_WINDOW: Duration = Duration::from_secs(1);
+
 /// What a receiver does between two payloads of a run: pause for sockets
-/// that are half full, or give the wake-ups held for `WAKE_WINDOW`.
-async fn between_payloads(wakeups: &mut Wakeups, metrics: &Metrics) {
-    if wakeups.wants_pause() {
+/// that are half full (within its budget), or give the wake-ups held for
+/// `WAKE_WINDOW`.
+struct Pacer {
+    window_started: tokio::time::Instant,
+    paused_in_window: Duration,
+}
+
+impl Pacer {
+    fn new() -> Pacer {
+        Pacer {
+            window_started: tokio::time::Instant::now(),
+            paused_in_window: Duration::ZERO,
+        }
+    }
+
+    async fn between_payloads(&mut self, wakeups: &mut Wakeups, metrics: &Metrics) {
+        if !wakeups.wants_pause() {
+            wakeups.wake_if_held_for(WAKE_WINDOW);
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window_started) >= PAUSE_BUDGET_WINDOW {
+            self.window_started = now;
+            self.paused_in_window = Duration::ZERO;
+        }
+        if self.paused_in_window >= PAUSE_BUDGET {
+            wakeups.forget_pauses();
+            wakeups.wake_if_held_for(WAKE_WINDOW);
+            metrics.delivery_paused(PauseOutcome::OverBudget);
+            return;
+        }
         let paused = wakeups.pace(PAUSE_LIMIT).await;
-        metrics.delivery_paused(paused == Paused::CaughtUp);
-    } else {
-        wakeups.wake_if_held_for(WAKE_WINDOW);
+        self.paused_in_window += now.elapsed();
+        metrics.delivery_paused(match paused {
+            Paused::CaughtUp => PauseOutcome::CaughtUp,
+            Paused::GaveUp => PauseOutcome::GaveUp,
+        });
     }
 }
 
@@ -150,5 +186,52 @@ impl Layer {
             Layer::Core(layer) => layer.shutdown().await,
             Layer::Pubsub(layer) => layer.shutdown().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::Outbox;
+
+    /// Sockets that never read ask for a pause each; the receiver pauses
+    /// for them until a quarter of the second is spent, then goes on.
+    #[tokio::test]
+    async fn a_receiver_pauses_within_its_budget_then_goes_on() {
+        let metrics = Metrics::new();
+        let mut pacer = Pacer::new();
+        let mut wakeups = Wakeups::new();
+        let mut outboxes = Vec::new();
+        let started = tokio::time::Instant::now();
+        for _ in 0..40 {
+            let outbox = Arc::new(Outbox::new(2));
+            outbox.push("frame".into(), &mut wakeups);
+            outboxes.push(outbox);
+            pacer.between_payloads(&mut wakeups, &metrics).await;
+            assert!(!wakeups.wants_pause());
+        }
+        assert!(
+            started.elapsed() < PAUSE_BUDGET_WINDOW,
+            "{:?}",
+            started.elapsed()
+        );
+        let text = metrics.render();
+        let count = |outcome: &str| {
+            text.lines()
+                .find_map(|line| {
+                    line.strip_prefix(&format!(
+                        "gateway_delivery_pauses_total{{outcome=\"{outcome}\"}} "
+                    ))
+                })
+                .and_then(|value| value.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let given_up = count("gave_up");
+        let limit = (PAUSE_BUDGET.as_millis() / PAUSE_LIMIT.as_millis()) as u64;
+        assert!(
+            (1..=limit).contains(&given_up),
+            "paused {given_up} times within the budget"
+        );
+        assert_eq!(given_up + count("over_budget"), 40);
     }
 }

@@ -209,6 +209,7 @@ async fn receive(
 ) {
     let mut messages = subscriber.messages();
     let mut wakeups = Wakeups::counting(metrics.frames_delivered.clone());
+    let mut pacer = super::Pacer::new();
     tracing::info!(
         thread = super::thread_name(),
         host = subscriber.label(),
@@ -224,7 +225,7 @@ async fn receive(
             match next {
                 NextPublished::Message(published) => {
                     router.route_published(&published.channel, &published.payload, &mut wakeups);
-                    super::between_payloads(&mut wakeups, &metrics).await;
+                    pacer.between_payloads(&mut wakeups, &metrics).await;
                 }
                 NextPublished::Lagged(missed) => {
                     metrics.dropped_many(DropReason::SubscriberLag, missed);
