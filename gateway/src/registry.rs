@@ -57,6 +57,13 @@ impl ChannelNaming {
         &self.non_local
     }
 
+    /// The non-local parts (`specific.<process>!`) of every queue key this
+    /// process reads: the one place that says which queue keys it owns, so
+    /// the liveness record (and a reaper after a crash) names exactly them.
+    pub fn queue_non_local_parts(&self) -> &[String] {
+        std::slice::from_ref(&self.non_local)
+    }
+
     pub fn channel(&self, conn: ConnId) -> String {
         format!("{}{conn:x}", self.non_local)
     }

@@ -8,6 +8,7 @@
 //! directly (the router and the outboxes do).
 
 pub mod core;
+pub mod liveness;
 pub mod pubsub;
 
 use std::sync::Arc;
