@@ -37,8 +37,9 @@ const MAX_REAP_INTERVAL: Duration = Duration::from_secs(5);
 /// Removes up to `ARGV[1]` entries of a dead process's record, unless its
 /// liveness record exists (checked here, inside Redis, so a process that
 /// came back is never touched). Replies `{-1, 0}` when the process is
-/// alive, `{1, removed}` while entries remain, `{0, removed}` once the
-/// record is gone and the process left the processes set. Entries that
+/// alive, `{1, removed}` while entries remain, `{0, removed}` when this
+/// call finished the reap (the record is gone and the process left the
+/// processes set), `{2, removed}` when another reaper finished it. Entries that
 /// are neither a group membership nor a queue key of the layer are dropped
 /// untouched.
 const REAP_SCRIPT: &str = "\
@@ -58,8 +59,8 @@ for _, entry in ipairs(entries) do
   end
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {1, removed} end
-redis.call('SREM', KEYS[3], ARGV[2])
-return {0, removed}";
+if redis.call('SREM', KEYS[3], ARGV[2]) == 1 then return {0, removed} end
+return {2, removed}";
 
 /// The liveness key names of one process, the same on every host.
 #[derive(Debug, Clone)]
@@ -318,11 +319,14 @@ async fn reap_process(
                 );
                 return Ok(());
             }
-            [more, removed] => {
+            [state, removed] => {
                 let removed = u64::try_from(*removed).unwrap_or(0);
                 removed_total += removed;
                 metrics.memberships_reaped.inc_by(removed);
-                if *more == 0 {
+                if *state == 2 {
+                    return Ok(());
+                }
+                if *state == 0 {
                     metrics.processes_reaped.inc();
                     tracing::info!(
                         process,
