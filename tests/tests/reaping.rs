@@ -416,6 +416,56 @@ async fn a_process_paused_for_5_seconds_is_not_reaped_with_the_default_timeout()
 }
 
 #[tokio::test]
+async fn a_process_stalled_past_its_timeout_is_reaped_and_re_adds_its_memberships() {
+    let mut cluster = cluster(1, 2, Some(TEST_LIVENESS)).await;
+    let stalled_process = process_id(cluster.gateway(0));
+    let mut sockets = Vec::new();
+    for user in 1..=3 {
+        sockets.push(connect(cluster.gateway(0), user).await);
+    }
+    let before = cluster.memberships().await;
+    let ours = |memberships: &BTreeSet<(String, String)>| -> BTreeSet<(String, String)> {
+        memberships
+            .iter()
+            .filter(|(_, channel)| channel.contains(&stalled_process))
+            .cloned()
+            .collect()
+    };
+    let stalled_memberships = ours(&before);
+    assert_eq!(stalled_memberships.len(), 4, "three users and the canary");
+
+    let stalled = cluster.gateways[0].as_mut().expect("gateway");
+    stalled.signal(Signal::Stop).expect("SIGSTOP");
+    let deadline = Instant::now() + REAP_DEADLINE;
+    while !ours(&cluster.memberships().await).is_empty() {
+        assert!(Instant::now() < deadline, "the stalled process is reaped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stalled = cluster.gateways[0].as_mut().expect("gateway");
+    stalled.signal(Signal::Cont).expect("SIGCONT");
+
+    // Its next heartbeat finds its liveness key gone and re-adds everything.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ours(&cluster.memberships().await) != stalled_memberships {
+        assert!(Instant::now() < deadline, "memberships re-added");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(metric(cluster.gateway(0), "gateway_liveness_lost_total ").await >= 1.0);
+    assert!(cluster.listed_anywhere(&stalled_process).await);
+    for (user, socket) in (1..=3).zip(&mut sockets) {
+        cluster
+            .publisher
+            .group_send(&format!("user_{user}"), notification(r#""back""#))
+            .await
+            .expect("group_send");
+        expect_frame(socket, r#"{"message": "back"}"#).await;
+    }
+    // And it stays: the other process's reaper leaves it alone now.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(ours(&cluster.memberships().await), stalled_memberships);
+}
+
+#[tokio::test]
 async fn a_process_restarted_alone_reaps_its_dead_predecessor() {
     let mut cluster = cluster(1, 1, Some(TEST_LIVENESS)).await;
     let predecessor = process_id(cluster.gateway(0));
