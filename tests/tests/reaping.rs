@@ -661,3 +661,133 @@ async fn a_leave_whose_write_failed_is_retried_until_written() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn a_big_record_is_reaped_in_chunks_and_only_what_it_lists_is_removed() {
+    const DEAD: &str = "gw-dead00000000000000000001";
+    const LIVE: &str = "gw-11fe00000000000000000002";
+    const MEMBERSHIPS: usize = 1_234;
+    let redis = RedisServer::start().expect("redis starts");
+    let mut client = redis.client().await.expect("client");
+    // A dead process (no liveness key) that joined 1,234 channels to three
+    // groups, with its queue key; a live process and a Django consumer in
+    // the same groups.
+    let mut commands: Vec<Vec<String>> = vec![
+        vec![
+            "SADD".into(),
+            "asgi:gw:processes".into(),
+            DEAD.into(),
+            LIVE.into(),
+        ],
+        vec![
+            "SET".into(),
+            format!("asgi:gw:alive:{LIVE}"),
+            "1".into(),
+            "EX".into(),
+            "600".into(),
+        ],
+        vec![
+            "ZADD".into(),
+            format!("asgispecific.{DEAD}!"),
+            "1".into(),
+            "payload".into(),
+        ],
+        vec![
+            "SADD".into(),
+            format!("asgi:gw:joined:{DEAD}"),
+            format!("asgispecific.{DEAD}!"),
+        ],
+    ];
+    for group in 0..3 {
+        let key = format!("asgi:group:bulk_{group}");
+        for other in [
+            format!("specific.{LIVE}!1"),
+            "specific.0123abcd!x".to_string(),
+        ] {
+            commands.push(vec!["ZADD".into(), key.clone(), "1".into(), other]);
+        }
+        commands.push(vec![
+            "SADD".into(),
+            format!("asgi:gw:joined:{LIVE}"),
+            format!("{key} specific.{LIVE}!1"),
+        ]);
+    }
+    for n in 0..MEMBERSHIPS {
+        let key = format!("asgi:group:bulk_{}", n % 3);
+        let channel = format!("specific.{DEAD}!{n:x}");
+        commands.push(vec![
+            "ZADD".into(),
+            key.clone(),
+            "1".into(),
+            channel.clone(),
+        ]);
+        commands.push(vec![
+            "SADD".into(),
+            format!("asgi:gw:joined:{DEAD}"),
+            format!("{key} {channel}"),
+        ]);
+    }
+    for reply in client.pipeline(&commands).await.expect("pipeline") {
+        reply.check().expect("setup command");
+    }
+
+    // No canary, so the only scripts run are the reaper's.
+    let mut config = GatewayConfig::new(&redis.url())
+        .expect("config")
+        .line("layer", TEST_LIVENESS)
+        .line("layer", r#"canary_interval = "0s""#);
+    let gateway = start_gateway(&mut config).await;
+    let deadline = Instant::now() + REAP_DEADLINE;
+    while metric(&gateway, "gateway_processes_reaped_total ").await < 1.0 {
+        assert!(Instant::now() < deadline, "the dead process is reaped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        metric(&gateway, "gateway_memberships_reaped_total ").await,
+        MEMBERSHIPS as f64
+    );
+    for group in 0..3 {
+        assert_eq!(
+            group_members(&redis, &format!("bulk_{group}")).await,
+            vec![
+                "specific.0123abcd!x".to_string(),
+                format!("specific.{LIVE}!1")
+            ],
+            "only the dead process's members are gone"
+        );
+    }
+    let exists = |key: String| {
+        let redis = &redis;
+        async move { redis.cmd(&["EXISTS", &key]).await.expect("exists") == vec!["1"] }
+    };
+    assert!(
+        !exists(format!("asgispecific.{DEAD}!")).await,
+        "queue key deleted"
+    );
+    assert!(
+        !exists(format!("asgi:gw:joined:{DEAD}")).await,
+        "record deleted"
+    );
+    assert!(
+        exists(format!("asgi:gw:joined:{LIVE}")).await,
+        "live record kept"
+    );
+    let processes = redis
+        .cmd(&["SMEMBERS", "asgi:gw:processes"])
+        .await
+        .expect("smembers");
+    assert!(processes.contains(&LIVE.to_string()) && !processes.contains(&DEAD.to_string()));
+    // 1,235 entries in chunks of 500: three script calls.
+    let stats = redis
+        .cmd(&["INFO", "commandstats"])
+        .await
+        .expect("commandstats")
+        .join("\n");
+    let evals: u64 = stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_eval:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(evals, 3, "reaped in chunks");
+}

@@ -380,7 +380,11 @@ async fn write_memberships(
         }
         last_write = Some(Instant::now());
         let mut plan = WritePlan::new(hosts.len());
-        failed_leaves.retry_due_into(&mut plan, &metrics);
+        // A flush (shutdown) takes the failed leaves along at once.
+        let flushing = batch
+            .iter()
+            .any(|op| matches!(op, MembershipOp::Flush { .. }));
+        failed_leaves.retry_due_into(&mut plan, flushing, &metrics);
         let mut joins = Vec::new();
         let mut flushes = Vec::new();
         for op in batch.drain(..) {
@@ -473,9 +477,11 @@ impl FailedLeaves {
         true
     }
 
-    /// Moves the waiting leaves into `plan` once their retry is due.
-    fn retry_due_into(&mut self, plan: &mut WritePlan, metrics: &Metrics) {
-        if self.retry_at.is_none_or(|at| at > Instant::now()) {
+    /// Moves the waiting leaves into `plan` once their retry is due, or
+    /// at once with `now`.
+    fn retry_due_into(&mut self, plan: &mut WritePlan, now: bool, metrics: &Metrics) {
+        let due = self.retry_at.is_some_and(|at| now || at <= Instant::now());
+        if !due {
             return;
         }
         self.retry_at = None;
