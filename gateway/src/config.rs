@@ -965,12 +965,6 @@ impl Config {
                 "must be between 2s and 300s",
             ));
         }
-        if layer.liveness_timeout >= Duration::from_secs(layer.group_expiry) {
-            return Err(invalid(
-                "layer.liveness_timeout",
-                "must be below group_expiry",
-            ));
-        }
         if layer.symmetric_encryption_keys.iter().any(Secret::is_empty) {
             return Err(invalid(
                 "layer.symmetric_encryption_keys",
@@ -1074,18 +1068,6 @@ mod tests {
                 "{error}"
             );
         }
-        let error = Config::load(
-            None,
-            &[
-                "layer.group_expiry=10".into(),
-                "layer.liveness_timeout=\"10s\"".into(),
-            ],
-        )
-        .unwrap_err();
-        assert!(
-            error.to_string().contains("layer.liveness_timeout"),
-            "{error}"
-        );
         let error = Config::load(None, &["layer.expiry=\"soon\"".into()]).unwrap_err();
         assert!(error.to_string().contains("expiry"), "{error}");
     }

@@ -272,16 +272,7 @@ impl CoreLayer {
             task.abort();
             let _ = task.await;
         }
-        // Stopped on purpose: what is left of this process (its queue key,
-        // a leave that could not be written) is reaped by the others now
-        // rather than after the liveness timeout.
-        join_all(
-            self.hosts
-                .hosts()
-                .iter()
-                .map(|host| host.delete(vec![self.liveness.keys.alive.clone()])),
-        )
-        .await;
+        liveness::retire(&self.hosts, &self.liveness).await;
         for host in self.hosts.hosts() {
             host.stop().await;
         }
@@ -425,7 +416,8 @@ async fn write_memberships(
         let outcomes = plan
             .execute(
                 &hosts,
-                (settings.group_expiry, &liveness.keys.record),
+                settings.group_expiry,
+                &liveness,
                 &metrics,
                 &mut failed_leaves,
             )
@@ -538,7 +530,8 @@ impl WritePlan {
     async fn execute(
         self,
         hosts: &HostRing,
-        (group_expiry, record_key): (u64, &str),
+        group_expiry: u64,
+        liveness: &LivenessSettings,
         metrics: &Metrics,
         failed_leaves: &mut FailedLeaves,
     ) -> Vec<Result<(), String>> {
@@ -550,8 +543,8 @@ impl WritePlan {
             .zip(self.removes)
             .map(|(adds, removes)| {
                 let record = (!adds.is_empty() || !removes.is_empty()).then(|| RecordWrites {
-                    key: record_key.to_string(),
-                    expiry,
+                    key: liveness.keys.record.clone(),
+                    expiry: liveness.record_expiry,
                     adds: record_entries(&adds),
                     removes: record_entries(&removes),
                 });

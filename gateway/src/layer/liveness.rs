@@ -126,8 +126,9 @@ fn is_gateway_process_id(process: &str) -> bool {
 pub struct LivenessSettings {
     pub keys: ProcessKeys,
     pub timeout: Duration,
-    /// Seconds records and the processes set live after a write
-    /// (`group_expiry`: nothing outlives the memberships it describes).
+    /// Seconds records and the processes set live after a write:
+    /// `group_expiry`, so nothing outlives the memberships it describes,
+    /// but at least two liveness timeouts, so heartbeats keep them.
     pub record_expiry: i64,
     /// Per host, in ring order, the record entries of this process's queue
     /// keys that live there.
@@ -152,7 +153,8 @@ impl LivenessSettings {
         LivenessSettings {
             keys: ProcessKeys::new(prefix, process_id),
             timeout,
-            record_expiry: i64::try_from(group_expiry).unwrap_or(i64::MAX),
+            record_expiry: i64::try_from(group_expiry.max(timeout.as_secs() * 2))
+                .unwrap_or(i64::MAX),
             queue_entries,
         }
     }
@@ -280,9 +282,27 @@ async fn reap_host(
             live.insert(process);
             continue;
         }
-        reap_process(host, keys, &process, alive_key, metrics).await?;
+        reap_process(host, keys, &process, alive_key, Some(metrics)).await?;
     }
     Ok(())
+}
+
+/// At a clean stop, after the process removed its memberships: deletes its
+/// liveness key and reaps what is left of it (its queue keys, a leave that
+/// could not be written, the record) with the same script, so nobody has
+/// to wait for its timeout. Where that fails, the others reap it later.
+pub async fn retire(hosts: &HostRing, settings: &LivenessSettings) {
+    let keys = &settings.keys;
+    join_all(hosts.hosts().iter().map(|host| async move {
+        host.delete(vec![keys.alive.clone()]).await?;
+        reap_process(host, keys, &keys.process_id, keys.alive.clone(), None).await
+    }))
+    .await
+    .into_iter()
+    .filter_map(Result::err)
+    .for_each(
+        |error| tracing::info!(%error, "retiring the liveness record failed; others reap it"),
+    );
 }
 
 /// Runs the reap script on one dead process's record, a chunk per call,
@@ -292,7 +312,7 @@ async fn reap_process(
     keys: &ProcessKeys,
     process: &str,
     alive_key: String,
-    metrics: &Metrics,
+    metrics: Option<&Metrics>,
 ) -> Result<(), RedisError> {
     let script_keys = vec![
         alive_key,
@@ -322,18 +342,23 @@ async fn reap_process(
             [state, removed] => {
                 let removed = u64::try_from(*removed).unwrap_or(0);
                 removed_total += removed;
-                metrics.memberships_reaped.inc_by(removed);
+                if let Some(metrics) = metrics {
+                    metrics.memberships_reaped.inc_by(removed);
+                }
                 if *state == 2 {
                     return Ok(());
                 }
                 if *state == 0 {
-                    metrics.processes_reaped.inc();
-                    tracing::info!(
-                        process,
-                        host = host.label(),
-                        memberships = removed_total,
-                        "reaped a dead gateway process"
-                    );
+                    // Without metrics it is this process retiring itself.
+                    if let Some(metrics) = metrics {
+                        metrics.processes_reaped.inc();
+                        tracing::info!(
+                            process,
+                            host = host.label(),
+                            memberships = removed_total,
+                            "reaped a dead gateway process"
+                        );
+                    }
                     return Ok(());
                 }
             }
