@@ -10,7 +10,9 @@
 //! and one entry `<queue key>` per queue key of the process there. The
 //! membership writer (`layer::core`) keeps the record in step in its own
 //! pipelines through [`record_entry`]; this module owns the key names, the
-//! entry format, the heartbeat and the reap script. It must never remove
+//! entry format, the heartbeat, the reap script, the reaper and a clean
+//! stop's retirement (the same script run on the process itself, after it
+//! deleted its liveness key). It must never remove
 //! anything of a process whose liveness record exists (the script checks
 //! inside Redis, atomically), and never scan a group: the record names
 //! exactly what to remove.
