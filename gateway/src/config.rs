@@ -534,6 +534,14 @@ fn redact_url_password(url: &str) -> String {
 
 /// The most queue keys one process may use (`layer.queue_keys`).
 pub const MAX_QUEUE_KEYS: usize = 256;
+/// A crashed process is reaped within this plus one reaper pass (about 20 s).
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(15);
+/// Below this, a busy event loop or a short network hiccup would get a live
+/// process reaped.
+pub const MIN_LIVENESS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Above this, a crashed process's users stay "present" and its groups keep
+/// collecting messages nobody reads for too long.
+pub const MAX_LIVENESS_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -565,6 +573,10 @@ pub struct LayerConfig {
     /// turns the canary (and its readiness check) off.
     #[serde(with = "humantime_serde")]
     pub canary_interval: Duration,
+    /// How long a process's liveness record outlives its last heartbeat
+    /// (core layer); after that, other processes reap its memberships.
+    #[serde(with = "humantime_serde")]
+    pub liveness_timeout: Duration,
 }
 
 impl Default for LayerConfig {
@@ -583,6 +595,7 @@ impl Default for LayerConfig {
             receive_batch: 512,
             queue_keys: 16,
             canary_interval: Duration::from_secs(1),
+            liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
         }
     }
 }
@@ -951,6 +964,14 @@ impl Config {
                 "must be above zero and below group_expiry",
             ));
         }
+        if layer.liveness_timeout < MIN_LIVENESS_TIMEOUT
+            || layer.liveness_timeout > MAX_LIVENESS_TIMEOUT
+        {
+            return Err(invalid(
+                "layer.liveness_timeout",
+                "must be between 2s and 300s",
+            ));
+        }
         if layer.symmetric_encryption_keys.iter().any(Secret::is_empty) {
             return Err(invalid(
                 "layer.symmetric_encryption_keys",
@@ -1052,6 +1073,14 @@ mod tests {
     fn bad_value_names_its_key() {
         let error = Config::load(None, &["layer.group_expiry=1".into()]).unwrap_err();
         assert!(error.to_string().contains("layer.group_expiry"), "{error}");
+        for timeout in ["\"1s\"", "\"301s\"", "\"500ms\""] {
+            let error =
+                Config::load(None, &[format!("layer.liveness_timeout={timeout}")]).unwrap_err();
+            assert!(
+                error.to_string().contains("layer.liveness_timeout"),
+                "{error}"
+            );
+        }
         let error = Config::load(None, &["layer.expiry=\"soon\"".into()]).unwrap_err();
         assert!(error.to_string().contains("expiry"), "{error}");
     }

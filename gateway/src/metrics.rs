@@ -143,6 +143,11 @@ pub struct Metrics {
     jwks_fetches: IntCounterVec,
     /// Keys held from the fetched JWKS document.
     pub jwks_keys: IntGauge,
+    pub processes_seen: IntGauge,
+    pub processes_reaped: IntCounter,
+    pub memberships_reaped: IntCounter,
+    pub liveness_lost: IntCounter,
+    pub leaves_awaiting_retry: IntGauge,
 }
 
 /// Outcome of one upgrade request.
@@ -369,6 +374,48 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
+            processes_seen: register(
+                &registry,
+                IntGauge::new(
+                    "gateway_processes_seen",
+                    "Gateway processes with a live liveness record at the last reaper pass, \
+                     this one included (core layer)",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            processes_reaped: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_processes_reaped_total",
+                    "Records of dead gateway processes this process removed, one per Redis host",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            memberships_reaped: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_memberships_reaped_total",
+                    "Group memberships of dead gateway processes this process removed",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            liveness_lost: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_liveness_lost_total",
+                    "Heartbeats that found this process's liveness record gone (stalled past \
+                     layer.liveness_timeout, or Redis lost it); each re-adds every membership",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            leaves_awaiting_retry: register(
+                &registry,
+                IntGauge::new(
+                    "gateway_leaves_awaiting_retry",
+                    "Group leaves whose write failed and that are retried every second",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
             registry,
         };
         // Export every label value from the start so dashboards and alerts see zeros.
@@ -467,6 +514,11 @@ mod tests {
             "gateway_drops_total{reason=\"slow_consumer\"} 0",
             "gateway_publish_lag_seconds_bucket",
             "gateway_jwks_fetches_total{result=\"bad_status\"} 0",
+            "gateway_processes_seen 0",
+            "gateway_processes_reaped_total 0",
+            "gateway_memberships_reaped_total 0",
+            "gateway_liveness_lost_total 0",
+            "gateway_leaves_awaiting_retry 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use fred::prelude::{
-    ClientLike, Config as FredConfig, Error as FredError, EventInterface, KeysInterface,
-    PubsubInterface, ReconnectPolicy, SortedSetsInterface, TcpConfig, Value,
+    ClientLike, Config as FredConfig, Error as FredError, EventInterface, Expiration,
+    KeysInterface, LuaInterface, PubsubInterface, ReconnectPolicy, SetsInterface,
+    SortedSetsInterface, TcpConfig, Value,
 };
 use fred::types::config::{Server, ServerConfig, TlsConfig, TlsConnector};
 use fred::types::Builder;
@@ -52,12 +53,48 @@ pub struct MembershipWrites {
     pub adds: Vec<(String, Vec<String>)>,
     /// Group key → channels to remove.
     pub removes: Vec<(String, Vec<String>)>,
+    /// The same changes to the process's record of what it joined, in the
+    /// same pipeline: its adds go before the `ZADD`s and its removes after
+    /// the `ZREM`s, so the record never misses a membership that exists.
+    pub record: Option<RecordWrites>,
+}
+
+/// Entries to add to and remove from a set key (the record of a process).
+#[derive(Debug, Default)]
+pub struct RecordWrites {
+    pub key: String,
+    /// Seconds the record lives after this write.
+    pub expiry: i64,
+    /// Entries to add, one command per inner list.
+    pub adds: Vec<Vec<String>>,
+    /// Entries to remove, one command per inner list.
+    pub removes: Vec<Vec<String>>,
+}
+
+/// One liveness refresh of a process on one host, as one pipeline.
+#[derive(Debug)]
+pub struct Heartbeat<'a> {
+    /// Refreshed to live `ttl` more (Redis' own clock decides expiry).
+    pub alive_key: &'a str,
+    pub ttl: Duration,
+    /// The set of process ids on this host that reapers look at.
+    pub processes_key: &'a str,
+    pub process_id: &'a str,
+    /// The process's record, and entries to (re)add to it.
+    pub record_key: &'a str,
+    pub record_entries: &'a [String],
+    /// Seconds the processes set and the record live after this beat.
+    pub record_expiry: i64,
 }
 
 impl MembershipWrites {
     pub fn is_empty(&self) -> bool {
         self.adds.is_empty() && self.removes.is_empty()
     }
+}
+
+fn as_strs(entries: &[String]) -> Vec<&str> {
+    entries.iter().map(String::as_str).collect()
 }
 
 fn bad_url(label: &str, error: &FredError) -> RedisError {
@@ -335,6 +372,20 @@ impl RedisHost {
             return Ok(());
         }
         let pipeline = self.client.pipeline();
+        if let Some(record) = &writes.record {
+            for entries in &record.adds {
+                let () = pipeline
+                    .sadd(record.key.as_str(), as_strs(entries))
+                    .await
+                    .map_err(|error| self.command_error(error))?;
+            }
+            if !record.adds.is_empty() {
+                let () = pipeline
+                    .expire(record.key.as_str(), record.expiry, None)
+                    .await
+                    .map_err(|error| self.command_error(error))?;
+            }
+        }
         for (key, channels) in &writes.adds {
             let members: Vec<(f64, &str)> = channels.iter().map(|c| (score, c.as_str())).collect();
             let () = pipeline
@@ -352,6 +403,14 @@ impl RedisHost {
                 .zrem(key.as_str(), members)
                 .await
                 .map_err(|error| self.command_error(error))?;
+        }
+        if let Some(record) = &writes.record {
+            for entries in &record.removes {
+                let () = pipeline
+                    .srem(record.key.as_str(), as_strs(entries))
+                    .await
+                    .map_err(|error| self.command_error(error))?;
+            }
         }
         let results = pipeline.try_all::<Value>().await;
         match results.into_iter().find_map(Result::err) {
@@ -481,6 +540,126 @@ impl RedisHost {
             }
         }
         Ok(())
+    }
+
+    /// Refreshes a process's liveness record (and its entry in the processes
+    /// set, and the record's own entries and expiry) in one pipeline.
+    /// Returns whether the liveness record still existed: `false` after it
+    /// expired (the process was stalled past its timeout, and may have been
+    /// reaped) or after Redis lost it, and on the very first beat.
+    pub async fn beat(&self, beat: &Heartbeat<'_>) -> Result<bool, RedisError> {
+        let ttl_ms = i64::try_from(beat.ttl.as_millis()).unwrap_or(i64::MAX);
+        let pipeline = self.client.pipeline();
+        let command = |error| self.command_error(error);
+        let () = pipeline
+            .pexpire(beat.alive_key, ttl_ms, None)
+            .await
+            .map_err(command)?;
+        let () = pipeline
+            .set(
+                beat.alive_key,
+                "1",
+                Some(Expiration::PX(ttl_ms)),
+                None,
+                false,
+            )
+            .await
+            .map_err(command)?;
+        let () = pipeline
+            .sadd(beat.processes_key, beat.process_id)
+            .await
+            .map_err(command)?;
+        let () = pipeline
+            .expire(beat.processes_key, beat.record_expiry, None)
+            .await
+            .map_err(command)?;
+        if !beat.record_entries.is_empty() {
+            let () = pipeline
+                .sadd(beat.record_key, as_strs(beat.record_entries))
+                .await
+                .map_err(command)?;
+        }
+        let () = pipeline
+            .expire(beat.record_key, beat.record_expiry, None)
+            .await
+            .map_err(command)?;
+        let replies: Vec<Value> = pipeline.all().await.map_err(command)?;
+        match replies.first().and_then(Value::as_i64) {
+            Some(refreshed) => Ok(refreshed == 1),
+            None => Err(self.bad_reply("PEXPIRE reply is not an integer")),
+        }
+    }
+
+    /// Every member of a set (the process ids a host knows of).
+    pub async fn set_members(&self, key: &str) -> Result<Vec<String>, RedisError> {
+        self.client
+            .smembers(key)
+            .await
+            .map_err(|error| self.command_error(error))
+    }
+
+    /// Which of `keys` exist, in order, in one round trip.
+    pub async fn keys_exist(&self, keys: &[String]) -> Result<Vec<bool>, RedisError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pipeline = self.client.pipeline();
+        for key in keys {
+            let () = pipeline
+                .exists(key.as_str())
+                .await
+                .map_err(|error| self.command_error(error))?;
+        }
+        let replies: Vec<Value> = pipeline
+            .all()
+            .await
+            .map_err(|error| self.command_error(error))?;
+        replies
+            .iter()
+            .map(|reply| {
+                reply
+                    .as_i64()
+                    .map(|count| count > 0)
+                    .ok_or_else(|| self.bad_reply("EXISTS reply is not an integer"))
+            })
+            .collect()
+    }
+
+    /// Deletes keys (one command).
+    pub async fn delete(&self, keys: Vec<String>) -> Result<(), RedisError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let _: i64 = self
+            .client
+            .del(keys)
+            .await
+            .map_err(|error| self.command_error(error))?;
+        Ok(())
+    }
+
+    /// Runs a Lua script whose reply is a list of integers.
+    pub async fn script_integers(
+        &self,
+        script: &str,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Vec<i64>, RedisError> {
+        let reply: Value = self
+            .client
+            .eval(script, keys, args)
+            .await
+            .map_err(|error| self.command_error(error))?;
+        let Value::Array(items) = reply else {
+            return Err(self.bad_reply("script reply is not an array"));
+        };
+        items
+            .iter()
+            .map(|item| {
+                item.as_i64()
+                    .ok_or_else(|| self.bad_reply("script reply holds a non-integer"))
+            })
+            .collect()
     }
 
     /// Every member of a sorted set (a group's channel names).

@@ -90,7 +90,9 @@ impl ChannelNaming {
     }
 
     /// `specific.<process>.<lane>!` for every lane: the parts that name this
-    /// process's queue keys, all on one Redis host.
+    /// process's queue keys, all on one Redis host. The one place that says
+    /// which queue keys the process owns, so its liveness record (and a
+    /// reaper after a crash) names exactly them.
     pub fn non_local_parts(&self) -> &[String] {
         &self.non_locals
     }

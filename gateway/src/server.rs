@@ -310,6 +310,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 refresh_interval: config.layer.membership_refresh_interval(),
                 receive_batch: config.layer.receive_batch,
                 canary: canary_sending.clone(),
+                liveness_timeout: config.layer.liveness_timeout,
             },
         )?),
         LayerBackend::Pubsub => Layer::Pubsub(

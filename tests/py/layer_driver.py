@@ -22,7 +22,7 @@ logging (including channels_redis' INFO "over capacity" line) goes to stderr.
 
 Ops: group_send, group_send_seq, send, group_add, group_discard, new_channel,
 receive, flush, expected_frame, serialize, deserialize, mint_jwt, simplejwt,
-forge_hmac_jwt, public_jwk, ping, quit.  See ``HANDLERS`` below and tests/src/python.rs for the shapes.
+forge_hmac_jwt, public_jwk, ping, run_snippet, quit.  See ``HANDLERS`` below and tests/src/python.rs for the shapes.
 """
 
 import argparse
@@ -334,6 +334,20 @@ def op_ping(_layer, _req):
     return {}
 
 
+async def op_run_snippet(layer, req):
+    """Runs documented Python (``code``) as a Django project would: defines
+    it, then awaits ``function(layer, *args)`` and returns its result."""
+    namespace = {}
+    exec(need(req, "code", str), namespace)  # noqa: S102 - test-supplied code
+    function = namespace.get(need(req, "function", str))
+    if not callable(function):
+        raise RequestError("the snippet does not define that function")
+    result = function(layer, *req.get("args", []))
+    if asyncio.iscoroutine(result):
+        result = await result
+    return {"result": result}
+
+
 HANDLERS = {
     "group_send": op_group_send,
     "group_send_seq": op_group_send_seq,
@@ -351,6 +365,7 @@ HANDLERS = {
     "forge_hmac_jwt": op_forge_hmac_jwt,
     "public_jwk": op_public_jwk,
     "ping": op_ping,
+    "run_snippet": op_run_snippet,
 }
 
 

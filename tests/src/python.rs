@@ -492,6 +492,18 @@ impl LayerDriver {
             .map(drop)
     }
 
+    /// Defines Python `code` (e.g. a snippet from the docs) and returns what
+    /// `await function(channel_layer, *args)` gives.
+    pub async fn run_snippet(&mut self, code: &str, function: &str, args: Value) -> Result<Value> {
+        let mut reply = self
+            .request(json!({"op": "run_snippet", "code": code, "function": function, "args": args}))
+            .await?;
+        Ok(reply
+            .get_mut("result")
+            .map(Value::take)
+            .unwrap_or(Value::Null))
+    }
+
     /// `channel_layer.new_channel()`.
     pub async fn new_channel(&mut self) -> Result<String> {
         let reply = self.request(json!({"op": "new_channel"})).await?;

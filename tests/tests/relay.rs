@@ -513,7 +513,10 @@ async fn readiness_follows_redis_and_recovers_by_itself() {
 
 #[tokio::test]
 async fn memberships_lost_without_a_reconnect_are_detected_and_repaired() {
-    let mut stack = stack().await;
+    // The heartbeat notices a lost liveness key too (tests/tests/reaping.rs);
+    // a long liveness timeout keeps its next beat out of this test, which is
+    // about the canary.
+    let mut stack = stack_with(|config| config.line("layer", r#"liveness_timeout = "300s""#)).await;
     let mut socket = connect(&stack.gateway, 95).await;
     let repairs = "canary missing while connected";
     let repairs_before = stack.gateway.log_text().matches(repairs).count();

@@ -5,7 +5,9 @@
 //! feeds the router, on the runtime it is given (a socket thread's, so that
 //! popping, routing and writing the frames happen on one thread); the
 //! membership writer turns joins, leaves and refreshes
-//! into one pipeline per Redis host per batch; the keeper re-adds every live
+//! into one pipeline per Redis host per batch, keeping the process's record
+//! of what it joined (`layer::liveness`) in step in the same pipelines, and
+//! retries leaves whose write failed; the keeper re-adds every live
 //! membership well before `group_expiry` and right after any reconnect, since
 //! Channels itself never refreshes and a Redis restart wipes them. It must not
 //! render frames or touch sockets.
@@ -22,11 +24,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::liveness::{self, LivenessSettings};
 use super::{CanarySending, HostRing, LayerError};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::Wakeups;
-use crate::redis::{MembershipWrites, RedisHost};
+use crate::redis::{MembershipWrites, RecordWrites, RedisHost};
 use crate::registry::Registry;
 use crate::router::{unix_now, Router};
 use crate::shutdown::Shutdown;
@@ -44,6 +47,11 @@ const MEMBERS_PER_COMMAND: usize = 1_000;
 /// A membership write that follows the previous one within this window
 /// waits for the window's end and takes everything queued by then.
 const STORM_GATHER: Duration = Duration::from_millis(1);
+/// Leaves whose write failed wait at most this many for a retry; beyond,
+/// the record of this process still lists them for a reaper.
+const MAX_LEAVES_AWAITING_RETRY: usize = 65_536;
+/// How long a failed leave waits before it is written again.
+const LEAVE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 pub struct CoreSettings {
     pub prefix: String,
@@ -52,6 +60,8 @@ pub struct CoreSettings {
     pub refresh_interval: Duration,
     pub receive_batch: usize,
     pub canary: Option<CanarySending>,
+    /// `layer.liveness_timeout`: see `layer::liveness`.
+    pub liveness_timeout: Duration,
 }
 
 enum MembershipOp {
@@ -79,6 +89,7 @@ pub struct CoreLayer {
     receive_host: RedisHost,
     /// The receiver until `start_receiving` places it.
     receiver: Mutex<Option<Receiver>>,
+    liveness: Arc<LivenessSettings>,
 }
 
 /// Everything the receiver needs, so it can be started on another runtime
@@ -155,13 +166,35 @@ impl CoreLayer {
             metrics: metrics.clone(),
             stop: stop.clone(),
         };
+        let liveness = Arc::new(LivenessSettings::new(
+            &hosts,
+            &settings.prefix,
+            registry.naming().process_id(),
+            registry.naming().non_local_parts(),
+            settings.liveness_timeout,
+            settings.group_expiry,
+        ));
         let settings = Arc::new(settings);
         let mut tasks = vec![
+            tokio::spawn(liveness::keep_alive(
+                hosts.clone(),
+                liveness.clone(),
+                needs_refresh.clone(),
+                metrics.clone(),
+                stop.clone(),
+            )),
+            tokio::spawn(liveness::reap_dead(
+                hosts.clone(),
+                liveness.clone(),
+                metrics.clone(),
+                stop.clone(),
+            )),
             tokio::spawn(write_memberships(
                 ops_rx,
                 hosts.clone(),
                 registry,
                 settings.clone(),
+                liveness.clone(),
                 metrics.clone(),
                 needs_refresh.clone(),
             )),
@@ -184,6 +217,7 @@ impl CoreLayer {
             hosts,
             receive_host,
             receiver: Mutex::new(Some(receiver)),
+            liveness,
         })
     }
 
@@ -244,6 +278,7 @@ impl CoreLayer {
             task.abort();
             let _ = task.await;
         }
+        liveness::retire(&self.hosts, &self.liveness).await;
         for host in self.hosts.hosts() {
             host.stop().await;
         }
@@ -309,12 +344,26 @@ async fn write_memberships(
     hosts: HostRing,
     registry: Arc<Registry>,
     settings: Arc<CoreSettings>,
+    liveness: Arc<LivenessSettings>,
     metrics: Arc<Metrics>,
     needs_refresh: Arc<AtomicBool>,
 ) {
     let mut batch = Vec::with_capacity(256);
     let mut last_write: Option<Instant> = None;
-    while ops.recv_many(&mut batch, MEMBERSHIP_BATCH).await > 0 {
+    let mut failed_leaves = FailedLeaves::default();
+    loop {
+        let received = match failed_leaves.retry_at {
+            None => ops.recv_many(&mut batch, MEMBERSHIP_BATCH).await,
+            // Wake up for the retry even when nothing else is queued.
+            Some(retry_at) => {
+                tokio::time::timeout_at(retry_at, ops.recv_many(&mut batch, MEMBERSHIP_BATCH))
+                    .await
+                    .unwrap_or(usize::MAX)
+            }
+        };
+        if received == 0 {
+            break;
+        }
         // Writes back to back mean a connect storm: gather the joins of one
         // short window into one pipeline instead of a round trip (and a
         // wake-up of this thread) per connect. A lone join goes out at once.
@@ -329,6 +378,11 @@ async fn write_memberships(
         }
         last_write = Some(Instant::now());
         let mut plan = WritePlan::new(hosts.len());
+        // A flush (shutdown) takes the failed leaves along at once.
+        let flushing = batch
+            .iter()
+            .any(|op| matches!(op, MembershipOp::Flush { .. }));
+        failed_leaves.retry_due_into(&mut plan, flushing, &metrics);
         let mut joins = Vec::new();
         let mut flushes = Vec::new();
         for op in batch.drain(..) {
@@ -366,7 +420,15 @@ async fn write_memberships(
                 MembershipOp::Flush { done } => flushes.push(done),
             }
         }
-        let outcomes = plan.execute(&hosts, settings.group_expiry, &metrics).await;
+        let outcomes = plan
+            .execute(
+                &hosts,
+                settings.group_expiry,
+                &liveness,
+                &metrics,
+                &mut failed_leaves,
+            )
+            .await;
         if outcomes.iter().any(Result::is_err) {
             metrics.membership_writes_failed.inc();
             needs_refresh.store(true, Ordering::Relaxed);
@@ -385,6 +447,47 @@ async fn write_memberships(
         for done in flushes {
             let _ = done.send(());
         }
+    }
+}
+
+/// One leave whose write failed: retried until it is written.
+struct FailedLeave {
+    host: usize,
+    group_key: String,
+    channel: String,
+}
+
+/// Leaves waiting for a retry, bounded; the oldest stay, the overflow is
+/// left to the record (a reaper removes it once this process is gone).
+#[derive(Default)]
+struct FailedLeaves {
+    leaves: Vec<FailedLeave>,
+    retry_at: Option<Instant>,
+}
+
+impl FailedLeaves {
+    fn push(&mut self, leave: FailedLeave) -> bool {
+        if self.leaves.len() >= MAX_LEAVES_AWAITING_RETRY {
+            return false;
+        }
+        self.leaves.push(leave);
+        self.retry_at
+            .get_or_insert_with(|| Instant::now() + LEAVE_RETRY_AFTER);
+        true
+    }
+
+    /// Moves the waiting leaves into `plan` once their retry is due, or
+    /// at once with `now`.
+    fn retry_due_into(&mut self, plan: &mut WritePlan, now: bool, metrics: &Metrics) {
+        let due = self.retry_at.is_some_and(|at| now || at <= Instant::now());
+        if !due {
+            return;
+        }
+        self.retry_at = None;
+        for leave in self.leaves.drain(..) {
+            plan.remove_on(leave.host, leave.group_key, leave.channel);
+        }
+        metrics.leaves_awaiting_retry.set(0);
     }
 }
 
@@ -421,13 +524,23 @@ impl WritePlan {
         }
     }
 
+    fn remove_on(&mut self, host: usize, group_key: String, channel: String) {
+        if let Some(keys) = self.removes.get_mut(host) {
+            keys.entry(group_key).or_default().push(channel);
+        }
+    }
+
     /// Adds go before removes, so a socket that joined and left within one
-    /// batch ends up absent. Returns each host's outcome by index.
+    /// batch ends up absent; the record of this process changes in the same
+    /// pipelines. The removes of a host whose write failed go to
+    /// `failed_leaves`. Returns each host's outcome by index.
     async fn execute(
         self,
         hosts: &HostRing,
         group_expiry: u64,
+        liveness: &LivenessSettings,
         metrics: &Metrics,
+        failed_leaves: &mut FailedLeaves,
     ) -> Vec<Result<(), String>> {
         let score = unix_now();
         let expiry = i64::try_from(group_expiry).unwrap_or(i64::MAX);
@@ -435,33 +548,83 @@ impl WritePlan {
             .adds
             .into_iter()
             .zip(self.removes)
-            .map(|(adds, removes)| MembershipWrites {
-                adds: split_large(adds),
-                removes: split_large(removes),
+            .map(|(adds, removes)| {
+                let record = (!adds.is_empty() || !removes.is_empty()).then(|| RecordWrites {
+                    key: liveness.keys.record.clone(),
+                    expiry: liveness.record_expiry,
+                    adds: record_entries(&adds),
+                    removes: record_entries(&removes),
+                });
+                MembershipWrites {
+                    adds: split_large(adds),
+                    removes: split_large(removes),
+                    record,
+                }
             })
             .collect();
         let pipelines = writes.iter().filter(|writes| !writes.is_empty()).count();
         metrics.membership_pipelines.inc_by(pipelines as u64);
-        join_all(
-            hosts
-                .hosts()
-                .iter()
-                .zip(&writes)
-                .map(|(host, writes)| async move {
-                    metrics
-                        .timed_redis(
-                            "membership_write",
-                            host.write_memberships(writes, score, expiry),
-                        )
-                        .await
-                        .map_err(|error| {
-                            tracing::warn!(%error, "membership write failed");
-                            error.to_string()
-                        })
-                }),
-        )
-        .await
+        let outcomes = join_all(hosts.hosts().iter().zip(&writes).map(
+            |(host, writes)| async move {
+                metrics
+                    .timed_redis(
+                        "membership_write",
+                        host.write_memberships(writes, score, expiry),
+                    )
+                    .await
+                    .map_err(|error| {
+                        tracing::warn!(%error, "membership write failed");
+                        error.to_string()
+                    })
+            },
+        ))
+        .await;
+        let mut overflow = 0usize;
+        for (host, (outcome, writes)) in outcomes.iter().zip(writes).enumerate() {
+            if outcome.is_ok() {
+                continue;
+            }
+            for (group_key, channels) in writes.removes {
+                for channel in channels {
+                    let leave = FailedLeave {
+                        host,
+                        group_key: group_key.clone(),
+                        channel,
+                    };
+                    if !failed_leaves.push(leave) {
+                        overflow += 1;
+                    }
+                }
+            }
+        }
+        if overflow > 0 {
+            tracing::warn!(
+                overflow,
+                "too many failed leaves to retry; the process record keeps them for a reaper"
+            );
+        }
+        metrics
+            .leaves_awaiting_retry
+            .set(i64::try_from(failed_leaves.leaves.len()).unwrap_or(i64::MAX));
+        outcomes
     }
+}
+
+/// The record entries of a host's adds or removes, in commands of at most
+/// `MEMBERS_PER_COMMAND` entries.
+fn record_entries(keys: &HashMap<String, Vec<String>>) -> Vec<Vec<String>> {
+    let mut commands: Vec<Vec<String>> = Vec::new();
+    for (group_key, channels) in keys {
+        for channel in channels {
+            match commands.last_mut() {
+                Some(entries) if entries.len() < MEMBERS_PER_COMMAND => {
+                    entries.push(liveness::record_entry(group_key, channel));
+                }
+                _ => commands.push(vec![liveness::record_entry(group_key, channel)]),
+            }
+        }
+    }
+    commands
 }
 
 fn split_large(keys: HashMap<String, Vec<String>>) -> Vec<(String, Vec<String>)> {

@@ -4,10 +4,13 @@
 //! `group_send` reaches it), receives what Django sends, and hands every
 //! payload to the router. `core` speaks `RedisChannelLayer`'s sorted-set
 //! protocol, `pubsub` `RedisPubSubChannelLayer`'s channel subscriptions;
-//! both sit behind the same `Layer` type. Layers own their background tasks; they must not touch sockets
-//! directly (the router and the outboxes do).
+//! both sit behind the same `Layer` type; `liveness` keeps the core layer's
+//! processes' heartbeats and reaps what dead ones left in Redis. Layers own
+//! their background tasks; they must not touch sockets directly (the router
+//! and the outboxes do).
 
 pub mod core;
+pub mod liveness;
 pub mod pubsub;
 
 use std::sync::Arc;
