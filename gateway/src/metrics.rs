@@ -30,10 +30,19 @@ pub enum DropReason {
     /// Pub/sub messages discarded because the router fell behind a
     /// subscriber connection's buffer.
     SubscriberLag,
+    /// Frames still queued (or being written) for a socket that ended on
+    /// its own account: the client left, its connection failed or timed
+    /// out, its token expired, it broke the protocol or a limit.
+    SocketClosed,
+    /// Frames still queued for a socket closed by the drain at shutdown.
+    Draining,
+    /// Frames still queued for a socket the backend closed
+    /// (`gateway.disconnect`).
+    BackendDisconnect,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::SlowConsumer,
         DropReason::UnknownType,
         DropReason::DecodeError,
@@ -42,6 +51,9 @@ impl DropReason {
         DropReason::NoLocalSocket,
         DropReason::ForeignChannel,
         DropReason::SubscriberLag,
+        DropReason::SocketClosed,
+        DropReason::Draining,
+        DropReason::BackendDisconnect,
     ];
 
     pub fn label(self) -> &'static str {
@@ -54,6 +66,9 @@ impl DropReason {
             DropReason::NoLocalSocket => "no_local_socket",
             DropReason::ForeignChannel => "foreign_channel",
             DropReason::SubscriberLag => "subscriber_lag",
+            DropReason::SocketClosed => "socket_closed",
+            DropReason::Draining => "draining",
+            DropReason::BackendDisconnect => "backend_disconnect",
         }
     }
 }
