@@ -136,6 +136,8 @@ pub struct Metrics {
     jwks_fetches: IntCounterVec,
     /// Keys held from the fetched JWKS document.
     pub jwks_keys: IntGauge,
+    pubsub_subscriptions: prometheus::IntGaugeVec,
+    pub pubsub_subscription_failures: IntCounter,
 }
 
 /// Outcome of one upgrade request.
@@ -354,6 +356,26 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
+            pubsub_subscriptions: register(
+                &registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "gateway_pubsub_subscriptions",
+                        "Pub/sub layer group subscriptions: wanted by local sockets, held \
+                         (confirmed by Redis on the current connection), missing (wanted, not held)",
+                    ),
+                    &["state"],
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            pubsub_subscription_failures: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_pubsub_subscription_failures_total",
+                    "SUBSCRIBE or UNSUBSCRIBE commands Redis did not confirm (retried)",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
             registry,
         };
         // Export every label value from the start so dashboards and alerts see zeros.
@@ -364,6 +386,15 @@ impl Metrics {
             metrics.jwks_fetches.with_label_values(&[result.label()]);
         }
         metrics
+    }
+
+    /// The pub/sub layer's subscriptions now (see `layer::subscriptions`).
+    pub fn set_pubsub_subscriptions(&self, wanted: usize, held: usize, missing: usize) {
+        for (state, count) in [("wanted", wanted), ("held", held), ("missing", missing)] {
+            self.pubsub_subscriptions
+                .with_label_values(&[state])
+                .set(count as i64);
+        }
     }
 
     pub fn connect(&self, result: ConnectResult) {

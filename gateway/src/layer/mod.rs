@@ -9,6 +9,7 @@
 
 pub mod core;
 pub mod pubsub;
+pub mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Duration;
