@@ -75,3 +75,18 @@ fn every_drop_reason_is_documented() {
         }
     }
 }
+
+#[test]
+fn every_readiness_reason_is_documented() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let operations =
+        std::fs::read_to_string(repo_root().join("docs/operations.md")).expect("operations");
+    for reason in gateway::health::NotReady::ALL {
+        let label = format!("`{}`", reason.label());
+        assert!(readme.contains(&label), "README lacks {label}");
+        assert!(
+            operations.contains(&label),
+            "docs/operations.md lacks {label}"
+        );
+    }
+}
