@@ -104,8 +104,9 @@ struct State {
     /// connection took only part of; the rest must go out before anything
     /// else.
     head_sent: usize,
-    /// Frames the close discarded that nobody has taken to count yet.
-    discarded: usize,
+    /// Frames the close discarded that nobody has taken to count yet (a
+    /// `u32` fits in the state's padding: no socket grows by it).
+    discarded: u32,
 }
 
 /// What a socket's outbox held back for good when its task ended, for the
@@ -201,7 +202,10 @@ impl Outbox {
         if state.close.is_none() {
             state.close = Some((code, note));
             let kept = usize::from(state.head_sent > 0);
-            state.discarded += state.frames.len().saturating_sub(kept);
+            let discarded = u32::try_from(state.frames.len().saturating_sub(kept));
+            state.discarded = state
+                .discarded
+                .saturating_add(discarded.unwrap_or(u32::MAX));
             if kept > 0 {
                 state.frames.truncate(1);
             } else {
@@ -216,7 +220,7 @@ impl Outbox {
     /// counts them at once (the drain); whatever is not taken here goes
     /// with [`Outbox::take_unsent`].
     pub fn take_discarded(&self) -> usize {
-        std::mem::take(&mut self.state.lock().discarded)
+        std::mem::take(&mut self.state.lock().discarded) as usize
     }
 
     /// The final take, once nothing can push to the outbox any more (the
@@ -227,7 +231,7 @@ impl Outbox {
         let left = std::mem::take(&mut state.frames).len();
         state.head_sent = 0;
         Unsent {
-            discarded: std::mem::take(&mut state.discarded),
+            discarded: std::mem::take(&mut state.discarded) as usize,
             close: state.close.clone(),
             left,
         }
