@@ -5,15 +5,16 @@
 //! to the pod's termination grace period), each close carrying a randomized
 //! "retry after" hint in its reason, so clients come back to the other pods
 //! gradually instead of all at once. This module owns the pacing and the
-//! hint; it must not decide when draining starts or touch Redis (`server`
-//! orders the shutdown, the layers remove memberships).
+//! hint, and counts the frames a drain's close discards (`draining`); it
+//! must not decide when draining starts or touch Redis (`server` orders the
+//! shutdown, the layers remove memberships).
 
 use std::time::Duration;
 
 use rand::Rng;
 use shared_proto::close::CloseCode;
 
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 use crate::outbox::CloseNote;
 use crate::registry::Registry;
 
@@ -40,10 +41,17 @@ pub async fn close_all(registry: &Registry, plan: &DrainPlan, metrics: &Metrics)
         if index > 0 {
             tokio::time::sleep(BATCH_EVERY).await;
         }
+        let mut discarded = 0;
         for outbox in batch {
             let jitter_ms = plan.reconnect_jitter.as_millis() as u64;
             let retry_after = Duration::from_millis(rng.random_range(0..=jitter_ms));
             outbox.close_with(CloseCode::GoingAway, CloseNote::RetryAfter(retry_after));
+            // Counted now, not when the socket's task ends: a client that
+            // does not read may keep it until after the process has gone.
+            discarded += outbox.take_discarded();
+        }
+        if discarded > 0 {
+            metrics.dropped_many(DropReason::Draining, discarded as u64);
         }
         closed += batch.len();
         metrics.drain_remaining.set((total - closed) as i64);

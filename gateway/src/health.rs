@@ -1,9 +1,10 @@
 //! Health: the liveness and readiness verdicts behind `/healthz` and `/readyz`.
 //!
 //! Readiness means this process can deliver right now: every Redis host is
-//! connected, the receiver has completed a round trip recently, a canary sent
-//! through Redis the way Django sends came back recently, and the process is
-//! not draining. It only keeps and judges flags set by others; it
+//! connected, the receiver has completed a round trip recently, no group
+//! subscription local sockets need has been missing for long (pub/sub
+//! layer), a canary sent through Redis the way Django sends came back
+//! recently, and the process is not draining. It only keeps and judges flags set by others; it
 //! must not probe Redis itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,22 +21,42 @@ pub struct Health {
     canary_beat_ms: AtomicU64,
     /// `None` when the canary is disabled.
     canary_stale_after: Option<Duration>,
+    /// Milliseconds since `started` from which a wanted pub/sub
+    /// subscription has been missing (`u64::MAX`: none is).
+    subscriptions_missing_ms: AtomicU64,
 }
+
+/// How long a wanted pub/sub subscription may be missing before the
+/// process is unready: a re-subscription after a reconnect, or a join's,
+/// takes a round trip; one still failing after this is lost delivery.
+pub const SUBSCRIPTION_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the process is not ready, for the `/readyz` body and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotReady {
     RedisDisconnected,
     ReceiverStalled,
+    /// A pub/sub subscription local sockets need has not been confirmed by
+    /// Redis for longer than [`SUBSCRIPTION_GRACE`] (it is being retried).
+    SubscriptionsMissing,
     CanaryMissing,
     Draining,
 }
 
 impl NotReady {
+    pub const ALL: [NotReady; 5] = [
+        NotReady::RedisDisconnected,
+        NotReady::ReceiverStalled,
+        NotReady::SubscriptionsMissing,
+        NotReady::CanaryMissing,
+        NotReady::Draining,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             NotReady::RedisDisconnected => "redis_disconnected",
             NotReady::ReceiverStalled => "receiver_stalled",
+            NotReady::SubscriptionsMissing => "subscriptions_missing",
             NotReady::CanaryMissing => "canary_missing",
             NotReady::Draining => "draining",
         }
@@ -52,6 +73,7 @@ impl Health {
             draining: AtomicBool::new(false),
             canary_beat_ms: AtomicU64::new(u64::MAX),
             canary_stale_after,
+            subscriptions_missing_ms: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -79,6 +101,23 @@ impl Health {
 
     pub fn redis_connected(&self) -> bool {
         self.redis_connected.load(Ordering::Relaxed)
+    }
+
+    /// Since when a wanted pub/sub subscription has been missing, if one is.
+    pub fn set_subscriptions_missing_since(&self, since: Option<Instant>) {
+        let since_ms = since.map_or(u64::MAX, |since| {
+            since.saturating_duration_since(self.started).as_millis() as u64
+        });
+        self.subscriptions_missing_ms
+            .store(since_ms, Ordering::Relaxed);
+    }
+
+    /// A wanted subscription has been missing for at least
+    /// [`SUBSCRIPTION_GRACE`].
+    pub fn subscriptions_missing(&self) -> bool {
+        let since = self.subscriptions_missing_ms.load(Ordering::Relaxed);
+        since != u64::MAX
+            && self.now_ms().saturating_sub(since) >= SUBSCRIPTION_GRACE.as_millis() as u64
     }
 
     pub fn start_draining(&self) {
@@ -112,6 +151,9 @@ impl Health {
         if self.is_stale(&self.receiver_beat_ms, self.receiver_stale_after) {
             return Err(NotReady::ReceiverStalled);
         }
+        if self.subscriptions_missing() {
+            return Err(NotReady::SubscriptionsMissing);
+        }
         if self.canary_missing() {
             return Err(NotReady::CanaryMissing);
         }
@@ -135,5 +177,22 @@ mod tests {
         assert_eq!(health.readiness(), Ok(()));
         health.start_draining();
         assert_eq!(health.readiness(), Err(NotReady::Draining));
+    }
+
+    #[test]
+    fn a_subscription_missing_past_the_grace_makes_it_unready() {
+        let mut health = Health::new(Duration::from_secs(5), Some(Duration::from_secs(5)));
+        // As if running for a while, so "missing since" can lie in the past.
+        health.started -= SUBSCRIPTION_GRACE * 2;
+        health.set_redis_connected(true);
+        health.receiver_beat();
+        health.canary_beat();
+        let now = Instant::now();
+        health.set_subscriptions_missing_since(Some(now));
+        assert_eq!(health.readiness(), Ok(()), "within the grace");
+        health.set_subscriptions_missing_since(Some(now - SUBSCRIPTION_GRACE));
+        assert_eq!(health.readiness(), Err(NotReady::SubscriptionsMissing));
+        health.set_subscriptions_missing_since(None);
+        assert_eq!(health.readiness(), Ok(()));
     }
 }

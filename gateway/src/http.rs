@@ -475,6 +475,9 @@ async fn attach(
         .and_then(|joined| joined.map_err(|error| error.to_string()))
     {
         span.in_scope(|| tracing::warn!(%reason, "group join failed; refusing the socket"));
+        // What was routed to it meanwhile will never be sent.
+        drop(membership);
+        crate::socket::count_unsent(&gateway.metrics, outbox.take_unsent());
         return Err(Rejection::Unavailable);
     }
     gateway.metrics.connect(ConnectResult::Accepted);

@@ -30,10 +30,19 @@ pub enum DropReason {
     /// Pub/sub messages discarded because the router fell behind a
     /// subscriber connection's buffer.
     SubscriberLag,
+    /// Frames still queued (or being written) for a socket that ended on
+    /// its own account: the client left, its connection failed or timed
+    /// out, its token expired, it broke the protocol or a limit.
+    SocketClosed,
+    /// Frames still queued for a socket closed by the drain at shutdown.
+    Draining,
+    /// Frames still queued for a socket the backend closed
+    /// (`gateway.disconnect`).
+    BackendDisconnect,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::SlowConsumer,
         DropReason::UnknownType,
         DropReason::DecodeError,
@@ -42,6 +51,9 @@ impl DropReason {
         DropReason::NoLocalSocket,
         DropReason::ForeignChannel,
         DropReason::SubscriberLag,
+        DropReason::SocketClosed,
+        DropReason::Draining,
+        DropReason::BackendDisconnect,
     ];
 
     pub fn label(self) -> &'static str {
@@ -54,6 +66,9 @@ impl DropReason {
             DropReason::NoLocalSocket => "no_local_socket",
             DropReason::ForeignChannel => "foreign_channel",
             DropReason::SubscriberLag => "subscriber_lag",
+            DropReason::SocketClosed => "socket_closed",
+            DropReason::Draining => "draining",
+            DropReason::BackendDisconnect => "backend_disconnect",
         }
     }
 }
@@ -148,6 +163,8 @@ pub struct Metrics {
     pub memberships_reaped: IntCounter,
     pub liveness_lost: IntCounter,
     pub leaves_awaiting_retry: IntGauge,
+    pubsub_subscriptions: prometheus::IntGaugeVec,
+    pub pubsub_subscription_failures: IntCounter,
 }
 
 /// Outcome of one upgrade request.
@@ -416,6 +433,26 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
+            pubsub_subscriptions: register(
+                &registry,
+                prometheus::IntGaugeVec::new(
+                    Opts::new(
+                        "gateway_pubsub_subscriptions",
+                        "Pub/sub layer group subscriptions: wanted by local sockets, held \
+                         (confirmed by Redis on the current connection), missing (wanted, not held)",
+                    ),
+                    &["state"],
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            pubsub_subscription_failures: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_pubsub_subscription_failures_total",
+                    "SUBSCRIBE or UNSUBSCRIBE commands Redis did not confirm (retried)",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
             registry,
         };
         // Export every label value from the start so dashboards and alerts see zeros.
@@ -426,6 +463,15 @@ impl Metrics {
             metrics.jwks_fetches.with_label_values(&[result.label()]);
         }
         metrics
+    }
+
+    /// The pub/sub layer's subscriptions now (see `layer::subscriptions`).
+    pub fn set_pubsub_subscriptions(&self, wanted: usize, held: usize, missing: usize) {
+        for (state, count) in [("wanted", wanted), ("held", held), ("missing", missing)] {
+            self.pubsub_subscriptions
+                .with_label_values(&[state])
+                .set(count as i64);
+        }
     }
 
     pub fn connect(&self, result: ConnectResult) {

@@ -4,7 +4,9 @@
 //! for a close; the socket's own task drains it. A full outbox refuses the push
 //! instead of waiting, so one slow reader never stalls delivery to anyone else.
 //! It allocates nothing until a frame is queued. It must not know about
-//! WebSocket framing or Redis.
+//! WebSocket framing, Redis or metrics: it keeps count of the frames a
+//! close discards and hands that count (and what is still queued when the
+//! socket ends) to whoever counts drops.
 //!
 //! Full must mean the client, not the gateway: a receiver that pops a
 //! backlog routes many payloads before anything is written, so an outbox
@@ -93,8 +95,6 @@ pub trait Wire: Send + Sync {
 
 pub struct Outbox {
     capacity: usize,
-    /// Queued frames from which a run should pause for this socket.
-    pace_from: usize,
     state: Mutex<State>,
     waker: AtomicWaker,
 }
@@ -115,18 +115,28 @@ struct State {
     /// until it has taken its queue (a client that does not read must not
     /// pause every run).
     unpaced: bool,
+    /// Frames the close discarded that nobody has taken to count yet (a
+    /// `u32` fits in the state's padding: no socket grows by it).
+    discarded: u32,
+}
+
+/// What a socket's outbox held back for good when its task ended, for the
+/// caller to count (the outbox knows no metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsent {
+    /// Frames the close discarded and nobody took yet.
+    pub discarded: usize,
+    /// That close, if one was asked for.
+    pub close: Option<(CloseCode, CloseNote)>,
+    /// Frames still queued: the task ended before sending them (a frame the
+    /// connection took only part of and that was never finished included).
+    pub left: usize,
 }
 
 impl Outbox {
     pub fn new(capacity: usize) -> Outbox {
         Outbox {
             capacity,
-            // A one-frame outbox (the canary's) never pauses anyone.
-            pace_from: if capacity >= 2 {
-                capacity / 2
-            } else {
-                usize::MAX
-            },
             state: Mutex::new(State {
                 frames: VecDeque::new(),
                 close: None,
@@ -134,8 +144,20 @@ impl Outbox {
                 task_holds_wire: false,
                 head_sent: 0,
                 unpaced: false,
+                discarded: 0,
             }),
             waker: AtomicWaker::new(),
+        }
+    }
+
+    /// Queued frames from which a run should pause for this socket (derived,
+    /// not stored: every socket has an outbox). A one-frame outbox (the
+    /// canary's) never pauses anyone.
+    fn pace_from(&self) -> usize {
+        if self.capacity >= 2 {
+            self.capacity / 2
+        } else {
+            usize::MAX
         }
     }
 
@@ -155,7 +177,7 @@ impl Outbox {
         let first = state.frames.is_empty();
         state.frames.push_back(frame);
         let writable_by_giver = state.wire.is_some() && !state.task_holds_wire;
-        let wants_pause = state.frames.len() == self.pace_from && !state.unpaced;
+        let wants_pause = state.frames.len() == self.pace_from() && !state.unpaced;
         drop(state);
         if wants_pause {
             wakeups.pace_for(self.clone());
@@ -183,7 +205,7 @@ impl Outbox {
                 state.frames.drain(..now.whole);
                 state.head_sent = now.next_sent;
                 written = now.whole;
-                if state.frames.len() < self.pace_from {
+                if state.frames.len() < self.pace_from() {
                     state.unpaced = false;
                 }
             }
@@ -199,6 +221,8 @@ impl Outbox {
     /// Asks the socket to close; the first request wins and queued frames
     /// are discarded, since the close is what the client must see next
     /// (all but a frame partly on the wire, which must be finished first).
+    /// The discarded frames are kept count of until taken
+    /// ([`Outbox::take_discarded`], [`Outbox::take_unsent`]).
     pub fn close(&self, code: CloseCode) {
         self.close_with(code, CloseNote::Standard);
     }
@@ -208,7 +232,12 @@ impl Outbox {
         let mut state = self.state.lock();
         if state.close.is_none() {
             state.close = Some((code, note));
-            if state.head_sent > 0 {
+            let kept = usize::from(state.head_sent > 0);
+            let discarded = u32::try_from(state.frames.len().saturating_sub(kept));
+            state.discarded = state
+                .discarded
+                .saturating_add(discarded.unwrap_or(u32::MAX));
+            if kept > 0 {
                 state.frames.truncate(1);
             } else {
                 state.frames = VecDeque::new();
@@ -216,6 +245,27 @@ impl Outbox {
         }
         drop(state);
         self.waker.wake();
+    }
+
+    /// The frames a close discarded since the last take, for a closer that
+    /// counts them at once (the drain); whatever is not taken here goes
+    /// with [`Outbox::take_unsent`].
+    pub fn take_discarded(&self) -> usize {
+        std::mem::take(&mut self.state.lock().discarded) as usize
+    }
+
+    /// The final take, once nothing can push to the outbox any more (the
+    /// socket's task has ended and it is out of the registry): empties the
+    /// queue and says what was never sent and why.
+    pub fn take_unsent(&self) -> Unsent {
+        let mut state = self.state.lock();
+        let left = std::mem::take(&mut state.frames).len();
+        state.head_sent = 0;
+        Unsent {
+            discarded: std::mem::take(&mut state.discarded) as usize,
+            close: state.close.clone(),
+            left,
+        }
     }
 
     pub fn is_closing(&self) -> bool {
@@ -226,7 +276,7 @@ impl Outbox {
     /// paused run to go on.
     fn caught_up(&self) -> bool {
         let state = self.state.lock();
-        state.close.is_some() || state.frames.len() < self.pace_from
+        state.close.is_some() || state.frames.len() < self.pace_from()
     }
 
     /// A pause was not enough: no run pauses for this socket again until
@@ -810,6 +860,78 @@ mod tests {
         let mut wakeups = Wakeups::new();
         outbox.push("a".into(), &mut wakeups);
         assert!(!wakeups.wants_pause());
+    }
+
+    #[tokio::test]
+    async fn a_close_keeps_count_of_the_frames_it_discards() {
+        let outbox = Arc::new(Outbox::new(8));
+        let wakeups = &mut Wakeups::new();
+        for frame in ["a", "b", "c"] {
+            outbox.push(frame.into(), wakeups);
+        }
+        outbox.close(CloseCode::SlowConsumer);
+        outbox.close(CloseCode::Normal);
+        assert_eq!(outbox.push("late".into(), wakeups), Pushed::Closed);
+        assert_eq!(
+            outbox.take_unsent(),
+            Unsent {
+                discarded: 3,
+                close: Some((CloseCode::SlowConsumer, CloseNote::Standard)),
+                left: 0,
+            },
+            "the later close and the refused push discard nothing more"
+        );
+        assert_eq!(outbox.take_unsent().discarded, 0, "taken once");
+    }
+
+    #[tokio::test]
+    async fn a_partly_written_frame_is_not_counted_as_discarded_by_the_close() {
+        let outbox = given_to_wire(1, &["abcd", "ef", "gh"]);
+        outbox.close_with(
+            CloseCode::DisconnectedByBackend,
+            CloseNote::Reason("x".into()),
+        );
+        assert_eq!(outbox.claim_wire(), Some(("abcd".into(), 1)), "finished");
+        let unsent = outbox.take_unsent();
+        assert_eq!((unsent.discarded, unsent.left), (2, 0));
+
+        // Never finished (the task ended first): left unsent.
+        let outbox = given_to_wire(1, &["abcd", "ef"]);
+        outbox.close(CloseCode::SlowConsumer);
+        let unsent = outbox.take_unsent();
+        assert_eq!((unsent.discarded, unsent.left), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn discards_taken_at_the_close_are_not_taken_again() {
+        let outbox = Arc::new(Outbox::new(8));
+        let wakeups = &mut Wakeups::new();
+        outbox.push("a".into(), wakeups);
+        outbox.push("b".into(), wakeups);
+        outbox.close_with(
+            CloseCode::GoingAway,
+            CloseNote::RetryAfter(Duration::from_secs(1)),
+        );
+        assert_eq!(outbox.take_discarded(), 2);
+        assert_eq!(outbox.take_discarded(), 0);
+        assert_eq!(outbox.take_unsent().discarded, 0);
+    }
+
+    #[tokio::test]
+    async fn frames_still_queued_when_the_task_ends_are_left_unsent() {
+        let outbox = Arc::new(Outbox::new(8));
+        let wakeups = &mut Wakeups::new();
+        outbox.push("a".into(), wakeups);
+        outbox.push("b".into(), wakeups);
+        assert_eq!(
+            outbox.take_unsent(),
+            Unsent {
+                discarded: 0,
+                close: None,
+                left: 2
+            }
+        );
+        assert!(outbox.is_empty());
     }
 
     #[tokio::test]

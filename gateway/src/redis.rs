@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use fred::error::ErrorKind;
 use fred::prelude::{
     ClientLike, Config as FredConfig, Error as FredError, EventInterface, Expiration,
     KeysInterface, LuaInterface, PubsubInterface, ReconnectPolicy, SetsInterface,
@@ -714,6 +715,40 @@ impl RedisHost {
         Ok(())
     }
 
+    /// How many channels the connection named `name` is subscribed to, by
+    /// Redis' own account (`CLIENT LIST TYPE pubsub`, `sub=`); 0 when it is
+    /// subscribed to none (or not connected). `None` when this Redis does
+    /// not let the gateway's user run `CLIENT LIST` (an ACL, a managed
+    /// service): then nobody can tell.
+    pub async fn subscriptions_of(&self, name: &str) -> Result<Option<u64>, RedisError> {
+        let listing: Value = match self
+            .client
+            .custom(
+                fred::cmd!("CLIENT"),
+                vec!["LIST".to_string(), "TYPE".to_string(), "pubsub".to_string()],
+            )
+            .await
+        {
+            Ok(listing) => listing,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled
+                ) =>
+            {
+                return Err(self.command_error(error));
+            }
+            // An error reply: the command is refused here.
+            Err(_) => return Ok(None),
+        };
+        let listing = listing
+            .as_str()
+            .ok_or_else(|| self.bad_reply("CLIENT LIST reply is not text"))?;
+        Ok(Some(
+            subscriptions_in_client_list(&listing, name).unwrap_or(0),
+        ))
+    }
+
     /// Round trip used by readiness to tell "connected" from "answering".
     pub async fn ping(&self) -> Result<(), RedisError> {
         let _: Value = self
@@ -723,6 +758,17 @@ impl RedisHost {
             .map_err(|error| self.command_error(error))?;
         Ok(())
     }
+}
+
+/// The `sub=` count of the `CLIENT LIST` line whose `name=` is `name`.
+fn subscriptions_in_client_list(listing: &str, name: &str) -> Option<u64> {
+    listing.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        fields
+            .clone()
+            .find(|field| field.strip_prefix("name=") == Some(name))?;
+        fields.find_map(|field| field.strip_prefix("sub=")?.parse().ok())
+    })
 }
 
 /// One message received on a subscribed pub/sub channel.
@@ -747,13 +793,19 @@ pub type RedisSubscriber = Connection<fred::clients::SubscriberClient>;
 impl RedisSubscriber {
     pub fn new(host: &HostSetting) -> Result<RedisSubscriber, RedisError> {
         let label = host.label();
-        let client = builder(host)?
+        let mut builder = builder(host)?;
+        builder.with_connection_config(|connection| {
+            // Named, so its subscriptions can be read from CLIENT LIST.
+            connection.auto_client_setname = true;
+        });
+        let client = builder
             .build_subscriber_client()
             .map_err(|error| bad_url(&label, &error))?;
         Ok(RedisSubscriber { client, label })
     }
 
-    /// One `SUBSCRIBE` for all of `channels`.
+    /// One `SUBSCRIBE` for all of `channels`; sent, not confirmed (see
+    /// [`RedisSubscriber::carried_out`]).
     pub async fn subscribe(&self, channels: Vec<String>) -> Result<(), RedisError> {
         if channels.is_empty() {
             return Ok(());
@@ -762,6 +814,40 @@ impl RedisSubscriber {
             .subscribe(channels)
             .await
             .map_err(|error| self.command_error(error))
+    }
+
+    /// The name this connection gives itself in Redis (`CLIENT SETNAME`
+    /// on every connect), to find it in `CLIENT LIST`.
+    pub fn name(&self) -> &str {
+        self.client.id()
+    }
+
+    /// Waits until Redis has carried out every `SUBSCRIBE` and
+    /// `UNSUBSCRIBE` sent before it on this connection (a `PING` with a
+    /// `token` of its own, answered in order). Those resolve once written
+    /// and their replies come out of band: a refusal (an ACL's NOPERM) may
+    /// be dropped by the client, so whether they took effect is read from
+    /// Redis afterwards ([`RedisHost::subscriptions_of`]).
+    pub async fn carried_out(&self, token: &str) -> Result<(), RedisError> {
+        let reply: Value = self
+            .client
+            .ping(Some(token.to_string()))
+            .await
+            .map_err(|error| self.command_error(error))?;
+        let echoed = |value: &Value| value.as_str().is_some_and(|text| text == token);
+        let echoes = match &reply {
+            // In subscribed mode: ["pong", token].
+            Value::Array(items) => items.iter().any(echoed),
+            other => echoed(other),
+        };
+        if echoes {
+            Ok(())
+        } else {
+            Err(RedisError::Reply {
+                host: self.label.clone(),
+                what: "PING did not echo its token",
+            })
+        }
     }
 
     /// One `UNSUBSCRIBE` for all of `channels`.
@@ -773,17 +859,6 @@ impl RedisSubscriber {
             .unsubscribe(channels)
             .await
             .map_err(|error| self.command_error(error))
-    }
-
-    /// Subscribes again to everything this client tracks, after a reconnect.
-    pub async fn resubscribe(&self) -> Result<(), RedisError> {
-        let channels: Vec<String> = self
-            .client
-            .tracked_channels()
-            .into_iter()
-            .map(|channel| channel.to_string())
-            .collect();
-        self.subscribe(channels).await
     }
 
     pub fn messages(&self) -> PublishedMessages {
@@ -856,5 +931,15 @@ mod tests {
         );
         assert!(unix_socket_config("unix://relative.sock").is_err());
         assert!(unix_socket_config("unix:///r.sock?db=x").is_err());
+    }
+
+    #[test]
+    fn a_connections_subscriptions_are_read_from_client_list() {
+        let listing = "id=3 addr=127.0.0.1:1 name=fred-a db=0 sub=2 psub=0 cmd=subscribe\n\
+                       id=4 addr=127.0.0.1:2 name=fred-ab db=0 sub=7 psub=0 cmd=ping\n";
+        assert_eq!(subscriptions_in_client_list(listing, "fred-a"), Some(2));
+        assert_eq!(subscriptions_in_client_list(listing, "fred-ab"), Some(7));
+        assert_eq!(subscriptions_in_client_list(listing, "fred-b"), None);
+        assert_eq!(subscriptions_in_client_list("", "fred-a"), None);
     }
 }

@@ -5,8 +5,9 @@
 //! expires (4002) unless the client refreshed it in-band, limits how fast the
 //! client may talk (4007), and closes with the code the outbox or the
 //! protocol calls for. When the task ends, the socket's
-//! `Membership` guard removes it from the registry and from its groups. It
-//! must not decode Redis payloads or decide group membership.
+//! `Membership` guard removes it from the registry and from its groups, and
+//! every frame the socket never sent is counted as a drop, by why it
+//! closed. It must not decode Redis payloads or decide group membership.
 
 use std::collections::VecDeque;
 use std::io;
@@ -23,8 +24,8 @@ use crate::drain::reason_with_hint;
 use crate::jwtverify::TokenVerifier;
 use crate::layer::Layer;
 use crate::limits::{Admission, TokenBucket};
-use crate::metrics::Metrics;
-use crate::outbox::{CloseNote, Next, Outbox};
+use crate::metrics::{DropReason, Metrics};
+use crate::outbox::{CloseNote, Next, Outbox, Unsent};
 use crate::registry::{ConnId, Registry};
 use crate::transport::Transport;
 
@@ -90,7 +91,27 @@ pub(crate) async fn serve<T: Transport>(
     let ending = run(transport, &outbox, &membership.metrics, &settings, holder).await;
     outbox.retire_wire();
     tracing::info!(?ending, "socket closed");
+    let metrics = Arc::clone(&membership.metrics);
+    // Out of the registry first: after that nothing can push to it.
     drop(membership);
+    count_unsent(&metrics, outbox.take_unsent());
+}
+
+/// Counts the frames a socket never sent: those its close discarded under
+/// the close's reason, those still queued as `socket_closed`.
+pub(crate) fn count_unsent(metrics: &Metrics, unsent: Unsent) {
+    if unsent.discarded > 0 {
+        let reason = match &unsent.close {
+            Some((_, CloseNote::RetryAfter(_))) => DropReason::Draining,
+            Some((_, CloseNote::Reason(_))) => DropReason::BackendDisconnect,
+            Some((CloseCode::SlowConsumer, _)) => DropReason::SlowConsumer,
+            _ => DropReason::SocketClosed,
+        };
+        metrics.dropped_many(reason, unsent.discarded as u64);
+    }
+    if unsent.left > 0 {
+        metrics.dropped_many(DropReason::SocketClosed, unsent.left as u64);
+    }
 }
 
 /// Serves one socket on a task of its own (drivers whose connection
@@ -137,7 +158,11 @@ async fn run<T: Transport>(
                             outbox.release_wire();
                             metrics.frames_delivered.inc_by(batch.len() as u64);
                         }
-                        Ok(Err(_)) | Err(_) => return Ending::ConnectionLost,
+                        Ok(Err(_)) | Err(_) => {
+                            // None of the batch is known to have arrived.
+                            metrics.dropped_many(DropReason::SocketClosed, batch.len() as u64);
+                            return Ending::ConnectionLost;
+                        }
                     }
                 }
                 Next::Close(code, note) => break Ending::Closed(code, note),
@@ -300,12 +325,32 @@ async fn finish_pushed_frame<T: Transport>(
     metrics: &Metrics,
 ) -> io::Result<()> {
     if let Some((frame, sent)) = outbox.claim_wire() {
+        let unfinished = Unfinished(Some(metrics));
         transport
             .send_texts(std::slice::from_ref(&frame), sent)
             .await?;
+        unfinished.finished();
         metrics.frames_delivered.inc();
     }
     Ok(())
+}
+
+/// A half-written frame being finished: counted as dropped if its write
+/// fails or is given up on (the timeout drops the future mid-write).
+struct Unfinished<'a>(Option<&'a Metrics>);
+
+impl Unfinished<'_> {
+    fn finished(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(metrics) = self.0 {
+            metrics.dropped(DropReason::SocketClosed);
+        }
+    }
 }
 
 /// At most 123 bytes (the close frame's limit), cut at a character boundary.
@@ -380,10 +425,15 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         written: Vec<String>,
+        /// Frame writes fail, as on a connection that went away.
+        broken: bool,
     }
 
     impl Transport for Recorder {
         async fn send_texts(&mut self, frames: &[ByteString], first_sent: usize) -> io::Result<()> {
+            if self.broken {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
             let mut from = first_sent;
             for frame in frames {
                 self.written.push(format!("{frame} from byte {from}"));
@@ -449,5 +499,69 @@ mod tests {
             outbox.push("late".into(), &mut Wakeups::new()),
             crate::outbox::Pushed::Closed
         );
+    }
+
+    fn drops(metrics: &Metrics, reason: &str) -> f64 {
+        let needle = format!("gateway_drops_total{{reason=\"{reason}\"}} ");
+        metrics
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(needle.as_str()))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    #[tokio::test]
+    async fn a_half_written_frame_the_connection_loses_is_counted() {
+        let outbox = half_written(&["abcd", "ef"]);
+        let metrics = Metrics::new();
+        let mut transport = Recorder {
+            broken: true,
+            ..Recorder::default()
+        };
+        send_close(&mut transport, &outbox, &metrics, None).await;
+        assert_eq!(drops(&metrics, "socket_closed"), 1.0);
+        assert_eq!(metrics.frames_delivered.get(), 0);
+    }
+
+    #[test]
+    fn unsent_frames_are_counted_by_why_the_socket_closed() {
+        let metrics = Metrics::new();
+        let unsent = |discarded, close, left| Unsent {
+            discarded,
+            close,
+            left,
+        };
+        count_unsent(
+            &metrics,
+            unsent(3, Some((CloseCode::SlowConsumer, CloseNote::Standard)), 0),
+        );
+        count_unsent(
+            &metrics,
+            unsent(
+                5,
+                Some((
+                    CloseCode::GoingAway,
+                    CloseNote::RetryAfter(Duration::from_secs(1)),
+                )),
+                1,
+            ),
+        );
+        count_unsent(
+            &metrics,
+            unsent(
+                7,
+                Some((
+                    CloseCode::DisconnectedByBackend,
+                    CloseNote::Reason("bye".into()),
+                )),
+                0,
+            ),
+        );
+        count_unsent(&metrics, unsent(0, None, 2));
+        assert_eq!(drops(&metrics, "slow_consumer"), 3.0);
+        assert_eq!(drops(&metrics, "draining"), 5.0);
+        assert_eq!(drops(&metrics, "backend_disconnect"), 7.0);
+        assert_eq!(drops(&metrics, "socket_closed"), 3.0);
     }
 }

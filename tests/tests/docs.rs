@@ -1,5 +1,6 @@
 //! The README's close-code table is what clients are built from, so it must
-//! agree with the one table in `shared_proto::close`.
+//! agree with the one table in `shared_proto::close`; the drop reasons
+//! operators alert on must be the ones the gateway counts.
 
 use shared_proto::{CloseCode, ReconnectAdvice};
 use tests::procs::repo_root;
@@ -55,4 +56,37 @@ fn readme_close_codes_match_the_protocol_table() {
         );
     }
     assert!(documented >= 6);
+}
+
+#[test]
+fn every_drop_reason_is_documented() {
+    for path in ["README.md", "docs/operations.md"] {
+        let text = std::fs::read_to_string(repo_root().join(path)).expect(path);
+        let row = text
+            .lines()
+            .find(|line| line.starts_with("| `gateway_drops_total"))
+            .unwrap_or_else(|| panic!("{path} lists gateway_drops_total"));
+        for reason in gateway::metrics::DropReason::ALL {
+            assert!(
+                row.contains(reason.label()),
+                "{path} does not list the drop reason {}",
+                reason.label()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_readiness_reason_is_documented() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let operations =
+        std::fs::read_to_string(repo_root().join("docs/operations.md")).expect("operations");
+    for reason in gateway::health::NotReady::ALL {
+        let label = format!("`{}`", reason.label());
+        assert!(readme.contains(&label), "README lacks {label}");
+        assert!(
+            operations.contains(&label),
+            "docs/operations.md lacks {label}"
+        );
+    }
 }

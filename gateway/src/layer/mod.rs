@@ -12,6 +12,7 @@
 pub mod core;
 pub mod liveness;
 pub mod pubsub;
+pub mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Duration;

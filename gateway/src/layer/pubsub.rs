@@ -5,21 +5,25 @@
 //! Redis. So this layer subscribes to a group's channel while at least one
 //! local socket is in the group and unsubscribes when the last leaves, in one
 //! `SUBSCRIBE`/`UNSUBSCRIBE` per host per batch of changes; it subscribes
-//! again to everything after a reconnect. A join resolves only once the
-//! subscription is confirmed, so nothing published after the upgrade is
-//! missed. It must not render frames or touch sockets.
+//! again to everything after a reconnect, and retries a change Redis did not
+//! confirm with backoff until it holds (`subscriptions` keeps the account of
+//! what is wanted and what Redis confirmed, which feeds readiness and the
+//! metrics). A join resolves only once the subscription is confirmed, so
+//! nothing published after the upgrade is missed. It must not render frames
+//! or touch sockets.
 
-use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use parking_lot::Mutex;
 use shared_proto::names;
 use shared_proto::shard::shard_index;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
+use super::subscriptions::{HostChanges, SubscriptionBook};
 use super::{CanarySending, HostRing, LayerError};
 use crate::config::LayerConfig;
 use crate::health::Health;
@@ -85,25 +89,34 @@ impl PubSubLayer {
             router,
             metrics: metrics.clone(),
         };
+        // One command connection per host: the canary's publishes, and
+        // reading back what Redis holds for the subscriber connections.
+        let publishers = HostRing::from_config(config)?;
+        for host in publishers.hosts() {
+            host.start();
+        }
         let (ops, ops_rx) = mpsc::channel(SUBSCRIPTION_QUEUE);
+        let connections = Arc::new(Connections::new(subscribers.len()));
         tasks.push(tokio::spawn(manage_subscriptions(
             ops_rx,
-            subscribers.clone(),
-            config.prefix.clone(),
-            registry,
-            metrics.clone(),
+            Subscribing {
+                subscribers: subscribers.clone(),
+                commands: publishers.clone(),
+                prefix: config.prefix.clone(),
+                registry,
+                metrics: metrics.clone(),
+                health: health.clone(),
+                connections: connections.clone(),
+            },
         )));
         tasks.push(tokio::spawn(keep_subscriptions(
             subscribers.clone(),
+            connections,
             health,
             metrics,
             stop.clone(),
         )));
-        let publishers = HostRing::from_config(config)?;
         if let Some(sending) = canary {
-            for host in publishers.hosts() {
-                host.start();
-            }
             tasks.push(tokio::spawn(send_canaries(
                 sending,
                 publishers.clone(),
@@ -250,61 +263,153 @@ async fn receive(
     }
 }
 
-/// Serialises subscription changes and folds each batch into one
-/// `UNSUBSCRIBE` and one `SUBSCRIBE` per host. Whether a group should be
-/// subscribed is read from the registry when the batch runs, so a join and
-/// a leave racing each other end in the state the registry holds.
-async fn manage_subscriptions(
-    mut ops: mpsc::Receiver<SubscriptionOp>,
+/// Which connection each subscriber host is on: bumped on every reconnect
+/// (and when the canary says subscriptions were lost without one), so the
+/// subscription manager knows Redis holds nothing for it any more.
+struct Connections {
+    generations: Vec<AtomicU64>,
+    changed: Notify,
+}
+
+impl Connections {
+    fn new(hosts: usize) -> Connections {
+        Connections {
+            generations: (0..hosts).map(|_| AtomicU64::new(0)).collect(),
+            changed: Notify::new(),
+        }
+    }
+
+    fn replaced(&self, host: usize) {
+        if let Some(generation) = self.generations.get(host) {
+            generation.fetch_add(1, Ordering::Relaxed);
+        }
+        self.changed.notify_one();
+    }
+
+    fn current(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.generations
+            .iter()
+            .map(|generation| generation.load(Ordering::Relaxed))
+            .enumerate()
+    }
+}
+
+/// What the subscription manager works with.
+struct Subscribing {
     subscribers: Vec<RedisSubscriber>,
+    /// A command connection per host, to read back what Redis holds.
+    commands: HostRing,
     prefix: String,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-) {
-    let mut subscribed: HashSet<Arc<str>> = HashSet::new();
+    health: Arc<Health>,
+    connections: Arc<Connections>,
+}
+
+/// Rounds of changes one batch may take when connections change under it,
+/// before its joins are answered with what holds.
+const ROUNDS_PER_BATCH: usize = 3;
+
+/// Serialises subscription changes and folds each batch into one
+/// `UNSUBSCRIBE` and one `SUBSCRIBE` per host. Whether a group should be
+/// subscribed is read from the registry when the batch runs, so a join and
+/// a leave racing each other end in the state the registry holds. What
+/// Redis did not confirm is retried with backoff (at once for a host a
+/// join waits on), and after a reconnect everything wanted is subscribed
+/// again.
+async fn manage_subscriptions(mut ops: mpsc::Receiver<SubscriptionOp>, context: Subscribing) {
+    let Subscribing {
+        subscribers,
+        commands,
+        prefix,
+        registry,
+        metrics,
+        health,
+        connections,
+    } = context;
+    let mut book = SubscriptionBook::new(subscribers.len());
+    let host_of = |group: &str| {
+        shard_index(
+            &names::pubsub_group_channel(&prefix, group),
+            subscribers.len(),
+        )
+    };
     let mut batch = Vec::with_capacity(256);
-    while ops.recv_many(&mut batch, SUBSCRIPTION_BATCH).await > 0 {
-        let mut touched: Vec<Arc<str>> = Vec::new();
+    loop {
+        let retry_at = book.next_retry();
+        tokio::select! {
+            received = ops.recv_many(&mut batch, SUBSCRIPTION_BATCH) => {
+                if received == 0 {
+                    return;
+                }
+            }
+            () = connections.changed.notified() => {}
+            () = until(retry_at) => {}
+        }
+        let now = Instant::now();
         let mut joins = Vec::new();
         let mut finished = Vec::new();
         let mut unsubscribe_all = false;
         for op in batch.drain(..) {
             match op {
                 SubscriptionOp::Join { groups, done } => {
-                    touched.extend(groups.iter().cloned());
-                    joins.push((groups, done));
+                    let hosts: Vec<usize> = groups.iter().map(|group| host_of(group)).collect();
+                    for (group, host) in groups.iter().zip(&hosts) {
+                        book.want(*host, group, registry.has_group(group), now);
+                    }
+                    joins.push((groups, hosts, done));
                 }
-                SubscriptionOp::Leave { groups } => touched.extend(groups),
+                SubscriptionOp::Leave { groups } => {
+                    for group in &groups {
+                        book.want(host_of(group), group, registry.has_group(group), now);
+                    }
+                }
                 SubscriptionOp::UnsubscribeAll { done } => {
                     unsubscribe_all = true;
                     finished.push(done);
                 }
             }
         }
-        let mut to_subscribe = Vec::new();
-        let mut to_unsubscribe = Vec::new();
         if unsubscribe_all {
-            to_unsubscribe.extend(subscribed.iter().cloned());
-        } else {
-            for group in touched {
-                let wanted = registry.has_group(&group);
-                let active = subscribed.contains(&group);
-                if wanted && !active && !to_subscribe.contains(&group) {
-                    to_subscribe.push(group);
-                } else if !wanted && active && !to_unsubscribe.contains(&group) {
-                    to_unsubscribe.push(group);
-                }
+            book.want_nothing(now);
+        }
+        for _ in 0..ROUNDS_PER_BATCH {
+            let now = Instant::now();
+            for (host, connection) in connections.current() {
+                book.connection(host, connection, now);
+            }
+            let waited_on = |host: usize| {
+                joins.iter().any(|(groups, hosts, _)| {
+                    groups
+                        .iter()
+                        .zip(hosts)
+                        .any(|(group, group_host)| *group_host == host && !book.holds(host, group))
+                })
+            };
+            let due = book.changes(now, waited_on);
+            if due.is_empty() {
+                break;
+            }
+            let outcomes = join_all(
+                due.into_iter()
+                    .map(|changes| apply(&metrics, &subscribers, &commands, &prefix, changes)),
+            )
+            .await;
+            let now = Instant::now();
+            // A connection replaced meanwhile makes these outcomes unknown.
+            for (host, connection) in connections.current() {
+                book.connection(host, connection, now);
+            }
+            for (changes, unsubscribed, subscribed) in outcomes {
+                book.outcome(changes, unsubscribed, subscribed, now);
             }
         }
-        let unsubscribed = per_host(&metrics, &subscribers, &prefix, &to_unsubscribe, false).await;
-        for group in unsubscribed {
-            subscribed.remove(&group);
-        }
-        let newly = per_host(&metrics, &subscribers, &prefix, &to_subscribe, true).await;
-        subscribed.extend(newly);
-        for (groups, done) in joins {
-            let ready = groups.iter().all(|group| subscribed.contains(group));
-            let _ = done.send(if ready {
+        for (groups, hosts, done) in joins {
+            let held = groups
+                .iter()
+                .zip(&hosts)
+                .all(|(group, host)| book.holds(*host, group));
+            let _ = done.send(if held {
                 Ok(())
             } else {
                 Err(LayerError::Unavailable("SUBSCRIBE failed".into()))
@@ -313,87 +418,136 @@ async fn manage_subscriptions(
         for done in finished {
             let _ = done.send(());
         }
+        let counts = book.counts();
+        metrics.set_pubsub_subscriptions(counts.wanted, counts.held, counts.missing);
+        health.set_subscriptions_missing_since(book.missing_since());
     }
 }
 
-/// Sends one (UN)SUBSCRIBE per host for `groups`; returns the groups whose
-/// host confirmed it.
-async fn per_host(
+/// Waits until `at`, or forever without one.
+async fn until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tokens of the PINGs that wait for subscription changes, unique in the
+/// process so a reply can only be taken for its own PING.
+static CONFIRMATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the warning that subscriptions cannot be verified was logged.
+static CANNOT_VERIFY_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Sends one host's changes: one `UNSUBSCRIBE`, one `SUBSCRIBE`, a `PING`
+/// that returns once Redis carried both out, then reads from Redis (on the
+/// host's command connection) how many channels the subscriber connection
+/// holds: the changes are confirmed only if that is every wanted group.
+/// Returns them with whether each was confirmed.
+async fn apply(
     metrics: &Metrics,
     subscribers: &[RedisSubscriber],
+    commands: &HostRing,
     prefix: &str,
-    groups: &[Arc<str>],
-    subscribe: bool,
-) -> Vec<Arc<str>> {
-    if groups.is_empty() {
-        return Vec::new();
-    }
-    let mut by_host: Vec<(Vec<String>, Vec<Arc<str>>)> =
-        vec![Default::default(); subscribers.len()];
-    for group in groups {
-        let channel = names::pubsub_group_channel(prefix, group);
-        if let Some((channels, members)) = by_host.get_mut(shard_index(&channel, subscribers.len()))
-        {
-            channels.push(channel);
-            members.push(group.clone());
+    changes: HostChanges,
+) -> (HostChanges, bool, bool) {
+    let (Some(subscriber), Some(command)) =
+        (subscribers.get(changes.host), commands.host(changes.host))
+    else {
+        return (changes, false, false);
+    };
+    let channels = |groups: &[Arc<str>]| -> Vec<String> {
+        groups
+            .iter()
+            .map(|group| names::pubsub_group_channel(prefix, group))
+            .collect()
+    };
+    let token = format!(
+        "gateway-subscriptions-{}",
+        CONFIRMATIONS.fetch_add(1, Ordering::Relaxed)
+    );
+    let outcome: Result<Option<u64>, RedisError> = metrics
+        .timed_redis("subscribe", async {
+            subscriber
+                .unsubscribe(channels(&changes.unsubscribe))
+                .await?;
+            subscriber.subscribe(channels(&changes.subscribe)).await?;
+            subscriber.carried_out(&token).await?;
+            command.subscriptions_of(subscriber.name()).await
+        })
+        .await;
+    match outcome {
+        Ok(Some(held)) if held == changes.wanted as u64 => (changes, true, true),
+        Ok(None) => {
+            // Redis will not say what it holds: carried out has to do.
+            if !CANNOT_VERIFY_REPORTED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    host = subscriber.label(),
+                    "CLIENT LIST is not allowed: a SUBSCRIBE Redis refuses (ACL) cannot be noticed"
+                );
+            }
+            (changes, true, true)
+        }
+        outcome => {
+            metrics.pubsub_subscription_failures.inc();
+            let error = match outcome {
+                Ok(held) => format!(
+                    "Redis holds {} subscriptions for the connection, {} are wanted",
+                    held.unwrap_or(0),
+                    changes.wanted
+                ),
+                Err(error) => error.to_string(),
+            };
+            tracing::warn!(
+                %error,
+                host = subscriber.label(),
+                subscribe = changes.subscribe.len(),
+                unsubscribe = changes.unsubscribe.len(),
+                "subscription change not confirmed; retrying"
+            );
+            // Which part Redis refused is not known: all of it is repeated
+            // (both commands are idempotent).
+            (changes, false, false)
         }
     }
-    let outcomes = join_all(subscribers.iter().zip(by_host).map(
-        |(subscriber, (channels, members))| async move {
-            let result = if subscribe {
-                metrics
-                    .timed_redis("subscribe", subscriber.subscribe(channels))
-                    .await
-            } else {
-                metrics
-                    .timed_redis("unsubscribe", subscriber.unsubscribe(channels))
-                    .await
-            };
-            match result {
-                Ok(()) => members,
-                Err(error) => {
-                    tracing::warn!(%error, subscribe, "subscription change failed");
-                    Vec::new()
-                }
-            }
-        },
-    ))
-    .await;
-    outcomes.into_iter().flatten().collect()
 }
 
-/// Readiness from connectivity, and a fresh SUBSCRIBE of every tracked
-/// channel after each reconnect (Redis forgets subscriptions with the
-/// connection).
+/// At most this often, subscriptions are renewed because the canary stopped
+/// coming back while Redis looked connected.
+const CANARY_REPAIR_EVERY: Duration = Duration::from_secs(5);
+
+/// Readiness from connectivity; after each reconnect, tells the
+/// subscription manager the host's connection was replaced (Redis forgets
+/// subscriptions with the connection), and so does a canary that stopped
+/// coming back while connected (subscriptions lost some other way).
 async fn keep_subscriptions(
     subscribers: Vec<RedisSubscriber>,
+    connections: Arc<Connections>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     stop: Shutdown,
 ) {
     let mut watchers = tokio::task::JoinSet::new();
-    for subscriber in &subscribers {
+    for (host, subscriber) in subscribers.iter().enumerate() {
         let mut events = subscriber.reconnects();
-        let subscriber = subscriber.clone();
+        let label = subscriber.label().to_string();
         let metrics = metrics.clone();
+        let connections = connections.clone();
         watchers.spawn(async move {
             loop {
                 match events.recv().await {
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         metrics.redis_reconnects.inc();
-                        tracing::info!(
-                            host = subscriber.label(),
-                            "Redis connected; subscribing again"
-                        );
-                        if let Err(error) = subscriber.resubscribe().await {
-                            tracing::warn!(%error, "re-subscribing failed");
-                        }
+                        tracing::info!(host = label, "Redis connected; subscribing again");
+                        connections.replaced(host);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 }
             }
         });
     }
+    let tick = Duration::from_millis(100);
+    let mut since_repair = CANARY_REPAIR_EVERY;
     loop {
         let connected = subscribers.iter().all(RedisSubscriber::is_connected);
         health.set_redis_connected(connected);
@@ -402,9 +556,17 @@ async fn keep_subscriptions(
             // the receiver running.
             health.receiver_beat();
         }
+        since_repair += tick;
+        if connected && health.canary_overdue() && since_repair >= CANARY_REPAIR_EVERY {
+            since_repair = Duration::ZERO;
+            tracing::warn!("canary missing while connected; subscribing again to everything");
+            for host in 0..subscribers.len() {
+                connections.replaced(host);
+            }
+        }
         tokio::select! {
             _ = stop.triggered() => break,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
     }
     watchers.abort_all();
