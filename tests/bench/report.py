@@ -246,21 +246,24 @@ def soak_svg(soak, path: Path):
         y_top = top + index * (panel_h + gap) + 20
         series = series_of(kind)
         values = [v for _, _, segs in series for seg in segs for _, v in seg]
-        v_max = max(values, default=1) or 1
-        v_max *= 1.1
+        # The axis spans what was sampled (not from zero), so a slow drift shows.
+        lowest, highest = min(values, default=0), max(values, default=1)
+        span = (highest - lowest) or max(abs(highest) * 0.1, 1)
+        v_min, v_max = max(0, lowest - 0.1 * span), highest + 0.1 * span
 
         def X(t):
             return left + t / t_max * pw
 
         def Y(v):
-            return y_top + panel_h - v / v_max * panel_h
+            return y_top + panel_h - (v - v_min) / (v_max - v_min) * panel_h
 
         out.append(f'<text x="{left}" y="{y_top - 6}">{title}</text>')
         out.append(f'<rect x="{left}" y="{y_top}" width="{pw}" height="{panel_h}" fill="none" stroke="#999"/>')
         for k in range(0, 5):
-            v = v_max * k / 4
+            v = v_min + (v_max - v_min) * k / 4
             out.append(f'<line x1="{left}" y1="{Y(v):.1f}" x2="{left + pw}" y2="{Y(v):.1f}" stroke="#eee"/>')
-            out.append(f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:,.0f}</text>')
+            digits = 1 if v_max - v_min < 10 else 0
+            out.append(f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:,.{digits}f}</text>')
         for k in range(0, 6):
             t = t_max * k / 5
             out.append(f'<text x="{X(t):.1f}" y="{y_top + panel_h + 15}" text-anchor="middle">{t:.1f}</text>')

@@ -550,19 +550,29 @@ fn process_id_of(text: &str) -> Option<&str> {
 }
 
 /// The process id a gateway logged with its queue key at start
-/// (`core layer started queue_key=...`).
+/// (`core layer started queue_key=...`), else the `process` field of its
+/// `gateway starting` line (JSON logs).
 async fn logged_process_id(process: &GatewayProcess) -> Result<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let log = process.log_text();
-        let found = log
+        let from_queue_key = log
             .lines()
             .filter(|line| line.contains("core layer started"))
             .find_map(|line| {
                 let (_, after) = line.split_once("queue_key")?;
                 process_id_of(after).map(str::to_string)
             });
-        if let Some(id) = found {
+        let from_start_line = || {
+            log.lines()
+                .filter(|line| line.contains("gateway starting"))
+                .find_map(|line| {
+                    let (_, after) = line.split_once("\"process\":\"")?;
+                    let id = &after[..after.find('"')?];
+                    (!id.is_empty()).then(|| id.to_string())
+                })
+        };
+        if let Some(id) = from_queue_key.or_else(from_start_line) {
             return Ok(id);
         }
         if Instant::now() >= deadline {
