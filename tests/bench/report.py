@@ -172,7 +172,7 @@ def svg_plot(series, path: Path):
     path.write_text("\n".join(out) + "\n")
 
 
-SOAK_COLUMNS = ["t_s", "phase", "process", "pid", "rss_kib", "fds", "redis_keys",
+SOAK_COLUMNS = ["t_s", "phase", "process", "pid", "sockets", "rss_kib", "fds", "redis_keys",
                 "redis_used_memory_bytes", "group_keys", "queue_keys", "group_members",
                 "stale_members", "sockets_open"]
 
@@ -183,7 +183,7 @@ def soak_table(soak):
     for sample in (soak or {}).get("samples", []):
         for process in sample.get("processes", []):
             rows.append([sample.get("t_s"), sample.get("phase"), process.get("slot"), process.get("pid"),
-                         process.get("rss_kib"), process.get("fds"), sample.get("redis_keys"),
+                         process.get("sockets"), process.get("rss_kib"), process.get("fds"), sample.get("redis_keys"),
                          sample.get("redis_used_memory_bytes"), sample.get("group_keys"),
                          sample.get("queue_keys"), sample.get("group_members"),
                          sample.get("stale_members"), sample.get("sockets_open")])
@@ -327,8 +327,10 @@ def soak_lines(soak):
               "queued the payload before it was told to leave (or before its process was killed).", ""]
     warmup = drift.get("warmup_s")
     lines += [f"Drift per hour (least-squares slope over the {drift.get('samples', 0)} samples after the first "
-              f"{fmt((warmup or 0) / 60, 0)} minutes; a process's own figures over its last incarnation, after "
-              f"its own first {fmt((warmup or 0) / 60, 0)} minutes):", "",
+              f"{fmt((warmup or 0) / 60, 1)} minutes; a process's own figures over its last incarnation, after "
+              f"its own first {fmt((warmup or 0) / 60, 1)} minutes). New sockets go to the running process "
+              f"with the fewest (least connections), so a process's share of the population stays level "
+              f"and its RSS and fds follow its own leaks:", "",
               "| figure | first sample | last sample before the close | after every socket closed | "
               "drift per hour |", "|---|---|---|---|---|"]
     running = [s for s in samples if s.get("phase") == "running"]
@@ -344,6 +346,9 @@ def soak_lines(soak):
 
     for p in drift.get("processes", []):
         slot = p.get("slot")
+        lines.append(f"| process {slot} sockets | {fmt(process_value(first, slot, 'sockets'))} | "
+                     f"{fmt(process_value(last, slot, 'sockets'))} | {fmt(process_value(closed, slot, 'sockets'))} "
+                     f"| — |")
         lines.append(f"| process {slot} RSS KiB ({fmt(p.get('samples'))} samples) | "
                      f"{fmt(process_value(first, slot, 'rss_kib'))} | {fmt(process_value(last, slot, 'rss_kib'))} | "
                      f"{fmt(process_value(closed, slot, 'rss_kib'))} | {signed(p.get('rss_kib'))} |")

@@ -178,6 +178,12 @@ struct Run {
     /// Bumped before a slot's process is killed: a socket that connected
     /// under an older generation was on the killed process.
     generations: Vec<AtomicU64>,
+    /// Sockets on each slot, connecting ones included: a new socket goes to
+    /// the running process with the fewest (least connections, as a load
+    /// balancer would), so a restarted process fills up again and each
+    /// process's figures follow its own leaks, not a drifting share of the
+    /// population.
+    assigned: Vec<AtomicU64>,
     /// Users of open sockets (per-user publishing picks among them).
     live_users: Mutex<Vec<u64>>,
     /// Per-user sends, by user, kept while the user's socket lives.
@@ -313,6 +319,7 @@ async fn socket_life(run: Arc<Run>, user: u64) {
             }
         }
     };
+    run.assigned[slot].fetch_sub(1, Ordering::SeqCst);
     let was_killed = run.generations[slot].load(Ordering::SeqCst) != generation;
     let end_us = match ending {
         Ending::Left(at) => at,
@@ -374,15 +381,8 @@ async fn connect(run: &Run, token: &str) -> Option<(LeanWs, usize, u64)> {
     let deadline = Instant::now() + CONNECT_DEADLINE;
     let path = format!("/ws/notifications/?token={token}");
     while Instant::now() < deadline {
-        // The generation is read before the address: a process killed after
-        // this read shows as a newer generation when the socket ends.
-        let slot = rand::random_range(0..run.addrs.len());
-        let generation = run.generations[slot].load(Ordering::SeqCst);
-        let addr = match run.addrs[slot].read() {
-            Ok(addr) => addr.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        if let Some(addr) = addr {
+        if let Some((slot, generation, addr)) = least_loaded_slot(run) {
+            run.assigned[slot].fetch_add(1, Ordering::SeqCst);
             let attempt = async {
                 let tcp = TcpStream::connect(addr.as_str()).await.ok()?;
                 tcp.set_nodelay(true).ok();
@@ -391,11 +391,31 @@ async fn connect(run: &Run, token: &str) -> Option<(LeanWs, usize, u64)> {
             if let Ok(Some(ws)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
                 return Some((ws, slot, generation));
             }
+            run.assigned[slot].fetch_sub(1, Ordering::SeqCst);
         }
         run.connect_retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
+}
+
+/// The running slot with the fewest sockets (ties broken at random): its
+/// index, its generation and its address. The generation is read before the
+/// address: a process killed after this read shows as a newer generation
+/// when the socket ends.
+fn least_loaded_slot(run: &Run) -> Option<(usize, u64, String)> {
+    let offset = rand::random_range(0..run.addrs.len());
+    (0..run.addrs.len())
+        .map(|i| (i + offset) % run.addrs.len())
+        .filter_map(|slot| {
+            let generation = run.generations[slot].load(Ordering::SeqCst);
+            let addr = match run.addrs[slot].read() {
+                Ok(addr) => addr.clone(),
+                Err(poisoned) => poisoned.into_inner().clone(),
+            }?;
+            Some((slot, generation, addr))
+        })
+        .min_by_key(|(slot, _, _)| run.assigned[*slot].load(Ordering::SeqCst))
 }
 
 /// Keeps the population at `target`, replacing `churn_per_sec` of it every
@@ -726,6 +746,7 @@ async fn sample(
                 "pid": pid,
                 "process_id": slot.process_id,
                 "started_s": slot.started_s,
+                "sockets": run.assigned[i].load(Ordering::SeqCst),
                 "rss_kib": vm_rss_kib(pid),
                 "fds": open_fds(pid),
             })
@@ -907,6 +928,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             .map(|slot| RwLock::new(Some(slot.config.listen.clone())))
             .collect(),
         generations: slots.iter().map(|_| AtomicU64::new(0)).collect(),
+        assigned: slots.iter().map(|_| AtomicU64::new(0)).collect(),
         live_users: Mutex::new(Vec::new()),
         sent_to_user: Mutex::new(HashMap::new()),
         sent_broadcast: Mutex::new(Vec::new()),
