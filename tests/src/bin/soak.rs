@@ -1,7 +1,8 @@
 //! `soak`: the long-running churn scenario of `scripts/bench`. It starts
 //! several gateway processes on one Redis (the binary it is given, each with
 //! a config of its own on free loopback ports), keeps a steady population of
-//! WebSockets on them while a fraction is replaced every second, publishes
+//! WebSockets on them (each new one on the process with the fewest) while a
+//! fraction is replaced every second, publishes
 //! per-user and broadcast messages through the native publisher
 //! (`tests::publisher`, the same as the load generator's), SIGKILLs and
 //! restarts one process at a fixed interval, and samples at another: each
