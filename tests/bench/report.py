@@ -3,7 +3,8 @@
 ``docs/benchmarks.json`` (raw), ``docs/benchmarks.md`` (machine, versions,
 the gateway and the Daphne peer side by side, ratios) and
 ``docs/benchmarks-latency.svg`` (p50/p99 latency against the per-user publish
-rate, drawn by hand: no plotting library, no network).
+rate) and ``docs/benchmarks-soak.svg`` (the soak run's samples over time),
+drawn by hand: no plotting library, no network.
 
 Usage: report.py RESULTS_DIR META_JSON DOCS_DIR
 It only reads what the run wrote; it starts nothing and measures nothing.
@@ -171,13 +172,245 @@ def svg_plot(series, path: Path):
     path.write_text("\n".join(out) + "\n")
 
 
+SOAK_COLUMNS = ["t_s", "phase", "process", "pid", "sockets", "rss_kib", "fds", "redis_keys",
+                "redis_used_memory_bytes", "group_keys", "queue_keys", "group_members",
+                "stale_members", "sockets_open"]
+
+
+def soak_table(soak):
+    """The soak samples as one row per (sample, process): columns and rows."""
+    rows = []
+    for sample in (soak or {}).get("samples", []):
+        for process in sample.get("processes", []):
+            rows.append([sample.get("t_s"), sample.get("phase"), process.get("slot"), process.get("pid"),
+                         process.get("sockets"), process.get("rss_kib"), process.get("fds"), sample.get("redis_keys"),
+                         sample.get("redis_used_memory_bytes"), sample.get("group_keys"),
+                         sample.get("queue_keys"), sample.get("group_members"),
+                         sample.get("stale_members"), sample.get("sockets_open")])
+    return {"columns": SOAK_COLUMNS, "rows": rows}
+
+
+def soak_svg(soak, path: Path):
+    """Four panels over time (minutes): RSS per process, fds per process,
+    Redis used memory, Redis keys / group members / stale members; a dashed
+    line at each kill. A restarted process starts a new line."""
+    samples = [s for s in (soak or {}).get("samples", []) if s.get("t_s") is not None]
+    width, panel_h, left, right, top, gap = 760, 170, 70, 190, 30, 45
+    panels = [
+        ("RSS MiB per process", "rss"),
+        ("open file descriptors per process", "fds"),
+        ("Redis used memory MiB", "memory"),
+        ("Redis keys, group members, stale members", "counts"),
+    ]
+    height = top + len(panels) * (panel_h + gap) + 10
+    if not samples:
+        path.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>\n')
+        return
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#17becf", "#d62728"]
+    t_max = max(s["t_s"] for s in samples) / 60 or 1.0
+    pw = width - left - right
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{left}" y="18" font-size="14">Soak: samples over time (minutes); dashed: a process '
+           f'SIGKILLed and restarted</text>']
+    slots = sorted({p.get("slot") for s in samples for p in s.get("processes", [])}, key=lambda v: (v is None, v))
+
+    def series_of(kind):
+        """[(label, color, [segments of (minutes, value)])]"""
+        if kind in ("rss", "fds"):
+            field, scale = ("rss_kib", 1 / 1024) if kind == "rss" else ("fds", 1)
+            result = []
+            for i, slot in enumerate(slots):
+                segments, last_pid = [], None
+                for s in samples:
+                    for p in s.get("processes", []):
+                        if p.get("slot") != slot or p.get(field) is None:
+                            continue
+                        if p.get("pid") != last_pid:
+                            segments.append([])
+                            last_pid = p.get("pid")
+                        segments[-1].append((s["t_s"] / 60, p[field] * scale))
+                result.append((f"process {slot}", colors[i % len(colors)], segments))
+            return result
+        if kind == "memory":
+            pts = [(s["t_s"] / 60, s["redis_used_memory_bytes"] / 1048576) for s in samples
+                   if s.get("redis_used_memory_bytes") is not None]
+            return [("used memory", colors[0], [pts])]
+        return [(label, colors[i], [[(s["t_s"] / 60, s[field]) for s in samples if s.get(field) is not None]])
+                for i, (label, field) in enumerate((("keys (DBSIZE)", "redis_keys"),
+                                                     ("group members", "group_members"),
+                                                     ("stale members", "stale_members")))]
+
+    for index, (title, kind) in enumerate(panels):
+        y_top = top + index * (panel_h + gap) + 20
+        series = series_of(kind)
+        values = [v for _, _, segs in series for seg in segs for _, v in seg]
+        # The axis spans what was sampled (not from zero), so a slow drift shows.
+        lowest, highest = min(values, default=0), max(values, default=1)
+        span = (highest - lowest) or max(abs(highest) * 0.1, 1)
+        v_min, v_max = max(0, lowest - 0.1 * span), highest + 0.1 * span
+
+        def X(t):
+            return left + t / t_max * pw
+
+        def Y(v):
+            return y_top + panel_h - (v - v_min) / (v_max - v_min) * panel_h
+
+        out.append(f'<text x="{left}" y="{y_top - 6}">{title}</text>')
+        out.append(f'<rect x="{left}" y="{y_top}" width="{pw}" height="{panel_h}" fill="none" stroke="#999"/>')
+        for k in range(0, 5):
+            v = v_min + (v_max - v_min) * k / 4
+            out.append(f'<line x1="{left}" y1="{Y(v):.1f}" x2="{left + pw}" y2="{Y(v):.1f}" stroke="#eee"/>')
+            digits = 1 if v_max - v_min < 10 else 0
+            out.append(f'<text x="{left - 6}" y="{Y(v) + 4:.1f}" text-anchor="end">{v:,.{digits}f}</text>')
+        for k in range(0, 6):
+            t = t_max * k / 5
+            out.append(f'<text x="{X(t):.1f}" y="{y_top + panel_h + 15}" text-anchor="middle">{t:.1f}</text>')
+        for kill in (soak or {}).get("kills", []):
+            x = X(kill.get("killed_at_s", 0) / 60)
+            out.append(f'<line x1="{x:.1f}" y1="{y_top}" x2="{x:.1f}" y2="{y_top + panel_h}" '
+                       f'stroke="#d62728" stroke-dasharray="4,3"/>')
+        legend_y = y_top + 12
+        for label, color, segments in series:
+            for seg in segments:
+                if seg:
+                    poly = " ".join(f"{X(t):.1f},{Y(v):.1f}" for t, v in seg)
+                    out.append(f'<polyline points="{poly}" fill="none" stroke="{color}" stroke-width="2"/>')
+            lx = left + pw + 15
+            out.append(f'<line x1="{lx}" y1="{legend_y}" x2="{lx + 25}" y2="{legend_y}" stroke="{color}" '
+                       f'stroke-width="2"/>')
+            out.append(f'<text x="{lx + 30}" y="{legend_y + 4}">{label}</text>')
+            legend_y += 18
+    out.append("</svg>")
+    path.write_text("\n".join(out) + "\n")
+
+
+def signed(value, digits=1):
+    if value is None:
+        return "—"
+    return f"{value:+,.{digits}f}"
+
+
+def soak_lines(soak):
+    """The soak section of the report (markdown lines)."""
+    if not soak:
+        return []
+    if "error" in soak:
+        return ["## Soak", "", "The soak run produced no result (see `benchmarks.json`).", ""]
+    settings = soak.get("settings", {})
+    drift = soak.get("drift_per_hour", {})
+    samples = soak.get("samples", [])
+    lines = ["## Soak: churn and kills over time", "",
+             f"{settings.get('processes')} gateway processes on one Redis for "
+             f"{fmt((settings.get('duration_s') or 0) / 60, 1)} minutes: "
+             f"{fmt(settings.get('sockets'))} sockets, {100 * (settings.get('churn_per_sec') or 0):g} % of them "
+             f"replaced every second; {fmt(settings.get('per_user_rate'), 0)} per-user messages/s and a broadcast "
+             f"to every socket every {settings.get('broadcast_every_s')} s (the same native publisher); "
+             f"every {fmt((settings.get('kill_every_s') or 0) / 60, 1)} minutes one process other than the first "
+             f"was SIGKILLed and restarted ({soak.get('restarts', 0)} restarts). Samples every "
+             f"{settings.get('sample_every_s')} s: each process's RSS and open file descriptors "
+             f"(`/proc/<pid>/status`, `/proc/<pid>/fd`), Redis' keys (DBSIZE) and used memory (INFO memory), "
+             f"and **stale members**: members of any `<prefix>:group:*` key whose process (the text between "
+             f"`specific.` and the next `.` or `!`) is not a running gateway. The last row is taken after every "
+             f"socket closed cleanly. Raw samples: `benchmarks.json` (`soak`: one row per sample and process).",
+             "", "![soak samples over time](benchmarks-soak.svg)", ""]
+    surviving = (soak.get("delivery") or {}).get("surviving") or {}
+    killed = (soak.get("delivery") or {}).get("killed") or {}
+    lines += ["| sockets on | sockets | messages owed | received | lost | duplicates | misrouted | "
+              "unexpected closes |", "|---|---|---|---|---|---|---|---|"]
+    for name, tally in (("surviving processes", surviving), ("killed processes (until the kill)", killed)):
+        lines.append(f"| {name} | {fmt(tally.get('sockets'))} | {fmt(tally.get('expected'))} | "
+                     f"{fmt(tally.get('received'))} | {fmt(tally.get('lost'))} | {fmt(tally.get('duplicates'))} | "
+                     f"{fmt(tally.get('misroutes'))} | {fmt(tally.get('unexpected_closes'))} |")
+    lines += ["", "A socket is owed every message whose group_send began after its handshake and had "
+              "queued the payload before it was told to leave (or before its process was killed).", ""]
+    warmup = drift.get("warmup_s")
+    lines += [f"Drift per hour (least-squares slope over the {drift.get('samples', 0)} samples after the first "
+              f"{fmt((warmup or 0) / 60, 1)} minutes; a process's own figures over its last incarnation, after "
+              f"its own first {fmt((warmup or 0) / 60, 1)} minutes). New sockets go to the running process "
+              f"with the fewest (least connections), so a process's share of the population stays level "
+              f"and its RSS and fds follow its own leaks:", "",
+              "| figure | first sample | last sample before the close | after every socket closed | "
+              "drift per hour |", "|---|---|---|---|---|"]
+    running = [s for s in samples if s.get("phase") == "running"]
+    after = [s for s in samples if s.get("phase") != "running"]
+    first, last = (running[0] if running else {}), (running[-1] if running else {})
+    closed = after[-1] if after else {}
+
+    def process_value(sample, slot, field):
+        for p in sample.get("processes", []):
+            if p.get("slot") == slot:
+                return p.get(field)
+        return None
+
+    for p in drift.get("processes", []):
+        slot = p.get("slot")
+        lines.append(f"| process {slot} sockets | {fmt(process_value(first, slot, 'sockets'))} | "
+                     f"{fmt(process_value(last, slot, 'sockets'))} | {fmt(process_value(closed, slot, 'sockets'))} "
+                     f"| — |")
+        lines.append(f"| process {slot} RSS KiB ({fmt(p.get('samples'))} samples) | "
+                     f"{fmt(process_value(first, slot, 'rss_kib'))} | {fmt(process_value(last, slot, 'rss_kib'))} | "
+                     f"{fmt(process_value(closed, slot, 'rss_kib'))} | {signed(p.get('rss_kib'))} |")
+        lines.append(f"| process {slot} open fds | {fmt(process_value(first, slot, 'fds'))} | "
+                     f"{fmt(process_value(last, slot, 'fds'))} | {fmt(process_value(closed, slot, 'fds'))} | "
+                     f"{signed(p.get('fds'))} |")
+    for label, field in (("Redis keys", "redis_keys"), ("Redis used memory bytes", "redis_used_memory_bytes"),
+                         ("group members", "group_members"), ("stale members", "stale_members")):
+        lines.append(f"| {label} | {fmt(first.get(field))} | {fmt(last.get(field))} | {fmt(closed.get(field))} | "
+                     f"{signed(drift.get(field))} |")
+    stale_after = closed.get("stale_members")
+    lines += ["", "Stale members grow with every kill until something removes a killed process's "
+              "members; "
+              + (f"after the last socket closed, {fmt(stale_after)} stale members were still in Redis."
+                 if stale_after is not None else "the closing sample is missing."), ""]
+    return lines
+
+
+def default_capacity_lines(res):
+    """The per-user ramp at Django's default capacity beside the raised one."""
+    default = res.get("gateway-per-user-default-capacity")
+    if not default:
+        return []
+    if "error" in default:
+        return ["### Per-user ramp at Django's default capacity", "",
+                "The run produced no result (see `benchmarks.json`).", ""]
+    raised = {s.get("target_rate"): s for s in (res.get("gateway-per-user") or {}).get("steps", [])}
+    lines = ["### Per-user ramp at Django's default capacity", "",
+             "The same ramp published with channels_redis' default `capacity` (100 entries per queue key, "
+             "no `channel_capacity` for the gateway's channels) beside the first ramp above (capacity "
+             "10,000). channels_redis drops a message silently when the queue key already holds "
+             "`capacity` entries; \"dropped by channels_redis\" counts those sends (the publisher's "
+             "EVAL reports each full key), \"lost otherwise\" is what is missing beyond them. The default "
+             "ramp runs every step whatever it loses; the raised one stops after a lossy step.", "",
+             "| target msg/s | raised: achieved | raised: lost | raised: p99 ms | default: achieved | "
+             "default: dropped by channels_redis | default: lost otherwise | default: p99 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for step in default.get("steps", []):
+        rate = step.get("target_rate")
+        other = raised.get(rate, {})
+        lines.append(f"| {fmt(rate)} | {fmt(other.get('achieved_rate'), 0)} | {fmt(other.get('lost'))} | "
+                     f"{fmt(p99_ms(other), 2)} | {fmt(step.get('achieved_rate'), 0)} | "
+                     f"{fmt(step.get('over_capacity'))} | {fmt(step.get('lost_beyond_over_capacity'))} | "
+                     f"{fmt(p99_ms(step), 2)} |")
+    total = sum(s.get("over_capacity") or 0 for s in default.get("steps", []))
+    lines += ["", f"Dropped by channels_redis over the whole default-capacity ramp: {fmt(total)} "
+              f"(the goal is zero at every step).", ""]
+    return lines
+
+
 def main() -> int:
     results, meta_path, docs = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     meta = json.loads(meta_path.read_text())
     res = load(results)
     docs.mkdir(parents=True, exist_ok=True)
+    soak = res.get("gateway-soak")
+    report = {"meta": meta, "results": res}
+    if soak and "error" not in soak:
+        report["soak"] = soak_table(soak)
+        soak_svg(soak, docs / "benchmarks-soak.svg")
     (docs / "benchmarks.json").write_text(
-        json.dumps({"meta": meta, "results": res}, indent=1, sort_keys=True) + "\n")
+        json.dumps(report, indent=1, sort_keys=True) + "\n")
 
     series = {}
     runs = [(f"{label}{f' (run {i + 1})' if i else ''}", run)
@@ -263,6 +496,12 @@ def main() -> int:
             lines.append(f"| per-user ramp of the {stack} stopped at target rate | "
                          f"{' / '.join(stops) if stack == 'gateway' else ''} | "
                          f"{' / '.join(stops) if stack == 'peer' else ''} | — | loss or p99 > 50 ms |")
+    default_ramp = res.get("gateway-per-user-default-capacity") or {}
+    if default_ramp.get("steps"):
+        dropped = [s.get("over_capacity") or 0 for s in default_ramp["steps"]]
+        lines.append(f"| per-user ramp at Django's default capacity (100 per queue key): messages dropped by "
+                     f"channels_redis, each step ({' / '.join(fmt(d) for d in dropped)}) | {fmt(sum(dropped))} | "
+                     f"— | — | 0 at every step |")
     gf = ((res.get("gateway-fixed") or {}).get("steps") or [{}])[0]
     pf = ((res.get("peer-fixed") or {}).get("steps") or [{}])[0]
     gateway_fixed = fixed_runs(res, "gateway")
@@ -488,6 +727,9 @@ def main() -> int:
                     f"{fmt(s.get('misroutes'))} | {fmt(s.get('over_capacity'))} | "
                     f"{fmt((s.get('gateway_routing_lag') or {}).get('p99_ms_at_most'), 1)} | "
                     f"{pair(s.get('publish_batch_time'))} |")
+    default_capacity = default_capacity_lines(res)
+    if default_capacity:
+        lines += [""] + default_capacity
     if gateway_fixed:
         lines += ["", "### Fixed rate, repeated: the gateway and the bare relay alternated", "",
                   "Each gateway run is followed by a bare relay run with the same publisher, Redis "
@@ -518,6 +760,9 @@ def main() -> int:
             lines.append(f"| {fmt(s.get('target_rate'))} | {fmt(s.get('achieved_rate'), 0)} | "
                          f"{pair(s.get('publish_batch_time'))} | {pair(s.get('ceiling_queue_lag'))} | "
                          f"{pair(s.get('machine_hiccups'))} |")
+    soak_section = soak_lines(soak)
+    if soak_section:
+        lines += [""] + soak_section
     lines += ["", "## Notes", ""]
     for note in meta.get("notes", []):
         lines.append(f"- {note}")

@@ -7,7 +7,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tests::gateway_bin;
 use tests::procs::{free_port, repo_root, send_signal, Signal};
 use tests::{python_bin, GatewayConfig, GatewayLauncher, GatewayProcess, RedisServer};
@@ -44,11 +44,26 @@ async fn loadgen(redis: &RedisServer, gateway: &GatewayProcess, extra: &[&str]) 
 }
 
 async fn loadgen_at(redis: &RedisServer, target: &str, extra: &[&str]) -> Value {
+    loadgen_with_capacity(redis, target, RAISED_CAPACITY, extra).await
+}
+
+/// The raised capacity the smoke runs publish with: the gateway's channels
+/// get 10,000 entries per queue key.
+const RAISED_CAPACITY: &[&str] = &["--channel-capacity", "specific.gw-*=10000"];
+
+/// A run whose publisher's capacity settings are `capacity` (loadgen flags;
+/// empty = Django's default of 100 for every channel).
+async fn loadgen_with_capacity(
+    redis: &RedisServer,
+    target: &str,
+    capacity: &[&str],
+    extra: &[&str],
+) -> Value {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"));
     cmd.args(["--target", target])
         .args(["--secret", SECRET])
         .args(["--redis", &redis.url()])
-        .args(["--channel-capacity", "specific.gw-*=10000"])
+        .args(capacity)
         .args(["--connect-concurrency", "16"])
         .args(["--drain-secs", "5"])
         .args(extra)
@@ -160,6 +175,35 @@ async fn per_user_mode_delivers_every_message_to_its_user_only() {
             routed.is_some_and(|n| n >= step["published"].as_u64().unwrap_or(0)),
             "{step}"
         );
+    }
+}
+
+/// The per-user ramp at Django's default capacity (100 per queue key, no
+/// `channel_capacity`), run through every step: whatever channels_redis'
+/// sender dropped is counted per step, and nothing else is missing.
+#[tokio::test]
+async fn per_user_ramp_at_default_capacity_counts_the_senders_drops() {
+    let (redis, gateway) = stack().await;
+    let mut args = PER_USER_SMOKE.to_vec();
+    args.extend(["--capacity", "100", "--ramp-through"]);
+    let result = loadgen_with_capacity(&redis, gateway.listen_addr(), &[], &args).await;
+    assert_connected(&result, 30);
+    let steps = result["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "every step runs: {result}");
+    for step in steps {
+        assert!(step["published"].as_u64().unwrap_or(0) > 0, "{step}");
+        let dropped = step["over_capacity"].as_u64().expect("drops counted");
+        let received = step["received"].as_u64().unwrap_or(0);
+        assert_eq!(
+            received + dropped,
+            step["expected"].as_u64().unwrap_or(0),
+            "{step}"
+        );
+        assert_eq!(step["lost"].as_u64(), Some(dropped), "{step}");
+        assert_eq!(step["lost_beyond_over_capacity"], 0, "{step}");
+        assert_eq!(step["duplicates"], 0, "{step}");
+        assert_eq!(step["misroutes"], 0, "{step}");
+        assert_eq!(step["out_of_order"], 0, "{step}");
     }
 }
 
@@ -365,4 +409,96 @@ async fn the_load_generator_measures_the_daphne_peer_too() {
     .await;
     assert_connected(&result, 10);
     assert_clean_step(&result["steps"][0]);
+}
+
+/// The soak scenario at smoke scale: two gateway processes on one Redis,
+/// churning sockets, per-user and broadcast publishing, the second process
+/// SIGKILLed and restarted after 8 s (and again at 16 s), samples every 2 s.
+/// Only correctness: sockets on the surviving process lost nothing, the
+/// sampler produced its rows, the killed process came back.
+#[tokio::test]
+async fn soak_run_churns_kills_restarts_and_loses_nothing_on_survivors() {
+    let redis = RedisServer::start().expect("redis starts");
+    let gateway = gateway_bin!();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_soak"));
+    cmd.arg("--gateway-bin")
+        .arg(&gateway)
+        .args(["--redis", &redis.url()])
+        .args(["--secret", SECRET])
+        .args(["--processes", "2", "--duration-secs", "20"])
+        .args(["--sockets", "40", "--churn-per-sec", "0.05"])
+        .args(["--per-user-rate", "50", "--broadcast-every-secs", "0.5"])
+        .args(["--kill-every-secs", "8", "--sample-every-secs", "2"])
+        .args(["--warmup-secs", "0"])
+        .env_remove("LOADGEN_SECRET")
+        .kill_on_drop(true)
+        .stdin(Stdio::null());
+    let output = tokio::time::timeout(RUN_LIMIT, cmd.output())
+        .await
+        .expect("soak ends by itself")
+        .expect("soak runs");
+    assert!(
+        output.status.success(),
+        "soak failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).expect("soak prints JSON");
+
+    let samples = result["samples"].as_array().expect("samples");
+    let running = samples.iter().filter(|s| s["phase"] == "running").count();
+    assert!(running >= 5, "a sample every 2 s: {result}");
+    for sample in samples {
+        let processes = sample["processes"].as_array().expect("processes");
+        assert_eq!(processes.len(), 2, "{sample}");
+        for process in processes {
+            assert!(process["rss_kib"].as_u64().is_some(), "{sample}");
+            assert!(process["fds"].as_u64().is_some(), "{sample}");
+        }
+        for field in [
+            "redis_keys",
+            "redis_used_memory_bytes",
+            "group_members",
+            "stale_members",
+        ] {
+            assert!(sample[field].as_u64().is_some(), "{field}: {sample}");
+        }
+    }
+    assert_eq!(
+        samples.last().map(|s| &s["phase"]),
+        Some(&json!("after-close"))
+    );
+
+    // The second process was killed and came back as a new process.
+    assert!(result["restarts"].as_u64().unwrap_or(0) >= 1, "{result}");
+    for kill in result["kills"].as_array().expect("kills") {
+        assert_eq!(kill["slot"], 1, "the first process is never killed: {kill}");
+        assert_ne!(kill["old_pid"], kill["new_pid"], "{kill}");
+        assert_ne!(kill["old_process_id"], kill["new_process_id"], "{kill}");
+    }
+
+    // Sockets on the surviving process lost nothing; the killed process's
+    // sockets are counted apart (a kill may lose what was in flight).
+    let surviving = &result["delivery"]["surviving"];
+    assert!(surviving["expected"].as_u64().unwrap_or(0) > 0, "{result}");
+    for field in [
+        "lost",
+        "duplicates",
+        "misroutes",
+        "unexpected_closes",
+        "bad_frames",
+    ] {
+        assert_eq!(surviving[field], 0, "surviving {field}: {result}");
+    }
+    let killed = &result["delivery"]["killed"];
+    assert!(killed["sockets"].as_u64().unwrap_or(0) > 0, "{result}");
+    for field in ["duplicates", "misroutes", "bad_frames"] {
+        assert_eq!(killed[field], 0, "killed {field}: {result}");
+    }
+    assert_eq!(result["connects"]["failed"], 0, "{result}");
+    assert_eq!(result["sockets_left_open"], 0, "{result}");
+    assert_eq!(result["sent"]["errors"], 0, "{result}");
+    assert!(
+        result["sent"]["broadcasts"].as_u64().unwrap_or(0) > 0,
+        "{result}"
+    );
 }
