@@ -6,7 +6,7 @@
 //! ([`gateway_proc`]), a browser-like WebSocket client ([`ws_client`]),
 //! convenience JWTs ([`tokens`]), test keys and certificates ([`certs`]) and, for benchmarks, a native core-layer
 //! `group_send` ([`publisher`], checked against the Python library) and a lean
-//! frame reader ([`lean_ws`]) for the load generator, and the [`bare_relay`] it
+//! frame reader ([`lean_ws`]) for the load generator, how its tools end ([`tool_result`]), and the [`bare_relay`] it
 //! measures the gateway against (the least work any relay must do). It must not re-implement gateway logic, must
 //! never use the Redis on port 6379, and ends only processes it started, by PID.
 
@@ -20,6 +20,7 @@ pub mod python;
 pub mod redis_server;
 pub mod resp;
 pub mod tokens;
+pub mod tool_result;
 pub mod ws_client;
 
 pub use gateway_proc::{GatewayConfig, GatewayLauncher, GatewayProcess};

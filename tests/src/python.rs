@@ -416,12 +416,8 @@ impl LayerDriver {
         message: impl ToDriverJson,
         index_field: &str,
     ) -> Result<Value> {
-        let raw = message.to_driver_json()?;
-        self.op_with(
-            json!({"op": "group_send_seq", "group": group, "count": count, "index_field": index_field}),
-            &[("message", raw)],
-        )
-        .await
+        self.group_send_rounds(&[group.to_string()], count, message, index_field)
+            .await
     }
 
     /// [`group_send_seq`](Self::group_send_seq) to several groups in turn:

@@ -1413,28 +1413,6 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
-        Ok(result) => {
-            let text = result.to_string();
-            let written = match &out_path {
-                Some(path) => std::fs::write(path, format!("{text}\n"))
-                    .with_context(|| format!("writing {}", path.display())),
-                None => {
-                    println!("{text}");
-                    Ok(())
-                }
-            };
-            match written {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("loadgen: {err:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
-        }
-        Err(err) => {
-            eprintln!("loadgen: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let result = runtime.block_on(run(args));
+    tests::tool_result::finish("loadgen", result, out_path.as_deref())
 }

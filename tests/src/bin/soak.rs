@@ -1097,30 +1097,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(run(args));
     // Socket tasks still draining must not hold the exit up.
     runtime.shutdown_timeout(Duration::from_secs(1));
-    match result {
-        Ok(result) => {
-            let text = result.to_string();
-            let written = match &out_path {
-                Some(path) => std::fs::write(path, format!("{text}\n"))
-                    .with_context(|| format!("writing {}", path.display())),
-                None => {
-                    println!("{text}");
-                    Ok(())
-                }
-            };
-            match written {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("soak: {err:#}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
-        }
-        Err(err) => {
-            eprintln!("soak: {err:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    tests::tool_result::finish("soak", result, out_path.as_deref())
 }
 
 #[cfg(test)]
