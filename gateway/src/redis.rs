@@ -251,37 +251,6 @@ fn builder(host: &HostSetting) -> Result<Builder, RedisError> {
     Ok(builder)
 }
 
-/// Pops up to `ARGV[1]` payloads from the queue keys `KEYS`, as a flat
-/// `[member, score, …]` array, each key's in score order. Every key gets
-/// its share first, then the rest goes to the keys that had more, so one
-/// busy key cannot leave the others to fill up to the sender's capacity.
-static POP_QUEUES: std::sync::LazyLock<fred::types::scripts::Script> =
-    std::sync::LazyLock::new(|| {
-        fred::types::scripts::Script::from_lua(
-            "local left = tonumber(ARGV[1]) \
-             local share = math.max(1, math.floor(left / #KEYS)) \
-             local out = {} \
-             local more = {} \
-             for i = 1, #KEYS do \
-               if left <= 0 then break end \
-               local ask = math.min(share, left) \
-               local got = redis.call('ZPOPMIN', KEYS[i], ask) \
-               for j = 1, #got do out[#out + 1] = got[j] end \
-               left = left - #got / 2 \
-               more[i] = (#got / 2 == ask) \
-             end \
-             for i = 1, #KEYS do \
-               if left <= 0 then break end \
-               if more[i] then \
-                 local got = redis.call('ZPOPMIN', KEYS[i], left) \
-                 for j = 1, #got do out[#out + 1] = got[j] end \
-                 left = left - #got / 2 \
-               end \
-             end \
-             return out",
-        )
-    });
-
 /// How long a receiver's pop may wait for its reply. Longer than a pause of
 /// this process that does not already cost its memberships (the liveness
 /// timeout): the timer would otherwise fire on resumption before the reply
@@ -420,12 +389,16 @@ impl RedisHost {
         }
     }
 
-    /// Takes up to `max` payloads from a process's queue keys, each key's in
-    /// score order (the keys' payloads follow one another; a socket's
-    /// frames all come from one key). With `block`, waits up to that long
-    /// for the first one (`BZPOPMIN` over every key) and takes the rest in
-    /// the same round trip (the pop script pipelined behind it). Keep
-    /// `block` well under the 5 s command timeout.
+    /// Takes payloads from a process's queue keys, each key's in score
+    /// order (the keys' payloads follow one another; a socket's frames all
+    /// come from one key): every key's share of `max` (so one busy key
+    /// cannot leave the others to fill up to the sender's capacity; what a
+    /// key holds beyond its share waits for the next pop). With `block`,
+    /// waits up to that long for the first payload of any key (`BZPOPMIN`
+    /// over all of them) and takes the shares in the same round trip
+    /// (`ZPOPMIN` per key pipelined behind it). Native commands only: a
+    /// script would copy every payload through Lua. Keep `block` well
+    /// under the receiver's command timeout.
     pub async fn pop_queues(
         &self,
         keys: &[String],
@@ -433,64 +406,39 @@ impl RedisHost {
         block: Option<Duration>,
     ) -> Result<Vec<QueuedPayload>, RedisError> {
         let mut popped = Vec::new();
-        match block {
-            Some(timeout) => {
-                let pipeline = self.client.pipeline();
-                let () = pipeline
-                    .bzpopmin(keys.to_vec(), timeout.as_secs_f64())
-                    .await
-                    .map_err(|error| self.command_error(error))?;
-                // A pipeline has no EVALSHA of its own: spell it out.
-                let mut evalsha: Vec<Value> = Vec::with_capacity(keys.len() + 3);
-                evalsha.push(Value::String(POP_QUEUES.sha1().clone()));
-                evalsha.push(Value::Integer(keys.len() as i64));
-                evalsha.extend(keys.iter().map(|key| Value::String(key.as_str().into())));
-                evalsha.push(Value::Integer(max.saturating_sub(1) as i64));
-                let () = pipeline
-                    .custom(
-                        fred::types::CustomCommand::new_static("EVALSHA", None, false),
-                        evalsha,
-                    )
-                    .await
-                    .map_err(|error| self.command_error(error))?;
-                let mut replies = pipeline.try_all::<Value>().await.into_iter();
-                match replies.next() {
-                    Some(Ok(Value::Null)) | None => return Ok(popped),
-                    Some(Ok(Value::Array(triple))) => {
-                        let mut triple = triple.into_iter();
-                        let (_key, member, score) = (triple.next(), triple.next(), triple.next());
-                        let (Some(member), Some(score)) = (member, score) else {
-                            return Err(
-                                self.bad_reply("BZPOPMIN reply is not [key, member, score]")
-                            );
-                        };
-                        popped.push(self.queued_payload(member, score)?);
-                    }
-                    Some(Ok(_)) => return Err(self.bad_reply("BZPOPMIN reply is not an array")),
-                    Some(Err(error)) => return Err(self.command_error(error)),
+        let share = max.div_ceil(keys.len().max(1)).max(1);
+        let pipeline = self.client.pipeline();
+        if let Some(timeout) = block {
+            let () = pipeline
+                .bzpopmin(keys.to_vec(), timeout.as_secs_f64())
+                .await
+                .map_err(|error| self.command_error(error))?;
+        }
+        for key in keys {
+            let () = pipeline
+                .zpopmin(key.as_str(), Some(share))
+                .await
+                .map_err(|error| self.command_error(error))?;
+        }
+        let mut replies = pipeline.try_all::<Value>().await.into_iter();
+        if block.is_some() {
+            match replies.next() {
+                Some(Ok(Value::Null)) | None => return Ok(popped),
+                Some(Ok(Value::Array(triple))) => {
+                    let mut triple = triple.into_iter();
+                    let (_key, member, score) = (triple.next(), triple.next(), triple.next());
+                    let (Some(member), Some(score)) = (member, score) else {
+                        return Err(self.bad_reply("BZPOPMIN reply is not [key, member, score]"));
+                    };
+                    popped.push(self.queued_payload(member, score)?);
                 }
-                match replies.next() {
-                    Some(Ok(rest)) => self.push_pairs(rest, &mut popped)?,
-                    // The script is not loaded yet (a new or restarted
-                    // server): what it would have taken stays queued for
-                    // the next pop, which loads it.
-                    Some(Err(error)) if error.details().starts_with("NOSCRIPT") => {
-                        POP_QUEUES
-                            .load(&self.client)
-                            .await
-                            .map_err(|error| self.command_error(error))?;
-                    }
-                    Some(Err(error)) => return Err(self.command_error(error)),
-                    None => {}
-                }
+                Some(Ok(_)) => return Err(self.bad_reply("BZPOPMIN reply is not an array")),
+                Some(Err(error)) => return Err(self.command_error(error)),
             }
-            None => {
-                let reply: Value = POP_QUEUES
-                    .evalsha_with_reload(&self.client, keys.to_vec(), max)
-                    .await
-                    .map_err(|error| self.command_error(error))?;
-                self.push_pairs(reply, &mut popped)?;
-            }
+        }
+        for reply in replies {
+            let reply = reply.map_err(|error| self.command_error(error))?;
+            self.push_pairs(reply, &mut popped)?;
         }
         Ok(popped)
     }
