@@ -251,6 +251,26 @@ fn builder(host: &HostSetting) -> Result<Builder, RedisError> {
     Ok(builder)
 }
 
+/// Moves every payload of the lanes `KEYS[2..]` into the merged key
+/// `KEYS[1]` (scores kept) and empties them, unless the merged key still
+/// holds payloads; the merged key expires `ARGV[1]` seconds after, like a
+/// queue key. Replies how many payloads the merged key holds now.
+static MERGE_LANES: std::sync::LazyLock<fred::types::scripts::Script> =
+    std::sync::LazyLock::new(|| {
+        fred::types::scripts::Script::from_lua(
+            "local held = redis.call('ZCARD', KEYS[1]) \
+             if held > 0 then return held end \
+             local lanes = {} \
+             for i = 2, #KEYS do lanes[#lanes + 1] = KEYS[i] end \
+             local moved = redis.call('ZUNIONSTORE', KEYS[1], #lanes, unpack(lanes)) \
+             if moved > 0 then \
+               redis.call('DEL', unpack(lanes)) \
+               redis.call('EXPIRE', KEYS[1], ARGV[1]) \
+             end \
+             return moved",
+        )
+    });
+
 /// How long a receiver's pop may wait for its reply. Longer than a pause of
 /// this process that does not already cost its memberships (the liveness
 /// timeout): the timer would otherwise fire on resumption before the reply
@@ -389,41 +409,61 @@ impl RedisHost {
         }
     }
 
-    /// Takes payloads from a process's queue keys, each key's in score
-    /// order (the keys' payloads follow one another; a socket's frames all
-    /// come from one key): every key's share of `max` (so one busy key
-    /// cannot leave the others to fill up to the sender's capacity; what a
-    /// key holds beyond its share waits for the next pop). With `block`,
-    /// waits up to that long for the first payload of any key (`BZPOPMIN`
-    /// over all of them) and takes the shares in the same round trip
-    /// (`ZPOPMIN` per key pipelined behind it). Native commands only: a
-    /// script would copy every payload through Lua. Keep `block` well
-    /// under the receiver's command timeout.
+    /// Takes up to `max` payloads of a process's queue keys (`lanes`) in
+    /// score order, through `merged`: a sorted set of the process's own
+    /// into which one script moves everything the lanes hold whenever it is
+    /// empty (a C-level `ZUNIONSTORE`, so no payload is copied through Lua),
+    /// so a pop is three commands however many lanes there are, and the
+    /// lanes (whose size channels_redis' `capacity` bounds) are emptied at
+    /// every pop. With `block`, first waits up to that long for a payload
+    /// of any lane (`BZPOPMIN`); callers must block only while `merged` is
+    /// empty (the last pop returned less than it asked for), or a lane's
+    /// newer payload would overtake older ones waiting in `merged`.
+    /// Returns the payloads and whether `merged` may hold more.
     pub async fn pop_queues(
         &self,
-        keys: &[String],
+        lanes: &[String],
+        merged: &str,
         max: usize,
+        expiry: u64,
         block: Option<Duration>,
-    ) -> Result<Vec<QueuedPayload>, RedisError> {
+    ) -> Result<(Vec<QueuedPayload>, bool), RedisError> {
         let mut popped = Vec::new();
-        let share = max.div_ceil(keys.len().max(1)).max(1);
         let pipeline = self.client.pipeline();
         if let Some(timeout) = block {
             let () = pipeline
-                .bzpopmin(keys.to_vec(), timeout.as_secs_f64())
+                .bzpopmin(lanes.to_vec(), timeout.as_secs_f64())
                 .await
                 .map_err(|error| self.command_error(error))?;
         }
-        for key in keys {
-            let () = pipeline
-                .zpopmin(key.as_str(), Some(share))
-                .await
-                .map_err(|error| self.command_error(error))?;
+        // A pipeline has no EVALSHA of its own: spell it out.
+        let mut merge: Vec<Value> = Vec::with_capacity(lanes.len() + 4);
+        merge.push(Value::String(MERGE_LANES.sha1().clone()));
+        merge.push(Value::Integer(lanes.len() as i64 + 1));
+        merge.push(Value::String(merged.into()));
+        merge.extend(lanes.iter().map(|lane| Value::String(lane.as_str().into())));
+        merge.push(Value::String(expiry.to_string().into()));
+        let () = pipeline
+            .custom(
+                fred::types::CustomCommand::new_static("EVALSHA", None, false),
+                merge,
+            )
+            .await
+            .map_err(|error| self.command_error(error))?;
+        let asked = if block.is_some() {
+            max.saturating_sub(1)
+        } else {
+            max
         }
+        .max(1);
+        let () = pipeline
+            .zpopmin(merged, Some(asked))
+            .await
+            .map_err(|error| self.command_error(error))?;
         let mut replies = pipeline.try_all::<Value>().await.into_iter();
         if block.is_some() {
             match replies.next() {
-                Some(Ok(Value::Null)) | None => return Ok(popped),
+                Some(Ok(Value::Null)) | None => {}
                 Some(Ok(Value::Array(triple))) => {
                     let mut triple = triple.into_iter();
                     let (_key, member, score) = (triple.next(), triple.next(), triple.next());
@@ -436,11 +476,26 @@ impl RedisHost {
                 Some(Err(error)) => return Err(self.command_error(error)),
             }
         }
-        for reply in replies {
-            let reply = reply.map_err(|error| self.command_error(error))?;
-            self.push_pairs(reply, &mut popped)?;
+        match replies.next() {
+            Some(Ok(_)) | None => {}
+            // Not loaded yet (a new or restarted server): the lanes keep
+            // their payloads for the next pop, which finds the script.
+            Some(Err(error)) if error.details().starts_with("NOSCRIPT") => {
+                MERGE_LANES
+                    .load(&self.client)
+                    .await
+                    .map_err(|error| self.command_error(error))?;
+            }
+            Some(Err(error)) => return Err(self.command_error(error)),
         }
-        Ok(popped)
+        let before = popped.len();
+        match replies.next() {
+            Some(Ok(reply)) => self.push_pairs(reply, &mut popped)?,
+            Some(Err(error)) => return Err(self.command_error(error)),
+            None => {}
+        }
+        let may_hold_more = popped.len() - before >= asked;
+        Ok((popped, may_hold_more))
     }
 
     fn bad_reply(&self, what: &'static str) -> RedisError {

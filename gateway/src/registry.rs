@@ -48,6 +48,9 @@ pub struct ChannelNaming {
     labels: Vec<String>,
     /// Each lane's non-local part, `base` + label + `!`.
     non_locals: Vec<String>,
+    /// The part naming the key the receiver merges the lanes into (no `!`:
+    /// channels_redis never queues into it), on the lanes' host.
+    merged: String,
 }
 
 /// Low bits of a connection id that hold its lane; the rest count.
@@ -77,11 +80,16 @@ impl ChannelNaming {
             .take(lanes)
             .collect();
         let non_locals = labels.iter().map(|label| non_local(label)).collect();
+        let merged = (0u32..)
+            .map(|candidate| format!("{base}merged{candidate}"))
+            .find(|merged| shard_index(merged, hosts.max(1)) == home)
+            .unwrap_or_else(|| format!("{base}merged"));
         ChannelNaming {
             process_id,
             base,
             labels,
             non_locals,
+            merged,
         }
     }
 
@@ -95,6 +103,12 @@ impl ChannelNaming {
     /// reaper after a crash) names exactly them.
     pub fn non_local_parts(&self) -> &[String] {
         &self.non_locals
+    }
+
+    /// `specific.<process>.merged<n>`: names the key the receiver moves
+    /// every lane's payloads into before popping them, on the lanes' host.
+    pub fn merged_part(&self) -> &str {
+        &self.merged
     }
 
     /// The lane for a socket whose first group is `group`.
@@ -357,6 +371,13 @@ mod tests {
                 assert_eq!(shard_index(part, hosts), home, "{part} with {hosts} hosts");
                 assert!(shared_proto::names::is_valid_channel_name(part));
             }
+            let merged = naming.merged_part();
+            assert_eq!(
+                shard_index(merged, hosts),
+                home,
+                "{merged} with {hosts} hosts"
+            );
+            assert!(!merged.contains('!'), "channels_redis never queues into it");
         }
         let registry = Registry::new(ChannelNaming::with_process_id("gw-abc".into(), 16, 1));
         let mut lanes_used = HashSet::new();

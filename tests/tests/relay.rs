@@ -548,3 +548,28 @@ async fn memberships_lost_without_a_reconnect_are_detected_and_repaired() {
     stack.notify("user_95", r#""after repair""#).await;
     expect_frame(&mut socket, r#"{"message": "after repair"}"#).await;
 }
+
+/// The canary is the gateway's own payload in its own queue key: a key that
+/// counts as full for the sender (here `capacity = 0`: every key does) must
+/// not stop it, or a busy process would read as one that lost its
+/// memberships, turn unready and re-add everything while already behind.
+#[tokio::test]
+async fn the_canary_ignores_the_senders_capacity() {
+    let stack = stack_with(|config| config.capacity(0)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(&stack.gateway, "gateway_canaries_received_total ").await < 3.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "canaries come back whatever the capacity"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_ready(&stack.gateway, true, Duration::from_secs(1)).await;
+    assert!(
+        !stack
+            .gateway
+            .log_text()
+            .contains("canary missing while connected"),
+        "no repair was triggered"
+    );
+}

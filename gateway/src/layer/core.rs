@@ -97,6 +97,10 @@ pub struct CoreLayer {
 struct Receiver {
     host: RedisHost,
     queue_keys: Vec<String>,
+    /// Where the receiver merges the queue keys before popping.
+    merged_key: String,
+    /// The backend's `expiry`, which the merged key gets like a queue key.
+    expiry: u64,
     batch: usize,
     router: Arc<Router>,
     health: Arc<Health>,
@@ -160,17 +164,28 @@ impl CoreLayer {
         let receiver = Receiver {
             host: receive_host.clone(),
             queue_keys,
+            merged_key: names::queue_key(&settings.prefix, registry.naming().merged_part()),
+            expiry: settings.expiry,
             batch: settings.receive_batch,
             router,
             health: health.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
         };
+        // The record names every key of the process: its lanes and the key
+        // its receiver merges them into.
+        let queue_parts: Vec<String> = registry
+            .naming()
+            .non_local_parts()
+            .iter()
+            .cloned()
+            .chain(std::iter::once(registry.naming().merged_part().to_string()))
+            .collect();
         let liveness = Arc::new(LivenessSettings::new(
             &hosts,
             &settings.prefix,
             registry.naming().process_id(),
-            registry.naming().non_local_parts(),
+            &queue_parts,
             settings.liveness_timeout,
             settings.group_expiry,
         ));
@@ -295,6 +310,8 @@ async fn receive(receiver: Receiver) {
     let Receiver {
         host,
         queue_keys,
+        merged_key,
+        expiry,
         batch,
         router,
         health,
@@ -306,8 +323,9 @@ async fn receive(receiver: Receiver) {
     let mut wakeups = Wakeups::counting(metrics.frames_delivered.clone());
     let mut pacer = super::Pacer::new();
     loop {
+        // Blocking on the lanes is safe only once the merged key is empty.
         let block = (!backlog).then_some(RECEIVE_BLOCK);
-        let pop = host.pop_queues(&queue_keys, batch, block);
+        let pop = host.pop_queues(&queue_keys, &merged_key, batch, expiry, block);
         let popped = tokio::select! {
             _ = stop.triggered() => return,
             popped = async {
@@ -317,9 +335,9 @@ async fn receive(receiver: Receiver) {
             } => popped,
         };
         match popped {
-            Ok(payloads) => {
+            Ok((payloads, more)) => {
                 health.receiver_beat();
-                backlog = payloads.len() >= batch;
+                backlog = more;
                 for queued in &payloads {
                     router.route_queued(&queued.payload, queued.sent_at, &mut wakeups);
                     pacer.between_payloads(&mut wakeups, &metrics).await;
@@ -327,8 +345,10 @@ async fn receive(receiver: Receiver) {
                 wakeups.wake_all();
             }
             Err(error) => {
-                backlog = false;
-                tracing::warn!(%error, "receiving from the queue key failed; retrying");
+                // The merged key may still hold payloads: drain it before
+                // blocking on the lanes again.
+                backlog = true;
+                tracing::warn!(%error, "receiving from the queue keys failed; retrying");
                 tokio::select! {
                     _ = stop.triggered() => return,
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
