@@ -1403,16 +1403,6 @@ async fn run(args: Args) -> Result<serde_json::Value> {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let out_path = args.out.clone();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("loadgen: cannot start the runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(run(args));
-    tests::tool_result::finish("loadgen", result, out_path.as_deref())
+    // Like dropping the runtime: the sockets' tasks are cancelled at once.
+    tests::tool_result::run("loadgen", out_path.as_deref(), Duration::ZERO, run(args))
 }

@@ -1084,20 +1084,13 @@ async fn run(args: Args) -> Result<serde_json::Value> {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let out_path = args.out.clone();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("soak: cannot start the runtime: {err}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(run(args));
     // Socket tasks still draining must not hold the exit up.
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    tests::tool_result::finish("soak", result, out_path.as_deref())
+    tests::tool_result::run(
+        "soak",
+        out_path.as_deref(),
+        Duration::from_secs(1),
+        run(args),
+    )
 }
 
 #[cfg(test)]
