@@ -577,6 +577,10 @@ pub struct LayerConfig {
     /// (core layer); after that, other processes reap its memberships.
     #[serde(with = "humantime_serde")]
     pub liveness_timeout: Duration,
+    /// Keep each group's recent messages in Redis for reconnecting clients
+    /// that ask for them (`?recover=`): a replay channel per group, filled
+    /// by channels_redis itself (core layer, one host; see `recovery`).
+    pub recovery: bool,
 }
 
 impl Default for LayerConfig {
@@ -596,6 +600,7 @@ impl Default for LayerConfig {
             queue_keys: 16,
             canary_interval: Duration::from_secs(1),
             liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
+            recovery: false,
         }
     }
 }
@@ -972,6 +977,20 @@ impl Config {
                 "must be between 2s and 300s",
             ));
         }
+        if layer.recovery && layer.backend == LayerBackend::Pubsub {
+            return Err(invalid(
+                "layer.recovery",
+                "needs the core layer: the pub/sub layer stores no message, so nothing \
+                 published while a client is away can be replayed",
+            ));
+        }
+        if layer.recovery && layer.hosts.len() > 1 {
+            return Err(invalid(
+                "layer.recovery",
+                "needs one Redis host: channels_redis stamps each shard's copy of a message \
+                 with its own clock reading, so a position would differ between processes",
+            ));
+        }
         if layer.symmetric_encryption_keys.iter().any(Secret::is_empty) {
             return Err(invalid(
                 "layer.symmetric_encryption_keys",
@@ -1083,6 +1102,22 @@ mod tests {
         }
         let error = Config::load(None, &["layer.expiry=\"soon\"".into()]).unwrap_err();
         assert!(error.to_string().contains("expiry"), "{error}");
+    }
+
+    #[test]
+    fn recovery_is_refused_where_it_cannot_work() {
+        Config::load(None, &["layer.recovery=true".into()]).expect("core layer, one host");
+        for settings in [
+            vec!["layer.recovery=true", "layer.backend=\"pubsub\""],
+            vec![
+                "layer.recovery=true",
+                "layer.hosts=[\"redis://127.0.0.1:1\", \"redis://127.0.0.1:2\"]",
+            ],
+        ] {
+            let settings: Vec<String> = settings.into_iter().map(String::from).collect();
+            let error = Config::load(None, &settings).unwrap_err().to_string();
+            assert!(error.contains("layer.recovery"), "{error}");
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ use crate::limits::{Limits, Refusal};
 use crate::metrics::{ConnectResult, Metrics};
 use crate::origin::{OriginPolicy, OriginVerdict};
 use crate::outbox::Outbox;
+use crate::recovery::{Recovery, Since};
 use crate::registry::Registry;
 use crate::session::{SessionAuth, SessionError};
 use crate::socket::{self, Holder, Membership, SocketSettings};
@@ -54,6 +55,9 @@ pub struct Gateway {
     /// With no token in the handshake, how long to wait for `{"token": ...}`
     /// as the first frame; `None` refuses such handshakes with 401.
     pub first_message_timeout: Option<Duration>,
+    /// Replays what a reconnecting client missed (`layer.recovery`); without
+    /// it `recover=` is ignored and frames stay the consumer's own.
+    pub recovery: Option<Recovery>,
 }
 
 pub fn public_routes(config: &mut web::ServiceConfig) {
@@ -142,6 +146,7 @@ pub(crate) enum Admitted {
         address: IpAddr,
         wait: Duration,
         peer: String,
+        since: Option<Since>,
     },
 }
 
@@ -155,9 +160,15 @@ impl Admitted {
                 address,
                 wait,
                 peer,
+                since,
             } => {
                 actix_web::rt::spawn(async move {
-                    serve_after_authentication(transport, &gateway, address, wait, &peer).await;
+                    let client = Client {
+                        address,
+                        peer: &peer,
+                        since,
+                    };
+                    serve_after_authentication(transport, &gateway, client, wait).await;
                 });
             }
         }
@@ -242,7 +253,12 @@ pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
         query_param: &gateway.token_query_param,
         cookie: &gateway.token_cookie,
     };
-    let found = lookup.find(head.headers(), head.uri.query().unwrap_or(""));
+    let query = head.uri.query().unwrap_or("");
+    let since = gateway
+        .recovery
+        .as_ref()
+        .and_then(|_| Since::from_query(query));
+    let found = lookup.find(head.headers(), query);
     let cookie = head
         .headers()
         .get(actix_web::http::header::COOKIE)
@@ -272,6 +288,7 @@ pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
                     address,
                     wait,
                     peer: peer(head),
+                    since,
                 });
             }
             None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
@@ -290,7 +307,7 @@ pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
     // Joined before the 101 answer, like the Channels consumer's group_add
     // before accept(): a message sent the moment the socket opens is
     // already addressed to it.
-    match attach(gateway, identity, address).await {
+    match attach(gateway, identity, address, since).await {
         Ok(attached) => Verdict::Upgrade(Admitted::Joined(attached)),
         Err(rejection) => Verdict::Refuse(rejection.refuse(gateway, head)),
     }
@@ -380,6 +397,8 @@ pub(crate) struct Attached {
     outbox: Arc<Outbox>,
     membership: Membership,
     holder: Holder,
+    /// What a recovering socket is sent before anything else.
+    preface: Vec<bytestring::ByteString>,
     span: tracing::Span,
 }
 
@@ -392,6 +411,7 @@ impl Attached {
             self.membership,
             gateway.socket_settings.clone(),
             self.holder,
+            self.preface,
         )
         .instrument(self.span)
         .await;
@@ -405,17 +425,20 @@ impl Attached {
             self.membership,
             gateway.socket_settings.clone(),
             self.holder,
+            self.preface,
             self.span,
         );
     }
 }
 
 /// Authorises a verified identity's groups, takes its share of the limits,
-/// registers the socket and joins its groups in Redis.
+/// registers the socket and joins its groups in Redis; a socket asking for
+/// recovery then gets what it missed ready to send (`recovery`).
 async fn attach(
     gateway: &Gateway,
     identity: Identity,
     address: IpAddr,
+    since: Option<Since>,
 ) -> Result<Attached, Rejection> {
     let group = gateway
         .user_group_template
@@ -449,7 +472,10 @@ async fn attach(
         return Err(Rejection::Unavailable);
     }
 
-    let outbox = Arc::new(Outbox::new(gateway.outbound_queue));
+    let outbox = Arc::new(Outbox::with_positions(
+        gateway.outbound_queue,
+        since.is_some(),
+    ));
     let (conn, _transitions) = gateway.registry.register(outbox.clone(), &groups);
     gateway.metrics.sockets_open.inc();
     let channel = gateway.registry.naming().channel(conn);
@@ -480,6 +506,19 @@ async fn attach(
         crate::socket::count_unsent(&gateway.metrics, outbox.take_unsent());
         return Err(Rejection::Unavailable);
     }
+    // Read after the join: whatever the read misses is published after
+    // it, so it reaches the socket live.
+    let mut preface = Vec::new();
+    if let (Some(since), Some(recovery)) = (since, &gateway.recovery) {
+        let recovered = recovery
+            .recover(&gateway.layer, &membership.groups, since)
+            .instrument(span.clone())
+            .await;
+        if let Some(through) = recovered.replayed_through {
+            outbox.replayed_through(through);
+        }
+        preface = recovered.preface;
+    }
     gateway.metrics.connect(ConnectResult::Accepted);
     span.in_scope(|| tracing::info!(group = %group, "socket opened"));
     Ok(Attached {
@@ -489,6 +528,7 @@ async fn attach(
             user_id: identity.user_id,
             expires_at: identity.expires_at,
         },
+        preface,
         span,
     })
 }
@@ -497,12 +537,18 @@ async fn attach(
 /// `{"token": "..."}` as the first frame (so browsers can keep tokens out of
 /// URLs), then serves it. The socket joins its groups only after that, so
 /// nothing is delivered before the client has proved who it is.
+/// Who is on the other end of a socket upgraded without credentials.
+struct Client<'a> {
+    address: IpAddr,
+    peer: &'a str,
+    since: Option<Since>,
+}
+
 async fn serve_after_authentication<T: Transport>(
     mut transport: T,
     gateway: &Gateway,
-    address: IpAddr,
+    client: Client<'_>,
     wait: Duration,
-    peer: &str,
 ) {
     let token = tokio::time::timeout(wait, first_token(&mut transport))
         .await
@@ -511,7 +557,7 @@ async fn serve_after_authentication<T: Transport>(
     let attached = match token {
         None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
         Some(token) => match gateway.verifier.verify_fetching(&token).await {
-            Ok(identity) => attach(gateway, identity, address).await,
+            Ok(identity) => attach(gateway, identity, client.address, client.since).await,
             Err(error) => Err(Rejection::Unauthorized(error)),
         },
     };
@@ -526,7 +572,7 @@ async fn serve_after_authentication<T: Transport>(
             }
         }
         Err(rejection) => {
-            rejection.count(gateway, peer);
+            rejection.count(gateway, client.peer);
             let code = rejection.close_code();
             let close = CloseReason {
                 code: actix_http::ws::CloseCode::Other(code.as_u16()),

@@ -21,6 +21,7 @@ pub mod listener;
 pub mod metrics;
 pub mod origin;
 pub mod outbox;
+pub mod recovery;
 pub mod redis;
 pub mod registry;
 pub mod router;

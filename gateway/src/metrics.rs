@@ -94,6 +94,42 @@ impl PauseOutcome {
     }
 }
 
+/// How one recovery of missed messages (`recovery`) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecoveryResult {
+    /// Everything after the client's position was replayed.
+    Recovered,
+    /// Messages after the position may be gone (trimmed by age, or refused
+    /// at `capacity`): what was kept was replayed, `recovered: false`.
+    WindowExceeded,
+    /// A first connect (`recover=`): nothing to replay.
+    Fresh,
+    /// No usable position (garbage, or from the future).
+    BadPosition,
+    /// The replay keys could not be read.
+    Unavailable,
+}
+
+impl RecoveryResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            RecoveryResult::Recovered => "recovered",
+            RecoveryResult::WindowExceeded => "window_exceeded",
+            RecoveryResult::Fresh => "fresh",
+            RecoveryResult::BadPosition => "bad_position",
+            RecoveryResult::Unavailable => "unavailable",
+        }
+    }
+
+    const ALL: [RecoveryResult; 5] = [
+        RecoveryResult::Recovered,
+        RecoveryResult::WindowExceeded,
+        RecoveryResult::Fresh,
+        RecoveryResult::BadPosition,
+        RecoveryResult::Unavailable,
+    ];
+}
+
 /// How one fetch of the JWKS document (`auth.jwks_url`) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JwksFetchResult {
@@ -163,6 +199,9 @@ pub struct Metrics {
     pub memberships_reaped: IntCounter,
     pub liveness_lost: IntCounter,
     pub leaves_awaiting_retry: IntGauge,
+    recoveries: IntCounterVec,
+    pub messages_replayed: IntCounter,
+    pub replay_members_removed: IntCounter,
     pubsub_subscriptions: prometheus::IntGaugeVec,
     pub pubsub_subscription_failures: IntCounter,
 }
@@ -433,6 +472,31 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
+            recoveries: register(
+                &registry,
+                counter_vec(
+                    "gateway_recoveries_total",
+                    "Sockets that asked for missed messages (?recover=), by result; \
+                     result=\"window_exceeded\" counts the window misses",
+                    "result",
+                ),
+            ),
+            messages_replayed: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_messages_replayed_total",
+                    "Messages replayed to recovering sockets",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            replay_members_removed: register(
+                &registry,
+                IntCounter::new(
+                    "gateway_replay_members_removed_total",
+                    "Replay members this process removed from groups idle past twice the window",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
             pubsub_subscriptions: register(
                 &registry,
                 prometheus::IntGaugeVec::new(
@@ -461,6 +525,9 @@ impl Metrics {
         }
         for result in JwksFetchResult::ALL {
             metrics.jwks_fetches.with_label_values(&[result.label()]);
+        }
+        for result in RecoveryResult::ALL {
+            metrics.recoveries.with_label_values(&[result.label()]);
         }
         metrics
     }
@@ -508,6 +575,12 @@ impl Metrics {
 
     /// One pause of a receiver's run (`outbox::Wakeups::pace`), or one it
     /// skipped.
+    /// One recovery, and how many messages it replayed.
+    pub fn recovery(&self, result: RecoveryResult, replayed: usize) {
+        self.recoveries.with_label_values(&[result.label()]).inc();
+        self.messages_replayed.inc_by(replayed as u64);
+    }
+
     pub fn delivery_paused(&self, outcome: PauseOutcome) {
         self.delivery_pauses
             .with_label_values(&[outcome.label()])
@@ -565,6 +638,9 @@ mod tests {
             "gateway_memberships_reaped_total 0",
             "gateway_liveness_lost_total 0",
             "gateway_leaves_awaiting_retry 0",
+            "gateway_recoveries_total{result=\"window_exceeded\"} 0",
+            "gateway_messages_replayed_total 0",
+            "gateway_replay_members_removed_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -28,6 +28,7 @@
 //! (taking frames claims the wire; so does a frame of its own), the giver
 //! of wake-ups only while the task holds no claim.
 
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use prometheus::IntCounter;
 use shared_proto::close::CloseCode;
+use shared_proto::{positioned_frame, Position, POSITION_LEN};
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +120,66 @@ struct State {
     /// Frames the close discarded that nobody has taken to count yet (a
     /// `u32` fits in the state's padding: no socket grows by it).
     discarded: u32,
+    /// The client asked for positions (recovery): it gets every message
+    /// frame with its position first.
+    positioned: bool,
+    /// Messages at or before this position reached the client by replay:
+    /// a live copy is dropped. Cleared by the first live message past it
+    /// (messages arrive in position order), so it is rarely allocated.
+    replayed_through: Option<Box<Position>>,
+}
+
+/// One message's frame as the router hands it to many sockets: the frame
+/// itself, and for sockets that asked for positions the same frame with its
+/// position first, rendered once, when the first such socket needs it.
+pub struct MessageFrame {
+    plain: ByteString,
+    /// Its queue score; none on the pub/sub layer.
+    sent_at: Option<f64>,
+    positioned: OnceCell<(Position, ByteString)>,
+}
+
+impl MessageFrame {
+    /// A message frame without a send time (the pub/sub layer's):
+    /// positioned sockets get it as it is.
+    pub fn plain(frame: ByteString) -> MessageFrame {
+        MessageFrame {
+            plain: frame,
+            sent_at: None,
+            positioned: OnceCell::new(),
+        }
+    }
+
+    /// A message frame sent at `sent_at` (its queue score).
+    pub fn sent_at(frame: ByteString, sent_at: f64) -> MessageFrame {
+        MessageFrame {
+            plain: frame,
+            sent_at: Some(sent_at),
+            positioned: OnceCell::new(),
+        }
+    }
+
+    /// The position and the positioned frame.
+    pub fn into_positioned(self) -> Option<(Position, ByteString)> {
+        self.positioned()?;
+        self.positioned.into_inner()
+    }
+
+    fn positioned(&self) -> Option<&(Position, ByteString)> {
+        let sent_at = self.sent_at?;
+        Some(self.positioned.get_or_init(|| {
+            let position = Position::of(sent_at, self.plain.as_bytes());
+            let frame = ByteString::from(positioned_frame(&self.plain, position));
+            (position, frame)
+        }))
+    }
+}
+
+/// The position a positioned frame starts with.
+fn position_of_frame(frame: &str) -> Option<Position> {
+    const PREFIX: &str = "{\"position\": \"";
+    let digits = frame.strip_prefix(PREFIX)?.get(..POSITION_LEN)?;
+    Position::parse(digits)
 }
 
 /// What a socket's outbox held back for good when its task ended, for the
@@ -135,6 +197,12 @@ pub struct Unsent {
 
 impl Outbox {
     pub fn new(capacity: usize) -> Outbox {
+        Outbox::with_positions(capacity, false)
+    }
+
+    /// An outbox whose message frames carry their positions
+    /// ([`MessageFrame`]), for a client recovering missed messages.
+    pub fn with_positions(capacity: usize, positioned: bool) -> Outbox {
         Outbox {
             capacity,
             state: Mutex::new(State {
@@ -145,6 +213,8 @@ impl Outbox {
                 head_sent: 0,
                 unpaced: false,
                 discarded: 0,
+                positioned,
+                replayed_through: None,
             }),
             waker: AtomicWaker::new(),
         }
@@ -167,7 +237,52 @@ impl Outbox {
     /// none). An outbox that reaches half its capacity asks `wakeups` to
     /// pause the run.
     pub fn push(self: &Arc<Self>, frame: ByteString, wakeups: &mut Wakeups) -> Pushed {
+        let state = self.state.lock();
+        self.push_locked(state, frame, wakeups)
+    }
+
+    /// [`Outbox::push`] of a message: its positioned frame if the client
+    /// asked for positions, and nothing if it was replayed already.
+    pub fn push_message(self: &Arc<Self>, message: &MessageFrame, wakeups: &mut Wakeups) -> Pushed {
         let mut state = self.state.lock();
+        if !state.positioned {
+            return self.push_locked(state, message.plain.clone(), wakeups);
+        }
+        let Some((position, frame)) = message.positioned() else {
+            return self.push_locked(state, message.plain.clone(), wakeups);
+        };
+        if let Some(through) = &state.replayed_through {
+            if *position <= **through {
+                return Pushed::Queued;
+            }
+            state.replayed_through = None;
+        }
+        self.push_locked(state, frame.clone(), wakeups)
+    }
+
+    /// The messages up to `through` reached the client by replay: queued
+    /// live copies are dropped, and so are those pushed from now on.
+    pub fn replayed_through(&self, through: Position) {
+        let mut state = self.state.lock();
+        let through = match state.replayed_through.take() {
+            Some(earlier) if *earlier > through => *earlier,
+            _ => through,
+        };
+        // Nothing of the queue is on the wire yet: the replay comes first.
+        if state.head_sent == 0 {
+            state
+                .frames
+                .retain(|frame| position_of_frame(frame).is_none_or(|position| position > through));
+        }
+        state.replayed_through = Some(Box::new(through));
+    }
+
+    fn push_locked(
+        self: &Arc<Self>,
+        mut state: parking_lot::MutexGuard<'_, State>,
+        frame: ByteString,
+        wakeups: &mut Wakeups,
+    ) -> Pushed {
         if state.close.is_some() {
             return Pushed::Closed;
         }
@@ -943,5 +1058,61 @@ mod tests {
         wakeups.wake_all();
         assert_eq!(wire.taken(), "");
         assert_eq!(Arc::strong_count(&wire), 1, "the outbox let go of it");
+    }
+
+    fn message(text: &str, sent_at: f64) -> MessageFrame {
+        MessageFrame::sent_at(ByteString::from(text), sent_at)
+    }
+
+    async fn queued(outbox: &Outbox) -> Vec<String> {
+        let mut batch = VecDeque::new();
+        match outbox.next(&mut batch).await {
+            Next::Frames { .. } => batch.iter().map(ToString::to_string).collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_gets_positions_only_if_it_asked() {
+        let plain = Arc::new(Outbox::new(4));
+        let positioned = Arc::new(Outbox::with_positions(4, true));
+        let wakeups = &mut Wakeups::new();
+        let frame = message(r#"{"message": 1}"#, 100.5);
+        plain.push_message(&frame, wakeups);
+        positioned.push_message(&frame, wakeups);
+        positioned.push_message(&MessageFrame::plain("{}".into()), wakeups);
+        assert_eq!(queued(&plain).await, [r#"{"message": 1}"#]);
+        let position = Position::of(100.5, br#"{"message": 1}"#);
+        assert_eq!(
+            queued(&positioned).await,
+            [
+                format!(r#"{{"position": "{position}", "message": 1}}"#),
+                "{}".to_string()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn live_copies_of_replayed_messages_are_dropped() {
+        let outbox = Arc::new(Outbox::with_positions(8, true));
+        let wakeups = &mut Wakeups::new();
+        let frames: Vec<MessageFrame> = (0..5)
+            .map(|n| message(&format!(r#"{{"message": {n}}}"#), 100.0 + f64::from(n)))
+            .collect();
+        // Queued live while the replay was being read.
+        outbox.push_message(&frames[1], wakeups);
+        outbox.push_message(&frames[2], wakeups);
+        let through = frames[2].positioned().map(|(position, _)| *position);
+        outbox.replayed_through(through.expect("positioned"));
+        // Routed late: still a copy of a replayed one.
+        outbox.push_message(&frames[2], wakeups);
+        outbox.push_message(&frames[3], wakeups);
+        // Past the replay, nothing is held back any more.
+        outbox.push_message(&frames[4], wakeups);
+        let sent: Vec<String> = queued(&outbox).await;
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert!(sent[0].ends_with(r#""message": 3}"#), "{sent:?}");
+        assert!(sent[1].ends_with(r#""message": 4}"#), "{sent:?}");
+        assert!(outbox.state.lock().replayed_through.is_none());
     }
 }

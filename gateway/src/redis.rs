@@ -47,6 +47,27 @@ pub struct QueuedPayload {
     pub sent_at: f64,
 }
 
+/// What a replay key held when a recovering socket read it.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayKeyContents {
+    /// Payloads in the key (channels_redis refuses more than its `capacity`).
+    pub count: u64,
+    /// The oldest payload's score.
+    pub oldest: Option<f64>,
+    /// The payloads read, in score order: those scored at or after the
+    /// time asked for, at most the limit; or the newest alone.
+    pub entries: Vec<QueuedPayload>,
+}
+
+/// The replay keys of one socket's groups, read in one round trip, with
+/// Redis' clock at the time.
+#[derive(Debug, Clone, Default)]
+pub struct ReplaySnapshot {
+    /// Redis' `TIME`, UNIX seconds.
+    pub now: f64,
+    pub keys: Vec<ReplayKeyContents>,
+}
+
 /// Membership writes for one Redis host, sent as one pipeline.
 #[derive(Debug, Default)]
 pub struct MembershipWrites {
@@ -58,6 +79,9 @@ pub struct MembershipWrites {
     /// same pipeline: its adds go before the `ZADD`s and its removes after
     /// the `ZREM`s, so the record never misses a membership that exists.
     pub record: Option<RecordWrites>,
+    /// Entries to add to an idle set with the batch's score (the replay
+    /// members of groups this process left: `layer::replay`).
+    pub idle: Option<(String, Vec<String>)>,
 }
 
 /// Entries to add to and remove from a set key (the record of a process).
@@ -90,7 +114,7 @@ pub struct Heartbeat<'a> {
 
 impl MembershipWrites {
     pub fn is_empty(&self) -> bool {
-        self.adds.is_empty() && self.removes.is_empty()
+        self.adds.is_empty() && self.removes.is_empty() && self.idle.is_none()
     }
 }
 
@@ -402,6 +426,13 @@ impl RedisHost {
                     .map_err(|error| self.command_error(error))?;
             }
         }
+        if let Some((key, entries)) = &writes.idle {
+            let members: Vec<(f64, &str)> = entries.iter().map(|e| (score, e.as_str())).collect();
+            let () = pipeline
+                .zadd(key.as_str(), None, None, false, false, members)
+                .await
+                .map_err(|error| self.command_error(error))?;
+        }
         let results = pipeline.try_all::<Value>().await;
         match results.into_iter().find_map(Result::err) {
             Some(error) => Err(self.command_error(error)),
@@ -544,6 +575,109 @@ impl RedisHost {
             }
         }
         Ok(())
+    }
+
+    /// Reads replay keys for a recovering socket in one pipeline: Redis'
+    /// clock, then per key its size, its oldest score, and its payloads
+    /// scored `from` or later (at most `limit`), or with no `from` its
+    /// newest payload alone.
+    pub async fn read_replay(
+        &self,
+        keys: &[String],
+        from: Option<f64>,
+        limit: usize,
+    ) -> Result<ReplaySnapshot, RedisError> {
+        let pipeline = self.client.pipeline();
+        let command =
+            |name: &'static str| fred::types::CustomCommand::new_static(name, None, false);
+        let string = |text: String| Value::String(text.into());
+        let () = pipeline
+            .custom(command("TIME"), Vec::<Value>::new())
+            .await
+            .map_err(|error| self.command_error(error))?;
+        for key in keys {
+            let key = || string(key.clone());
+            let () = pipeline
+                .custom(command("ZCARD"), vec![key()])
+                .await
+                .map_err(|error| self.command_error(error))?;
+            let () = pipeline
+                .custom(
+                    command("ZRANGE"),
+                    vec![
+                        key(),
+                        Value::Integer(0),
+                        Value::Integer(0),
+                        string("WITHSCORES".into()),
+                    ],
+                )
+                .await
+                .map_err(|error| self.command_error(error))?;
+            let read = match from {
+                Some(from) => (
+                    command("ZRANGEBYSCORE"),
+                    vec![
+                        key(),
+                        string(from.to_string()),
+                        string("+inf".into()),
+                        string("WITHSCORES".into()),
+                        string("LIMIT".into()),
+                        Value::Integer(0),
+                        Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)),
+                    ],
+                ),
+                None => (
+                    command("ZRANGE"),
+                    vec![
+                        key(),
+                        Value::Integer(-1),
+                        Value::Integer(-1),
+                        string("WITHSCORES".into()),
+                    ],
+                ),
+            };
+            let () = pipeline
+                .custom(read.0, read.1)
+                .await
+                .map_err(|error| self.command_error(error))?;
+        }
+        let mut replies = pipeline.try_all::<Value>().await.into_iter();
+        let mut next = || -> Result<Value, RedisError> {
+            match replies.next() {
+                Some(Ok(value)) => Ok(value),
+                Some(Err(error)) => Err(self.command_error(error)),
+                None => Err(self.bad_reply("replay read: missing reply")),
+            }
+        };
+        let now = match next()? {
+            Value::Array(parts) => {
+                let number = |value: Option<&Value>| value.and_then(Value::as_f64);
+                match (number(parts.first()), number(parts.get(1))) {
+                    (Some(seconds), Some(micros)) => seconds + micros / 1e6,
+                    _ => return Err(self.bad_reply("TIME reply is not [seconds, microseconds]")),
+                }
+            }
+            _ => return Err(self.bad_reply("TIME reply is not an array")),
+        };
+        let mut snapshot = ReplaySnapshot {
+            now,
+            keys: Vec::with_capacity(keys.len()),
+        };
+        for _ in keys {
+            let count = next()?
+                .as_u64()
+                .ok_or_else(|| self.bad_reply("ZCARD reply is not a number"))?;
+            let mut oldest = Vec::new();
+            self.push_pairs(next()?, &mut oldest)?;
+            let mut entries = Vec::new();
+            self.push_pairs(next()?, &mut entries)?;
+            snapshot.keys.push(ReplayKeyContents {
+                count,
+                oldest: oldest.first().map(|payload| payload.sent_at),
+                entries,
+            });
+        }
+        Ok(snapshot)
     }
 
     /// Refreshes a process's liveness record (and its entry in the processes

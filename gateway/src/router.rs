@@ -29,7 +29,7 @@ use shared_proto::{Encryption, Message, NotAChannelName, RouteView};
 use crate::canary::Canary;
 use crate::events::{Action, EventMapper};
 use crate::metrics::{DropReason, Metrics};
-use crate::outbox::{CloseNote, Outbox, Pushed, Wakeups};
+use crate::outbox::{CloseNote, MessageFrame, Outbox, Pushed, Wakeups};
 use crate::registry::{ConnId, Registry};
 
 /// How payloads are decoded and delivered. Both give the same frames, the
@@ -99,12 +99,18 @@ impl Router {
             self.metrics.publish_lag.observe(now - sent_at);
         }
         match self.path {
-            RoutePath::SinglePass => self.route_queued_single_pass(payload, now, wakeups),
-            RoutePath::Tree => self.route_queued_tree(payload, now, wakeups),
+            RoutePath::SinglePass => self.route_queued_single_pass(payload, sent_at, now, wakeups),
+            RoutePath::Tree => self.route_queued_tree(payload, sent_at, now, wakeups),
         }
     }
 
-    fn route_queued_single_pass(&self, payload: &[u8], now: f64, wakeups: &mut Wakeups) {
+    fn route_queued_single_pass(
+        &self,
+        payload: &[u8],
+        sent_at: f64,
+        now: f64,
+        wakeups: &mut Wakeups,
+    ) {
         let Some(body) = self.plaintext(payload, now) else {
             return;
         };
@@ -124,6 +130,7 @@ impl Router {
         let Some(frame) = self.frame_of(self.events.frame_view(&view), channels.len()) else {
             return;
         };
+        let frame = Routed::sent_at(frame, sent_at);
         if channels.len() < GROUPED_ROUTING_MIN {
             for channel in channels {
                 self.deliver_to_channel(channel, &frame, wakeups);
@@ -145,7 +152,7 @@ impl Router {
         self.deliver_many(&conns, &frame, wakeups);
     }
 
-    fn route_queued_tree(&self, payload: &[u8], now: f64, wakeups: &mut Wakeups) {
+    fn route_queued_tree(&self, payload: &[u8], sent_at: f64, now: f64, wakeups: &mut Wakeups) {
         let Some(message) = self.decode(payload, now) else {
             return;
         };
@@ -162,6 +169,7 @@ impl Router {
         let Some(frame) = self.frame(&message, channels.len()) else {
             return;
         };
+        let frame = Routed::sent_at(frame, sent_at);
         for channel in channels.iter() {
             self.deliver_to_channel(channel, &frame, wakeups);
         }
@@ -170,7 +178,7 @@ impl Router {
     fn deliver_to_channel(
         &self,
         channel: Result<&str, NotAChannelName>,
-        frame: &Action,
+        frame: &Routed,
         wakeups: &mut Wakeups,
     ) {
         let Ok(channel) = channel else {
@@ -208,6 +216,7 @@ impl Router {
             let Some(frame) = self.frame(&message, members.len()) else {
                 return;
             };
+            let frame = Routed::unpositioned(frame);
             for conn in members {
                 self.deliver(conn, &frame, wakeups);
             }
@@ -227,7 +236,25 @@ impl Router {
         let Some(frame) = self.frame_of(self.events.frame_view(&view), members.len()) else {
             return;
         };
-        self.deliver_many(&members, &frame, wakeups);
+        self.deliver_many(&members, &Routed::unpositioned(frame), wakeups);
+    }
+
+    /// The positioned frame a replayed payload (read from a replay key, sent
+    /// at `sent_at`) gives a recovering client: exactly what the live path
+    /// would have queued for it. `None` for what has no frame (counted as
+    /// the live path counts it) and for a `gateway.disconnect`, which is
+    /// never replayed: it was meant for the sockets open at the time.
+    pub(crate) fn replayed_frame(
+        &self,
+        payload: &[u8],
+        sent_at: f64,
+    ) -> Option<(shared_proto::Position, bytestring::ByteString)> {
+        let body = self.plaintext(payload, unix_now())?;
+        let view = self.view(&body, payload.len())?;
+        match self.frame_of(self.events.frame_view(&view), 1)? {
+            Action::Frame(frame) => MessageFrame::sent_at(frame, sent_at).into_positioned(),
+            Action::Disconnect(..) => None,
+        }
     }
 
     /// The payload the backend would write for `message`: serialized,
@@ -323,7 +350,7 @@ impl Router {
         }
     }
 
-    fn deliver(&self, conn: ConnId, frame: &Action, wakeups: &mut Wakeups) {
+    fn deliver(&self, conn: ConnId, frame: &Routed, wakeups: &mut Wakeups) {
         let outcome = self
             .registry
             .with_conn(conn, |outbox| push_or_close(outbox, frame, wakeups));
@@ -336,7 +363,7 @@ impl Router {
 
     /// [`Router::deliver`] for many sockets at once: one registry lock per
     /// shard, drops tallied and counted once per reason.
-    fn deliver_many(&self, conns: &[ConnId], frame: &Action, wakeups: &mut Wakeups) {
+    fn deliver_many(&self, conns: &[ConnId], frame: &Routed, wakeups: &mut Wakeups) {
         let mut slow = 0;
         let mut closed = 0;
         let missing = self.registry.with_conns(conns, |outbox| {
@@ -374,18 +401,45 @@ impl Router {
     }
 }
 
-/// Applies one event's action to one socket: queue the shared frame (a full
-/// outbox closes the socket as too slow), or close it for the backend.
-fn push_or_close(outbox: &Arc<Outbox>, action: &Action, wakeups: &mut Wakeups) -> Pushed {
-    match action {
-        Action::Frame(frame) => {
-            let pushed = outbox.push(frame.clone(), wakeups);
+/// What one event does to the sockets it reaches, as routed: its shared
+/// frame (with its position, for sockets that asked for positions), or a
+/// close.
+enum Routed {
+    Message(MessageFrame),
+    Disconnect(CloseCode, Arc<str>),
+}
+
+impl Routed {
+    /// A core-layer event, queued at `sent_at` (its score, which with the
+    /// frame makes its position).
+    fn sent_at(action: Action, sent_at: f64) -> Routed {
+        match action {
+            Action::Frame(frame) => Routed::Message(MessageFrame::sent_at(frame, sent_at)),
+            Action::Disconnect(code, reason) => Routed::Disconnect(code, reason),
+        }
+    }
+
+    /// A pub/sub-layer event: no position (that layer has no recovery).
+    fn unpositioned(action: Action) -> Routed {
+        match action {
+            Action::Frame(frame) => Routed::Message(MessageFrame::plain(frame)),
+            Action::Disconnect(code, reason) => Routed::Disconnect(code, reason),
+        }
+    }
+}
+
+/// Applies one event to one socket: queue the shared frame (a full outbox
+/// closes the socket as too slow), or close it for the backend.
+fn push_or_close(outbox: &Arc<Outbox>, routed: &Routed, wakeups: &mut Wakeups) -> Pushed {
+    match routed {
+        Routed::Message(message) => {
+            let pushed = outbox.push_message(message, wakeups);
             if pushed == Pushed::Full {
                 outbox.close(CloseCode::SlowConsumer);
             }
             pushed
         }
-        Action::Disconnect(code, reason) => {
+        Routed::Disconnect(code, reason) => {
             outbox.close_with(*code, CloseNote::Reason(reason.clone()));
             Pushed::Queued
         }

@@ -43,6 +43,7 @@ use crate::limits::Limits;
 use crate::listener::{self, ConnectionOptions};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::recovery::Recovery;
 use crate::registry::{ChannelNaming, ConnId, Registry};
 use crate::router::Router;
 use crate::session::SessionAuth;
@@ -291,6 +292,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         &config.layer.prefix,
         canary.clone(),
     ));
+    let recovery = config.layer.recovery.then(|| Recovery {
+        router: router.clone(),
+        window_secs: config.layer.expiry as f64,
+        capacity: config.layer.capacity,
+        metrics: metrics.clone(),
+    });
     let canary_sending = canary.as_ref().map(|canary| CanarySending {
         canary: canary.clone(),
         router: router.clone(),
@@ -311,6 +318,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 receive_batch: config.layer.receive_batch,
                 canary: canary_sending.clone(),
                 liveness_timeout: config.layer.liveness_timeout,
+                recovery: config.layer.recovery,
             },
         )?),
         LayerBackend::Pubsub => Layer::Pubsub(
@@ -381,6 +389,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         max_inbound_frame: config.server.max_inbound_frame,
         join_timeout: config.server.join_timeout,
         first_message_timeout: config.auth.first_message_timeout,
+        recovery,
         session: config.auth.session_url.clone().map(|url| {
             SessionAuth::new(
                 url,

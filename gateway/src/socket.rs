@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_http::ws::{CloseReason, Message, ProtocolError};
+use bytestring::ByteString;
 use shared_proto::close::CloseCode;
 use shared_proto::frame::{parse_client_frame, ClientFrame};
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
@@ -77,14 +78,32 @@ enum Ending {
     Closed(CloseCode, CloseNote),
 }
 
-/// Serves one socket until it ends, then undoes its membership.
+/// Serves one socket until it ends, then undoes its membership. The
+/// `preface` (a recovering socket's replayed messages and status) goes out
+/// first, before the receiver may write to the connection.
 pub(crate) async fn serve<T: Transport>(
-    transport: T,
+    mut transport: T,
     outbox: Arc<Outbox>,
     membership: Membership,
     settings: Arc<SocketSettings>,
     holder: Holder,
+    preface: Vec<ByteString>,
 ) {
+    if !preface.is_empty()
+        && !Box::pin(send_preface(
+            &mut transport,
+            &membership.metrics,
+            &settings,
+            preface,
+        ))
+        .await
+    {
+        tracing::info!(ending = ?Ending::ConnectionLost, "socket closed");
+        let metrics = Arc::clone(&membership.metrics);
+        drop(membership);
+        count_unsent(&metrics, outbox.take_unsent());
+        return;
+    }
     if let Some(wire) = transport.wire() {
         outbox.attach_wire(wire);
     }
@@ -95,6 +114,27 @@ pub(crate) async fn serve<T: Transport>(
     // Out of the registry first: after that nothing can push to it.
     drop(membership);
     count_unsent(&metrics, outbox.take_unsent());
+}
+
+/// Writes a recovering socket's preface (paced by the connection, not
+/// queued: a replay may be longer than the outbox); `false` if the
+/// connection did not take it in time.
+async fn send_preface<T: Transport>(
+    transport: &mut T,
+    metrics: &Metrics,
+    settings: &SocketSettings,
+    preface: Vec<ByteString>,
+) -> bool {
+    match timeout(settings.pong_timeout, transport.send_texts(&preface, 0)).await {
+        Ok(Ok(())) => {
+            metrics.frames_delivered.inc_by(preface.len() as u64);
+            true
+        }
+        Ok(Err(_)) | Err(_) => {
+            metrics.dropped_many(DropReason::SocketClosed, preface.len() as u64);
+            false
+        }
+    }
 }
 
 /// Counts the frames a socket never sent: those its close discarded under
@@ -122,9 +162,12 @@ pub(crate) fn spawn<T: Transport + 'static>(
     membership: Membership,
     settings: Arc<SocketSettings>,
     holder: Holder,
+    preface: Vec<ByteString>,
     span: tracing::Span,
 ) {
-    actix_web::rt::spawn(serve(transport, outbox, membership, settings, holder).instrument(span));
+    actix_web::rt::spawn(
+        serve(transport, outbox, membership, settings, holder, preface).instrument(span),
+    );
 }
 
 async fn run<T: Transport>(

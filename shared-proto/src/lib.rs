@@ -8,7 +8,8 @@
 //! `json.dumps` would ([`pyjson`]), which frames go to and come from browsers
 //! ([`frame`]), which WebSocket close codes exist and what a client should do
 //! after each ([`close`]), how Redis keys and channel names are formed
-//! ([`names`]), and which Redis shard a name lives on ([`shard`]).
+//! ([`names`]), where a notification stands for a reconnecting client
+//! ([`position`]), and which Redis shard a name lives on ([`shard`]).
 //!
 //! It must not do I/O of any kind: no network, files, environment variables or
 //! clock reads. Callers pass in bytes, time and randomness; this crate hands
@@ -21,6 +22,7 @@ pub mod frame;
 pub mod message;
 pub mod names;
 pub mod payload;
+pub mod position;
 pub mod pyjson;
 pub mod shard;
 
@@ -35,13 +37,15 @@ pub use message::{
 };
 pub use names::{
     group_key, inflight_key, is_valid_channel_name, is_valid_group_name, local_part,
-    non_local_part, pubsub_group_channel, queue_key, specific_channel, MAX_NAME_LENGTH,
+    non_local_part, pubsub_group_channel, queue_key, replay_channel, specific_channel,
+    MAX_NAME_LENGTH,
 };
 pub use payload::route::{ChannelNames, FieldValue, RouteView};
 pub use payload::{
     DecodeError, EncodeError, JsonErrorKind, MsgpackErrorKind, PayloadCodec, SerializerFormat,
     UnknownSerializerFormat,
 };
+pub use position::{positioned_frame, recovery_status_frame, Position, POSITION_LEN};
 pub use pyjson::{render_float, render_message, render_str, render_value, RenderError};
 pub use shard::{shard_index, shard_index_bytes};
 

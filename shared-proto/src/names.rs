@@ -58,6 +58,26 @@ pub fn local_part(channel: &str) -> Option<&str> {
     channel.split_once(LOCAL_SEPARATOR).map(|(_, local)| local)
 }
 
+/// The channel a gateway adds to a group so that channels_redis' own
+/// `group_send` keeps the group's recent messages in a queue key nobody pops
+/// (`<prefix>gw.replay.<group>`), from which any gateway process replays
+/// them to a reconnecting client. Names stay under [`MAX_NAME_LENGTH`]: a
+/// group too long for that is named by its SHA-256 instead
+/// (`gw.replay-h.<32 hex>`, a prefix no short name can take).
+pub fn replay_channel(group: &str) -> String {
+    const SHORT: &str = "gw.replay.";
+    if SHORT.len() + group.len() < MAX_NAME_LENGTH {
+        return format!("{SHORT}{group}");
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(group.as_bytes());
+    let mut name = String::from("gw.replay-h.");
+    for byte in digest.iter().take(16) {
+        name.push_str(&format!("{byte:02x}"));
+    }
+    name
+}
+
 fn is_name_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')
 }
@@ -97,6 +117,20 @@ mod tests {
             "asgi__group__user_42"
         );
         assert_eq!(specific_channel("abc", "def"), "specific.abc!def");
+    }
+
+    #[test]
+    fn replay_channels_are_valid_and_distinct() {
+        assert_eq!(replay_channel("user_42"), "gw.replay.user_42");
+        let long = "g".repeat(99);
+        let hashed = replay_channel(&long);
+        assert!(hashed.starts_with("gw.replay-h."), "{hashed}");
+        assert_ne!(hashed, replay_channel(&"g".repeat(98)));
+        for group in ["user_42", &"a".repeat(89), &"a".repeat(90), &long] {
+            let channel = replay_channel(group);
+            assert!(is_valid_channel_name(&channel), "{channel}");
+            assert!(!channel.contains('!'));
+        }
     }
 
     #[test]

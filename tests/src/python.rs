@@ -437,6 +437,30 @@ impl LayerDriver {
         .await
     }
 
+    /// [`group_send_rounds`](Self::group_send_rounds) numbering from
+    /// `start` instead of 0.
+    pub async fn group_send_rounds_from(
+        &mut self,
+        groups: &[String],
+        start: u64,
+        count: u64,
+        message: impl ToDriverJson,
+        index_field: &str,
+    ) -> Result<Value> {
+        let raw = message.to_driver_json()?;
+        self.op_with(
+            json!({
+                "op": "group_send_seq",
+                "groups": groups,
+                "start": start,
+                "count": count,
+                "index_field": index_field,
+            }),
+            &[("message", raw)],
+        )
+        .await
+    }
+
     /// Like [`group_send_seq`](Self::group_send_seq), also stamping
     /// `time.time()` (float seconds) into `timestamp_field` of each message.
     pub async fn group_send_seq_timed(

@@ -25,11 +25,12 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::liveness::{self, LivenessSettings};
+use super::replay;
 use super::{CanarySending, HostRing, LayerError};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::Wakeups;
-use crate::redis::{MembershipWrites, RecordWrites, RedisHost};
+use crate::redis::{MembershipWrites, RecordWrites, RedisHost, ReplaySnapshot};
 use crate::registry::Registry;
 use crate::router::{unix_now, Router};
 use crate::shutdown::Shutdown;
@@ -62,6 +63,9 @@ pub struct CoreSettings {
     pub canary: Option<CanarySending>,
     /// `layer.liveness_timeout`: see `layer::liveness`.
     pub liveness_timeout: Duration,
+    /// `layer.recovery`: every group joined gets its replay member
+    /// (`layer::replay`).
+    pub recovery: bool,
 }
 
 enum MembershipOp {
@@ -85,6 +89,7 @@ pub struct CoreLayer {
     ops: mpsc::Sender<MembershipOp>,
     stop: Shutdown,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    prefix: String,
     hosts: HostRing,
     receive_host: RedisHost,
     /// The receiver until `start_receiving` places it.
@@ -181,14 +186,28 @@ impl CoreLayer {
             .cloned()
             .chain(std::iter::once(registry.naming().merged_part().to_string()))
             .collect();
-        let liveness = Arc::new(LivenessSettings::new(
+        let mut liveness = LivenessSettings::new(
             &hosts,
             &settings.prefix,
             registry.naming().process_id(),
             &queue_parts,
             settings.liveness_timeout,
             settings.group_expiry,
-        ));
+        );
+        if settings.recovery {
+            liveness = liveness.with_replay_idle(replay::idle_key(&settings.prefix));
+        }
+        let liveness = Arc::new(liveness);
+        let sweeper = settings.recovery.then(|| {
+            tokio::spawn(replay::sweep_idle_groups(
+                hosts.clone(),
+                settings.prefix.clone(),
+                Duration::from_secs(settings.expiry),
+                metrics.clone(),
+                stop.clone(),
+            ))
+        });
+        let prefix = settings.prefix.clone();
         let settings = Arc::new(settings);
         let mut tasks = vec![
             tokio::spawn(liveness::keep_alive(
@@ -225,10 +244,12 @@ impl CoreLayer {
             )),
         ];
         tasks.extend(canary_task);
+        tasks.extend(sweeper);
         Ok(CoreLayer {
             ops,
             stop,
             tasks: Mutex::new(tasks),
+            prefix,
             hosts,
             receive_host,
             receiver: Mutex::new(Some(receiver)),
@@ -263,6 +284,18 @@ impl CoreLayer {
             .await
             .map_err(|_| LayerError::Stopped)?;
         written.await.map_err(|_| LayerError::Stopped)?
+    }
+
+    /// Reads the replay keys of `groups` (see `layer::replay::read`).
+    pub async fn read_replay(
+        &self,
+        groups: &[Arc<str>],
+        from: Option<f64>,
+        limit: usize,
+    ) -> Result<ReplaySnapshot, LayerError> {
+        replay::read(&self.hosts, &self.prefix, groups, from, limit)
+            .await
+            .map_err(|error| LayerError::Unavailable(error.to_string()))
     }
 
     pub fn leave(&self, groups: &[Arc<str>], channel: String) {
@@ -370,6 +403,15 @@ async fn write_memberships(
 ) {
     let mut batch = Vec::with_capacity(256);
     let mut last_write: Option<Instant> = None;
+    // Groups whose messages a reconnecting client may want replayed: every
+    // group but the process's own canary group.
+    let canary_group = settings
+        .canary
+        .as_ref()
+        .map(|sending| sending.canary.group().clone());
+    let replayable = |group: &str| {
+        settings.recovery && canary_group.as_deref().is_none_or(|canary| canary != group)
+    };
     let mut failed_leaves = FailedLeaves::default();
     loop {
         let received = match failed_leaves.retry_at {
@@ -414,17 +456,28 @@ async fn write_memberships(
                 } => {
                     let touched: Vec<usize> = groups
                         .iter()
-                        .map(|group| plan.add(&hosts, &settings.prefix, group, &channel))
+                        .map(|group| {
+                            if replayable(group) {
+                                plan.add_replay(&hosts, &settings.prefix, group);
+                            }
+                            plan.add(&hosts, &settings.prefix, group, &channel)
+                        })
                         .collect();
                     joins.push((touched, done));
                 }
                 MembershipOp::Leave { groups, channel } => {
                     for group in &groups {
                         plan.remove(&hosts, &settings.prefix, group, &channel);
+                        if replayable(group) && !registry.has_group(group) {
+                            plan.idle(&hosts, &settings.prefix, group);
+                        }
                     }
                 }
                 MembershipOp::RefreshAll => {
                     for (group, channels) in registry.memberships() {
+                        if replayable(&group) {
+                            plan.add_replay(&hosts, &settings.prefix, &group);
+                        }
                         for channel in &channels {
                             plan.add(&hosts, &settings.prefix, &group, channel);
                         }
@@ -435,6 +488,9 @@ async fn write_memberships(
                         for channel in &channels {
                             plan.remove(&hosts, &settings.prefix, &group, channel);
                         }
+                        if replayable(&group) {
+                            plan.idle(&hosts, &settings.prefix, &group);
+                        }
                     }
                 }
                 MembershipOp::Flush { done } => flushes.push(done),
@@ -443,6 +499,7 @@ async fn write_memberships(
         let outcomes = plan
             .execute(
                 &hosts,
+                &settings.prefix,
                 settings.group_expiry,
                 &liveness,
                 &metrics,
@@ -515,6 +572,12 @@ impl FailedLeaves {
 struct WritePlan {
     adds: Vec<HashMap<String, Vec<String>>>,
     removes: Vec<HashMap<String, Vec<String>>>,
+    /// Group key → its replay member, added with the batch's adds but kept
+    /// out of the process's record (it belongs to the group).
+    replays: Vec<HashMap<String, String>>,
+    /// Entries for the idle set (`layer::replay`): groups left without a
+    /// socket here.
+    idle: Vec<Vec<String>>,
 }
 
 impl WritePlan {
@@ -522,6 +585,22 @@ impl WritePlan {
         WritePlan {
             adds: vec![HashMap::new(); host_count],
             removes: vec![HashMap::new(); host_count],
+            replays: vec![HashMap::new(); host_count],
+            idle: vec![Vec::new(); host_count],
+        }
+    }
+
+    fn add_replay(&mut self, hosts: &HostRing, prefix: &str, group: &str) {
+        if let Some(replays) = self.replays.get_mut(hosts.index_for(group)) {
+            replays
+                .entry(names::group_key(prefix, group))
+                .or_insert_with(|| replay::replay_member(group));
+        }
+    }
+
+    fn idle(&mut self, hosts: &HostRing, prefix: &str, group: &str) {
+        if let Some(idle) = self.idle.get_mut(hosts.index_for(group)) {
+            idle.push(names::group_key(prefix, group));
         }
     }
 
@@ -557,6 +636,7 @@ impl WritePlan {
     async fn execute(
         self,
         hosts: &HostRing,
+        prefix: &str,
         group_expiry: u64,
         liveness: &LivenessSettings,
         metrics: &Metrics,
@@ -568,17 +648,22 @@ impl WritePlan {
             .adds
             .into_iter()
             .zip(self.removes)
-            .map(|(adds, removes)| {
+            .zip(self.replays.into_iter().zip(self.idle))
+            .map(|((mut adds, removes), (replays, idle))| {
                 let record = (!adds.is_empty() || !removes.is_empty()).then(|| RecordWrites {
                     key: liveness.keys.record.clone(),
                     expiry: liveness.record_expiry,
                     adds: record_entries(&adds),
                     removes: record_entries(&removes),
                 });
+                for (group_key, member) in replays {
+                    adds.entry(group_key).or_default().push(member);
+                }
                 MembershipWrites {
                     adds: split_large(adds),
                     removes: split_large(removes),
                     record,
+                    idle: (!idle.is_empty()).then(|| (replay::idle_key(prefix), idle)),
                 }
             })
             .collect();

@@ -43,18 +43,28 @@ const MAX_REAP_INTERVAL: Duration = Duration::from_secs(5);
 /// call finished the reap (the record is gone and the process left the
 /// processes set), `{2, removed}` when another reaper finished it. Entries that
 /// are neither a group membership nor a queue key of the layer are dropped
-/// untouched.
+/// untouched. With recovery, `ARGV[5]` names the idle set each group that
+/// lost a membership goes into (`layer::replay`); empty otherwise.
 const REAP_SCRIPT: &str = "\
 if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0} end
 local entries = redis.call('SPOP', KEYS[2], tonumber(ARGV[1]))
 local removed = 0
-local group_prefix, queue_prefix = ARGV[3], ARGV[4]
+local group_prefix, queue_prefix, idle = ARGV[3], ARGV[4], ARGV[5]
+local idle_since = nil
+if idle ~= '' then
+  local now = redis.call('TIME')
+  idle_since = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+end
 for _, entry in ipairs(entries) do
   local space = string.find(entry, ' ', 1, true)
   if space then
     local key = string.sub(entry, 1, space - 1)
     if string.sub(key, 1, #group_prefix) == group_prefix then
-      removed = removed + redis.call('ZREM', key, string.sub(entry, space + 1))
+      local gone = redis.call('ZREM', key, string.sub(entry, space + 1))
+      removed = removed + gone
+      if idle_since and gone == 1 then
+        redis.call('ZADD', idle, idle_since, key)
+      end
     end
   elseif string.sub(entry, 1, #queue_prefix) == queue_prefix then
     redis.call('DEL', entry)
@@ -72,6 +82,9 @@ pub struct ProcessKeys {
     pub alive: String,
     pub record: String,
     pub processes: String,
+    /// With recovery: the set of idle groups a reap adds to
+    /// (`layer::replay`).
+    pub replay_idle: Option<String>,
 }
 
 impl ProcessKeys {
@@ -82,6 +95,7 @@ impl ProcessKeys {
             alive: alive_key(prefix, process_id),
             record: record_key(prefix, process_id),
             processes: format!("{prefix}:gw:processes"),
+            replay_idle: None,
         }
     }
 }
@@ -159,6 +173,13 @@ impl LivenessSettings {
                 .unwrap_or(i64::MAX),
             queue_entries,
         }
+    }
+
+    /// With recovery, a reap also notes the groups it took a membership
+    /// from as idle (`layer::replay`).
+    pub fn with_replay_idle(mut self, idle_key: String) -> LivenessSettings {
+        self.keys.replay_idle = Some(idle_key);
+        self
     }
 
     /// Three beats per timeout: one late or lost beat is not a death.
@@ -326,6 +347,7 @@ async fn reap_process(
         process.to_string(),
         names::group_key(&keys.prefix, ""),
         names::queue_key(&keys.prefix, "specific."),
+        keys.replay_idle.clone().unwrap_or_default(),
     ];
     let mut removed_total = 0;
     loop {

@@ -5,13 +5,15 @@
 //! payload to the router. `core` speaks `RedisChannelLayer`'s sorted-set
 //! protocol, `pubsub` `RedisPubSubChannelLayer`'s channel subscriptions;
 //! both sit behind the same `Layer` type; `liveness` keeps the core layer's
-//! processes' heartbeats and reaps what dead ones left in Redis. Layers own
+//! processes' heartbeats and reaps what dead ones left in Redis; `replay`
+//! keeps each group's replay member for recovery and reads it back. Layers own
 //! their background tasks; they must not touch sockets directly (the router
 //! and the outboxes do).
 
 pub mod core;
 pub mod liveness;
 pub mod pubsub;
+pub mod replay;
 pub mod subscriptions;
 
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use crate::canary::Canary;
 use crate::config::LayerConfig;
 use crate::metrics::{Metrics, PauseOutcome};
 use crate::outbox::{Paused, Wakeups};
-use crate::redis::{RedisError, RedisHost};
+use crate::redis::{RedisError, RedisHost, ReplaySnapshot};
 use crate::router::Router;
 
 /// How long a receiver may hold back the wake-ups of the socket tasks it is
@@ -163,6 +165,22 @@ impl Layer {
         match self {
             Layer::Core(layer) => layer.join(groups, channel).await,
             Layer::Pubsub(layer) => layer.join(groups).await,
+        }
+    }
+
+    /// Reads the replay keys of `groups` for a recovering socket (core
+    /// layer; the configuration refuses recovery on the pub/sub layer).
+    pub async fn read_replay(
+        &self,
+        groups: &[Arc<str>],
+        from: Option<f64>,
+        limit: usize,
+    ) -> Result<ReplaySnapshot, LayerError> {
+        match self {
+            Layer::Core(layer) => layer.read_replay(groups, from, limit).await,
+            Layer::Pubsub(_) => Err(LayerError::Unavailable(
+                "the pub/sub layer keeps no messages to replay".into(),
+            )),
         }
     }
 
