@@ -36,8 +36,8 @@ pub use message::{
     ASGI_CHANNEL_KEY, TYPE_KEY,
 };
 pub use names::{
-    group_key, inflight_key, is_valid_channel_name, is_valid_group_name, local_part,
-    non_local_part, pubsub_group_channel, queue_key, replay_channel, specific_channel,
+    group_key, inflight_key, is_replay_channel, is_valid_channel_name, is_valid_group_name,
+    local_part, non_local_part, pubsub_group_channel, queue_key, replay_channel, specific_channel,
     MAX_NAME_LENGTH,
 };
 pub use payload::route::{ChannelNames, FieldValue, RouteView};

@@ -65,17 +65,27 @@ pub fn local_part(channel: &str) -> Option<&str> {
 /// group too long for that is named by its SHA-256 instead
 /// (`gw.replay-h.<32 hex>`, a prefix no short name can take).
 pub fn replay_channel(group: &str) -> String {
-    const SHORT: &str = "gw.replay.";
-    if SHORT.len() + group.len() < MAX_NAME_LENGTH {
-        return format!("{SHORT}{group}");
+    if REPLAY_SHORT.len() + group.len() < MAX_NAME_LENGTH {
+        return format!("{REPLAY_SHORT}{group}");
     }
     use sha2::Digest;
     let digest = sha2::Sha256::digest(group.as_bytes());
-    let mut name = String::from("gw.replay-h.");
+    let mut name = String::from(REPLAY_HASHED);
     for byte in digest.iter().take(16) {
         name.push_str(&format!("{byte:02x}"));
     }
     name
+}
+
+/// The two forms of [`replay_channel`].
+const REPLAY_SHORT: &str = "gw.replay.";
+const REPLAY_HASHED: &str = "gw.replay-h.";
+
+/// Whether `channel` is a replay channel (either form of [`replay_channel`]):
+/// a sender that finds its key full refused a message to the window, not to
+/// a consumer.
+pub fn is_replay_channel(channel: &str) -> bool {
+    channel.starts_with(REPLAY_SHORT) || channel.starts_with(REPLAY_HASHED)
 }
 
 fn is_name_byte(byte: u8) -> bool {
@@ -130,7 +140,10 @@ mod tests {
             let channel = replay_channel(group);
             assert!(is_valid_channel_name(&channel), "{channel}");
             assert!(!channel.contains('!'));
+            assert!(is_replay_channel(&channel), "{channel}");
         }
+        assert!(!is_replay_channel("specific.gw-abc.0!1"));
+        assert!(!is_replay_channel("gw.replayer"));
     }
 
     #[test]

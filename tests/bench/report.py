@@ -6,8 +6,11 @@ the gateway and the Daphne peer side by side, ratios) and
 rate) and ``docs/benchmarks-soak.svg`` (the soak run's samples over time),
 drawn by hand: no plotting library, no network.
 
-Usage: report.py RESULTS_DIR META_JSON DOCS_DIR
+Usage: report.py RESULTS_DIR META_JSON DOCS_DIR [--merge-recovery]
 It only reads what the run wrote; it starts nothing and measures nothing.
+With --merge-recovery (``BENCH_ONLY=recovery``) the run's ``recovery-*``
+results replace those of DOCS_DIR/benchmarks.json, whose other results and
+meta are kept, and the whole report is rendered again from the merged data.
 """
 
 import json
@@ -367,6 +370,211 @@ def soak_lines(soak):
     return lines
 
 
+def recovery_lines(res, meta):
+    """The recovery section: layer.recovery on against off (markdown lines)."""
+    if not any(key.startswith(RECOVERY_PREFIX) for key in res):
+        return []
+    run = meta.get("recovery run") or {}
+    knobs = run.get("knobs") or {}
+    lines = ["## Recovery: what it costs, on against off", ""]
+    origin = ("run by itself (`BENCH_ONLY=recovery`) and merged into this report, whose other figures "
+              "come from the run described above" if run.get("only") else "part of this report's run")
+    lines += [f"The figures of this section come from the run of **{run.get('date', '?')}**, commit "
+              f"**{run.get('commit', '?')}**, {origin}; cpu speed then: {run.get('cpu speed', '?')}. "
+              f"It took {run.get('took', '?')}.", "",
+              "Every \"on\" gateway ran with `layer.recovery = true` (and `layer.capacity` set to the "
+              "publisher's capacity) and its load generator's sockets asked for recovery (`?recover=`): "
+              "they read a status frame first, then positioned frames (`{\"position\": …, \"message\": …}`). "
+              "Every \"off\" gateway is the same build without it, its sockets plain. With recovery on, "
+              "each group a socket joins also holds the group's replay member, so every `group_send` "
+              "writes one more payload, into `<prefix>gw.replay.<group>`, which nobody pops "
+              "(see [`recovery.md`](recovery.md)). Off and on runs alternate.", ""]
+    off_cost = ((res.get("recovery-off-cost") or {}).get("steps") or [{}])[0].get("redis") or {}
+    on_cost = ((res.get("recovery-on-cost") or {}).get("steps") or [{}])[0].get("redis") or {}
+    off_join = ((res.get("recovery-off-cost") or {}).get("connect") or {}).get("redis") or {}
+    on_join = ((res.get("recovery-on-cost") or {}).get("connect") or {}).get("redis") or {}
+    lines += ["| figure | recovery off | recovery on | on ÷ off | target |", "|---|---|---|---|---|"]
+
+    def row(name, off, on, target="—", digits=1, show_ratio=True):
+        r = "—"
+        if show_ratio and isinstance(off, (int, float)) and isinstance(on, (int, float)) and off:
+            r = f"{on / off:.2f}×"
+        lines.append(f"| {name} | {fmt(off, digits)} | {fmt(on, digits)} | {r} | {target} |")
+
+    users, per_user = knobs.get("BENCH_RECOVERY_COST_USERS", "?"), knobs.get("BENCH_RECOVERY_COST_MESSAGES", "?")
+    if off_cost or on_cost:
+        sends = on_cost.get("group_sends") or off_cost.get("group_sends")
+        lines.append(f"| Redis commands per `group_send` (`INFO commandstats` around {fmt(sends)} sends to "
+                     f"{users} users, {per_user} each, every client's commands: the publisher's, those its "
+                     f"script runs, the gateway's pops) | {fmt(off_cost.get('calls_per_group_send'), 2)} | "
+                     f"{fmt(on_cost.get('calls_per_group_send'), 2)} | "
+                     f"{ratio_of(on_cost.get('calls_per_group_send'), off_cost.get('calls_per_group_send'))} | — |")
+        sender = ("zremrangebyscore", "zrange", "multi", "exec", "eval", "zcount", "zadd", "expire")
+
+        def sender_calls(cost):
+            sends = cost.get("group_sends")
+            calls = [((cost.get("commands") or {}).get(name) or {}).get("calls") or 0 for name in sender]
+            return sum(calls) / sends if sends else None
+
+        row("… of which the commands of `group_send` itself: ZREMRANGEBYSCORE, ZRANGE, MULTI, EXEC, EVAL, "
+            "and the ZCOUNT, ZADD, EXPIRE its script runs per queue key (the gateway's heartbeats add a few "
+            "EXPIREs)", sender_calls(off_cost), sender_calls(on_cost), digits=2)
+        row("Redis CPU µs per `group_send` (commandstats' usec)", off_cost.get("usec_per_group_send"),
+            on_cost.get("usec_per_group_send"), digits=2)
+        row("Redis memory per `group_send`, bytes still held once every socket had it (`used_memory` delta "
+            "÷ sends)", off_cost.get("memory_bytes_per_group_send"), on_cost.get("memory_bytes_per_group_send"),
+            digits=1, show_ratio=False)
+        row(f"Redis memory per user held in the window: {users} users whose replay keys hold {per_user} "
+            f"messages each (`used_memory` delta ÷ users), bytes", off_cost.get("memory_bytes_per_user"),
+            on_cost.get("memory_bytes_per_user"), digits=0, show_ratio=False)
+        sample = on_cost.get("replay_key_of_first_user") or {}
+        if sample:
+            lines.append(f"| … one of those replay keys: entries, `MEMORY USAGE` bytes | — | "
+                         f"{fmt(sample.get('entries'))}, {fmt(sample.get('memory_usage_bytes'))} | — | — |")
+    if off_join or on_join:
+        row("Redis memory per socket joined (one socket per user: its membership, and with recovery the "
+            "group's replay member), bytes", off_join.get("memory_bytes_per_user"),
+            on_join.get("memory_bytes_per_user"), digits=0, show_ratio=False)
+
+    off_rates = clean_rates(res, "recovery-off")
+    on_rates = clean_rates(res, "recovery-on")
+    off_best, on_best = best_of(off_rates), best_of(on_rates)
+    if off_rates or on_rates:
+        lines.append(f"| per-user: highest rate with zero loss and p99 ≤ 50 ms, msgs/s achieved (best of the "
+                     f"ramps, each: off {' / '.join(fmt(r) for r in off_rates)}; on "
+                     f"{' / '.join(fmt(r) for r in on_rates)}) | {fmt(off_best)} | {fmt(on_best)} | "
+                     f"{ratio_of(on_best, off_best)} | on ≥ 90 % of off |")
+        refused = sum(step.get("replay_over_capacity") or 0 for run in repeated(res, "recovery-on", "per-user")
+                      for step in run.get("steps", []))
+        lines.append(f"| per-user: sends a full replay key refused (recovery's window, not loss: the "
+                     f"sockets were connected; loss is what sockets did not receive) | — | {fmt(refused)} | — | — |")
+    off_bc = [((run.get("steps") or [{}])[0]).get("deliveries_per_s") for run in repeated(res, "recovery-off", "broadcast")]
+    on_bc = [((run.get("steps") or [{}])[0]).get("deliveries_per_s") for run in repeated(res, "recovery-on", "broadcast")]
+    if off_bc or on_bc:
+        sockets = (res.get("recovery-on-broadcast") or res.get("recovery-off-broadcast") or {}).get("sockets")
+        lost = [((run.get("steps") or [{}])[0]).get("lost") for stack in ("recovery-off", "recovery-on")
+                for run in repeated(res, stack, "broadcast")]
+        lines.append(f"| broadcast deliveries/s to {fmt(sockets)} sockets (best of the runs, each: off "
+                     f"{' / '.join(fmt(v) for v in off_bc)}; on {' / '.join(fmt(v) for v in on_bc)}; lost "
+                     f"deliveries in all: {fmt(sum(v or 0 for v in lost))}) | {fmt(best_of(off_bc))} | "
+                     f"{fmt(best_of(on_bc))} | {ratio_of(best_of(on_bc), best_of(off_bc))} | on ≥ 90 % of off |")
+    off_idle = idle_row(res.get("recovery-off-idle"))
+    on_idle = idle_row(res.get("recovery-on-idle"))
+    rec_idle = idle_row(res.get("recovery-on-recovering-idle"))
+    if any(v[1] is not None for v in (off_idle, on_idle, rec_idle)):
+        row(f"idle RSS KiB per socket, plain sockets ({fmt(off_idle[0])} / {fmt(on_idle[0])} opened)",
+            off_idle[1], on_idle[1], digits=2)
+        row(f"idle RSS KiB per socket: plain sockets off, recovering sockets on ({fmt(rec_idle[0])} opened)",
+            off_idle[1], rec_idle[1], digits=2)
+    storms = sorted((key for key in res if key.startswith("recovery-storm-capacity-")),
+                    key=lambda k: int(k.rsplit("-", 1)[1]) if k.rsplit("-", 1)[1].isdigit() else 0)
+    for key in storms:
+        storm = (res.get(key) or {}).get("storm") or {}
+        cap = key.rsplit("-", 1)[1]
+        if not storm:
+            lines.append(f"| recovery storm at capacity {cap} | — | no result (see `benchmarks.json`) | — | — |")
+            continue
+        lines.append(f"| recovery storm, capacity {cap}: {fmt(storm.get('sockets'))} sockets "
+                     f"({fmt(storm.get('users'))} users × {storm.get('sockets_per_user')}) that each missed "
+                     f"{fmt(storm.get('missed_per_user'))} messages reconnect at once with their positions: s until "
+                     f"every one had its replay and status frame | — | {fmt(storm.get('all_recovered_s'), 2)} | — | — |")
+        once = storm.get("sockets_complete")
+        lines.append(f"| … `recovered` true / false; sockets that got every missed message exactly once, "
+                     f"before their status frame | — | {fmt(storm.get('recovered_true'))} / "
+                     f"{fmt(storm.get('recovered_false'))}; {fmt(once)} of {fmt(storm.get('sockets'))}"
+                     f"{' ✔' if storm.get('all_exactly_once') else ' ✘'} | — | all, exactly once |")
+    lines.append("")
+
+    verdicts = []
+    for name, on, off in (("per-user zero-loss rate", on_best, off_best),
+                          ("broadcast rate", best_of(on_bc), best_of(off_bc))):
+        if isinstance(on, (int, float)) and isinstance(off, (int, float)) and off:
+            share = 100 * on / off
+            verdicts.append(f"{name} {share:.0f} % of off's {'✔' if share >= 90 else '✘'}")
+    if verdicts:
+        lines += [f"Target: recovery on keeps ≥ 90 % of recovery off's per-user zero-loss rate and broadcast "
+                  f"rate. This run: {'; '.join(verdicts)}.", ""]
+
+    if storms:
+        lines += ["### The recovery storm", "",
+                  "Every socket first connects with `?recover=` and keeps the position of its status frame; "
+                  "all are dropped at once (no close handshake); each user is sent the messages it misses "
+                  "(the publisher's and the gateway's `capacity` are the run's capacity); then every socket "
+                  "reconnects at the same time (1,024 handshakes in flight) with `?recover=<its position>`. "
+                  "\"Status\" times run from the start of the reconnect to the status frame each socket "
+                  "reads after its replayed frames. A replay key that holds `capacity` messages may have "
+                  "refused one, and nothing records whether it did, so the gateway answers "
+                  "`recovered: false` there by design (docs/recovery.md): at capacity 100 with 100 missed "
+                  "messages that is every socket, though none missed anything.", "",
+                  "| capacity | sockets (users × sockets) | missed per user | all rejoined s | all had replay + status s "
+                  "| to status p50 / p99 s | recovered true / false / no status | exactly once | missing "
+                  "| duplicates | after status | refused by a full replay key |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for key in storms:
+            storm = (res.get(key) or {}).get("storm") or {}
+            if not storm:
+                continue
+            to = storm.get("to_status") or {}
+            sec = lambda ms: fmt(ms / 1000, 2) if isinstance(ms, (int, float)) else "—"
+            lines.append(f"| {key.rsplit('-', 1)[1]} | {fmt(storm.get('sockets'))} ({fmt(storm.get('users'))} × "
+                         f"{storm.get('sockets_per_user')}) | {fmt(storm.get('missed_per_user'))} | "
+                         f"{fmt(storm.get('all_joined_s'), 2)} | {fmt(storm.get('all_recovered_s'), 2)} | "
+                         f"{sec(to.get('p50_ms'))} / {sec(to.get('p99_ms'))} | {fmt(storm.get('recovered_true'))} / "
+                         f"{fmt(storm.get('recovered_false'))} / {fmt(storm.get('no_status'))} | "
+                         f"{fmt(storm.get('sockets_complete'))} | {fmt(storm.get('sockets_missing_messages'))} | "
+                         f"{fmt(storm.get('duplicates'))} | {fmt(storm.get('sockets_with_messages_after_status'))} | "
+                         f"{fmt((storm.get('missed_publish') or {}).get('replay_over_capacity'))} |")
+        lines.append("")
+
+    ramp_runs = [(stack, i, run) for stack in ("recovery-off", "recovery-on")
+                 for i, run in enumerate(repeated(res, stack, "per-user"))]
+    if ramp_runs:
+        lines += ["### The per-user ramps, off and on", "",
+                  f"{knobs.get('BENCH_PER_USER_SOCKETS', '?')} sockets, one user each, rates "
+                  f"{knobs.get('BENCH_RATES', '?')} msgs/s, {knobs.get('BENCH_STEP_SECS', '?')} s a step; a ramp "
+                  f"stops after a step with loss or p99 above 50 ms. Runs in the order off, on, off, on…", "",
+                  "| run | highest clean rate | stopped at | p99 ms at that rate | lost | over capacity "
+                  "(gateway's keys) | refused by full replay keys | position regressions | status frames |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        order = sorted(ramp_runs, key=lambda t: (t[1], t[0] != "recovery-off"))
+        for stack, i, run in order:
+            best = best_clean_rate(run) or {}
+            steps = run.get("steps", [])
+            lines.append(f"| {stack.split('-', 1)[1]} {i + 1} | {fmt(best.get('achieved_rate'))} | "
+                         f"{fmt(run.get('stopped_at_rate'))} | {fmt(p99_ms(best), 2)} | "
+                         f"{fmt(sum(s.get('lost') or 0 for s in steps))} | "
+                         f"{fmt(sum(s.get('over_capacity') or 0 for s in steps))} | "
+                         f"{fmt(sum(s.get('replay_over_capacity') or 0 for s in steps))} | "
+                         f"{fmt(run.get('position_regressions'))} | {fmt(run.get('status_frames'))} |")
+        lines.append("")
+
+    if off_cost or on_cost:
+        names = sorted(set(off_cost.get("commands", {})) | set(on_cost.get("commands", {})))
+        off_sends = off_cost.get("group_sends") or 0
+        on_sends = on_cost.get("group_sends") or 0
+
+        def per(cost, name, sends):
+            calls = ((cost.get("commands") or {}).get(name) or {}).get("calls")
+            return calls / sends if calls is not None and sends else None
+
+        lines += ["### Redis commands per `group_send`, by command", "",
+                  "Calls ÷ sends during the sends (and until every socket had its message); commands a "
+                  "script runs count under their own names as well as under `eval`.", "",
+                  "| command | off | on | on − off |", "|---|---|---|---|"]
+        for name in names:
+            a, b = per(off_cost, name, off_sends), per(on_cost, name, on_sends)
+            diff = (b or 0) - (a or 0)
+            lines.append(f"| `{name}` | {fmt(a, 3)} | {fmt(b, 3)} | {signed(diff, 3)} |")
+        lines.append("")
+    return lines
+
+
+def ratio_of(on, off):
+    if not isinstance(on, (int, float)) or not isinstance(off, (int, float)) or not off:
+        return "—"
+    return f"{on / off:.2f}×"
+
+
 def default_capacity_lines(res):
     """The per-user ramp at Django's default capacity beside the raised one."""
     default = res.get("gateway-per-user-default-capacity")
@@ -399,11 +607,32 @@ def default_capacity_lines(res):
     return lines
 
 
+RECOVERY_PREFIX = "recovery-"
+
+
+def merged_recovery(res, meta, docs: Path):
+    """The report in DOCS/benchmarks.json with this run's recovery results
+    and its "recovery run" in place of the ones it had (this run's meta and
+    results alone where there is no report yet)."""
+    existing = docs / "benchmarks.json"
+    if not existing.exists():
+        return res, meta
+    old = json.loads(existing.read_text())
+    merged = {k: v for k, v in old.get("results", {}).items() if not k.startswith(RECOVERY_PREFIX)}
+    merged.update({k: v for k, v in res.items() if k.startswith(RECOVERY_PREFIX)})
+    old_meta = dict(old.get("meta", {}))
+    old_meta["recovery run"] = meta.get("recovery run")
+    return merged, old_meta
+
+
 def main() -> int:
-    results, meta_path, docs = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    results, meta_path, docs = Path(args[0]), Path(args[1]), Path(args[2])
     meta = json.loads(meta_path.read_text())
     res = load(results)
     docs.mkdir(parents=True, exist_ok=True)
+    if "--merge-recovery" in sys.argv[1:]:
+        res, meta = merged_recovery(res, meta, docs)
     soak = res.get("gateway-soak")
     report = {"meta": meta, "results": res}
     if soak and "error" not in soak:
@@ -440,7 +669,7 @@ def main() -> int:
         "",
     ]
     for key, value in meta.items():
-        if key not in ("knobs", "notes"):
+        if key not in ("knobs", "notes", "recovery run"):
             lines.append(f"- **{key}**: {value}")
     lines += ["", "Scale knobs of this run:", "", "```"]
     for key, value in sorted(meta.get("knobs", {}).items()):
@@ -604,6 +833,7 @@ def main() -> int:
                          f"{gateway_p99 / bare_p99:.2f}× | — | — | — |")
     lines += ["", "Ratios are gateway ÷ peer for rates and peer ÷ gateway for costs (RSS, "
               "latency, seconds): above 1× the gateway is better.", ""]
+    lines += recovery_lines(res, meta)
 
     lines += ["## Where the cores went", "",
               "CPU time of each process over each step (publish until the last frame arrived), "

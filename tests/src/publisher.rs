@@ -16,7 +16,9 @@
 //!
 //! Where it knowingly differs from the Python library (all invisible in the data
 //! Redis ends up holding): the EVAL script text is this project's own (same
-//! KEYS/ARGV layout, same effect, same return value); in
+//! KEYS/ARGV layout, same effect and the same commands; it returns
+//! channels_redis' value, how many keys were full, followed by which, so a
+//! refusal into a replay key is told apart from one into a consumer's); in
 //! [`NativePublisher::group_send_many`] the commands of many sends are
 //! pipelined together, all queue trims of a batch before its EVALs; Python
 //! reads `time.time()` once per command, this module once per phase (and once
@@ -38,18 +40,20 @@ const ASGI_CHANNEL: &str = "__asgi_channel__";
 
 /// Adds one payload per queue key unless the key already holds its capacity.
 /// `KEYS` = queue keys; `ARGV` = one payload per key, one capacity per key,
-/// the send time, the key TTL. Returns how many keys were full.
+/// the send time, the key TTL. Returns how many keys were full (what
+/// channels_redis' script returns), then the 1-based index of each full key.
 pub const GROUP_SEND_SCRIPT: &str = "\
 local n = #KEYS
 local score = ARGV[2 * n + 1]
 local ttl = ARGV[2 * n + 2]
-local full = 0
+local full = {0}
 for k = 1, n do
   if redis.call('ZCOUNT', KEYS[k], '-inf', '+inf') < tonumber(ARGV[n + k]) then
     redis.call('ZADD', KEYS[k], score, ARGV[k])
     redis.call('EXPIRE', KEYS[k], ttl)
   else
-    full = full + 1
+    full[1] = full[1] + 1
+    full[#full + 1] = k
   end
 end
 return full
@@ -143,6 +147,9 @@ pub struct SendOutcome {
     pub queue_keys: usize,
     /// Queue keys that were full (payload dropped, as channels_redis does).
     pub over_capacity: u64,
+    /// Of those, the keys of replay members (`gw.replay.<group>`, recovery):
+    /// a refusal there is not a message a connected socket misses.
+    pub replay_over_capacity: u64,
 }
 
 /// A connection per configured host (in the backend's `hosts` order) and the
@@ -353,6 +360,7 @@ impl NativePublisher {
         let mut outcomes = Vec::with_capacity(sends.len());
         for ((_, buckets), slots) in plans.iter().zip(&eval_slots) {
             let mut over_capacity = 0u64;
+            let mut replay_over_capacity = 0u64;
             for (host, slot) in slots {
                 let reply = eval_replies[*host]
                     .get(*slot)
@@ -360,15 +368,33 @@ impl NativePublisher {
                     .ok_or_else(|| anyhow!("missing EVAL reply"))?
                     .check()
                     .context("group_send EVAL")?;
-                let full = reply
-                    .as_int()
-                    .ok_or_else(|| anyhow!("EVAL returned {reply:?}, not an integer"))?;
+                let RespValue::Array(items) = reply else {
+                    bail!("EVAL returned {reply:?}, not an array");
+                };
+                let mut items = items.iter().map(RespValue::as_int);
+                let full = items
+                    .next()
+                    .flatten()
+                    .ok_or_else(|| anyhow!("EVAL returned no count of full keys"))?;
                 over_capacity += u64::try_from(full).unwrap_or(0);
+                // The script's KEYS are this host's buckets, in order.
+                let mine: Vec<&Bucket> = buckets.iter().filter(|b| b.host == *host).collect();
+                for index in items {
+                    let bucket = index
+                        .and_then(|i| usize::try_from(i).ok())
+                        .and_then(|i| i.checked_sub(1))
+                        .and_then(|i| mine.get(i))
+                        .ok_or_else(|| anyhow!("EVAL named a full key it was not given"))?;
+                    if bucket.channels.iter().all(|c| names::is_replay_channel(c)) {
+                        replay_over_capacity += 1;
+                    }
+                }
             }
             outcomes.push(SendOutcome {
                 channels: buckets.iter().map(|b| b.channels.len()).sum(),
                 queue_keys: buckets.len(),
                 over_capacity,
+                replay_over_capacity,
             });
         }
         Ok(outcomes)

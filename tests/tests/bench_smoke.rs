@@ -502,3 +502,194 @@ async fn soak_run_churns_kills_restarts_and_loses_nothing_on_survivors() {
         "{result}"
     );
 }
+
+/// The recovery stage of `scripts/bench` by itself (`BENCH_ONLY=recovery`),
+/// at smoke scale with the debug binaries, merged into a copy of the
+/// committed report: recovery on against off side by side (Redis' cost per
+/// group_send and per user, the per-user ramp, the broadcast, idle RSS) and
+/// a recovery storm at a capacity the missed messages fill (`recovered:
+/// false`, by design) and at one they do not (`true`), every socket getting
+/// each missed message exactly once either way. The report keeps every
+/// other result and names the run the recovery figures come from.
+#[tokio::test]
+async fn recovery_stage_runs_alone_and_merges_into_the_report() {
+    let docs = tests::procs::scratch_dir("bench-recovery").expect("scratch dir");
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("docs/benchmarks.json"))
+            .expect("committed report"),
+    )
+    .expect("committed report is JSON");
+    std::fs::copy(
+        repo_root().join("docs/benchmarks.json"),
+        docs.join("benchmarks.json"),
+    )
+    .expect("copy the report");
+    let knobs = [
+        ("BENCH_ONLY", "recovery"),
+        ("BENCH_ROUTEBENCH_BIN", "none"),
+        ("BENCH_RECOVERY_REPEATS", "1"),
+        ("BENCH_RECOVERY_COST_USERS", "20"),
+        ("BENCH_RECOVERY_COST_MESSAGES", "10"),
+        ("BENCH_RECOVERY_COST_RATE", "200"),
+        ("BENCH_RECOVERY_IDLE_SOCKETS", "20"),
+        ("BENCH_PER_USER_SOCKETS", "20"),
+        ("BENCH_RATES", "50,200"),
+        ("BENCH_STEP_SECS", "1"),
+        ("BENCH_BROADCAST_SOCKETS", "20"),
+        ("BENCH_BROADCAST_MESSAGES", "10"),
+        ("BENCH_BROADCAST_RATE", "50"),
+        ("BENCH_RECOVERY_STORM_SOCKETS", "20"),
+        ("BENCH_RECOVERY_STORM_SOCKETS_PER_USER", "4"),
+        ("BENCH_RECOVERY_STORM_MESSAGES", "5"),
+        ("BENCH_RECOVERY_STORM_RATE", "200"),
+        ("BENCH_RECOVERY_STORM_CAPACITIES", "5 100"),
+    ];
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(repo_root().join("scripts/bench"))
+        .envs(knobs)
+        .env("BENCH_GATEWAY_BIN", gateway_bin!())
+        .env("BENCH_LOADGEN_BIN", env!("CARGO_BIN_EXE_loadgen"))
+        .env("BENCH_DOCS_DIR", &docs)
+        .env_remove("LOADGEN_SECRET")
+        .kill_on_drop(true)
+        .stdin(Stdio::null());
+    let child = cmd.spawn().expect("scripts/bench starts");
+    let pid = child.id();
+    let output =
+        match tokio::time::timeout(Duration::from_secs(240), child.wait_with_output()).await {
+            Ok(output) => output.expect("scripts/bench runs"),
+            Err(_) => {
+                // Its EXIT trap stops what it started.
+                if let Some(pid) = pid {
+                    let _ = send_signal(pid, Signal::Term);
+                }
+                panic!("scripts/bench BENCH_ONLY=recovery did not end within 240 s");
+            }
+        };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "scripts/bench failed: {stderr}");
+
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(docs.join("benchmarks.json")).expect("merged report"),
+    )
+    .expect("merged report is JSON");
+    let results = report["results"].as_object().expect("results");
+    // Every other result and the meta of the report merged into are kept.
+    for (key, value) in committed["results"].as_object().expect("committed results") {
+        if !key.starts_with("recovery-") {
+            assert_eq!(results.get(key), Some(value), "{key} kept as it was");
+        }
+    }
+    assert_eq!(report["meta"]["machine"], committed["meta"]["machine"]);
+    let run = &report["meta"]["recovery run"];
+    for field in ["date", "commit", "cpu speed", "took"] {
+        assert!(run[field].is_string(), "recovery run {field}: {run}");
+    }
+    assert_eq!(run["only"], true, "{run}");
+    for key in results.keys().filter(|key| key.starts_with("recovery-")) {
+        assert!(
+            results[key].get("error").is_none(),
+            "{key}: {}",
+            results[key]
+        );
+    }
+
+    // Redis' cost: on writes one more payload per group_send, which stays.
+    let cost = |mode: &str| results[&format!("recovery-{mode}-cost")]["steps"][0].clone();
+    let (off, on) = (cost("off"), cost("on"));
+    for step in [&off, &on] {
+        assert_clean_step(step);
+        let redis = &step["redis"];
+        assert_eq!(redis["group_sends"], 200, "{redis}");
+        for field in [
+            "calls_per_group_send",
+            "usec_per_group_send",
+            "memory_bytes_per_group_send",
+            "memory_bytes_per_user",
+        ] {
+            assert!(redis[field].is_number(), "{field}: {redis}");
+        }
+    }
+    let zadds = |step: &Value| {
+        step["redis"]["commands"]["zadd"]["calls"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        zadds(&on) >= zadds(&off) + 200,
+        "a replay payload per send: {off} {on}"
+    );
+    assert_eq!(
+        on["redis"]["replay_key_of_first_user"]["entries"], 10,
+        "{on}"
+    );
+    assert!(off["redis"]["replay_key_of_first_user"].is_null(), "{off}");
+    for mode in ["off", "on"] {
+        let connect = &results[&format!("recovery-{mode}-cost")]["connect"];
+        assert!(
+            connect["redis"]["memory_bytes_per_user"].is_number(),
+            "{connect}"
+        );
+    }
+
+    // The ramp and the broadcast, both ways: nothing lost, duplicated or
+    // misrouted; on, every socket read its status frame and positions grew.
+    for mode in ["off", "on"] {
+        let ramp = &results[&format!("recovery-{mode}-per-user")];
+        assert_connected(ramp, 20);
+        assert_eq!(ramp["position_regressions"], 0, "{ramp}");
+        let statuses = if mode == "on" { 20 } else { 0 };
+        assert_eq!(ramp["status_frames"], statuses, "{ramp}");
+        for step in ramp["steps"].as_array().expect("steps") {
+            assert_eq!(step["lost"], 0, "{step}");
+            assert_eq!(step["duplicates"], 0, "{step}");
+            assert_eq!(step["misroutes"], 0, "{step}");
+            assert_eq!(step["replay_over_capacity"], 0, "{step}");
+        }
+        let broadcast = &results[&format!("recovery-{mode}-broadcast")];
+        assert_connected(broadcast, 20);
+        assert_clean_step(&broadcast["steps"][0]);
+    }
+    for name in ["off-idle", "on-idle", "on-recovering-idle"] {
+        let idle = &results[&format!("recovery-{name}")];
+        assert_connected(idle, 20);
+        assert!(idle["rss"][0]["per_socket_kib"].is_number(), "{idle}");
+    }
+
+    // The storms: every socket came back, got its 5 missed messages exactly
+    // once before its status frame; a full key (capacity 5) says false.
+    for (capacity, recovered) in [(5, false), (100, true)] {
+        let result = &results[&format!("recovery-storm-capacity-{capacity}")];
+        assert_connected(result, 20);
+        let storm = &result["storm"];
+        assert_eq!(storm["users"], 5, "{storm}");
+        assert_eq!(storm["missed_per_user"], 5, "{storm}");
+        assert_eq!(storm["reconnect"]["ok"], 20, "{storm}");
+        assert_eq!(storm["status_frames"], 20, "{storm}");
+        assert_eq!(storm["received"], storm["expected"], "{storm}");
+        assert_eq!(storm["expected"], 100, "{storm}");
+        assert_eq!(storm["duplicates"], 0, "{storm}");
+        assert_eq!(storm["sockets_complete"], 20, "{storm}");
+        assert_eq!(storm["all_exactly_once"], true, "{storm}");
+        assert_eq!(
+            storm["missed_publish"]["replay_over_capacity"], 0,
+            "{storm}"
+        );
+        assert!(storm["all_recovered_s"].is_number(), "{storm}");
+        let (yes, no) = if recovered { (20, 0) } else { (0, 20) };
+        assert_eq!(storm["recovered_true"], yes, "{storm}");
+        assert_eq!(storm["recovered_false"], no, "{storm}");
+        assert_eq!(storm["replayed_reported"], 100, "{storm}");
+    }
+
+    // The rendered report has the section, naming its run.
+    let markdown = std::fs::read_to_string(docs.join("benchmarks.md")).expect("benchmarks.md");
+    assert!(
+        markdown.contains("## Recovery: what it costs, on against off"),
+        "{markdown}"
+    );
+    let date = run["date"].as_str().unwrap_or_default();
+    assert!(markdown.contains(date), "the run's date: {markdown}");
+    assert!(markdown.contains("### The recovery storm"), "{markdown}");
+    let _ = std::fs::remove_dir_all(&docs);
+}

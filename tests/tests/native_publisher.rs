@@ -277,6 +277,59 @@ async fn capacity_drops_match_channels_redis() {
     driver.quit().await.expect("driver quits");
 }
 
+/// With recovery, a group also holds its replay member, whose key
+/// channels_redis fills and refuses into like any other: the publisher
+/// counts every full key as channels_redis does, and tells which of them
+/// were replay keys (the window's refusals, which no socket misses).
+#[tokio::test]
+async fn refusals_into_a_replay_key_are_told_apart() {
+    let redis = RedisServer::start().expect("redis starts");
+    let mut driver = python(
+        &redis,
+        json!({"capacity": 4, "channel_capacity": {"gw.replay.*": 2}}),
+    )
+    .await;
+    let replay = shared_proto::names::replay_channel("user_4");
+    for channel in ["specific.gw-p.0!1", replay.as_str()] {
+        driver
+            .group_add("user_4", channel)
+            .await
+            .expect("group_add");
+    }
+    let text = r#"{"type": "send_notification", "message": "m"}"#;
+    for _ in 0..5 {
+        driver
+            .group_send("user_4", JsonText::new(text))
+            .await
+            .expect("python group_send");
+    }
+    let from_python = snapshot(&redis, "asgi*").await;
+    clear_queues(&redis).await;
+
+    let message = message_from_python(&mut driver, text).await;
+    let config = PublisherConfig {
+        capacity: 4,
+        channel_capacity: vec![("gw.replay.*".into(), 2)],
+        ..PublisherConfig::default()
+    };
+    let mut native = NativePublisher::connect(&[redis.url()], config)
+        .await
+        .expect("native publisher connects");
+    let batch: Vec<(&str, &Message)> = (0..5).map(|_| ("user_4", &message)).collect();
+    let outcomes = native.group_send_many(&batch).await.expect("batch");
+    assert_eq!(from_python["asgigw.replay.user_4"].members.len(), 2);
+    assert_eq!(from_python["asgispecific.gw-p.0!"].members.len(), 4);
+    assert_eq!(
+        members_only(&from_python),
+        members_only(&snapshot(&redis, "asgi*").await)
+    );
+    let over: Vec<u64> = outcomes.iter().map(|o| o.over_capacity).collect();
+    let replay_over: Vec<u64> = outcomes.iter().map(|o| o.replay_over_capacity).collect();
+    assert_eq!(over, vec![0, 0, 1, 1, 2]);
+    assert_eq!(replay_over, vec![0, 0, 1, 1, 1]);
+    driver.quit().await.expect("driver quits");
+}
+
 #[tokio::test]
 async fn two_hosts_shard_keys_like_channels_redis() {
     let first = RedisServer::start().expect("redis starts");

@@ -7,6 +7,13 @@
 //! from the publish timestamp carried in each message), loss, duplicates and
 //! misroutes, and the time a reconnect storm takes. It prints one JSON object.
 //!
+//! With `--recover` its sockets ask the gateway for recovery (`?recover=`,
+//! `layer.recovery`): their frames come positioned and after a status frame,
+//! which it reads too; `--mode recovery-storm` has every socket miss
+//! messages and come back with its position at once. `--redis-stats` adds
+//! Redis' own account of each step (commands by `INFO commandstats`,
+//! `used_memory`): what a `group_send` costs Redis.
+//!
 //! It owns load and measurement only: it must not start or stop servers or
 //! Redis (`scripts/bench` and the tests do), must target loopback only, and
 //! every mode is bounded in sockets and time and ends by itself.
@@ -50,6 +57,12 @@ enum Mode {
     /// Connect N (one user), drop all at once, reconnect, time until a
     /// message reaches all of them again.
     ReconnectStorm,
+    /// Recovery (`--recover` implied): connect N sockets, `--sockets-per-user`
+    /// to a user, each holding the position its status frame gave; drop all
+    /// at once, publish `--messages` to every user, reconnect all at once
+    /// with their positions, and time until each has its replay and status
+    /// frame; checks that every socket got every missed message exactly once.
+    RecoveryStorm,
 }
 
 #[derive(Parser, Debug)]
@@ -128,7 +141,8 @@ struct Args {
     /// ramp at Django's default capacity counts the sender's drops at each).
     #[arg(long)]
     ramp_through: bool,
-    /// Broadcast: messages to publish.
+    /// Broadcast: messages to publish. Recovery storm: messages each user
+    /// misses while its sockets are gone.
     #[arg(long, default_value_t = 100)]
     messages: u64,
     /// Broadcast: publish rate in msgs/s.
@@ -137,6 +151,21 @@ struct Args {
     /// Parallel publisher connections.
     #[arg(long, default_value_t = 2)]
     publishers: usize,
+    /// Sockets ask for recovery (`&recover=`, or `&recover=<position>` when
+    /// they reconnect in the recovery storm).
+    #[arg(long)]
+    recover: bool,
+    /// Recovery storm: sockets of each user (users = sockets / this).
+    #[arg(long, default_value_t = 1)]
+    sockets_per_user: usize,
+    /// Recovery storm: publish rate (msgs/s) of the messages the sockets miss.
+    #[arg(long, default_value_t = 20_000)]
+    missed_rate: u64,
+    /// Each step also reports Redis' commands (`INFO commandstats`) and
+    /// `used_memory` before and after it, per group_send and per user (one
+    /// `--redis` host); the connect reports the memory its joins took.
+    #[arg(long)]
+    redis_stats: bool,
     /// Per-user without sockets (the Redis-alone ceiling): give this many
     /// users' groups one member each, as sockets' joins would, and pop their
     /// queue key as a gateway's receiver would, so that Redis does all of a
@@ -272,11 +301,101 @@ struct Shared {
     steps: Vec<StepStats>,
     unexpected_closes: AtomicU64,
     bad_frames: AtomicU64,
+    /// Recovery status frames received (`{"type": "recovery", …}`).
+    status_frames: AtomicU64,
+    /// Positioned frames whose position was not above the last one the
+    /// socket saw (positions grow along a socket's frames).
+    position_regressions: AtomicU64,
+    /// One per socket index: what recovery told it.
+    sockets: Vec<SocketSlot>,
 }
 
+/// One socket's recovery, kept across its reconnections (by socket index).
+#[derive(Default)]
+struct SocketSlot {
+    /// The greatest position it saw, a message's or a status frame's: the
+    /// send time's 64 bits and the digest (0, 0: none yet).
+    position_time: AtomicU64,
+    position_digest: AtomicU64,
+    /// Status frames on its current connection; when the last came (µs
+    /// since the epoch); its `recovered` (0 none, 1 false, 2 true) and
+    /// `replayed`.
+    status_frames: AtomicU64,
+    status_at_us: AtomicU64,
+    recovered: AtomicU64,
+    replayed: AtomicU64,
+    /// Messages (first copies) on its current connection before its status
+    /// frame, in all, and copies seen again.
+    before_status: AtomicU64,
+    messages: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+impl SocketSlot {
+    /// Forgets the current connection's counts (not the position).
+    fn new_connection(&self) {
+        for counter in [
+            &self.status_frames,
+            &self.status_at_us,
+            &self.recovered,
+            &self.replayed,
+            &self.before_status,
+            &self.messages,
+            &self.duplicates,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn position(&self) -> u128 {
+        (u128::from(self.position_time.load(Ordering::Relaxed)) << 32)
+            | u128::from(self.position_digest.load(Ordering::Relaxed))
+    }
+
+    /// Keeps `position` if it is above the one held; false if it was not.
+    fn advance(&self, position: u128) -> bool {
+        if position <= self.position() {
+            return false;
+        }
+        self.position_time
+            .store((position >> 32) as u64, Ordering::Relaxed);
+        self.position_digest
+            .store((position & 0xffff_ffff) as u64, Ordering::Relaxed);
+        true
+    }
+
+    /// `recover=` or `recover=<position>`, as the handshake's query asks.
+    fn recover_query(&self) -> String {
+        match self.position() {
+            0 => "recover=".to_string(),
+            position => format!("recover={position:024x}"),
+        }
+    }
+}
+
+/// A frame from the server, read in place (its strings borrow the frame):
+/// a message, `{"message": …}` or positioned `{"position": "…", "message":
+/// …}`, or a recovery status frame `{"type": "recovery", "recovered": …,
+/// "replayed": …, "position": "…"}`.
 #[derive(Deserialize)]
-struct Frame {
-    message: Body,
+struct Frame<'a> {
+    #[serde(default)]
+    message: Option<Body>,
+    #[serde(default, borrow)]
+    position: Option<&'a str>,
+    #[serde(default, rename = "type", borrow)]
+    kind: Option<&'a str>,
+    #[serde(default)]
+    recovered: Option<bool>,
+    #[serde(default)]
+    replayed: Option<u64>,
+}
+
+/// A written position (24 hex digits) as the number it orders as.
+fn parse_position(text: &str) -> Option<u128> {
+    (text.len() == shared_proto::POSITION_LEN)
+        .then(|| u128::from_str_radix(text, 16).ok())
+        .flatten()
 }
 
 #[derive(Deserialize)]
@@ -457,6 +576,8 @@ struct Connector {
     src_first: u8,
     src_count: usize,
     timeout: Duration,
+    /// Sockets ask for recovery, from the position their slot holds.
+    recover_from: Option<Arc<Shared>>,
 }
 
 impl Connector {
@@ -499,7 +620,16 @@ impl Connector {
             .tokens
             .get(index)
             .with_context(|| format!("no token minted for socket {index}"))?;
-        let path = format!("{}?token={token}", self.path);
+        let path = match &self.recover_from {
+            Some(shared) => {
+                let recover = shared
+                    .sockets
+                    .get(index)
+                    .map_or_else(|| "recover=".to_string(), SocketSlot::recover_query);
+                format!("{}?token={token}&{recover}", self.path)
+            }
+            None => format!("{}?token={token}", self.path),
+        };
         LeanWs::handshake(tcp, &self.target.to_string(), &path)
             .await
             .context("websocket handshake")
@@ -538,6 +668,11 @@ async fn run_socket(
     let mut seen: HashSet<(usize, u64)> = HashSet::new();
     let mut last_by_publisher: Vec<Option<u64>> = Vec::new();
     let mut order_step = 0usize;
+    let slot = shared.sockets.get(index);
+    if let Some(slot) = slot {
+        slot.new_connection();
+    }
+    let mut status_seen = false;
     loop {
         tokio::select! {
             changed = stop.changed() => {
@@ -553,7 +688,37 @@ async fn run_socket(
                         shared.bad_frames.fetch_add(1, Ordering::Relaxed);
                         continue;
                     };
-                    let body = frame.message;
+                    if let Some(position) = frame.position {
+                        let advanced = match (parse_position(position), slot) {
+                            (Some(position), Some(slot)) => slot.advance(position),
+                            (Some(_), None) => true,
+                            (None, _) => false,
+                        };
+                        // A status frame may repeat the last message's position.
+                        if !advanced && frame.message.is_some() {
+                            shared.position_regressions.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let Some(body) = frame.message else {
+                        if frame.kind == Some("recovery") {
+                            status_seen = true;
+                            shared.status_frames.fetch_add(1, Ordering::Relaxed);
+                            if let Some(slot) = slot {
+                                let recovered = match frame.recovered {
+                                    Some(true) => 2,
+                                    Some(false) => 1,
+                                    None => 0,
+                                };
+                                slot.recovered.store(recovered, Ordering::Relaxed);
+                                slot.replayed.store(frame.replayed.unwrap_or(0), Ordering::Relaxed);
+                                slot.status_at_us.store(recv, Ordering::Relaxed);
+                                slot.status_frames.fetch_add(1, Ordering::Relaxed);
+                            }
+                        } else {
+                            shared.bad_frames.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    };
                     let Some(step) = shared.steps.get(body.k) else {
                         shared.bad_frames.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -564,7 +729,16 @@ async fn run_socket(
                     }
                     if !seen.insert((body.k, body.seq)) {
                         step.duplicates.fetch_add(1, Ordering::Relaxed);
+                        if let Some(slot) = slot {
+                            slot.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
                         continue;
+                    }
+                    if let Some(slot) = slot {
+                        slot.messages.fetch_add(1, Ordering::Relaxed);
+                        if !status_seen {
+                            slot.before_status.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     if body.k != order_step {
                         order_step = body.k;
@@ -724,7 +898,11 @@ const PUBLISH_BATCH_MAX: u64 = 2000;
 /// What one step's publishing did.
 struct PublishReport {
     published: u64,
+    /// Sends refused by a full queue key of a consumer (the gateway's).
     over_capacity: u64,
+    /// Sends refused by a full replay key (recovery's window): no socket
+    /// misses those.
+    replay_over_capacity: u64,
     secs: f64,
     /// How long each pipelined batch of group_sends took, from the publish
     /// timestamp its messages carry to the last reply (µs): a latency tail
@@ -753,6 +931,7 @@ async fn publish_step(
         handles.push(tokio::spawn(async move {
             let mut sent = 0u64;
             let mut over = 0u64;
+            let mut replay_over = 0u64;
             let mut batch_times = new_histogram()?;
             let mut tick = tokio::time::interval(Duration::from_millis(2));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -778,24 +957,27 @@ async fn publish_step(
                     batch.push((format!("user_{user}"), notification(body)?));
                 }
                 for outcome in publisher.group_send_many(&batch).await? {
-                    over += outcome.over_capacity;
+                    over += outcome.over_capacity - outcome.replay_over_capacity;
+                    replay_over += outcome.replay_over_capacity;
                 }
                 batch_times.saturating_record(now_us().saturating_sub(ts).max(1));
                 sent += n;
             }
-            Ok::<_, anyhow::Error>((sent, over, batch_times))
+            Ok::<_, anyhow::Error>((sent, over, replay_over, batch_times))
         }));
     }
     let mut report = PublishReport {
         published: 0,
         over_capacity: 0,
+        replay_over_capacity: 0,
         secs: 0.0,
         batch_times: new_histogram()?,
     };
     for handle in handles {
-        let (sent, dropped, times) = handle.await.context("publisher task")??;
+        let (sent, dropped, replay_dropped, times) = handle.await.context("publisher task")??;
         report.published += sent;
         report.over_capacity += dropped;
+        report.replay_over_capacity += replay_dropped;
         report
             .batch_times
             .add(&times)
@@ -834,6 +1016,7 @@ struct Published {
     target_rate: u64,
     published: u64,
     over_capacity: u64,
+    replay_over_capacity: u64,
     publish_secs: f64,
     expected: u64,
     started_us: u64,
@@ -863,6 +1046,9 @@ fn step_json(shared: &Shared, p: &Published) -> Result<(serde_json::Value, u64, 
             "published": p.published,
             "achieved_rate": achieved,
             "over_capacity": p.over_capacity,
+            // Refused into a full replay key (recovery's window, not a
+            // consumer): no socket misses these, so they explain no loss.
+            "replay_over_capacity": p.replay_over_capacity,
             // Loss the sender's capacity drops do not explain (each drop is
             // one payload to one queue key; exact for one socket per user).
             "lost_beyond_over_capacity": lost.saturating_sub(p.over_capacity),
@@ -981,6 +1167,14 @@ async fn measured_step(
         Some(admin) => publish_lag_buckets(admin).await,
         None => None,
     };
+    let mut redis_before = match args.redis_stats {
+        true => {
+            let mut client = RedisStats::connect(args).await?;
+            let before = RedisStats::take(&mut client).await?;
+            Some((client, before))
+        }
+        false => None,
+    };
     let publish = publish_step(args, config, k, messages, rate, target_of).await?;
     let (published, over, secs) = (publish.published, publish.over_capacity, publish.secs);
     let expected = published * fan_out;
@@ -998,6 +1192,7 @@ async fn measured_step(
             target_rate: rate,
             published,
             over_capacity: over,
+            replay_over_capacity: publish.replay_over_capacity,
             publish_secs: secs,
             expected,
             started_us,
@@ -1008,6 +1203,13 @@ async fn measured_step(
         json["machine_hiccups"] = hiccups.since_reset();
     }
     json["publish_batch_time"] = latency_json(&publish.batch_times);
+    if let Some((client, before)) = redis_before.as_mut() {
+        // The publishers' connections are gone; let Redis free them.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = RedisStats::take(client).await?;
+        json["redis"] = after.since(before, published, args.sockets.max(1) as u64);
+        json["redis"]["replay_key_of_first_user"] = replay_key_sample(args).await?;
+    }
     if let Some(admin) = args.gateway_admin {
         if let Some(after) = publish_lag_buckets(admin).await {
             json["gateway_routing_lag"] =
@@ -1174,6 +1376,125 @@ impl Drop for CeilingConsumer {
     }
 }
 
+/// Redis' own account at one moment (`--redis-stats`): calls and CPU µs
+/// per command since it started (`INFO commandstats`: commands a script
+/// runs count under their own names too) and `used_memory`.
+struct RedisStats {
+    commands: std::collections::BTreeMap<String, (u64, u64)>,
+    used_memory: u64,
+}
+
+impl RedisStats {
+    /// A connection for [`RedisStats::take`], opened before the first
+    /// sample so that its own memory is in every sample alike.
+    async fn connect(args: &Args) -> Result<tests::RespClient> {
+        tests::RespClient::connect(single_redis_addr(args, "--redis-stats")?).await
+    }
+
+    async fn take(client: &mut tests::RespClient) -> Result<RedisStats> {
+        let info = |reply: tests::resp::RespValue| -> Result<String> {
+            Ok(reply.check()?.into_strings()?.concat())
+        };
+        let commandstats = info(client.cmd(&["INFO", "commandstats"]).await?)?;
+        let memory = info(client.cmd(&["INFO", "memory"]).await?)?;
+        let mut commands = std::collections::BTreeMap::new();
+        for line in commandstats.lines() {
+            let Some((name, fields)) = line
+                .trim()
+                .strip_prefix("cmdstat_")
+                .and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let field = |wanted: &str| {
+                fields
+                    .split(',')
+                    .find_map(|pair| pair.strip_prefix(wanted)?.strip_prefix('='))
+                    .and_then(|value| value.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            commands.insert(name.to_string(), (field("calls"), field("usec")));
+        }
+        let used_memory = memory
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("used_memory:"))
+            .and_then(|value| value.parse().ok())
+            .context("INFO memory has no used_memory")?;
+        Ok(RedisStats {
+            commands,
+            used_memory,
+        })
+    }
+
+    /// What Redis did from `before` to `self`, also per group_send and per
+    /// user (`users` users held what was sent).
+    fn since(&self, before: &RedisStats, group_sends: u64, users: u64) -> serde_json::Value {
+        let mut commands = serde_json::Map::new();
+        let (mut calls, mut usec) = (0u64, 0u64);
+        for (name, &(after_calls, after_usec)) in &self.commands {
+            let (was_calls, was_usec) = before.commands.get(name).copied().unwrap_or((0, 0));
+            let (c, u) = (
+                after_calls.saturating_sub(was_calls),
+                after_usec.saturating_sub(was_usec),
+            );
+            // INFO itself is this measurement's own command.
+            if c == 0 || name == "info" {
+                continue;
+            }
+            calls += c;
+            usec += u;
+            commands.insert(name.clone(), json!({"calls": c, "usec": u}));
+        }
+        let memory = self.used_memory as i64 - before.used_memory as i64;
+        let per = |value: f64, by: u64| {
+            if by > 0 {
+                json!(value / by as f64)
+            } else {
+                json!(null)
+            }
+        };
+        json!({
+            "group_sends": group_sends,
+            "users": users,
+            "commands": commands,
+            "calls": calls,
+            "usec": usec,
+            "used_memory_before": before.used_memory,
+            "used_memory_after": self.used_memory,
+            "used_memory_delta": memory,
+            "calls_per_group_send": per(calls as f64, group_sends),
+            "usec_per_group_send": per(usec as f64, group_sends),
+            "memory_bytes_per_group_send": per(memory as f64, group_sends),
+            "memory_bytes_per_user": per(memory as f64, users),
+        })
+    }
+}
+
+/// Entries and `MEMORY USAGE` of the first user's replay key (recovery's
+/// window of that user), or null where it has none.
+async fn replay_key_sample(args: &Args) -> Result<serde_json::Value> {
+    let mut client = tests::RespClient::connect(single_redis_addr(args, "--redis-stats")?).await?;
+    let key = shared_proto::names::queue_key(
+        &args.prefix,
+        &shared_proto::names::replay_channel(&format!("user_{}", args.user_base)),
+    );
+    let entries = client
+        .cmd(&["ZCARD", &key])
+        .await?
+        .check()?
+        .as_int()
+        .unwrap_or(0);
+    if entries == 0 {
+        return Ok(json!(null));
+    }
+    let bytes = client
+        .cmd(&["MEMORY", "USAGE", &key, "SAMPLES", "0"])
+        .await?
+        .check()?
+        .as_int();
+    Ok(json!({"key": key, "entries": entries, "memory_usage_bytes": bytes}))
+}
+
 /// `HOST:PORT` of the one `--redis` host `what` works with.
 fn single_redis_addr<'a>(args: &'a Args, what: &str) -> Result<&'a str> {
     let [host] = args.redis.as_slice() else {
@@ -1223,17 +1544,31 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         Mode::PerUser => args.rates.len().max(1),
         _ => 1,
     };
+    let n = args.sockets;
     let shared = Arc::new(Shared {
         steps: (0..steps_needed)
             .map(|_| StepStats::new())
             .collect::<Result<_>>()?,
         unexpected_closes: AtomicU64::new(0),
         bad_frames: AtomicU64::new(0),
+        status_frames: AtomicU64::new(0),
+        position_regressions: AtomicU64::new(0),
+        sockets: (0..n).map(|_| SocketSlot::default()).collect(),
     });
-    let n = args.sockets;
     let base = args.user_base;
     let per_user = args.mode == Mode::PerUser;
-    let user_of = move |i: usize| if per_user { base + i as u64 } else { base };
+    let storm_users = (n / args.sockets_per_user.max(1)).max(1);
+    let storm = args.mode == Mode::RecoveryStorm;
+    let user_of = move |i: usize| {
+        if per_user {
+            base + i as u64
+        } else if storm {
+            base + (i % storm_users) as u64
+        } else {
+            base
+        }
+    };
+    let recover = args.recover || storm;
     let tokens = tests::tokens::try_mint_many(
         &args.secret,
         (0..n).map(|i| tests::tokens::claims_for_user(user_of(i), 3600)),
@@ -1245,6 +1580,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         src_first: args.src_first,
         src_count: usize::from(args.src_last - args.src_first) + 1,
         timeout: Duration::from_secs_f64(args.connect_timeout_secs),
+        recover_from: recover.then(|| Arc::clone(&shared)),
     });
     let config = publisher_config(&args)?;
     let rss_before: Vec<(u32, Option<u64>)> = args
@@ -1259,7 +1595,16 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         "sockets": n,
         "fd_limit": fd_limit,
         "target": args.target.to_string(),
+        "recover": recover,
     });
+    let mut connect_redis = match args.redis_stats {
+        true => {
+            let mut client = RedisStats::connect(&args).await?;
+            let before = RedisStats::take(&mut client).await?;
+            Some((client, before))
+        }
+        false => None,
+    };
     let connect_cpu = CpuSample::take(&args);
     let (fleet, connect) = connect_fleet(
         Arc::clone(&connector),
@@ -1272,6 +1617,18 @@ async fn run(args: Args) -> Result<serde_json::Value> {
     out["connect"] = connect.to_json();
     // Here "per delivery" reads "per connect": the handshake's server cost.
     out["connect"]["cpu"] = connect_cpu.since(&args, connect.ok as u64);
+    if recover {
+        // Each socket's status frame follows its handshake (after the
+        // gateway's settle); wait for them so no step counts them.
+        out["connect"]["status_frames"] = json!(wait_for_status(&shared, connect.ok as u64).await);
+    }
+    if let Some((client, before)) = connect_redis.as_mut() {
+        // What the joins left in Redis: per socket, its group membership
+        // (and with recovery, the group's replay member).
+        let after = RedisStats::take(client).await?;
+        out["connect"]["redis"] = after.since(before, 0, connect.ok.max(1) as u64);
+    }
+    drop(connect_redis);
     if let Some(path) = &args.ready_file {
         std::fs::write(path, b"").with_context(|| format!("writing {}", path.display()))?;
     }
@@ -1362,6 +1719,19 @@ async fn run(args: Args) -> Result<serde_json::Value> {
             out["steps"] = json!([json]);
             fleet.close().await;
         }
+        Mode::RecoveryStorm => {
+            let users = storm_users;
+            out["storm"] = recovery_storm(
+                &args,
+                &config,
+                &shared,
+                Arc::clone(&connector),
+                fleet,
+                users,
+                user_of,
+            )
+            .await?;
+        }
         Mode::ReconnectStorm => {
             let before = connect.ok;
             fleet.kill().await;
@@ -1397,7 +1767,156 @@ async fn run(args: Args) -> Result<serde_json::Value> {
     }
     out["unexpected_closes"] = json!(shared.unexpected_closes.load(Ordering::Relaxed));
     out["bad_frames"] = json!(shared.bad_frames.load(Ordering::Relaxed));
+    out["status_frames"] = json!(shared.status_frames.load(Ordering::Relaxed));
+    out["position_regressions"] = json!(shared.position_regressions.load(Ordering::Relaxed));
     Ok(out)
+}
+
+/// Waits until `target` status frames have arrived in all, or 10 s pass
+/// without one; returns how many arrived.
+async fn wait_for_status(shared: &Shared, target: u64) -> u64 {
+    let mut last = 0;
+    let mut since = Instant::now();
+    loop {
+        let seen = shared.status_frames.load(Ordering::Relaxed);
+        if seen >= target {
+            return seen;
+        }
+        if seen != last {
+            last = seen;
+            since = Instant::now();
+        } else if since.elapsed() >= Duration::from_secs(10) {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The recovery storm after its first connect (`fleet`, every socket with
+/// the position its status frame gave): drop every socket, publish
+/// `--messages` to each user, reconnect all at once with their positions,
+/// and account for what each socket got.
+async fn recovery_storm(
+    args: &Args,
+    config: &PublisherConfig,
+    shared: &Arc<Shared>,
+    connector: Arc<Connector>,
+    fleet: Fleet,
+    users: usize,
+    user_of: impl Fn(usize) -> u64,
+) -> Result<serde_json::Value> {
+    let dropped = fleet.tasks.len();
+    fleet.kill().await;
+    // The gateway sees the connections end and leaves their groups; a
+    // message sent before it did still lands in the replay key.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = args.user_base;
+    let users_u64 = users as u64;
+    let target_of: Arc<dyn Fn(u64) -> u64 + Send + Sync> =
+        Arc::new(move |seq| base + seq % users_u64);
+    let missed = publish_step(
+        args,
+        config,
+        0,
+        users_u64 * args.messages,
+        args.missed_rate,
+        target_of,
+    )
+    .await?;
+    let status_before = shared.status_frames.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let started_us = now_us();
+    let (fleet, again) = connect_fleet(
+        connector,
+        args.sockets,
+        user_of,
+        args.connect_concurrency,
+        Arc::clone(shared),
+    )
+    .await?;
+    let joined = started.elapsed();
+    let statuses = wait_for_status(shared, status_before + again.ok as u64).await - status_before;
+    // Nothing is published after the reconnect: whatever still arrives is a
+    // duplicate or a late copy.
+    let expected = missed.published / users_u64.max(1);
+    drain(
+        shared,
+        0,
+        expected * again.ok as u64,
+        Duration::from_secs_f64(args.drain_secs.min(2.0)),
+    )
+    .await;
+    // A second for any copy that should not come (live after replay).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    fleet.close().await;
+    let mut to_status = new_histogram()?;
+    let (mut recovered, mut not_recovered, mut no_status) = (0u64, 0u64, 0u64);
+    let (mut complete, mut missing, mut duplicated, mut after_status) = (0u64, 0u64, 0u64, 0u64);
+    let mut replayed_reported = 0u64;
+    let mut last_status_us = 0u64;
+    for slot in &shared.sockets {
+        let status_at = slot.status_at_us.load(Ordering::Relaxed);
+        match slot.recovered.load(Ordering::Relaxed) {
+            2 => recovered += 1,
+            1 => not_recovered += 1,
+            _ => no_status += 1,
+        }
+        if status_at > 0 {
+            to_status.saturating_record(status_at.saturating_sub(started_us).max(1));
+            last_status_us = last_status_us.max(status_at);
+        }
+        replayed_reported += slot.replayed.load(Ordering::Relaxed);
+        let messages = slot.messages.load(Ordering::Relaxed);
+        let before = slot.before_status.load(Ordering::Relaxed);
+        let dups = slot.duplicates.load(Ordering::Relaxed);
+        if messages < expected {
+            missing += 1;
+        }
+        if dups > 0 {
+            duplicated += 1;
+        }
+        if before < messages {
+            after_status += 1;
+        }
+        if messages == expected && before == expected && dups == 0 && status_at > 0 {
+            complete += 1;
+        }
+    }
+    let step = &shared.steps[0];
+    let all_s = (statuses >= again.ok as u64 && last_status_us > 0)
+        .then(|| last_status_us.saturating_sub(started_us) as f64 / 1e6);
+    Ok(json!({
+        "sockets": args.sockets,
+        "users": users,
+        "sockets_per_user": args.sockets_per_user.max(1),
+        "dropped": dropped,
+        "missed_per_user": expected,
+        "missed_publish": {
+            "published": missed.published,
+            "secs": missed.secs,
+            "over_capacity": missed.over_capacity,
+            "replay_over_capacity": missed.replay_over_capacity,
+        },
+        "reconnect": again.to_json(),
+        "all_joined_s": joined.as_secs_f64(),
+        "status_frames": statuses,
+        "all_recovered_s": all_s,
+        "to_status": latency_json(&to_status),
+        "recovered_true": recovered,
+        "recovered_false": not_recovered,
+        "no_status": no_status,
+        "replayed_reported": replayed_reported,
+        "expected": expected * again.ok as u64,
+        "received": step.received(),
+        "duplicates": step.duplicates.load(Ordering::Relaxed),
+        "misroutes": step.misroutes.load(Ordering::Relaxed),
+        "out_of_order": step.out_of_order.load(Ordering::Relaxed),
+        "sockets_complete": complete,
+        "sockets_missing_messages": missing,
+        "sockets_with_duplicates": duplicated,
+        "sockets_with_messages_after_status": after_status,
+        "all_exactly_once": complete == args.sockets as u64 && again.ok == args.sockets,
+    }))
 }
 
 fn main() -> std::process::ExitCode {
