@@ -59,21 +59,41 @@ pub(crate) const LANE_BITS: u32 = 8;
 const MAX_LANES: usize = 1 << LANE_BITS;
 const _: () = assert!(MAX_LANES >= crate::config::MAX_QUEUE_KEYS);
 
+fn random_process_id() -> String {
+    format!("gw-{:024x}", rand::random::<u128>() >> 32)
+}
+
 impl ChannelNaming {
     /// A fresh process id with `lanes` queue keys, all placed on one host
     /// of a ring of `hosts`.
     pub fn random(lanes: usize, hosts: usize) -> ChannelNaming {
-        let process_id = format!("gw-{:024x}", rand::random::<u128>() >> 32);
-        ChannelNaming::with_process_id(process_id, lanes, hosts)
+        ChannelNaming::with_process_id(random_process_id(), lanes, hosts)
+    }
+
+    /// Like [`ChannelNaming::random`], with every queue key on the first
+    /// host, where recovery keeps the replay keys: one clock reading of
+    /// channels_redis then scores both copies of a message alike.
+    pub fn random_on_first_host(lanes: usize, hosts: usize) -> ChannelNaming {
+        ChannelNaming::placed(random_process_id(), lanes, hosts, Some(0))
     }
 
     pub fn with_process_id(process_id: String, lanes: usize, hosts: usize) -> ChannelNaming {
+        ChannelNaming::placed(process_id, lanes, hosts, None)
+    }
+
+    /// Lanes on host `home`, or where the first lane's name lands.
+    fn placed(
+        process_id: String,
+        lanes: usize,
+        hosts: usize,
+        home: Option<usize>,
+    ) -> ChannelNaming {
         let lanes = lanes.clamp(1, MAX_LANES);
         let base = format!("specific.{process_id}.");
         let non_local = |label: &str| format!("{base}{label}!");
         // channels_redis places a queue key by its non-local part: keep the
-        // labels whose key lands where the first one does.
-        let home = shard_index(&non_local("0"), hosts.max(1));
+        // labels whose key lands on the home host.
+        let home = home.unwrap_or_else(|| shard_index(&non_local("0"), hosts.max(1)));
         let labels: Vec<String> = (0u32..)
             .map(|candidate| candidate.to_string())
             .filter(|label| shard_index(&non_local(label), hosts.max(1)) == home)

@@ -268,10 +268,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         RECEIVE_BLOCK * 3,
         canary_enabled.then(|| (canary_interval * 5).max(Duration::from_secs(3))),
     ));
-    let registry = Arc::new(Registry::new(ChannelNaming::random(
-        config.layer.queue_keys,
-        config.layer.hosts.len(),
-    )));
+    let naming = if config.layer.recovery {
+        ChannelNaming::random_on_first_host(config.layer.queue_keys, config.layer.hosts.len())
+    } else {
+        ChannelNaming::random(config.layer.queue_keys, config.layer.hosts.len())
+    };
+    let registry = Arc::new(Registry::new(naming));
     let canary = canary_enabled.then(|| {
         Arc::new(Canary::new(
             registry.naming().process_id(),

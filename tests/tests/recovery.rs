@@ -648,3 +648,67 @@ async fn a_rolling_restart_loses_nothing_and_repeats_nothing() {
         "every socket was drained once at least ({reconnected} reconnects)"
     );
 }
+
+/// With sharded hosts, every recovering gateway keeps its queue keys on the
+/// first host, where the replay keys are: one clock reading scores both
+/// copies of a message, so positions agree; groups stay sharded.
+#[tokio::test]
+async fn recovery_works_over_three_sharded_hosts() {
+    let redis: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start().expect("redis starts"))
+        .collect();
+    let urls: Vec<String> = redis.iter().map(RedisServer::url).collect();
+    let sharded = |config: GatewayConfig| recovering(config.hosts(urls.clone()));
+    let mut first_config = sharded(GatewayConfig::new(&urls[0]).expect("config"));
+    let first = start_gateway(&mut first_config).await;
+    let mut second_config = sharded(GatewayConfig::new(&urls[0]).expect("config"));
+    let second = start_gateway(&mut second_config).await;
+    let hosts: Vec<&RedisServer> = redis.iter().collect();
+    let mut django = layer_publisher("core", &hosts, json!({})).await;
+
+    let users = [21u32, 22, 23, 24];
+    let mut positions = Vec::new();
+    for user in users {
+        let mut socket = connect_recovering(&first, user, None).await;
+        let start = read_recovery(&mut socket).await;
+        publish_numbered(&mut django, &format!("user_{user}"), 0, 1, Duration::ZERO).await;
+        let live = socket.recv_json(WAIT).await.expect("live message");
+        assert_eq!(live["message"]["n"], 0);
+        assert!(position_of(&live) > position_of(&start.status));
+        positions.push(position_of(&live));
+        socket.close().await.expect("close");
+    }
+    for user in users {
+        publish_numbered(&mut django, &format!("user_{user}"), 1, 30, Duration::ZERO).await;
+    }
+    for (user, position) in users.iter().zip(&positions) {
+        let mut back = connect_recovering(&second, *user, Some(position)).await;
+        let recovered = read_recovery(&mut back).await;
+        assert_eq!(
+            numbers(&recovered.messages),
+            (1..31).collect::<Vec<_>>(),
+            "user {user}"
+        );
+        assert_eq!(
+            recovered.status["recovered"], true,
+            "{:?}",
+            recovered.status
+        );
+        publish_numbered(&mut django, &format!("user_{user}"), 31, 1, Duration::ZERO).await;
+        let live = back.recv_json(WAIT).await.expect("live after the replay");
+        assert_eq!(live["message"]["n"], 31, "user {user}");
+    }
+    // The replay keys are all on the first host.
+    let on_first = redis[0]
+        .cmd(&["KEYS", "asgigw.replay*"])
+        .await
+        .expect("keys");
+    assert_eq!(on_first.len(), users.len(), "{on_first:?}");
+    for other in &redis[1..] {
+        assert!(other
+            .cmd(&["KEYS", "asgigw.replay*"])
+            .await
+            .expect("keys")
+            .is_empty());
+    }
+}
