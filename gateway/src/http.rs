@@ -506,8 +506,8 @@ async fn attach(
         crate::socket::count_unsent(&gateway.metrics, outbox.take_unsent());
         return Err(Rejection::Unavailable);
     }
-    // Read after the join: whatever the read misses is published after
-    // it, so it reaches the socket live.
+    // Read after the join (and `recovery::SETTLE_BEFORE_READ`): whatever
+    // the read misses is published after it, so it reaches the socket live.
     let mut preface = Vec::new();
     if let (Some(since), Some(recovery)) = (since, &gateway.recovery) {
         let recovered = recovery
@@ -533,10 +533,6 @@ async fn attach(
     })
 }
 
-/// On a socket upgraded without credentials, waits up to `wait` for
-/// `{"token": "..."}` as the first frame (so browsers can keep tokens out of
-/// URLs), then serves it. The socket joins its groups only after that, so
-/// nothing is delivered before the client has proved who it is.
 /// Who is on the other end of a socket upgraded without credentials.
 struct Client<'a> {
     address: IpAddr,
@@ -544,6 +540,10 @@ struct Client<'a> {
     since: Option<Since>,
 }
 
+/// On a socket upgraded without credentials, waits up to `wait` for
+/// `{"token": "..."}` as the first frame (so browsers can keep tokens out of
+/// URLs), then serves it. The socket joins its groups only after that, so
+/// nothing is delivered before the client has proved who it is.
 async fn serve_after_authentication<T: Transport>(
     mut transport: T,
     gateway: &Gateway,

@@ -298,6 +298,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         router: router.clone(),
         window_secs: config.layer.expiry as f64,
         capacity: config.layer.capacity,
+        read_timeout: config.server.join_timeout,
         metrics: metrics.clone(),
     });
     let canary_sending = canary.as_ref().map(|canary| CanarySending {

@@ -708,3 +708,30 @@ async fn recovery_works_over_three_sharded_hosts() {
             .is_empty());
     }
 }
+
+/// A client that keeps its token out of the URL (first-message
+/// authentication) recovers the same way: `authenticated`, the replay,
+/// the status.
+#[tokio::test]
+async fn first_message_authentication_recovers_too() {
+    let redis = RedisServer::start().expect("redis starts");
+    let gateway = recovering_gateway(&redis, &[("auth", r#"first_message_timeout = "2s""#)]).await;
+    let mut django = publisher_for(&redis, json!({})).await;
+    let mut socket = connect_recovering(&gateway, 14, None).await;
+    let position = position_of(&read_recovery(&mut socket).await.status);
+    socket.close().await.expect("close");
+    publish_numbered(&mut django, "user_14", 0, 3, Duration::ZERO).await;
+
+    let url = gateway.ws_url(&format!("/ws/notifications/?recover={position}"));
+    let mut back = WsClient::connect(&url, TokenIn::None)
+        .await
+        .expect("socket opens");
+    back.send_text(&json!({"token": token(14)}).to_string())
+        .await
+        .expect("token sent");
+    let authenticated = back.recv_json(WAIT).await.expect("authenticated");
+    assert_eq!(authenticated["type"], "authenticated");
+    let recovered = read_recovery(&mut back).await;
+    assert_eq!(numbers(&recovered.messages), vec![0, 1, 2]);
+    assert_eq!(recovered.status["recovered"], true);
+}
