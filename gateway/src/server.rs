@@ -33,6 +33,7 @@ use crate::canary::Canary;
 use crate::config::{Config, LayerBackend, SerializerFormatSetting, WebSocketDriver};
 use crate::drain::{self, DrainPlan};
 use crate::events::EventMapper;
+use crate::groups::GroupPolicy;
 use crate::health::Health;
 use crate::http::{admin_routes, public_routes, Gateway};
 use crate::jwtverify::TokenVerifier;
@@ -368,14 +369,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    let groups = Arc::new(GroupPolicy::new(&config.auth));
     let gateway = web::Data::new(Gateway {
         verifier: verifier.clone(),
         limits: Arc::new(Limits::new(&config.limits)),
         origins: crate::origin::OriginPolicy::new(&config.auth)?,
         token_query_param: config.auth.token_query_param.clone(),
         token_cookie: config.auth.token_cookie.clone(),
-        user_group_template: config.auth.user_group_template.clone(),
-        allowed_groups: config.auth.allowed_groups.clone(),
+        groups: groups.clone(),
         registry: registry.clone(),
         layer: layer.clone(),
         health: health.clone(),
@@ -387,6 +388,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             inbound_burst: config.limits.inbound_burst,
             verifier,
             leeway: config.auth.leeway,
+            groups,
+            join_timeout: config.server.join_timeout,
         }),
         outbound_queue: config.server.outbound_queue,
         max_inbound_frame: config.server.max_inbound_frame,

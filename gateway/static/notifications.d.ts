@@ -28,10 +28,15 @@ export interface StateDetail {
 }
 
 export interface GetTokenContext {
-  /** True after the server refused the last token (4001/4002): do not return a cached one. */
+  /**
+   * True after the server refused the last token (4001/4002), and for an
+   * in-band refresh: do not return a cached one.
+   */
   forceRefresh: boolean;
   /** Consecutive failed attempts so far. */
   attempt: number;
+  /** True when the token renews the open socket's token in-band (no reconnect). */
+  refresh?: boolean;
 }
 
 /** The part of the WebSocket interface the client uses. */
@@ -48,9 +53,11 @@ export interface ConnectOptions {
   /** ws:// or wss:// URL of /ws/notifications/ (http(s) URLs and relative URLs are converted). */
   url: string;
   /**
-   * Returns the access token for the next attempt; called before every attempt.
-   * Resolve to null/"" to stop (not logged in). Throwing counts as a failed attempt (backoff).
-   * Leave it out to send no token (cookie authentication).
+   * Returns the access token for the next attempt; called before every attempt,
+   * and (with `refresh: true`) ahead of the open socket's token expiry to renew it in-band.
+   * Resolve to null/"" to stop (not logged in). Throwing counts as a failed attempt (backoff),
+   * or, for an in-band refresh, a failed refresh that is tried again before expiry.
+   * Leave it out to send no token (cookie authentication; no in-band refresh).
    */
   getToken?: (context: GetTokenContext) => Promise<string | null | undefined> | string | null | undefined;
   /** Called with M for every `{"message": M}` frame; `frame` is the whole parsed object. */
@@ -80,6 +87,18 @@ export interface ConnectOptions {
   stableAfterMs?: number;
   /** Consecutive 4001/4002 closes tolerated before stopping. Default 2. */
   maxAuthRetries?: number;
+  /**
+   * Renew the token on the open socket (`{"type": "refresh"}`) before its `exp`, so the
+   * gateway never closes it with 4002. Needs getToken and a token whose payload has `exp`.
+   * Default true.
+   */
+  refreshInBand?: boolean;
+  /** Shares [low, high] of the token's time left between which the refresh is sent. Default [0.7, 0.9]. */
+  refreshWindow?: [number, number];
+  /** Refresh at least this long before expiry, when the lifetime leaves room for it. Default 10000. */
+  refreshMarginMs?: number;
+  /** A refresh the gateway does not answer within this long is tried again. Default 10000. */
+  refreshTimeoutMs?: number;
   /** Random source in [0, 1) (tests). Default Math.random. */
   random?: () => number;
 }
@@ -97,6 +116,19 @@ export interface NotificationConnection {
 export declare const CLOSE_ADVICE: Readonly<Record<number, CloseAdvice>>;
 export declare function closeAdvice(code: number): CloseAdvice;
 export declare function parseRetryAfter(reason: string | null | undefined): number | null;
+export declare const MIN_REFRESH_DELAY_MS: number;
+/** The claims of a JWT's payload, decoded and NOT verified; null if it has none. */
+export declare function tokenClaims(token: string | null | undefined): Record<string, unknown> | null;
+/** Milliseconds the token has left (its whole `exp - iat` lifetime when `fresh`); null without `exp`. */
+export declare function tokenTimeLeft(
+  token: string | null | undefined,
+  options?: { fresh?: boolean; expiresAt?: number | null; now?: number },
+): number | null;
+/** When to refresh a token with `timeLeftMs` to go (jittered within the window, before the margin). */
+export declare function refreshDelay(
+  timeLeftMs: number,
+  options?: { refreshWindow?: [number, number]; refreshMarginMs?: number; random?: () => number },
+): number;
 export declare function backoffDelay(
   attempt: number,
   options?: { baseDelayMs?: number; maxDelayMs?: number; random?: () => number },

@@ -20,7 +20,8 @@ function showNotification(message) {
 
 const notifications = connect({
   url: config.wsUrl,
-  // A fresh short-lived access token for this session before every attempt.
+  // A fresh short-lived access token for this session before every attempt,
+  // and to renew the open socket's token in-band before it expires.
   getToken: async () => {
     const response = await fetch(config.tokenUrl, { credentials: "same-origin", cache: "no-store" });
     if (response.status === 401) return null; // logged out: stop
