@@ -49,6 +49,19 @@ export interface WebSocketLike {
   close(code?: number, reason?: string): void;
 }
 
+/** What a recovering connection was told before its live frames (docs/recovery.md). */
+export interface RecoveryStatus {
+  /**
+   * True when nothing was missed (or, on a first connect, nothing to recover).
+   * False when some notifications may be gone: refetch what the page shows.
+   */
+  recovered: boolean;
+  /** How many missed messages were replayed (to onMessage, before this call). */
+  replayed: number;
+  /** The position the client holds from here on (24 lowercase hex digits). */
+  position: string | null;
+}
+
 export interface ConnectOptions {
   /** ws:// or wss:// URL of /ws/notifications/ (http(s) URLs and relative URLs are converted). */
   url: string;
@@ -60,10 +73,26 @@ export interface ConnectOptions {
    * Leave it out to send no token (cookie authentication; no in-band refresh).
    */
   getToken?: (context: GetTokenContext) => Promise<string | null | undefined> | string | null | undefined;
-  /** Called with M for every `{"message": M}` frame; `frame` is the whole parsed object. */
-  onMessage?: (message: unknown, frame: Record<string, unknown>) => void;
-  /** Called with other JSON frames (events.passthrough_types), never with pongs. */
+  /**
+   * Called with M for every `{"message": M}` frame; `frame` is the whole parsed object.
+   * M is the same with or without recovery; a recovered or live frame of a recovering
+   * connection also has `frame.position`.
+   */
+  onMessage?: (message: unknown, frame: Record<string, unknown> & { position?: string }) => void;
+  /**
+   * Called with other JSON frames (events.passthrough_types), never with pongs or the
+   * recovery status frame; the position the gateway adds to them is taken off.
+   */
   onFrame?: (frame: unknown) => void;
+  /**
+   * Ask for recovery of missed notifications (`recover=` in the query, then the greatest
+   * position seen). A gateway without `layer.recovery` ignores it. Default true.
+   */
+  recover?: boolean;
+  /** The position to recover from on the first attempt (e.g. one kept across a page load). */
+  initialPosition?: string | null;
+  /** Called once per recovering connection, after the replayed messages and before live ones. */
+  onRecovery?: (status: RecoveryStatus) => void;
   onStateChange?: (state: ConnectionState, detail: StateDetail) => void;
   /** Errors from getToken, callbacks and unparsable frames (default: console.error). */
   onError?: (error: unknown) => void;
@@ -107,6 +136,8 @@ export interface NotificationConnection {
   readonly state: ConnectionState;
   /** The current socket, or null between attempts. */
   readonly socket: WebSocketLike | null;
+  /** The greatest position seen (recovery), or null before the first. */
+  readonly position: string | null;
   /** Stop for good: closes the socket with 1000 and cancels any pending retry. */
   close(): void;
   /** Skip the current backoff wait. */
@@ -134,3 +165,6 @@ export declare function backoffDelay(
   options?: { baseDelayMs?: number; maxDelayMs?: number; random?: () => number },
 ): number;
 export declare function connect(options: ConnectOptions): NotificationConnection;
+export declare const RECOVER_PARAM: "recover";
+/** True for a position: 24 lowercase hex digits. */
+export declare function isPosition(value: unknown): value is string;

@@ -58,6 +58,22 @@
 //   `{"type": "ping"}`, which the gateway answers with `{"type": "pong"}`;
 //   if no frame at all arrives within pongTimeoutMs the socket is dropped
 //   and a new one is opened.
+// * Recovery of missed notifications (docs/recovery.md). By default
+//   (`recover: true`) every attempt asks for it with `recover=` in the query
+//   (next to `token=`): empty the first time, then the greatest position
+//   this client has seen. A gateway with `layer.recovery` on then sends what
+//   was published while no socket was open, each frame with its position,
+//   then one status frame `{"type": "recovery", "recovered": ...,
+//   "replayed": N, "position": ...}`, then live frames, also positioned.
+//   The client keeps the greatest position (positions compare as strings;
+//   it is kept across reconnects, and `initialPosition` seeds it), hands
+//   `onMessage` the same `message` as without recovery (the frame, its
+//   second argument, carries `position`), and gives the status to
+//   `onRecovery({recovered, replayed, position})`, never to onMessage or
+//   onFrame. `recovered: false` means some notifications may be gone (away
+//   longer than the window, or too many of them): refetch what the page
+//   shows. A gateway without recovery ignores `recover=` and its frames
+//   are handled as before; `recover: false` leaves the parameter out.
 
 /** What to do after each close code the gateway sends. */
 export const CLOSE_ADVICE = Object.freeze({
@@ -149,7 +165,54 @@ export function backoffDelay(attempt, { baseDelayMs = 500, maxDelayMs = 30000, r
   return Math.floor(random() * ceiling);
 }
 
+/** The query parameter a client asks for recovery with. */
+export const RECOVER_PARAM = "recover";
+
+const POSITION = /^[0-9a-f]{24}$/;
+
+/** True for a position: 24 lowercase hex digits (they compare as strings). */
+export function isPosition(value) {
+  return typeof value === "string" && POSITION.test(value);
+}
+
+// The recovery side of one client: the greatest position seen (kept across
+// its reconnects), the `recover` parameter, and the status frame.
+function recoveryTracker(opts) {
+  let position = isPosition(opts.initialPosition) ? opts.initialPosition : null;
+  function see(candidate) {
+    if (isPosition(candidate) && (position === null || candidate > position)) position = candidate;
+  }
+  return {
+    get position() {
+      return position;
+    },
+    addTo(searchParams) {
+      if (opts.recover) searchParams.set(RECOVER_PARAM, position || "");
+    },
+    // What to dispatch for a parsed frame: the frame itself (a message frame
+    // keeps its position, which onMessage's second argument shows), another
+    // frame without the position the gateway added, or undefined for the
+    // status frame (handled here).
+    consume(frame) {
+      if (!opts.recover || !frame || typeof frame !== "object" || Array.isArray(frame)) return frame;
+      if (frame.type === "recovery" && typeof frame.recovered === "boolean" && !("message" in frame)) {
+        see(frame.position);
+        const replayed = Number.isInteger(frame.replayed) ? frame.replayed : 0;
+        if (opts.onRecovery) opts.onRecovery({ recovered: frame.recovered, replayed, position });
+        return undefined;
+      }
+      if (!isPosition(frame.position)) return frame;
+      see(frame.position);
+      if (Object.prototype.hasOwnProperty.call(frame, "message")) return frame;
+      const rest = { ...frame };
+      delete rest.position;
+      return rest;
+    },
+  };
+}
+
 const DEFAULTS = {
+  recover: true,
   tokenParam: "token",
   baseDelayMs: 500,
   maxDelayMs: 30000,
@@ -176,6 +239,7 @@ export function connect(options) {
   if (!WebSocketImpl) throw new TypeError("connect: no WebSocket implementation (pass WebSocketImpl)");
   const random = opts.random || Math.random;
   const now = () => Date.now();
+  const recovery = recoveryTracker(opts);
 
   let state = "idle";
   let socket = null;
@@ -239,6 +303,7 @@ export function connect(options) {
     if (url.protocol === "http:") url.protocol = "ws:";
     if (url.protocol === "https:") url.protocol = "wss:";
     if (token) url.searchParams.set(opts.tokenParam, token);
+    recovery.addTo(url.searchParams);
     return url.toString();
   }
 
@@ -436,6 +501,8 @@ export function connect(options) {
       return;
     }
     try {
+      frame = recovery.consume(frame);
+      if (frame === undefined) return;
       if (frame && Object.prototype.hasOwnProperty.call(frame, "message")) {
         if (opts.onMessage) opts.onMessage(frame.message, frame);
       } else if (opts.onFrame) {
@@ -519,6 +586,10 @@ export function connect(options) {
     },
     get socket() {
       return socket;
+    },
+    /** The greatest position seen (recovery), or null. */
+    get position() {
+      return recovery.position;
     },
     /** Stop for good: closes the socket (1000) and cancels any retry. */
     close() {
