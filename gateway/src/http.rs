@@ -19,7 +19,7 @@ use shared_proto::frame::{parse_client_frame, ClientFrame};
 use tracing::Instrument;
 
 use crate::credentials::{TokenLookup, BEARER_PROTOCOL};
-use crate::glob::glob_match;
+use crate::groups::{GroupError, GroupPolicy};
 use crate::health::Health;
 use crate::jwtverify::{AuthError, Identity, TokenVerifier};
 use crate::layer::Layer;
@@ -40,8 +40,8 @@ pub struct Gateway {
     pub origins: OriginPolicy,
     pub token_query_param: String,
     pub token_cookie: String,
-    pub user_group_template: String,
-    pub allowed_groups: Vec<String>,
+    /// Which groups a verified identity's socket joins.
+    pub groups: Arc<GroupPolicy>,
     pub registry: Arc<Registry>,
     pub layer: Arc<Layer>,
     pub health: Arc<Health>,
@@ -440,28 +440,13 @@ async fn attach(
     address: IpAddr,
     since: Option<Since>,
 ) -> Result<Attached, Rejection> {
-    let group = gateway
-        .user_group_template
-        .replace("{user_id}", &identity.user_id);
-    if !shared_proto::names::is_valid_group_name(&group) {
-        return Err(Rejection::Unauthorized(AuthError::InvalidUserId));
-    }
-    // Extra groups only as granted by the token and allowed by a pattern.
-    let mut groups: Vec<Arc<str>> = vec![Arc::from(group.as_str())];
-    for extra in &identity.groups {
-        let allowed = extra.len() < 100
-            && shared_proto::names::is_valid_group_name(extra)
-            && gateway
-                .allowed_groups
-                .iter()
-                .any(|pattern| glob_match(pattern.as_bytes(), extra.as_bytes()));
-        if !allowed {
-            return Err(Rejection::ForbiddenGroup);
-        }
-        if !groups.iter().any(|known| known.as_ref() == extra) {
-            groups.push(Arc::from(extra.as_str()));
-        }
-    }
+    let groups = gateway
+        .groups
+        .groups_for(&identity)
+        .map_err(|error| match error {
+            GroupError::InvalidUserId => Rejection::Unauthorized(AuthError::InvalidUserId),
+            GroupError::NotAllowed => Rejection::ForbiddenGroup,
+        })?;
     let admission = gateway
         .limits
         .admit(&identity.user_id, address)
@@ -506,8 +491,8 @@ async fn attach(
         crate::socket::count_unsent(&gateway.metrics, outbox.take_unsent());
         return Err(Rejection::Unavailable);
     }
-    // Read after the join: whatever the read misses is published after
-    // it, so it reaches the socket live.
+    // Read after the join (and `recovery::SETTLE_BEFORE_READ`): whatever
+    // the read misses is published after it, so it reaches the socket live.
     let mut preface = Vec::new();
     if let (Some(since), Some(recovery)) = (since, &gateway.recovery) {
         let recovered = recovery
@@ -520,7 +505,8 @@ async fn attach(
         preface = recovered.preface;
     }
     gateway.metrics.connect(ConnectResult::Accepted);
-    span.in_scope(|| tracing::info!(group = %group, "socket opened"));
+    let group = membership.groups.first().map_or("", AsRef::as_ref);
+    span.in_scope(|| tracing::info!(%group, "socket opened"));
     Ok(Attached {
         outbox,
         membership,
@@ -533,10 +519,6 @@ async fn attach(
     })
 }
 
-/// On a socket upgraded without credentials, waits up to `wait` for
-/// `{"token": "..."}` as the first frame (so browsers can keep tokens out of
-/// URLs), then serves it. The socket joins its groups only after that, so
-/// nothing is delivered before the client has proved who it is.
 /// Who is on the other end of a socket upgraded without credentials.
 struct Client<'a> {
     address: IpAddr,
@@ -544,6 +526,10 @@ struct Client<'a> {
     since: Option<Since>,
 }
 
+/// On a socket upgraded without credentials, waits up to `wait` for
+/// `{"token": "..."}` as the first frame (so browsers can keep tokens out of
+/// URLs), then serves it. The socket joins its groups only after that, so
+/// nothing is delivered before the client has proved who it is.
 async fn serve_after_authentication<T: Transport>(
     mut transport: T,
     gateway: &Gateway,

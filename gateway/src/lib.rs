@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod drain;
 pub mod events;
 pub mod glob;
+pub mod groups;
 pub mod health;
 pub mod http;
 pub mod jwks_remote;

@@ -78,6 +78,8 @@ pub struct Recovery {
     pub window_secs: f64,
     /// Django's `capacity`: a replay key this full may have refused one.
     pub capacity: u64,
+    /// How long the read may take (`server.join_timeout`).
+    pub read_timeout: std::time::Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -107,7 +109,11 @@ impl Recovery {
         };
         let limit = usize::try_from(self.capacity).unwrap_or(usize::MAX);
         tokio::time::sleep(SETTLE_BEFORE_READ).await;
-        let snapshot = match layer.read_replay(groups, from, limit).await {
+        let read = tokio::time::timeout(self.read_timeout, layer.read_replay(groups, from, limit));
+        let snapshot = match read
+            .await
+            .unwrap_or_else(|_| Err(crate::layer::LayerError::Unavailable("timed out".into())))
+        {
             Ok(snapshot) => snapshot,
             Err(error) => {
                 tracing::warn!(%error, "reading the replay keys failed; no recovery");

@@ -59,21 +59,41 @@ pub(crate) const LANE_BITS: u32 = 8;
 const MAX_LANES: usize = 1 << LANE_BITS;
 const _: () = assert!(MAX_LANES >= crate::config::MAX_QUEUE_KEYS);
 
+fn random_process_id() -> String {
+    format!("gw-{:024x}", rand::random::<u128>() >> 32)
+}
+
 impl ChannelNaming {
     /// A fresh process id with `lanes` queue keys, all placed on one host
     /// of a ring of `hosts`.
     pub fn random(lanes: usize, hosts: usize) -> ChannelNaming {
-        let process_id = format!("gw-{:024x}", rand::random::<u128>() >> 32);
-        ChannelNaming::with_process_id(process_id, lanes, hosts)
+        ChannelNaming::with_process_id(random_process_id(), lanes, hosts)
+    }
+
+    /// Like [`ChannelNaming::random`], with every queue key on the first
+    /// host, where recovery keeps the replay keys: one clock reading of
+    /// channels_redis then scores both copies of a message alike.
+    pub fn random_on_first_host(lanes: usize, hosts: usize) -> ChannelNaming {
+        ChannelNaming::placed(random_process_id(), lanes, hosts, Some(0))
     }
 
     pub fn with_process_id(process_id: String, lanes: usize, hosts: usize) -> ChannelNaming {
+        ChannelNaming::placed(process_id, lanes, hosts, None)
+    }
+
+    /// Lanes on host `home`, or where the first lane's name lands.
+    fn placed(
+        process_id: String,
+        lanes: usize,
+        hosts: usize,
+        home: Option<usize>,
+    ) -> ChannelNaming {
         let lanes = lanes.clamp(1, MAX_LANES);
         let base = format!("specific.{process_id}.");
         let non_local = |label: &str| format!("{base}{label}!");
         // channels_redis places a queue key by its non-local part: keep the
-        // labels whose key lands where the first one does.
-        let home = shard_index(&non_local("0"), hosts.max(1));
+        // labels whose key lands on the home host.
+        let home = home.unwrap_or_else(|| shard_index(&non_local("0"), hosts.max(1)));
         let labels: Vec<String> = (0u32..)
             .map(|candidate| candidate.to_string())
             .filter(|label| shard_index(&non_local(label), hosts.max(1)) == home)
@@ -195,6 +215,19 @@ impl Registry {
         let lane = self.naming.lane_for(groups.first().map(AsRef::as_ref));
         let conn = (count << LANE_BITS) | lane;
         self.shard(conn).write().insert(conn, outbox);
+        (conn, self.join_groups(conn, groups))
+    }
+
+    /// Removes a socket; returns the groups it leaves without a local member.
+    pub fn unregister(&self, conn: ConnId, groups: &[Arc<str>]) -> GroupTransitions {
+        self.shard(conn).write().remove(&conn);
+        self.leave_groups(conn, groups)
+    }
+
+    /// Makes a registered socket a local member of more groups (a token
+    /// refresh that grants them); returns the groups that had no local
+    /// member before. Its lane stays the one its first group chose.
+    pub fn join_groups(&self, conn: ConnId, groups: &[Arc<str>]) -> GroupTransitions {
         let mut transitions = GroupTransitions::default();
         let mut local_groups = self.groups.lock();
         for group in groups {
@@ -204,12 +237,13 @@ impl Registry {
             }
             members.insert(conn);
         }
-        (conn, transitions)
+        transitions
     }
 
-    /// Removes a socket; returns the groups it leaves without a local member.
-    pub fn unregister(&self, conn: ConnId, groups: &[Arc<str>]) -> GroupTransitions {
-        self.shard(conn).write().remove(&conn);
+    /// Takes a socket out of groups (it ends, or a refreshed token no
+    /// longer grants them): from now on nothing routed by group reaches it
+    /// through them. Returns the groups left without a local member.
+    pub fn leave_groups(&self, conn: ConnId, groups: &[Arc<str>]) -> GroupTransitions {
         let mut transitions = GroupTransitions::default();
         let mut local_groups = self.groups.lock();
         for group in groups {
@@ -457,5 +491,39 @@ mod tests {
         );
         assert_eq!(registry.socket_count(), 0);
         assert!(registry.memberships().is_empty());
+    }
+
+    #[test]
+    fn a_socket_joins_and_leaves_groups_while_registered_and_keeps_its_lane() {
+        let registry = Registry::new(ChannelNaming::with_process_id("gw-1".into(), 16, 1));
+        let user: Arc<str> = Arc::from("user_1");
+        let (a, added): (Arc<str>, Arc<str>) = (Arc::from("list_a"), Arc::from("list_b"));
+        let (conn, _) = registry.register(Arc::new(Outbox::new(1)), &[user.clone(), a.clone()]);
+        let (other, _) = registry.register(Arc::new(Outbox::new(1)), std::slice::from_ref(&a));
+        let channel = registry.naming().channel(conn);
+
+        let joined = registry.join_groups(conn, std::slice::from_ref(&added));
+        assert_eq!(joined.now_active, vec![added.clone()]);
+        assert!(joined.now_empty.is_empty());
+        assert_eq!(registry.group_members("list_b"), vec![conn]);
+        let left = registry.leave_groups(conn, std::slice::from_ref(&a));
+        assert!(
+            left.now_empty.is_empty(),
+            "another socket is still in list_a"
+        );
+        assert_eq!(registry.group_members("list_a"), vec![other]);
+        assert_eq!(registry.group_members("user_1"), vec![conn]);
+        assert_eq!(
+            registry.naming().channel(conn),
+            channel,
+            "the lane (and channel name) never changes"
+        );
+        assert!(registry.with_conn(conn, |_| ()).is_some());
+
+        // Its exit leaves exactly the groups it holds now.
+        let ended = registry.unregister(conn, &[user.clone(), added.clone()]);
+        assert_eq!(ended.now_empty, vec![user, added]);
+        assert_eq!(registry.group_members("list_a"), vec![other]);
+        assert_eq!(registry.group_count(), 1);
     }
 }

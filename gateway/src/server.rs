@@ -33,6 +33,7 @@ use crate::canary::Canary;
 use crate::config::{Config, LayerBackend, SerializerFormatSetting, WebSocketDriver};
 use crate::drain::{self, DrainPlan};
 use crate::events::EventMapper;
+use crate::groups::GroupPolicy;
 use crate::health::Health;
 use crate::http::{admin_routes, public_routes, Gateway};
 use crate::jwtverify::TokenVerifier;
@@ -268,10 +269,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         RECEIVE_BLOCK * 3,
         canary_enabled.then(|| (canary_interval * 5).max(Duration::from_secs(3))),
     ));
-    let registry = Arc::new(Registry::new(ChannelNaming::random(
-        config.layer.queue_keys,
-        config.layer.hosts.len(),
-    )));
+    let naming = if config.layer.recovery {
+        ChannelNaming::random_on_first_host(config.layer.queue_keys, config.layer.hosts.len())
+    } else {
+        ChannelNaming::random(config.layer.queue_keys, config.layer.hosts.len())
+    };
+    let registry = Arc::new(Registry::new(naming));
     let canary = canary_enabled.then(|| {
         Arc::new(Canary::new(
             registry.naming().process_id(),
@@ -296,6 +299,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         router: router.clone(),
         window_secs: config.layer.expiry as f64,
         capacity: config.layer.capacity,
+        read_timeout: config.server.join_timeout,
         metrics: metrics.clone(),
     });
     let canary_sending = canary.as_ref().map(|canary| CanarySending {
@@ -365,14 +369,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    let groups = Arc::new(GroupPolicy::new(&config.auth));
     let gateway = web::Data::new(Gateway {
         verifier: verifier.clone(),
         limits: Arc::new(Limits::new(&config.limits)),
         origins: crate::origin::OriginPolicy::new(&config.auth)?,
         token_query_param: config.auth.token_query_param.clone(),
         token_cookie: config.auth.token_cookie.clone(),
-        user_group_template: config.auth.user_group_template.clone(),
-        allowed_groups: config.auth.allowed_groups.clone(),
+        groups: groups.clone(),
         registry: registry.clone(),
         layer: layer.clone(),
         health: health.clone(),
@@ -384,6 +388,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             inbound_burst: config.limits.inbound_burst,
             verifier,
             leeway: config.auth.leeway,
+            groups,
+            join_timeout: config.server.join_timeout,
         }),
         outbound_queue: config.server.outbound_queue,
         max_inbound_frame: config.server.max_inbound_frame,

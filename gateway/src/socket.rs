@@ -4,10 +4,13 @@
 //! sends pings, drops a peer that stops answering, closes when the token
 //! expires (4002) unless the client refreshed it in-band, limits how fast the
 //! client may talk (4007), and closes with the code the outbox or the
-//! protocol calls for. When the task ends, the socket's
+//! protocol calls for. A refreshed token also brings the socket's groups in
+//! line with what it grants (`groups` decides which, as at the handshake):
+//! the socket joins the new ones and leaves the dropped ones, locally and
+//! in Redis, before the reply. When the task ends, the socket's
 //! `Membership` guard removes it from the registry and from its groups, and
 //! every frame the socket never sent is counted as a drop, by why it
-//! closed. It must not decode Redis payloads or decide group membership.
+//! closed. It must not decode Redis payloads or make up group rules.
 
 use std::collections::VecDeque;
 use std::io;
@@ -22,6 +25,7 @@ use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use crate::drain::reason_with_hint;
+use crate::groups::{GroupChange, GroupPolicy};
 use crate::jwtverify::TokenVerifier;
 use crate::layer::Layer;
 use crate::limits::{Admission, TokenBucket};
@@ -40,6 +44,10 @@ pub struct SocketSettings {
     pub verifier: Arc<TokenVerifier>,
     /// Seconds of clock skew tolerated on a token's `exp`.
     pub leeway: u64,
+    /// Which groups a refreshed token's socket belongs to.
+    pub groups: Arc<GroupPolicy>,
+    /// How long a refresh waits for Redis to take the groups it adds.
+    pub join_timeout: Duration,
 }
 
 /// The verified identity this socket speaks for, kept to enforce its expiry.
@@ -53,6 +61,8 @@ pub struct Holder {
 pub struct Membership {
     pub conn: ConnId,
     pub channel: String,
+    /// The groups the socket is in now, its user's first; what the drop
+    /// leaves.
     pub groups: Vec<Arc<str>>,
     pub registry: Arc<Registry>,
     pub layer: Arc<Layer>,
@@ -67,6 +77,49 @@ impl Drop for Membership {
         self.layer
             .leave(&self.groups, std::mem::take(&mut self.channel));
         self.metrics.sockets_open.dec();
+    }
+}
+
+impl Membership {
+    /// Moves the socket into `wanted` (its user's group first, as before):
+    /// the registry and this guard change at once, so routing by group
+    /// stops for the groups left and the guard's exit leaves exactly
+    /// `wanted`; then Redis is told. Resolves once Redis holds the groups
+    /// joined, and on the core layer the leaves too (its writer takes
+    /// operations in order, and the join is queued after them). A join
+    /// Redis did not take is logged, and stays in the registry for the
+    /// layer's own repair (re-adds, subscription retries) to write.
+    async fn regroup(&mut self, wanted: Vec<Arc<str>>, join_timeout: Duration) {
+        let change = GroupChange::between(&self.groups, &wanted);
+        if change.is_empty() {
+            return;
+        }
+        self.registry.join_groups(self.conn, &change.joined);
+        self.registry.leave_groups(self.conn, &change.left);
+        self.groups = wanted;
+        if !change.left.is_empty() {
+            self.layer.leave(&change.left, self.channel.clone());
+        }
+        let joined = timeout(join_timeout, self.layer.join(&change.joined, &self.channel)).await;
+        let names = |groups: &[Arc<str>]| groups.join(",");
+        match joined {
+            Ok(Ok(())) => tracing::info!(
+                joined = %names(&change.joined),
+                left = %names(&change.left),
+                "groups changed by a token refresh"
+            ),
+            Ok(Err(error)) => tracing::warn!(
+                %error,
+                joined = %names(&change.joined),
+                left = %names(&change.left),
+                "group join on a token refresh failed; the layer retries it"
+            ),
+            Err(_) => tracing::warn!(
+                joined = %names(&change.joined),
+                left = %names(&change.left),
+                "group join on a token refresh timed out; the layer retries it"
+            ),
+        }
     }
 }
 
@@ -107,10 +160,19 @@ pub(crate) async fn serve<T: Transport>(
     if let Some(wire) = transport.wire() {
         outbox.attach_wire(wire);
     }
-    let ending = run(transport, &outbox, &membership.metrics, &settings, holder).await;
+    let mut membership = membership;
+    let metrics = Arc::clone(&membership.metrics);
+    let ending = run(
+        transport,
+        &outbox,
+        &mut membership,
+        &metrics,
+        &settings,
+        holder,
+    )
+    .await;
     outbox.retire_wire();
     tracing::info!(?ending, "socket closed");
-    let metrics = Arc::clone(&membership.metrics);
     // Out of the registry first: after that nothing can push to it.
     drop(membership);
     count_unsent(&metrics, outbox.take_unsent());
@@ -173,6 +235,7 @@ pub(crate) fn spawn<T: Transport + 'static>(
 async fn run<T: Transport>(
     mut transport: T,
     outbox: &Outbox,
+    membership: &mut Membership,
     metrics: &Metrics,
     settings: &SocketSettings,
     mut holder: Holder,
@@ -233,7 +296,7 @@ async fn run<T: Transport>(
                         // Boxed: a refresh may fetch keys, and that future
                         // would otherwise be part of every idle socket's
                         // task (2,752 bytes instead of 1,392).
-                        let reply = match Box::pin(handle_client_text(&text, settings, &mut holder)).await {
+                        let reply = match Box::pin(handle_client_text(&text, settings, &mut holder, membership)).await {
                             ClientTextOutcome::Ignored => continue,
                             ClientTextOutcome::Reply(reply) => reply,
                             ClientTextOutcome::Refreshed(reply) => {
@@ -434,26 +497,40 @@ async fn handle_client_text(
     text: &str,
     settings: &SocketSettings,
     holder: &mut Holder,
+    membership: &mut Membership,
 ) -> ClientTextOutcome {
+    let forbidden =
+        || ClientTextOutcome::End(Ending::Closed(CloseCode::Forbidden, CloseNote::Standard));
     match parse_client_frame(text) {
         Ok(ClientFrame::Ping) => ClientTextOutcome::Reply(r#"{"type": "pong"}"#.to_string()),
-        Ok(ClientFrame::Refresh { token }) => match settings.verifier.verify_fetching(&token).await
-        {
+        Ok(ClientFrame::Refresh { token }) => {
+            let identity = match settings.verifier.verify_fetching(&token).await {
+                Ok(identity) => identity,
+                Err(_) => {
+                    return ClientTextOutcome::End(Ending::Closed(
+                        CloseCode::Unauthorized,
+                        CloseNote::Standard,
+                    ))
+                }
+            };
             // The same user only: a refresh must not switch identities.
-            Ok(identity) if identity.user_id == holder.user_id => {
-                holder.expires_at = identity.expires_at;
-                ClientTextOutcome::Refreshed(format!(
-                    r#"{{"type": "refreshed", "expires_at": {}}}"#,
-                    identity.expires_at
-                ))
+            if identity.user_id != holder.user_id {
+                return forbidden();
             }
-            Ok(_) => {
-                ClientTextOutcome::End(Ending::Closed(CloseCode::Forbidden, CloseNote::Standard))
-            }
-            Err(_) => {
-                ClientTextOutcome::End(Ending::Closed(CloseCode::Unauthorized, CloseNote::Standard))
-            }
-        },
+            // The handshake's rule: a token asking for a group no pattern
+            // allows is refused whole, as it would be on a reconnect.
+            let Ok(groups) = settings.groups.groups_for(&identity) else {
+                return forbidden();
+            };
+            // Joined before the reply, as the handshake joins before the
+            // 101: what is sent to a new group after the reply arrives.
+            membership.regroup(groups, settings.join_timeout).await;
+            holder.expires_at = identity.expires_at;
+            ClientTextOutcome::Refreshed(format!(
+                r#"{{"type": "refreshed", "expires_at": {}}}"#,
+                identity.expires_at
+            ))
+        }
         Ok(_) | Err(_) => ClientTextOutcome::Ignored,
     }
 }

@@ -20,6 +20,24 @@
 //   Because a query string can end up in proxy logs, hand out short-lived
 //   access tokens (SimpleJWT's default is 5 minutes): `getToken` is called
 //   before every connection attempt, so each attempt uses a fresh token.
+// * Token refresh on the open socket. The gateway closes a socket with 4002
+//   when its token expires, so with `getToken` the client renews the token
+//   in-band before then: it reads `exp` (and `iat`) from the token's payload
+//   (decoded, not verified: the gateway verifies), and at a random point
+//   between 70% and 90% of the time left (`refreshWindow`), and at least
+//   `refreshMarginMs` before expiry when the lifetime allows, it asks
+//   `getToken({forceRefresh: true, refresh: true})` for a new token and
+//   sends `{"type": "refresh", "token": ...}`. The gateway answers
+//   `{"type": "refreshed", "expires_at": N}` (and moves the socket into the
+//   groups the new token grants), and the next refresh is planned from the
+//   new token. The random point keeps sockets that opened together from
+//   renewing (or, without it, reconnecting) together. A refresh that fails
+//   (getToken throws or hands back the current token, no answer within
+//   `refreshTimeoutMs`) is tried again after a quarter to a half of the
+//   time left; a getToken that resolves to null closes for good (logged
+//   out). If the token still runs out, or the gateway refuses the new one
+//   (4001/4003), the close codes below apply. A token whose payload has no
+//   `exp` is not refreshed in-band; `refreshInBand: false` turns it off.
 // * Reconnecting. Every close the server did not ask to be final is
 //   followed by a new attempt after an exponential backoff with full jitter
 //   (a random wait between 0 and min(maxDelayMs, baseDelayMs * 2^n)).
@@ -40,6 +58,22 @@
 //   `{"type": "ping"}`, which the gateway answers with `{"type": "pong"}`;
 //   if no frame at all arrives within pongTimeoutMs the socket is dropped
 //   and a new one is opened.
+// * Recovery of missed notifications (docs/recovery.md). By default
+//   (`recover: true`) every attempt asks for it with `recover=` in the query
+//   (next to `token=`): empty the first time, then the greatest position
+//   this client has seen. A gateway with `layer.recovery` on then sends what
+//   was published while no socket was open, each frame with its position,
+//   then one status frame `{"type": "recovery", "recovered": ...,
+//   "replayed": N, "position": ...}`, then live frames, also positioned.
+//   The client keeps the greatest position (positions compare as strings;
+//   it is kept across reconnects, and `initialPosition` seeds it), hands
+//   `onMessage` the same `message` as without recovery (the frame, its
+//   second argument, carries `position`), and gives the status to
+//   `onRecovery({recovered, replayed, position})`, never to onMessage or
+//   onFrame. `recovered: false` means some notifications may be gone (away
+//   longer than the window, or too many of them): refetch what the page
+//   shows. A gateway without recovery ignores `recover=` and its frames
+//   are handled as before; `recover: false` leaves the parameter out.
 
 /** What to do after each close code the gateway sends. */
 export const CLOSE_ADVICE = Object.freeze({
@@ -71,13 +105,114 @@ export function parseRetryAfter(reason) {
   return match ? Number(match[1]) : null;
 }
 
+/** The claims of a JWT's payload (decoded, never verified), or null. */
+export function tokenClaims(token) {
+  if (typeof token !== "string") return null;
+  const payload = token.split(".")[1];
+  if (!payload || !globalThis.atob) return null;
+  try {
+    const base64 = payload.replace(/-/g, "+").replace(/_/g, "/");
+    const binary = globalThis.atob(base64.padEnd(base64.length + ((4 - (base64.length % 4)) % 4), "="));
+    const bytes = Uint8Array.from(binary, (char) => char.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === "object" && !Array.isArray(claims) ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Milliseconds a token has left, from its `exp` (and `iat`), or null when it
+ * has no `exp`. A `fresh` token (just handed out after forceRefresh) has its
+ * whole lifetime (`exp - iat`) left whatever this machine's clock says, and
+ * so has one whose `exp` this clock already sees as past (the gateway took
+ * it: the clock is ahead). `expiresAt` (seconds, the gateway's `refreshed`
+ * reply) stands in for a missing `exp`.
+ */
+export function tokenTimeLeft(token, { fresh = false, expiresAt = null, now = Date.now() } = {}) {
+  const claims = tokenClaims(token) || {};
+  const exp = typeof claims.exp === "number" ? claims.exp : typeof expiresAt === "number" ? expiresAt : null;
+  if (exp === null) return null;
+  const untilExp = exp * 1000 - now;
+  const lifetime = typeof claims.iat === "number" && exp > claims.iat ? (exp - claims.iat) * 1000 : null;
+  if (lifetime === null) return untilExp > 0 ? untilExp : null;
+  if (fresh || untilExp <= 0) return lifetime;
+  return Math.min(untilExp, lifetime);
+}
+
+/** No in-band refresh is planned sooner than this after the last. */
+export const MIN_REFRESH_DELAY_MS = 1000;
+
+/**
+ * When to refresh a token with `timeLeftMs` to go: uniform between
+ * `refreshWindow[0]` and `refreshWindow[1]` of it, but no later than
+ * `refreshMarginMs` before expiry unless that is before the window opens
+ * (a short lifetime), and never sooner than MIN_REFRESH_DELAY_MS.
+ */
+export function refreshDelay(
+  timeLeftMs,
+  { refreshWindow = [0.7, 0.9], refreshMarginMs = 10000, random = Math.random } = {},
+) {
+  const [low, high] = refreshWindow;
+  const earliest = timeLeftMs * low;
+  const latest = Math.max(earliest, Math.min(timeLeftMs * high, timeLeftMs - refreshMarginMs));
+  return Math.max(MIN_REFRESH_DELAY_MS, Math.floor(earliest + (latest - earliest) * random()));
+}
+
 /** Full-jitter exponential backoff: uniform in [0, min(max, base * 2^attempt)). */
 export function backoffDelay(attempt, { baseDelayMs = 500, maxDelayMs = 30000, random = Math.random } = {}) {
   const ceiling = Math.min(maxDelayMs, baseDelayMs * 2 ** Math.min(attempt, 30));
   return Math.floor(random() * ceiling);
 }
 
+/** The query parameter a client asks for recovery with. */
+export const RECOVER_PARAM = "recover";
+
+const POSITION = /^[0-9a-f]{24}$/;
+
+/** True for a position: 24 lowercase hex digits (they compare as strings). */
+export function isPosition(value) {
+  return typeof value === "string" && POSITION.test(value);
+}
+
+// The recovery side of one client: the greatest position seen (kept across
+// its reconnects), the `recover` parameter, and the status frame.
+function recoveryTracker(opts) {
+  let position = isPosition(opts.initialPosition) ? opts.initialPosition : null;
+  function see(candidate) {
+    if (isPosition(candidate) && (position === null || candidate > position)) position = candidate;
+  }
+  return {
+    get position() {
+      return position;
+    },
+    addTo(searchParams) {
+      if (opts.recover) searchParams.set(RECOVER_PARAM, position || "");
+    },
+    // What to dispatch for a parsed frame: the frame itself (a message frame
+    // keeps its position, which onMessage's second argument shows), another
+    // frame without the position the gateway added, or undefined for the
+    // status frame (handled here).
+    consume(frame) {
+      if (!opts.recover || !frame || typeof frame !== "object" || Array.isArray(frame)) return frame;
+      if (frame.type === "recovery" && typeof frame.recovered === "boolean" && !("message" in frame)) {
+        see(frame.position);
+        const replayed = Number.isInteger(frame.replayed) ? frame.replayed : 0;
+        if (opts.onRecovery) opts.onRecovery({ recovered: frame.recovered, replayed, position });
+        return undefined;
+      }
+      if (!isPosition(frame.position)) return frame;
+      see(frame.position);
+      if (Object.prototype.hasOwnProperty.call(frame, "message")) return frame;
+      const rest = { ...frame };
+      delete rest.position;
+      return rest;
+    },
+  };
+}
+
 const DEFAULTS = {
+  recover: true,
   tokenParam: "token",
   baseDelayMs: 500,
   maxDelayMs: 30000,
@@ -87,6 +222,10 @@ const DEFAULTS = {
   connectTimeoutMs: 15000,
   stableAfterMs: 5000,
   maxAuthRetries: 2,
+  refreshInBand: true,
+  refreshWindow: [0.7, 0.9],
+  refreshMarginMs: 10000,
+  refreshTimeoutMs: 10000,
 };
 
 /**
@@ -100,6 +239,7 @@ export function connect(options) {
   if (!WebSocketImpl) throw new TypeError("connect: no WebSocket implementation (pass WebSocketImpl)");
   const random = opts.random || Math.random;
   const now = () => Date.now();
+  const recovery = recoveryTracker(opts);
 
   let state = "idle";
   let socket = null;
@@ -115,6 +255,11 @@ export function connect(options) {
   let heartbeatTimer = null;
   let pongTimer = null;
   let lastHeard = 0;
+  // In-band refresh of the open socket's token.
+  let refreshTimer = null;
+  let refreshReplyTimer = null;
+  let pendingRefresh = null; // the token sent, until the gateway answers
+  let refreshDeadline = 0; // when this clock expects the token to run out
 
   function setState(next, detail = {}) {
     state = next;
@@ -133,9 +278,12 @@ export function connect(options) {
   }
 
   function clearTimers() {
-    for (const timer of [retryTimer, connectTimer, stableTimer, pongTimer]) clearTimeout(timer);
+    for (const timer of [retryTimer, connectTimer, stableTimer, pongTimer, refreshTimer, refreshReplyTimer]) {
+      clearTimeout(timer);
+    }
     clearInterval(heartbeatTimer);
     retryTimer = connectTimer = stableTimer = heartbeatTimer = pongTimer = null;
+    refreshTimer = refreshReplyTimer = pendingRefresh = null;
   }
 
   // Forget a socket: its late events must not touch the new one.
@@ -155,6 +303,7 @@ export function connect(options) {
     if (url.protocol === "http:") url.protocol = "ws:";
     if (url.protocol === "https:") url.protocol = "wss:";
     if (token) url.searchParams.set(opts.tokenParam, token);
+    recovery.addTo(url.searchParams);
     return url.toString();
   }
 
@@ -183,6 +332,7 @@ export function connect(options) {
         return;
       }
     }
+    const fresh = forceRefresh;
     forceRefresh = false;
     lastToken = token;
 
@@ -214,12 +364,13 @@ export function connect(options) {
         authFailures = 0;
       }, opts.stableAfterMs);
       startHeartbeat(ws);
+      planRefresh(ws, token, { fresh });
     };
     ws.onmessage = (event) => {
       lastHeard = now();
       clearTimeout(pongTimer);
       pongTimer = null;
-      handleFrame(event.data);
+      handleFrame(ws, event.data);
     };
     ws.onerror = () => {
       // A close event always follows; it carries the code.
@@ -252,7 +403,90 @@ export function connect(options) {
     }, every);
   }
 
-  function handleFrame(data) {
+  // Plans the next in-band refresh of `ws`'s token (only with getToken,
+  // and only for a token whose expiry can be read).
+  function planRefresh(ws, token, { fresh, expiresAt = null }) {
+    if (!opts.getToken || !opts.refreshInBand || socket !== ws) return;
+    const timeLeft = tokenTimeLeft(token, { fresh, expiresAt, now: now() });
+    if (timeLeft === null) return;
+    refreshDeadline = now() + timeLeft;
+    const delay = refreshDelay(timeLeft, {
+      refreshWindow: opts.refreshWindow,
+      refreshMarginMs: opts.refreshMarginMs,
+      random,
+    });
+    armRefresh(ws, delay);
+  }
+
+  function armRefresh(ws, delayMs) {
+    clearTimeout(refreshTimer);
+    refreshTimer = setTimeout(() => refreshNow(ws), delayMs);
+  }
+
+  async function refreshNow(ws) {
+    refreshTimer = null;
+    if (stopped || socket !== ws) return;
+    let token;
+    try {
+      token = await opts.getToken({ forceRefresh: true, attempt, refresh: true });
+    } catch (error) {
+      report(error);
+      retryRefresh(ws);
+      return;
+    }
+    if (stopped || socket !== ws) return;
+    if (!token) {
+      // Logged out meanwhile: the socket must not outlive the session.
+      socket = null;
+      clearTimers();
+      drop(ws, 1000, "no token");
+      finish({ code: 1000, reason: "no token" });
+      return;
+    }
+    if (token === lastToken) {
+      // The same token again would renew nothing.
+      retryRefresh(ws);
+      return;
+    }
+    try {
+      ws.send(JSON.stringify({ type: "refresh", token }));
+    } catch {
+      retryRefresh(ws);
+      return;
+    }
+    // A 4001 from here on refuses this token: remember it as the one sent.
+    lastToken = token;
+    pendingRefresh = token;
+    clearTimeout(refreshReplyTimer);
+    refreshReplyTimer = setTimeout(() => {
+      refreshReplyTimer = null;
+      if (socket !== ws || pendingRefresh !== token) return;
+      pendingRefresh = null;
+      report(new Error("no answer to the token refresh within refreshTimeoutMs"));
+      retryRefresh(ws);
+    }, opts.refreshTimeoutMs);
+  }
+
+  // Tries again after a quarter to a half of the time left, so several
+  // tries fit before expiry; when too little is left, the gateway's 4002
+  // and the reconnect that follows take over.
+  function retryRefresh(ws) {
+    if (stopped || socket !== ws) return;
+    const left = refreshDeadline - now();
+    if (left < 2 * MIN_REFRESH_DELAY_MS) return;
+    armRefresh(ws, Math.max(MIN_REFRESH_DELAY_MS, Math.floor((left / 4) * (1 + random()))));
+  }
+
+  function refreshed(ws, frame) {
+    const token = pendingRefresh;
+    pendingRefresh = null;
+    clearTimeout(refreshReplyTimer);
+    refreshReplyTimer = null;
+    const expiresAt = typeof frame.expires_at === "number" ? frame.expires_at : null;
+    planRefresh(ws, token, { fresh: true, expiresAt });
+  }
+
+  function handleFrame(ws, data) {
     if (typeof data !== "string") return;
     let frame;
     try {
@@ -262,7 +496,13 @@ export function connect(options) {
       return;
     }
     if (frame && frame.type === "pong") return;
+    if (frame && frame.type === "refreshed" && pendingRefresh !== null) {
+      refreshed(ws, frame);
+      return;
+    }
     try {
+      frame = recovery.consume(frame);
+      if (frame === undefined) return;
       if (frame && Object.prototype.hasOwnProperty.call(frame, "message")) {
         if (opts.onMessage) opts.onMessage(frame.message, frame);
       } else if (opts.onFrame) {
@@ -346,6 +586,10 @@ export function connect(options) {
     },
     get socket() {
       return socket;
+    },
+    /** The greatest position seen (recovery), or null. */
+    get position() {
+      return recovery.position;
     },
     /** Stop for good: closes the socket (1000) and cancels any retry. */
     close() {

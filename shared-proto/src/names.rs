@@ -61,31 +61,46 @@ pub fn local_part(channel: &str) -> Option<&str> {
 /// The channel a gateway adds to a group so that channels_redis' own
 /// `group_send` keeps the group's recent messages in a queue key nobody pops
 /// (`<prefix>gw.replay.<group>`), from which any gateway process replays
-/// them to a reconnecting client. Names stay under [`MAX_NAME_LENGTH`]: a
-/// group too long for that is named by its SHA-256 instead
-/// (`gw.replay-h.<32 hex>`, a prefix no short name can take).
-pub fn replay_channel(group: &str) -> String {
-    if REPLAY_SHORT.len() + group.len() < MAX_NAME_LENGTH {
-        return format!("{REPLAY_SHORT}{group}");
-    }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(group.as_bytes());
-    let mut name = String::from(REPLAY_HASHED);
-    for byte in digest.iter().take(16) {
-        name.push_str(&format!("{byte:02x}"));
-    }
-    name
+/// them to a reconnecting client. On a ring of several hosts the name must
+/// land on the first one (where every gateway keeps its queue keys when
+/// recovering, so one clock reading scores both copies of a message):
+/// the first of `gw.replay.<group>`, `gw.replay-1.<group>`, … that
+/// channels_redis places there. Names stay under [`MAX_NAME_LENGTH`]: a group
+/// too long for that is named by its SHA-256 instead (`gw.replay-h.<32
+/// hex>`, then `gw.replay-h1.<32 hex>`, …: prefixes no short name takes).
+pub fn replay_channel(group: &str, ring_size: usize) -> String {
+    // Room for the longest variant tag ("-9999").
+    const ROOM: usize = MAX_NAME_LENGTH - "gw.replay-9999.".len();
+    let (tag, body) = if group.len() < ROOM {
+        ("gw.replay", group.to_string())
+    } else {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(group.as_bytes());
+        let hex: String = digest
+            .iter()
+            .take(16)
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        ("gw.replay-h", hex)
+    };
+    let variant = |attempt: u32| match (attempt, tag) {
+        (0, _) => format!("{tag}.{body}"),
+        (n, "gw.replay") => format!("{tag}-{n}.{body}"),
+        (n, _) => format!("{tag}{n}.{body}"),
+    };
+    // Each attempt lands on the first host with odds 1/ring_size: the
+    // search ends within a few; the bound only keeps it finite.
+    (0..10_000)
+        .map(variant)
+        .find(|name| crate::shard::shard_index(name, ring_size) == 0)
+        .unwrap_or_else(|| variant(0))
 }
 
-/// The two forms of [`replay_channel`].
-const REPLAY_SHORT: &str = "gw.replay.";
-const REPLAY_HASHED: &str = "gw.replay-h.";
-
-/// Whether `channel` is a replay channel (either form of [`replay_channel`]):
-/// a sender that finds its key full refused a message to the window, not to
-/// a consumer.
+/// Whether `channel` is a replay channel (any name [`replay_channel`]
+/// gives): a sender that finds its key full refused a message to the
+/// window, not to a consumer.
 pub fn is_replay_channel(channel: &str) -> bool {
-    channel.starts_with(REPLAY_SHORT) || channel.starts_with(REPLAY_HASHED)
+    channel.starts_with("gw.replay.") || channel.starts_with("gw.replay-")
 }
 
 fn is_name_byte(byte: u8) -> bool {
@@ -130,18 +145,27 @@ mod tests {
     }
 
     #[test]
-    fn replay_channels_are_valid_and_distinct() {
-        assert_eq!(replay_channel("user_42"), "gw.replay.user_42");
+    fn replay_channels_are_valid_distinct_and_on_the_first_host() {
+        assert_eq!(replay_channel("user_42", 1), "gw.replay.user_42");
         let long = "g".repeat(99);
-        let hashed = replay_channel(&long);
+        let hashed = replay_channel(&long, 1);
         assert!(hashed.starts_with("gw.replay-h."), "{hashed}");
-        assert_ne!(hashed, replay_channel(&"g".repeat(98)));
-        for group in ["user_42", &"a".repeat(89), &"a".repeat(90), &long] {
-            let channel = replay_channel(group);
-            assert!(is_valid_channel_name(&channel), "{channel}");
-            assert!(!channel.contains('!'));
-            assert!(is_replay_channel(&channel), "{channel}");
+        assert_ne!(hashed, replay_channel(&"g".repeat(98), 1));
+        for ring_size in 1..8 {
+            for group in ["user_42", "user_7", &"a".repeat(84), &"a".repeat(85), &long] {
+                let channel = replay_channel(group, ring_size);
+                assert!(is_valid_channel_name(&channel), "{channel}");
+                assert!(!channel.contains('!'));
+                assert!(channel.starts_with("gw.replay"));
+                assert!(is_replay_channel(&channel), "{channel}");
+                assert_eq!(
+                    crate::shard::shard_index(&channel, ring_size),
+                    0,
+                    "{channel}"
+                );
+            }
         }
+        assert_ne!(replay_channel("user_1", 3), replay_channel("user_2", 3));
         assert!(!is_replay_channel("specific.gw-abc.0!1"));
         assert!(!is_replay_channel("gw.replayer"));
     }

@@ -146,4 +146,87 @@ describe("ToDo page in headless Chromium", { timeout: 240000 }, () => {
     console.log(`screenshot: ${path.relative(process.cwd(), shot) || shot}`);
     assert.ok(openAt - readyAt < 10000, "pages reconnect within the hint + jitter");
   });
+
+  // Recovery (layer.recovery, on as in scripts/quickstart): Django publishes
+  // while the user has no socket at all; the pages get it after reconnecting.
+  const restartGateway = () =>
+    startGateway({ redisUrl: redis.url, port: gateway.port, adminPort: gateway.adminPort, extra: GATEWAY_EXTRA });
+  const recoveryStatus = (page) =>
+    page.waitForFunction(() => document.getElementById("ws-state").dataset.recovered, null, { timeout: 40000 });
+  const countNotifications = (page, text) =>
+    page.locator("#notifications .notification .text", { hasText: text }).count();
+
+  it("a task added while the gateway is down: its notification shows once the page is back", async () => {
+    const stoppedAt = Date.now();
+    await stop(gateway.child);
+    await Promise.all([tab1, tab2].map((page) => page.waitForSelector('#ws-state:not([data-state="open"])')));
+    for (const page of [tab1, tab2]) await page.evaluate(() => delete document.getElementById("ws-state").dataset.recovered);
+    const title = "Added while the gateway was down";
+    await addTask(tab1, title);
+    // The row is there once Django has answered, and it publishes before answering.
+    await tab1.locator("#tasks li", { hasText: title }).waitFor();
+    const publishedAt = Date.now();
+    assert.equal(await countNotifications(tab1, title), 0, "nobody was connected to relay it");
+    gateway = await restartGateway();
+    const readyAt = Date.now();
+    await Promise.all([notification(tab1, `New task: "${title}"`, 40000), notification(tab2, `New task: "${title}"`, 40000)]);
+    const shownAt = Date.now();
+    for (const page of [tab1, tab2]) {
+      await recoveryStatus(page);
+      const badge = await page.$eval("#ws-state", (el) => ({ ...el.dataset }));
+      assert.equal(badge.state, "open");
+      assert.equal(badge.recovered, "true");
+      assert.ok(Number(badge.replayed) >= 1, `replayed ${badge.replayed}`);
+      assert.equal(await page.isHidden("#recovery-note"), true);
+    }
+    await addTask(tab1, "Live after the recovery");
+    await notification(tab1, 'New task: "Live after the recovery"');
+    await notification(tab2, 'New task: "Live after the recovery"');
+    for (const page of [tab1, tab2]) assert.equal(await countNotifications(page, title), 1, "shown once");
+    assert.equal(await countNotifications(otherPage, title), 0, "not to another user");
+    console.log(
+      `recovery: published ${publishedAt - stoppedAt} ms after SIGTERM, gateway ready ${readyAt - publishedAt} ms ` +
+        `later, notification shown ${shownAt - readyAt} ms after ready`,
+    );
+    fs.mkdirSync(ARTIFACTS, { recursive: true });
+    await tab1.screenshot({ path: path.join(ARTIFACTS, "e2e-todo-recovered.png"), fullPage: true });
+  });
+
+  it("more missed than the window keeps: the page says so and refetches its task list", async () => {
+    await stop(gateway.child);
+    await tab1.waitForSelector('#ws-state:not([data-state="open"])');
+    for (const page of [tab1, tab2]) await page.evaluate(() => delete document.getElementById("ws-state").dataset.recovered);
+    // 101 tasks from the second tab (tab1's list does not show them): past
+    // channels_redis' capacity (100), so the last notifications are refused.
+    const bulk = 101;
+    const created = await tab2.evaluate(async (count) => {
+      const csrf = document.querySelector("#new-task [name=csrfmiddlewaretoken]").value;
+      let ok = 0;
+      for (let i = 1; i <= count; i++) {
+        const body = new FormData();
+        body.append("csrfmiddlewaretoken", csrf);
+        body.append("title", `Bulk ${i}`);
+        const response = await fetch("/", { method: "POST", body, headers: { Accept: "application/json" } });
+        if (response.status === 201) ok += 1;
+      }
+      return ok;
+    }, bulk);
+    assert.equal(created, bulk);
+    const last = tab1.locator("#tasks li .title", { hasText: new RegExp(`^Bulk ${bulk}$`) });
+    assert.equal(await last.count(), 0, "tab1's list does not have them yet");
+    gateway = await restartGateway();
+    await recoveryStatus(tab1);
+    assert.equal(await tab1.$eval("#ws-state", (el) => el.dataset.recovered), "false");
+    await tab1.waitForSelector("#recovery-note:not([hidden])", { timeout: 10000 });
+    assert.match(await tab1.textContent("#recovery-note"), /may be missing; the task list was refreshed/);
+    await last.waitFor({ timeout: 10000 });
+    await notification(tab1, 'New task: "Bulk 1"');
+    assert.equal(
+      await countNotifications(tab1, `New task: "Bulk ${bulk}"`),
+      0,
+      "its notification was refused while the key was full: the refetched list shows the task anyway",
+    );
+    await tab1.locator("#tasks li", { hasText: "Buy milk" }).waitFor(); // the list is whole, not just the new ones
+    await tab1.screenshot({ path: path.join(ARTIFACTS, "e2e-todo-refetched.png"), fullPage: true });
+  });
 });

@@ -1,11 +1,12 @@
 // The close codes the gateway can send but a test cannot make it send on
 // demand (4000-4008, 1011, ...): a small `ws` server plays the gateway's part.
-// Plus the pure helpers (backoff, hint parsing).
+// Recovery's bookkeeping against frames the test writes itself (positions,
+// the status frame). Plus the pure helpers (backoff, hint parsing).
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { WebSocketServer } from "ws";
-import { backoffDelay, parseRetryAfter, closeAdvice } from "../../gateway/static/notifications.js";
-import { freePort, sleep } from "./lib/procs.mjs";
+import { backoffDelay, parseRetryAfter, closeAdvice, isPosition } from "../../gateway/static/notifications.js";
+import { freePort, sleep, waitFor } from "./lib/procs.mjs";
 import { track } from "./lib/track.mjs";
 
 describe("close codes (scripted server)", { timeout: 60000 }, () => {
@@ -43,7 +44,8 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
         t.tokenCalls.map((c) => c.forceRefresh),
         [false, true],
       );
-      assert.ok(seen[1].url.endsWith("token=token-2"));
+      // recover= rides along by default (recovery, see below).
+      assert.equal(seen[1].url, "/ws/notifications/?token=token-2&recover=");
       t.conn.close();
     }
   });
@@ -123,7 +125,120 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
     reset([]);
     const t = track({ url });
     await t.waitState("open");
-    assert.equal(seen[0].url, "/ws/notifications/");
+    assert.equal(seen[0].url, "/ws/notifications/?recover=");
+    t.conn.close();
+  });
+});
+
+// Positions as the gateway writes them: 24 lowercase hex digits, compared as strings.
+const P = (n) => n.toString(16).padStart(24, "0");
+const positioned = (position, rest) => JSON.stringify({ position, ...rest });
+const status = (recovered, replayed, position) => JSON.stringify({ type: "recovery", recovered, replayed, position });
+
+describe("recovery (scripted server)", { timeout: 60000 }, () => {
+  let server;
+  let url;
+  let plan = [];
+  const seen = [];
+
+  before(async () => {
+    const port = await freePort();
+    server = new WebSocketServer({ port, host: "127.0.0.1" });
+    server.on("connection", (socket, request) => {
+      seen.push(request.url);
+      const step = plan.shift();
+      if (step) step(socket);
+    });
+    await new Promise((resolve) => server.once("listening", resolve));
+    url = `ws://127.0.0.1:${port}/ws/notifications/`;
+  });
+
+  after(() => new Promise((resolve) => server.close(resolve)));
+
+  const reset = (steps) => {
+    plan = steps;
+    seen.length = 0;
+  };
+  const recoverParam = (path) => new URL(path, "ws://gateway").searchParams.get("recover");
+
+  it("keeps the greatest position across reconnects; strips it; the status goes to onRecovery only", async () => {
+    reset([
+      (s) => {
+        s.send(status(true, 0, P(0x10)));
+        s.send(positioned(P(0x20), { message: "first" }));
+        s.send(positioned(P(0x30), { message: { nested: [1, "two"] } }));
+        s.send(positioned(P(0x40), { type: "typing", who: "demo2" })); // a passthrough frame
+        s.send(positioned("not-a-position", { message: "garbage position" }));
+        s.send(positioned(P(0x35), { message: "older position" }));
+        s.close(1011, "retry");
+      },
+      (s) => {
+        s.send(positioned(P(0x50), { message: "replayed" }));
+        s.send(status(false, 1, P(0x50)));
+        s.send(positioned(P(0x60), { message: "live" }));
+      },
+    ]);
+    const passthrough = [];
+    const t = track({ url, getToken: () => "tok", baseDelayMs: 20, onFrame: (frame) => passthrough.push(frame) });
+    await t.waitMessage("live");
+    assert.deepEqual(seen.map(recoverParam), ["", P(0x40)], "recover= first, then the greatest position seen");
+    assert.equal(seen[0], "/ws/notifications/?token=tok&recover=");
+    assert.deepEqual(t.messages, ["first", { nested: [1, "two"] }, "garbage position", "older position", "replayed", "live"]);
+    assert.deepEqual(
+      t.frames.map((frame) => frame.position),
+      [P(0x20), P(0x30), "not-a-position", P(0x35), P(0x50), P(0x60)],
+      "onMessage's second argument is the frame, with its position",
+    );
+    assert.deepEqual(passthrough, [{ type: "typing", who: "demo2" }], "the status frame never reaches onFrame");
+    assert.deepEqual(
+      t.recoveries.map(({ recovered, replayed, position, afterMessages }) => ({ recovered, replayed, position, afterMessages })),
+      [
+        { recovered: true, replayed: 0, position: P(0x10), afterMessages: 0 },
+        { recovered: false, replayed: 1, position: P(0x50), afterMessages: 5 },
+      ],
+    );
+    assert.equal(t.conn.position, P(0x60));
+    t.conn.close();
+  });
+
+  it("initialPosition is sent on the first attempt; one that is no position is not", async () => {
+    reset([(s) => s.send(status(true, 0, P(7)))]);
+    const t = track({ url, getToken: () => "tok", initialPosition: P(0xabc) });
+    await waitFor(() => t.recoveries.length === 1, { what: "recovery status" });
+    assert.equal(recoverParam(seen[0]), P(0xabc));
+    assert.equal(t.conn.position, P(0xabc), "a smaller status position does not move it back");
+    t.conn.close();
+    reset([]);
+    const u = track({ url, getToken: () => "tok", initialPosition: "ABC" });
+    await u.waitState("open");
+    assert.equal(recoverParam(seen[0]), "");
+    assert.equal(u.conn.position, null);
+    u.conn.close();
+  });
+
+  it("recover: false sends no recover parameter and hands every frame on as before", async () => {
+    reset([
+      (s) => {
+        s.send(positioned(P(0x20), { message: "m" }));
+        s.send(status(true, 0, P(0x20)));
+        s.close(1011, "retry");
+      },
+      () => {},
+    ]);
+    const passthrough = [];
+    const t = track({
+      url,
+      getToken: () => "tok",
+      baseDelayMs: 20,
+      recover: false,
+      onFrame: (frame) => passthrough.push(frame),
+    });
+    await waitFor(() => seen.length === 2, { what: "the reconnect" });
+    assert.deepEqual(seen, ["/ws/notifications/?token=tok", "/ws/notifications/?token=tok"]);
+    assert.deepEqual(t.messages, ["m"]);
+    assert.deepEqual(passthrough, [{ type: "recovery", recovered: true, replayed: 0, position: P(0x20) }]);
+    assert.equal(t.recoveries.length, 0);
+    assert.equal(t.conn.position, null);
     t.conn.close();
   });
 });
@@ -145,6 +260,14 @@ describe("helpers", () => {
     assert.equal(parseRetryAfter("server shutting down"), null);
     assert.equal(parseRetryAfter(""), null);
     assert.equal(parseRetryAfter(undefined), null);
+  });
+
+  it("isPosition: 24 lowercase hex digits only", () => {
+    assert.equal(isPosition("41da5a63c8e9f8a2b3c1d2e4"), true);
+    assert.equal(isPosition("41DA5A63C8E9F8A2B3C1D2E4"), false);
+    assert.equal(isPosition("41da5a63c8e9f8a2b3c1d2e"), false);
+    assert.equal(isPosition(""), false);
+    assert.equal(isPosition(null), false);
   });
 
   it("closeAdvice follows the README's table", () => {

@@ -4,7 +4,7 @@
 // gateway and python3 tests/py/ensure_venv.py), or bash tests/e2e/run.
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startRedis, startGateway, genToken, publisher, stop, sleep, freePort } from "./lib/procs.mjs";
+import { startRedis, startGateway, genToken, publisher, stop, sleep, freePort, waitFor } from "./lib/procs.mjs";
 import { track, freezableProxy } from "./lib/track.mjs";
 
 describe("notifications.js against a real gateway", { timeout: 120000 }, () => {
@@ -149,6 +149,176 @@ describe("notifications.js against a real gateway", { timeout: 120000 }, () => {
       );
       await pub.publish("user_107", "after restart");
       await t.waitMessage("after restart");
+      t.conn.close();
+    } finally {
+      await stop(gw.child);
+    }
+  });
+});
+
+// Recovery (docs/recovery.md) with the gateway's layer.recovery on, as
+// lib/procs.mjs starts it: what Django publishes while a client has no open
+// socket reaches it after the reconnect, once and in order.
+describe("notifications.js recovery against a real gateway", { timeout: 180000 }, () => {
+  let redis;
+  let pub;
+  const POSITION = /^[0-9a-f]{24}$/;
+  const recoverParam = (url) => new URL(url).searchParams.get("recover");
+
+  before(async () => {
+    redis = await startRedis();
+    pub = await publisher(redis.url);
+  });
+
+  after(async () => {
+    if (pub) await pub.stop();
+    if (redis) await stop(redis.child);
+  });
+
+  /** Positions strictly grow, every message frame has one, and onMessage got the bare message. */
+  function assertPositioned(t) {
+    t.frames.forEach((frame, i) => {
+      assert.match(frame.position, POSITION, `message ${i} positioned`);
+      assert.deepEqual(frame.message, t.messages[i], "onMessage gets the message without its position");
+      if (i > 0) assert.ok(frame.position > t.frames[i - 1].position, `position ${i} grows`);
+    });
+  }
+
+  it("gateway SIGTERM and restart: the messages published meanwhile arrive once, in order", async () => {
+    const extra = { GATEWAY_SERVER_DRAIN_RECONNECT_JITTER: "1s" };
+    let gw = await startGateway({ redisUrl: redis.url, extra });
+    try {
+      const token = genToken(201);
+      const t = track({ url: gw.url, getToken: () => token, hintJitterMs: 200, baseDelayMs: 100 });
+      await t.waitState("open");
+      assert.equal(recoverParam(t.opened[0]), "", "recover= on the first attempt");
+      assert.ok(t.opened[0].includes(`?token=${token}&recover=`));
+      await waitFor(() => t.recoveries.length === 1, { what: "first recovery status" });
+      assert.equal(t.recoveries[0].recovered, true);
+      assert.equal(t.recoveries[0].replayed, 0);
+      await pub.publish("user_201", "before");
+      await t.waitMessage("before");
+      const held = t.conn.position;
+      assert.ok(held >= t.frames[0].position, "the greatest position seen is held");
+
+      await stop(gw.child);
+      const waiting = await t.waitState("waiting");
+      assert.equal(waiting.code, 1001);
+      const missed = ["missed 1", { missed: 2 }, "missed 3", "missed 4", "missed 5"];
+      for (const message of missed) await pub.publish("user_201", message);
+      await pub.publish("user_202", "someone else's");
+      gw = await startGateway({ redisUrl: redis.url, port: gw.port, adminPort: gw.adminPort, extra });
+      await waitFor(() => t.recoveries.length === 2, { timeoutMs: 20000, what: "recovery after the restart" });
+      const reconnect = t.opened[t.opened.length - 1];
+      assert.equal(recoverParam(reconnect), held, "reconnects with the greatest position seen");
+      assert.deepEqual(t.messages, ["before", ...missed]);
+      const { recovered, replayed, position, afterMessages } = t.recoveries[1];
+      assert.deepEqual({ recovered, replayed, afterMessages }, { recovered: true, replayed: 5, afterMessages: 6 });
+      assert.ok(position >= t.frames[5].position);
+
+      await pub.publish("user_201", "live again");
+      await t.waitMessage("live again");
+      await sleep(500);
+      assert.deepEqual(t.messages, ["before", ...missed, "live again"], "nothing twice, nothing else");
+      assertPositioned(t);
+      console.log(
+        `recovered ${replayed} messages ${t.recoveries[1].at - waiting.at} ms after the drain close ` +
+          `(${t.opened.length} attempts)`,
+      );
+      t.conn.close();
+    } finally {
+      await stop(gw.child);
+    }
+  });
+
+  it("a dead (half-open) socket: what was written into it comes back after the reconnect", async () => {
+    const gw = await startGateway({ redisUrl: redis.url });
+    const proxy = await freezableProxy(gw.port);
+    try {
+      const token = genToken(203);
+      const t = track({
+        url: `ws://127.0.0.1:${proxy.port}/ws/notifications/`,
+        getToken: () => token,
+        pingIntervalMs: 300,
+        pongTimeoutMs: 700,
+        baseDelayMs: 100,
+      });
+      await waitFor(() => t.recoveries.length === 1, { what: "first recovery status" });
+      await pub.publish("user_203", "seen");
+      await t.waitMessage("seen");
+      const held = t.conn.position;
+      proxy.freeze();
+      // The gateway still has the socket: these are written to it and lost in the frozen link.
+      const lost = ["lost 1", "lost 2", "lost 3"];
+      for (const message of lost) await pub.publish("user_203", message);
+      await t.waitState("waiting", { where: (s) => s.dead, timeoutMs: 5000 });
+      await waitFor(() => t.recoveries.length === 2, { what: "recovery after the dead link" });
+      assert.equal(recoverParam(t.opened[1]), held);
+      assert.deepEqual(t.messages, ["seen", ...lost]);
+      assert.equal(t.recoveries[1].recovered, true);
+      assert.equal(t.recoveries[1].replayed, 3);
+      await pub.publish("user_203", "after");
+      await t.waitMessage("after");
+      await sleep(300);
+      assert.deepEqual(t.messages, ["seen", ...lost, "after"]);
+      assertPositioned(t);
+      t.conn.close();
+    } finally {
+      await proxy.close();
+      await stop(gw.child);
+    }
+  });
+
+  it("recover: false: no recover parameter, frames as before, and what a dead link swallowed stays lost", async () => {
+    const gw = await startGateway({ redisUrl: redis.url });
+    const proxy = await freezableProxy(gw.port);
+    try {
+      const token = genToken(204);
+      const t = track({
+        url: `ws://127.0.0.1:${proxy.port}/ws/notifications/`,
+        getToken: () => token,
+        recover: false,
+        pingIntervalMs: 300,
+        pongTimeoutMs: 700,
+        baseDelayMs: 100,
+      });
+      await t.waitState("open");
+      assert.equal(recoverParam(t.opened[0]), null);
+      await pub.publish("user_204", "plain");
+      await t.waitMessage("plain");
+      assert.deepEqual(t.frames, [{ message: "plain" }]);
+      proxy.freeze();
+      await pub.publish("user_204", "swallowed");
+      const dead = await t.waitState("waiting", { where: (s) => s.dead, timeoutMs: 5000 });
+      await t.waitState("open", { from: t.states.indexOf(dead) });
+      await pub.publish("user_204", "after");
+      await t.waitMessage("after");
+      await sleep(300);
+      assert.deepEqual(t.messages, ["plain", "after"]);
+      assert.deepEqual(t.frames, [{ message: "plain" }, { message: "after" }]);
+      assert.equal(t.recoveries.length, 0);
+      assert.equal(t.conn.position, null);
+      assert.equal(recoverParam(t.opened[1]), null);
+      t.conn.close();
+    } finally {
+      await proxy.close();
+      await stop(gw.child);
+    }
+  });
+
+  it("a gateway without layer.recovery ignores recover=: frames as before, no status", async () => {
+    const gw = await startGateway({ redisUrl: redis.url, extra: { GATEWAY_LAYER_RECOVERY: "false" } });
+    try {
+      const token = genToken(205);
+      const t = track({ url: gw.url, getToken: () => token });
+      await t.waitState("open");
+      assert.equal(recoverParam(t.opened[0]), "", "the client asks by default");
+      await pub.publish("user_205", "unpositioned");
+      await t.waitMessage("unpositioned");
+      await sleep(300);
+      assert.deepEqual(t.frames, [{ message: "unpositioned" }]);
+      assert.equal(t.recoveries.length, 0);
+      assert.equal(t.conn.position, null);
       t.conn.close();
     } finally {
       await stop(gw.child);

@@ -289,7 +289,7 @@ async fn refusals_into_a_replay_key_are_told_apart() {
         json!({"capacity": 4, "channel_capacity": {"gw.replay.*": 2}}),
     )
     .await;
-    let replay = shared_proto::names::replay_channel("user_4");
+    let replay = shared_proto::names::replay_channel("user_4", 1);
     for channel in ["specific.gw-p.0!1", replay.as_str()] {
         driver
             .group_add("user_4", channel)

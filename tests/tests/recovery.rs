@@ -124,27 +124,22 @@ async fn a_client_away_for_ten_seconds_gets_everything_from_another_process() {
     let start = read_recovery(&mut socket).await;
     assert_eq!(start.status["recovered"], true, "{:?}", start.status);
     assert!(start.messages.is_empty());
-    // The position a client holds without having received anything.
-    let mut position = position_of(&start.status);
-    publish_numbered(&mut django, "user_42", 0, 1, Duration::ZERO).await;
-    let live = socket.recv_json(WAIT).await.expect("live message");
-    assert_eq!(live["message"]["n"], 0);
-    assert!(position_of(&live) > position, "positions grow");
-    position = position_of(&live);
+    // The position a client holds before it has received anything.
+    let position = position_of(&start.status);
     socket.close().await.expect("close");
 
-    // Away for 10 s while Django publishes 99 more (the replay key holds
-    // Django's capacity, 100, and the one the client has is among them).
+    // Away for 10 s while Django publishes 100 messages.
     let away = Instant::now();
-    publish_numbered(&mut django, "user_42", 1, 99, Duration::from_millis(100)).await;
+    publish_numbered(&mut django, "user_42", 0, 100, Duration::from_millis(99)).await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(away.elapsed())).await;
 
     let mut back = connect_recovering(&second, 42, Some(&position)).await;
     let recovered = read_recovery(&mut back).await;
-    assert_eq!(numbers(&recovered.messages), (1..100).collect::<Vec<_>>());
-    assert_eq!(recovered.status["replayed"], 99);
-    // The key is at capacity: a 101st message would have been refused, and
-    // nothing tells whether one was, so completeness cannot be promised.
+    assert_eq!(numbers(&recovered.messages), (0..100).collect::<Vec<_>>());
+    assert_eq!(recovered.status["replayed"], 100);
+    // The replay key holds Django's capacity (100): a 101st message would
+    // have been refused, and nothing records whether one was, so
+    // completeness cannot be promised (docs/recovery.md).
     assert_eq!(
         recovered.status["recovered"], false,
         "{:?}",
@@ -159,6 +154,7 @@ async fn a_client_away_for_ten_seconds_gets_everything_from_another_process() {
         back.recv_json(WAIT).await.expect("live"),
     ];
     assert_eq!(numbers(&live), vec![100, 101], "then live, no duplicate");
+    assert!(position_of(&live[0]) > position_of(last), "positions grow");
     back.expect_silence(Duration::from_millis(500))
         .await
         .expect("nothing more");
@@ -172,7 +168,7 @@ async fn a_client_away_for_ten_seconds_gets_everything_from_another_process() {
     );
     assert_eq!(
         metric(&second, "gateway_messages_replayed_total ").await,
-        99.0
+        100.0
     );
 }
 
@@ -647,4 +643,95 @@ async fn a_rolling_restart_loses_nothing_and_repeats_nothing() {
         reconnected >= ROLLING_USERS,
         "every socket was drained once at least ({reconnected} reconnects)"
     );
+}
+
+/// With sharded hosts, every recovering gateway keeps its queue keys on the
+/// first host, where the replay keys are: one clock reading scores both
+/// copies of a message, so positions agree; groups stay sharded.
+#[tokio::test]
+async fn recovery_works_over_three_sharded_hosts() {
+    let redis: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start().expect("redis starts"))
+        .collect();
+    let urls: Vec<String> = redis.iter().map(RedisServer::url).collect();
+    let sharded = |config: GatewayConfig| recovering(config.hosts(urls.clone()));
+    let mut first_config = sharded(GatewayConfig::new(&urls[0]).expect("config"));
+    let first = start_gateway(&mut first_config).await;
+    let mut second_config = sharded(GatewayConfig::new(&urls[0]).expect("config"));
+    let second = start_gateway(&mut second_config).await;
+    let hosts: Vec<&RedisServer> = redis.iter().collect();
+    let mut django = layer_publisher("core", &hosts, json!({})).await;
+
+    let users = [21u32, 22, 23, 24];
+    let mut positions = Vec::new();
+    for user in users {
+        let mut socket = connect_recovering(&first, user, None).await;
+        let start = read_recovery(&mut socket).await;
+        publish_numbered(&mut django, &format!("user_{user}"), 0, 1, Duration::ZERO).await;
+        let live = socket.recv_json(WAIT).await.expect("live message");
+        assert_eq!(live["message"]["n"], 0);
+        assert!(position_of(&live) > position_of(&start.status));
+        positions.push(position_of(&live));
+        socket.close().await.expect("close");
+    }
+    for user in users {
+        publish_numbered(&mut django, &format!("user_{user}"), 1, 30, Duration::ZERO).await;
+    }
+    for (user, position) in users.iter().zip(&positions) {
+        let mut back = connect_recovering(&second, *user, Some(position)).await;
+        let recovered = read_recovery(&mut back).await;
+        assert_eq!(
+            numbers(&recovered.messages),
+            (1..31).collect::<Vec<_>>(),
+            "user {user}"
+        );
+        assert_eq!(
+            recovered.status["recovered"], true,
+            "{:?}",
+            recovered.status
+        );
+        publish_numbered(&mut django, &format!("user_{user}"), 31, 1, Duration::ZERO).await;
+        let live = back.recv_json(WAIT).await.expect("live after the replay");
+        assert_eq!(live["message"]["n"], 31, "user {user}");
+    }
+    // The replay keys are all on the first host.
+    let on_first = redis[0]
+        .cmd(&["KEYS", "asgigw.replay*"])
+        .await
+        .expect("keys");
+    assert_eq!(on_first.len(), users.len(), "{on_first:?}");
+    for other in &redis[1..] {
+        assert!(other
+            .cmd(&["KEYS", "asgigw.replay*"])
+            .await
+            .expect("keys")
+            .is_empty());
+    }
+}
+
+/// A client that keeps its token out of the URL (first-message
+/// authentication) recovers the same way: `authenticated`, the replay,
+/// the status.
+#[tokio::test]
+async fn first_message_authentication_recovers_too() {
+    let redis = RedisServer::start().expect("redis starts");
+    let gateway = recovering_gateway(&redis, &[("auth", r#"first_message_timeout = "2s""#)]).await;
+    let mut django = publisher_for(&redis, json!({})).await;
+    let mut socket = connect_recovering(&gateway, 14, None).await;
+    let position = position_of(&read_recovery(&mut socket).await.status);
+    socket.close().await.expect("close");
+    publish_numbered(&mut django, "user_14", 0, 3, Duration::ZERO).await;
+
+    let url = gateway.ws_url(&format!("/ws/notifications/?recover={position}"));
+    let mut back = WsClient::connect(&url, TokenIn::None)
+        .await
+        .expect("socket opens");
+    back.send_text(&json!({"token": token(14)}).to_string())
+        .await
+        .expect("token sent");
+    let authenticated = back.recv_json(WAIT).await.expect("authenticated");
+    assert_eq!(authenticated["type"], "authenticated");
+    let recovered = read_recovery(&mut back).await;
+    assert_eq!(numbers(&recovered.messages), vec![0, 1, 2]);
+    assert_eq!(recovered.status["recovered"], true);
 }

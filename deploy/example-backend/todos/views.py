@@ -39,6 +39,7 @@ def index(request):
             "client_config": {
                 "wsUrl": settings.GATEWAY_WS_URL,
                 "tokenUrl": "/api/ws-token/",
+                "tasksUrl": "/api/tasks/",
             },
         },
     )

@@ -594,7 +594,7 @@ impl WritePlan {
         if let Some(replays) = self.replays.get_mut(hosts.index_for(group)) {
             replays
                 .entry(names::group_key(prefix, group))
-                .or_insert_with(|| replay::replay_member(group));
+                .or_insert_with(|| replay::replay_member(group, hosts.len()));
         }
     }
 

@@ -160,7 +160,11 @@ pub enum Layer {
 }
 
 impl Layer {
-    /// Adds `channel` to `groups` in Redis; resolves once written.
+    /// Adds `channel` to `groups` in Redis; resolves once written. On the
+    /// core layer that includes every join and leave queued before it: the
+    /// membership writer takes them in order (except a leave that found
+    /// the queue full, which follows later), so even a join of no groups
+    /// waits for the leaves queued before it.
     pub async fn join(&self, groups: &[Arc<str>], channel: &str) -> Result<(), LayerError> {
         match self {
             Layer::Core(layer) => layer.join(groups, channel).await,

@@ -80,16 +80,17 @@ end
 return {#due, removed}
 ";
 
-/// The names recovery uses for one group.
-pub fn replay_member(group: &str) -> String {
-    names::replay_channel(group)
+/// The replay member of `group` on a ring of `hosts` (it lands on the
+/// first host, where a recovering gateway keeps its queue keys).
+pub fn replay_member(group: &str, hosts: usize) -> String {
+    names::replay_channel(group, hosts)
 }
 
 /// The key channels_redis queues a group's messages into for its replay
 /// member: `<prefix>` and the channel, no separator (a channel without `!`
 /// is its own non-local part).
-pub fn replay_key(prefix: &str, group: &str) -> String {
-    names::queue_key(prefix, &names::replay_channel(group))
+pub fn replay_key(prefix: &str, group: &str, hosts: usize) -> String {
+    names::queue_key(prefix, &names::replay_channel(group, hosts))
 }
 
 /// The set of group keys that lost their last socket on some process
@@ -98,8 +99,8 @@ pub fn idle_key(prefix: &str) -> String {
     format!("{prefix}:gw:replay-idle")
 }
 
-/// Reads the replay keys of `groups` for a recovering socket (one host:
-/// the configuration refuses recovery over several).
+/// Reads the replay keys of `groups` for a recovering socket: every replay
+/// key lives on the first host.
 pub async fn read(
     hosts: &HostRing,
     prefix: &str,
@@ -109,13 +110,9 @@ pub async fn read(
 ) -> Result<ReplaySnapshot, RedisError> {
     let keys: Vec<String> = groups
         .iter()
-        .map(|group| replay_key(prefix, group))
+        .map(|group| replay_key(prefix, group, hosts.len()))
         .collect();
-    let index = groups
-        .first()
-        .map(|group| hosts.index_for(&names::replay_channel(group)))
-        .unwrap_or(0);
-    let Some(host) = hosts.host(index) else {
+    let Some(host) = hosts.host(0) else {
         return Ok(ReplaySnapshot::default());
     };
     host.read_replay(&keys, from, limit).await
@@ -178,11 +175,13 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(replay_key("asgi", "user_7"), "asgigw.replay.user_7");
-        assert_eq!(replay_member("user_7"), "gw.replay.user_7");
+        assert_eq!(replay_key("asgi", "user_7", 1), "asgigw.replay.user_7");
+        assert_eq!(replay_member("user_7", 1), "gw.replay.user_7");
         assert_eq!(idle_key("asgi"), "asgi:gw:replay-idle");
         for group in ["user_7", &"g".repeat(99)] {
-            assert!(replay_member(group).starts_with(REPLAY_MEMBER_PREFIX));
+            for hosts in 1..4 {
+                assert!(replay_member(group, hosts).starts_with(REPLAY_MEMBER_PREFIX));
+            }
         }
     }
 

@@ -132,6 +132,8 @@ export function gatewayEnv({ redisUrl, port, adminPort, extra = {} }) {
     GATEWAY_SERVER_LISTEN: `127.0.0.1:${port}`,
     GATEWAY_SERVER_ADMIN_LISTEN: `127.0.0.1:${adminPort}`,
     GATEWAY_LOG_FORMAT: "json",
+    // As scripts/quickstart runs it: reconnecting clients get what they missed.
+    GATEWAY_LAYER_RECOVERY: "true",
     RUST_LOG: process.env.RUST_LOG || "info",
     ...extra,
   };

@@ -25,6 +25,8 @@ export function track(options) {
   const { Recording, opened, sent } = recordingWebSocket();
   const states = [];
   const messages = [];
+  const frames = []; // onMessage's second argument, one per message
+  const recoveries = []; // onRecovery's argument, with the index into messages
   const tokenCalls = [];
   const getToken = options.getToken;
   const conn = connect({
@@ -37,13 +39,19 @@ export function track(options) {
           return getToken(context);
         }
       : undefined,
-    onMessage: (message) => messages.push(message),
+    onMessage: (message, frame) => {
+      messages.push(message);
+      frames.push(frame);
+    },
+    onRecovery: (status) => recoveries.push({ ...status, afterMessages: messages.length, at: Date.now() }),
     onStateChange: (state, detail) => states.push({ state, ...detail, at: Date.now() }),
   });
   return {
     conn,
     states,
     messages,
+    frames,
+    recoveries,
     opened,
     sent,
     tokenCalls,

@@ -1476,7 +1476,7 @@ async fn replay_key_sample(args: &Args) -> Result<serde_json::Value> {
     let mut client = tests::RespClient::connect(single_redis_addr(args, "--redis-stats")?).await?;
     let key = shared_proto::names::queue_key(
         &args.prefix,
-        &shared_proto::names::replay_channel(&format!("user_{}", args.user_base)),
+        &shared_proto::names::replay_channel(&format!("user_{}", args.user_base), 1),
     );
     let entries = client
         .cmd(&["ZCARD", &key])
