@@ -429,12 +429,8 @@ impl LayerDriver {
         message: impl ToDriverJson,
         index_field: &str,
     ) -> Result<Value> {
-        let raw = message.to_driver_json()?;
-        self.op_with(
-            json!({"op": "group_send_seq", "groups": groups, "count": count, "index_field": index_field}),
-            &[("message", raw)],
-        )
-        .await
+        self.group_send_rounds_from(groups, 0, count, message, index_field)
+            .await
     }
 
     /// [`group_send_rounds`](Self::group_send_rounds) numbering from

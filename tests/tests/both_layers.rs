@@ -3,6 +3,7 @@
 //! several sharded hosts and Redis faults, each run once per layer with the
 //! real Python library publishing.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -10,23 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::json;
 use tests::{GatewayConfig, GatewayLauncher, RedisServer, Signal};
-
-macro_rules! on_both_layers {
-    ($($test:ident),+ $(,)?) => {
-        $(
-            mod $test {
-                #[tokio::test]
-                async fn core() {
-                    super::$test("core").await
-                }
-                #[tokio::test]
-                async fn pubsub() {
-                    super::$test("pubsub").await
-                }
-            }
-        )+
-    };
-}
 
 on_both_layers!(
     delivers_to_every_socket_of_the_user_only,

@@ -7,6 +7,7 @@
 //! token asking for a group no pattern allows, or naming another user, is
 //! refused with 4003.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -15,23 +16,6 @@ use common::*;
 use serde_json::{json, Value};
 use tests::tokens::{claims_for_user, mint};
 use tests::{RedisServer, TokenIn, WsClient};
-
-macro_rules! on_both_layers {
-    ($($test:ident),+ $(,)?) => {
-        $(
-            mod $test {
-                #[tokio::test]
-                async fn core() {
-                    super::$test("core").await
-                }
-                #[tokio::test]
-                async fn pubsub() {
-                    super::$test("pubsub").await
-                }
-            }
-        )+
-    };
-}
 
 on_both_layers!(
     a_refresh_that_drops_a_group_stops_its_messages,

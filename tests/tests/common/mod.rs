@@ -3,7 +3,7 @@
 //! plus helpers to connect sockets and read metrics. It must not hold test
 //! cases.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,26 @@ use tests::tokens::{claims_for_user, mint};
 use tests::{
     GatewayConfig, GatewayLauncher, GatewayProcess, LayerDriver, RedisServer, TokenIn, WsClient,
 };
+
+/// `on_both_layers!(a_test, …)`: for each async `fn a_test(layer: &str)`,
+/// a module `a_test` with the tests `core` and `pubsub` running it on that
+/// layer.
+macro_rules! on_both_layers {
+    ($($test:ident),+ $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test]
+                async fn core() {
+                    super::$test("core").await
+                }
+                #[tokio::test]
+                async fn pubsub() {
+                    super::$test("pubsub").await
+                }
+            }
+        )+
+    };
+}
 
 pub const SECRET: &str = "test-secret";
 pub const WAIT: Duration = Duration::from_secs(5);
