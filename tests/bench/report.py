@@ -419,8 +419,20 @@ def recovery_lines(res, meta):
         row("… of which the commands of `group_send` itself: ZREMRANGEBYSCORE, ZRANGE, MULTI, EXEC, EVAL, "
             "and the ZCOUNT, ZADD, EXPIRE its script runs per queue key (the gateway's heartbeats add a few "
             "EXPIREs)", sender_calls(off_cost), sender_calls(on_cost), digits=2)
-        row("Redis CPU µs per `group_send` (commandstats' usec)", off_cost.get("usec_per_group_send"),
-            on_cost.get("usec_per_group_send"), digits=2)
+        def process_cpu_us(name):
+            step = ((res.get(name) or {}).get("steps") or [{}])[0]
+            cpu_s, sends = (step.get("cpu") or {}).get("redis_cpu_s"), step.get("published")
+            return cpu_s * 1e6 / sends if cpu_s is not None and sends else None
+
+        def eval_us(cost):
+            script = (cost.get("commands") or {}).get("eval") or {}
+            return script["usec"] / script["calls"] if script.get("calls") else None
+
+        row("Redis CPU µs per `group_send` (the redis-server process's CPU time over the sends, from /proc: "
+            "commands, scripts, the gateway's pops and the network)", process_cpu_us("recovery-off-cost"),
+            process_cpu_us("recovery-on-cost"), digits=1)
+        row("… of which the `group_send` script (EVAL: ZCOUNT, ZADD, EXPIRE per queue key), µs per call "
+            "(commandstats)", eval_us(off_cost), eval_us(on_cost), digits=1)
         row("Redis memory per `group_send`, bytes still held once every socket had it (`used_memory` delta "
             "÷ sends)", off_cost.get("memory_bytes_per_group_send"), on_cost.get("memory_bytes_per_group_send"),
             digits=1, show_ratio=False)
