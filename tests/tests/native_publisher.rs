@@ -215,39 +215,59 @@ async fn same_keys_members_and_ttls_as_channels_redis() {
     driver.quit().await.expect("driver quits");
 }
 
-#[tokio::test]
-async fn capacity_drops_match_channels_redis() {
-    let redis = RedisServer::start().expect("redis starts");
+/// A group of `channels` sent `sends` notifications by the real
+/// channels_redis with `capacity` and one `channel_capacity` pattern: what
+/// Redis held then, the queues cleared, the message as Python encodes it
+/// and a native publisher with the same capacities, for the caller to
+/// repeat the sends with.
+async fn sent_by_python_then_native(
+    redis: &RedisServer,
+    (group, channels, sends): (&str, &[&str], usize),
+    (capacity, pattern, pattern_capacity): (u64, &str, u64),
+) -> (
+    BTreeMap<String, KeyState>,
+    LayerDriver,
+    Message,
+    NativePublisher,
+) {
     let mut driver = python(
-        &redis,
-        json!({"capacity": 3, "channel_capacity": {"specific.big*": 5}}),
+        redis,
+        json!({"capacity": capacity, "channel_capacity": {pattern: pattern_capacity}}),
     )
     .await;
-    for channel in ["specific.small!1", "specific.big!1"] {
-        driver
-            .group_add("user_3", channel)
-            .await
-            .expect("group_add");
+    for channel in channels {
+        driver.group_add(group, channel).await.expect("group_add");
     }
     let text = r#"{"type": "send_notification", "message": "m"}"#;
-    for _ in 0..7 {
+    for _ in 0..sends {
         driver
-            .group_send("user_3", JsonText::new(text))
+            .group_send(group, JsonText::new(text))
             .await
             .expect("python group_send");
     }
-    let from_python = snapshot(&redis, "asgi*").await;
-    clear_queues(&redis).await;
-
+    let from_python = snapshot(redis, "asgi*").await;
+    clear_queues(redis).await;
     let message = message_from_python(&mut driver, text).await;
     let config = PublisherConfig {
-        capacity: 3,
-        channel_capacity: vec![("specific.big*".into(), 5)],
+        capacity,
+        channel_capacity: vec![(pattern.into(), pattern_capacity)],
         ..PublisherConfig::default()
     };
-    let mut native = NativePublisher::connect(&[redis.url()], config)
+    let native = NativePublisher::connect(&[redis.url()], config)
         .await
         .expect("native publisher connects");
+    (from_python, driver, message, native)
+}
+
+#[tokio::test]
+async fn capacity_drops_match_channels_redis() {
+    let redis = RedisServer::start().expect("redis starts");
+    let (from_python, driver, message, mut native) = sent_by_python_then_native(
+        &redis,
+        ("user_3", &["specific.small!1", "specific.big!1"], 7),
+        (3, "specific.big*", 5),
+    )
+    .await;
     let mut dropped = Vec::new();
     for _ in 0..7 {
         let outcome = native
@@ -284,37 +304,13 @@ async fn capacity_drops_match_channels_redis() {
 #[tokio::test]
 async fn refusals_into_a_replay_key_are_told_apart() {
     let redis = RedisServer::start().expect("redis starts");
-    let mut driver = python(
+    let replay = shared_proto::names::replay_channel("user_4", 1);
+    let (from_python, driver, message, mut native) = sent_by_python_then_native(
         &redis,
-        json!({"capacity": 4, "channel_capacity": {"gw.replay.*": 2}}),
+        ("user_4", &["specific.gw-p.0!1", replay.as_str()], 5),
+        (4, "gw.replay.*", 2),
     )
     .await;
-    let replay = shared_proto::names::replay_channel("user_4", 1);
-    for channel in ["specific.gw-p.0!1", replay.as_str()] {
-        driver
-            .group_add("user_4", channel)
-            .await
-            .expect("group_add");
-    }
-    let text = r#"{"type": "send_notification", "message": "m"}"#;
-    for _ in 0..5 {
-        driver
-            .group_send("user_4", JsonText::new(text))
-            .await
-            .expect("python group_send");
-    }
-    let from_python = snapshot(&redis, "asgi*").await;
-    clear_queues(&redis).await;
-
-    let message = message_from_python(&mut driver, text).await;
-    let config = PublisherConfig {
-        capacity: 4,
-        channel_capacity: vec![("gw.replay.*".into(), 2)],
-        ..PublisherConfig::default()
-    };
-    let mut native = NativePublisher::connect(&[redis.url()], config)
-        .await
-        .expect("native publisher connects");
     let batch: Vec<(&str, &Message)> = (0..5).map(|_| ("user_4", &message)).collect();
     let outcomes = native.group_send_many(&batch).await.expect("batch");
     assert_eq!(from_python["asgigw.replay.user_4"].members.len(), 2);
