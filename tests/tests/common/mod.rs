@@ -183,6 +183,20 @@ pub async fn metric(gateway: &GatewayProcess, line_prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The metric's value once it reaches `expected`, or what it is after
+/// `WAIT` (counters the gateway updates right after an event may trail
+/// what a client already saw of it by a preemption).
+pub async fn wait_for_metric(gateway: &GatewayProcess, line_prefix: &str, expected: f64) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let value = metric(gateway, line_prefix).await;
+        if value >= expected || Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn group_members(redis: &RedisServer, group: &str) -> Vec<String> {
     redis
         .cmd(&["ZRANGE", &format!("asgi:group:{group}"), "0", "-1"])
