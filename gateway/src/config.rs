@@ -554,7 +554,9 @@ pub struct LayerConfig {
     pub expiry: u64,
     /// Seconds a group membership lives without a refresh (`group_expiry`).
     pub group_expiry: u64,
-    /// The backend's `capacity`; reported only, since senders enforce it.
+    /// The backend's `capacity`: senders enforce it; the gateway spills its
+    /// lanes behind a backlog once one holds a quarter of it, and judges a
+    /// replay window by it.
     pub capacity: u64,
     pub random_prefix_length: usize,
     pub serializer_format: SerializerFormatSetting,

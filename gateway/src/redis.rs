@@ -275,25 +275,89 @@ fn builder(host: &HostSetting) -> Result<Builder, RedisError> {
     Ok(builder)
 }
 
-/// Moves every payload of the lanes `KEYS[2..]` into the merged key
-/// `KEYS[1]` (scores kept) and empties them, unless the merged key still
-/// holds payloads; the merged key expires `ARGV[1]` seconds after, like a
-/// queue key. Replies how many payloads the merged key holds now.
-static MERGE_LANES: std::sync::LazyLock<fred::types::scripts::Script> =
+/// Moves the lanes' payloads (scores kept) towards the merged key `KEYS[1]`
+/// the receiver pops, in the order they came:
+/// - an empty merged key takes the oldest spill slot waiting in the list
+///   `KEYS[2]` (a `RENAME`), or, when none waits, everything the lanes hold;
+/// - while the merged key holds a backlog, the lanes (`KEYS[3..]`) are
+///   emptied into the next free spill slot (`ARGV[4]` and its number, 1 to
+///   `ARGV[2]`) as soon as one of them holds `ARGV[3]` payloads, so no lane
+///   sits full, and channels_redis refuses nothing, while an old backlog is
+///   popped.
+///
+/// The slots are named from `ARGV[4]` rather than listed in `KEYS`, which
+/// would send every slot's name with every pop: they are the process's own
+/// keys, created by this script on its host (channels_redis has no cluster
+/// mode, so nothing routes by key). Every payload is moved by C-level
+/// `ZUNIONSTORE` or `RENAME`, once: a backlog is never copied again. Every
+/// key gets `ARGV[1]` seconds to live, like a queue key. Replies `{payloads
+/// in the merged key, slots waiting}`.
+static TAKE_LANES: std::sync::LazyLock<fred::types::scripts::Script> =
     std::sync::LazyLock::new(|| {
         fred::types::scripts::Script::from_lua(
-            "local held = redis.call('ZCARD', KEYS[1]) \
-             if held > 0 then return held end \
+            "local merged, spilled = KEYS[1], KEYS[2] \
+             local slots = tonumber(ARGV[2]) \
              local lanes = {} \
-             for i = 2, #KEYS do lanes[#lanes + 1] = KEYS[i] end \
-             local moved = redis.call('ZUNIONSTORE', KEYS[1], #lanes, unpack(lanes)) \
-             if moved > 0 then \
-               redis.call('DEL', unpack(lanes)) \
-               redis.call('EXPIRE', KEYS[1], ARGV[1]) \
+             for i = 3, #KEYS do lanes[#lanes + 1] = KEYS[i] end \
+             local held = redis.call('ZCARD', merged) \
+             while held == 0 do \
+               local oldest = redis.call('RPOP', spilled) \
+               if not oldest then break end \
+               local slot = ARGV[4] .. oldest \
+               if redis.call('EXISTS', slot) == 1 then \
+                 redis.call('RENAME', slot, merged) \
+                 redis.call('EXPIRE', merged, ARGV[1]) \
+                 held = redis.call('ZCARD', merged) \
+               end \
              end \
-             return moved",
+             if held == 0 then \
+               local moved = redis.call('ZUNIONSTORE', merged, #lanes, unpack(lanes)) \
+               if moved > 0 then \
+                 redis.call('DEL', unpack(lanes)) \
+                 redis.call('EXPIRE', merged, ARGV[1]) \
+               end \
+               return {moved, 0} \
+             end \
+             local waiting = redis.call('LLEN', spilled) \
+             if waiting < slots then \
+               local fullest = 0 \
+               for _, lane in ipairs(lanes) do \
+                 local held_there = redis.call('ZCARD', lane) \
+                 if held_there > fullest then fullest = held_there end \
+               end \
+               if fullest >= tonumber(ARGV[3]) then \
+                 local newest = redis.call('LINDEX', spilled, 0) \
+                 local slot = 1 \
+                 if newest then slot = tonumber(newest) % slots + 1 end \
+                 redis.call('ZUNIONSTORE', ARGV[4] .. slot, #lanes, unpack(lanes)) \
+                 redis.call('DEL', unpack(lanes)) \
+                 redis.call('EXPIRE', ARGV[4] .. slot, ARGV[1]) \
+                 redis.call('LPUSH', spilled, slot) \
+                 redis.call('EXPIRE', spilled, ARGV[1]) \
+                 waiting = waiting + 1 \
+               end \
+             end \
+             return {held, waiting}",
         )
     });
+
+/// The keys one receiver pops through (see [`RedisHost::pop_queues`]).
+#[derive(Debug, Clone)]
+pub struct ReceiveKeys {
+    /// The process's queue keys, which channels_redis writes.
+    pub lanes: Vec<String>,
+    /// The key every payload is popped from.
+    pub merged: String,
+    /// What the names of the slots the lanes are emptied into while
+    /// `merged` holds a backlog start with (then the slot's number, from 1).
+    pub spill_stem: String,
+    /// How many slots there are.
+    pub spill_slots: usize,
+    /// The list of slots that hold payloads, oldest last.
+    pub spilled: String,
+    /// Payloads in one lane that make the receiver spill the lanes.
+    pub spill_at: usize,
+}
 
 /// How long a receiver's pop may wait for its reply. Longer than a pause of
 /// this process that does not already cost its memberships (the liveness
@@ -440,21 +504,19 @@ impl RedisHost {
         }
     }
 
-    /// Takes up to `max` payloads of a process's queue keys (`lanes`) in
-    /// score order, through `merged`: a sorted set of the process's own
-    /// into which one script moves everything the lanes hold whenever it is
-    /// empty (a C-level `ZUNIONSTORE`, so no payload is copied through Lua),
-    /// so a pop is three commands however many lanes there are, and the
-    /// lanes (whose size channels_redis' `capacity` bounds) are emptied at
-    /// every pop. With `block`, first waits up to that long for a payload
-    /// of any lane (`BZPOPMIN`); callers must block only while `merged` is
-    /// empty (the last pop returned less than it asked for), or a lane's
-    /// newer payload would overtake older ones waiting in `merged`.
-    /// Returns the payloads and whether `merged` may hold more.
+    /// Takes up to `max` payloads of a process's queue keys (`keys.lanes`)
+    /// in the order they came, through `keys.merged`: a sorted set of the
+    /// process's own that one script refills whenever it is empty, from the
+    /// oldest spill slot or else from every lane, and that spills the lanes
+    /// into a slot while it holds a backlog ([`TAKE_LANES`]); so a pop is
+    /// three commands however many lanes there are, and no lane fills up
+    /// behind a backlog. With `block`, first waits up to that long for a
+    /// payload of any lane (`BZPOPMIN`); callers must block only while
+    /// nothing waits (the last pop said so), or a lane's newer payload would
+    /// overtake older ones. Returns the payloads and whether more wait.
     pub async fn pop_queues(
         &self,
-        lanes: &[String],
-        merged: &str,
+        keys: &ReceiveKeys,
         max: usize,
         expiry: u64,
         block: Option<Duration>,
@@ -463,21 +525,30 @@ impl RedisHost {
         let pipeline = self.client.pipeline();
         if let Some(timeout) = block {
             let () = pipeline
-                .bzpopmin(lanes.to_vec(), timeout.as_secs_f64())
+                .bzpopmin(keys.lanes.clone(), timeout.as_secs_f64())
                 .await
                 .map_err(|error| self.command_error(error))?;
         }
         // A pipeline has no EVALSHA of its own: spell it out.
-        let mut merge: Vec<Value> = Vec::with_capacity(lanes.len() + 4);
-        merge.push(Value::String(MERGE_LANES.sha1().clone()));
-        merge.push(Value::Integer(lanes.len() as i64 + 1));
-        merge.push(Value::String(merged.into()));
-        merge.extend(lanes.iter().map(|lane| Value::String(lane.as_str().into())));
-        merge.push(Value::String(expiry.to_string().into()));
+        let key_count = 2 + keys.lanes.len();
+        let mut take: Vec<Value> = Vec::with_capacity(key_count + 6);
+        take.push(Value::String(TAKE_LANES.sha1().clone()));
+        take.push(Value::Integer(key_count as i64));
+        take.push(Value::String(keys.merged.as_str().into()));
+        take.push(Value::String(keys.spilled.as_str().into()));
+        take.extend(
+            keys.lanes
+                .iter()
+                .map(|lane| Value::String(lane.as_str().into())),
+        );
+        take.push(Value::String(expiry.to_string().into()));
+        take.push(Value::Integer(keys.spill_slots.max(1) as i64));
+        take.push(Value::Integer(keys.spill_at.max(1) as i64));
+        take.push(Value::String(keys.spill_stem.as_str().into()));
         let () = pipeline
             .custom(
                 fred::types::CustomCommand::new_static("EVALSHA", None, false),
-                merge,
+                take,
             )
             .await
             .map_err(|error| self.command_error(error))?;
@@ -488,7 +559,7 @@ impl RedisHost {
         }
         .max(1);
         let () = pipeline
-            .zpopmin(merged, Some(asked))
+            .zpopmin(keys.merged.as_str(), Some(asked))
             .await
             .map_err(|error| self.command_error(error))?;
         let mut replies = pipeline.try_all::<Value>().await.into_iter();
@@ -507,25 +578,30 @@ impl RedisHost {
                 Some(Err(error)) => return Err(self.command_error(error)),
             }
         }
-        match replies.next() {
-            Some(Ok(_)) | None => {}
+        let slots_waiting = match replies.next() {
+            Some(Ok(Value::Array(counts))) => match counts.get(1) {
+                Some(Value::Integer(waiting)) => *waiting > 0,
+                _ => return Err(self.bad_reply("lane script reply is not [held, waiting]")),
+            },
+            Some(Ok(_)) | None => return Err(self.bad_reply("lane script reply is not an array")),
             // Not loaded yet (a new or restarted server): the lanes keep
             // their payloads for the next pop, which finds the script.
             Some(Err(error)) if error.details().starts_with("NOSCRIPT") => {
-                MERGE_LANES
+                TAKE_LANES
                     .load(&self.client)
                     .await
                     .map_err(|error| self.command_error(error))?;
+                true
             }
             Some(Err(error)) => return Err(self.command_error(error)),
-        }
+        };
         let before = popped.len();
         match replies.next() {
             Some(Ok(reply)) => self.push_pairs(reply, &mut popped)?,
             Some(Err(error)) => return Err(self.command_error(error)),
             None => {}
         }
-        let may_hold_more = popped.len() - before >= asked;
+        let may_hold_more = slots_waiting || popped.len() - before >= asked;
         Ok((popped, may_hold_more))
     }
 

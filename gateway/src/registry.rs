@@ -51,7 +51,18 @@ pub struct ChannelNaming {
     /// The part naming the key the receiver merges the lanes into (no `!`:
     /// channels_redis never queues into it), on the lanes' host.
     merged: String,
+    /// What the names of the spill slots start with (`<base>spill.`, then
+    /// the slot's number from 1): keys the lanes are emptied into while the
+    /// merged key still holds a backlog.
+    spill_stem: String,
+    /// The part naming the list of spill slots waiting, oldest last.
+    spilled: String,
 }
+
+/// Spill slots a process has: while a backlog waits in the merged key, the
+/// lanes are emptied into one of these whenever one fills up, so
+/// channels_redis' per-key `capacity` holds this many times over again.
+pub const SPILL_SLOTS: usize = 128;
 
 /// Low bits of a connection id that hold its lane; the rest count.
 pub(crate) const LANE_BITS: u32 = 8;
@@ -100,16 +111,25 @@ impl ChannelNaming {
             .take(lanes)
             .collect();
         let non_locals = labels.iter().map(|label| non_local(label)).collect();
-        let merged = (0u32..)
-            .map(|candidate| format!("{base}merged{candidate}"))
-            .find(|merged| shard_index(merged, hosts.max(1)) == home)
-            .unwrap_or_else(|| format!("{base}merged"));
+        // The process's own keys (no `!`: channels_redis never queues into
+        // them), each named by the first candidate that lands on the home host.
+        let first_on_home = |stem: &str| {
+            (0u32..)
+                .map(|candidate| format!("{base}{stem}{candidate}"))
+                .find(|name| shard_index(name, hosts.max(1)) == home)
+                .unwrap_or_else(|| format!("{base}{stem}"))
+        };
+        let merged = first_on_home("merged");
+        let spilled = first_on_home("spilled");
+        let spill_stem = format!("{base}spill.");
         ChannelNaming {
             process_id,
             base,
             labels,
             non_locals,
             merged,
+            spill_stem,
+            spilled,
         }
     }
 
@@ -129,6 +149,28 @@ impl ChannelNaming {
     /// every lane's payloads into before popping them, on the lanes' host.
     pub fn merged_part(&self) -> &str {
         &self.merged
+    }
+
+    /// `specific.<process>.spill.`: the spill slots' names are this and
+    /// the slot's number, 1 to [`SPILL_SLOTS`]. They live where the receiver's
+    /// script creates them, on the lanes' host, whatever their crc32.
+    pub fn spill_stem(&self) -> &str {
+        &self.spill_stem
+    }
+
+    /// `specific.<process>.spilled<n>`: the list of spill slots that hold
+    /// payloads, in the order they were filled.
+    pub fn spilled_part(&self) -> &str {
+        &self.spilled
+    }
+
+    /// Every key of the process but the lanes: the merged key, the spill
+    /// slots and their list, all on the lanes' host; its liveness record
+    /// names them too.
+    pub fn own_parts(&self) -> impl Iterator<Item = String> + '_ {
+        [self.merged.clone(), self.spilled.clone()]
+            .into_iter()
+            .chain((1..=SPILL_SLOTS).map(|slot| format!("{}{slot}", self.spill_stem)))
     }
 
     /// The lane for a socket whose first group is `group`.
@@ -405,13 +447,16 @@ mod tests {
                 assert_eq!(shard_index(part, hosts), home, "{part} with {hosts} hosts");
                 assert!(shared_proto::names::is_valid_channel_name(part));
             }
-            let merged = naming.merged_part();
-            assert_eq!(
-                shard_index(merged, hosts),
-                home,
-                "{merged} with {hosts} hosts"
-            );
-            assert!(!merged.contains('!'), "channels_redis never queues into it");
+            for key in [naming.merged_part(), naming.spilled_part()] {
+                assert_eq!(shard_index(key, hosts), home, "{key} with {hosts} hosts");
+            }
+            let own: Vec<String> = naming.own_parts().collect();
+            assert_eq!(own.len(), 2 + SPILL_SLOTS);
+            assert_eq!(own.iter().collect::<HashSet<_>>().len(), own.len());
+            for key in own {
+                assert!(!key.contains('!'), "channels_redis never queues into {key}");
+                assert!(!parts.contains(&key));
+            }
         }
         let registry = Registry::new(ChannelNaming::with_process_id("gw-abc".into(), 16, 1));
         let mut lanes_used = HashSet::new();

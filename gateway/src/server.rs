@@ -323,6 +323,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 canary: canary_sending.clone(),
                 liveness_timeout: config.layer.liveness_timeout,
                 recovery: config.layer.recovery,
+                spill_at: usize::try_from(config.layer.capacity / 4)
+                    .unwrap_or(usize::MAX)
+                    .max(1),
             },
         )?),
         LayerBackend::Pubsub => Layer::Pubsub(

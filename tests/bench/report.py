@@ -7,7 +7,10 @@ rate) and ``docs/benchmarks-soak.svg`` (the soak run's samples over time),
 drawn by hand: no plotting library, no network.
 
 Usage: report.py RESULTS_DIR META_JSON DOCS_DIR [--merge-recovery]
+       report.py --render-only DOCS_DIR
 It only reads what the run wrote; it starts nothing and measures nothing.
+With --render-only it renders DOCS_DIR/benchmarks.json's run again (after
+an edit of ``changes.md``, which the report quotes).
 With --merge-recovery (``BENCH_ONLY=recovery``) the run's ``recovery-*``
 results replace those of DOCS_DIR/benchmarks.json, whose other results and
 meta are kept, and the whole report is rendered again from the merged data.
@@ -696,12 +699,17 @@ def merged_recovery(res, meta, docs: Path):
 
 def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    results, meta_path, docs = Path(args[0]), Path(args[1]), Path(args[2])
-    meta = json.loads(meta_path.read_text())
-    res = load(results)
-    docs.mkdir(parents=True, exist_ok=True)
-    if "--merge-recovery" in sys.argv[1:]:
-        res, meta = merged_recovery(res, meta, docs)
+    if "--render-only" in sys.argv[1:]:
+        docs = Path(args[0])
+        rendered = json.loads((docs / "benchmarks.json").read_text())
+        res, meta = rendered["results"], rendered["meta"]
+    else:
+        results, meta_path, docs = Path(args[0]), Path(args[1]), Path(args[2])
+        meta = json.loads(meta_path.read_text())
+        res = load(results)
+        docs.mkdir(parents=True, exist_ok=True)
+        if "--merge-recovery" in sys.argv[1:]:
+            res, meta = merged_recovery(res, meta, docs)
     soak = res.get("gateway-soak")
     report = {"meta": meta, "results": res}
     if soak and "error" not in soak:

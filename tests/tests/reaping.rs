@@ -119,7 +119,8 @@ impl Cluster {
     }
 
     /// Payloads waiting in every queue key of `process` (its lanes, all on
-    /// the host channels_redis picks for the first).
+    /// the host channels_redis picks for the first), and keys of its own
+    /// left there (its merged key, spill slots and their list).
     async fn queue_length(&self, process: &str) -> i64 {
         let naming = gateway::registry::ChannelNaming::with_process_id(
             process.to_string(),
@@ -133,6 +134,17 @@ impl Cluster {
                 .cmd_value(&["ZCARD", &format!("asgi{non_local}")])
                 .await
                 .expect("zcard")
+                .as_int()
+                .unwrap_or(0);
+        }
+        let home = naming.non_local_parts().first().map_or(0, |lane| {
+            shared_proto::shard::shard_index(lane, self.redis.len())
+        });
+        for own in naming.own_parts() {
+            total += self.redis[home]
+                .cmd_value(&["EXISTS", &format!("asgi{own}")])
+                .await
+                .expect("exists")
                 .as_int()
                 .unwrap_or(0);
         }

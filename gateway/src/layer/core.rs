@@ -1,7 +1,8 @@
 //! Core layer: the receiving side of `channels_redis.core.RedisChannelLayer`.
 //!
-//! Three tasks: the receiver drains this process's one queue key
-//! (`<prefix>specific.<process>!`) with a blocking pop plus batched pops and
+//! Three tasks: the receiver drains this process's queue keys (its lanes,
+//! `<prefix>specific.<process>.<lane>!`, through its merged key and spill
+//! slots: `RedisHost::pop_queues`) with a blocking pop plus batched pops and
 //! feeds the router, on the runtime it is given (a socket thread's, so that
 //! popping, routing and writing the frames happen on one thread); the
 //! membership writer turns joins, leaves and refreshes
@@ -30,8 +31,8 @@ use super::{CanarySending, HostRing, LayerError};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::outbox::Wakeups;
-use crate::redis::{MembershipWrites, RecordWrites, RedisHost, ReplaySnapshot};
-use crate::registry::Registry;
+use crate::redis::{MembershipWrites, ReceiveKeys, RecordWrites, RedisHost, ReplaySnapshot};
+use crate::registry::{Registry, SPILL_SLOTS};
 use crate::router::{unix_now, Router};
 use crate::shutdown::Shutdown;
 
@@ -66,6 +67,9 @@ pub struct CoreSettings {
     /// `layer.recovery`: every group joined gets its replay member
     /// (`layer::replay`).
     pub recovery: bool,
+    /// Payloads one lane may hold behind a backlog before the receiver
+    /// spills the lanes (a quarter of the backend's `capacity`).
+    pub spill_at: usize,
 }
 
 enum MembershipOp {
@@ -93,7 +97,7 @@ pub struct CoreLayer {
     hosts: HostRing,
     receive_host: RedisHost,
     /// The receiver until `start_receiving` places it.
-    receiver: Mutex<Option<Receiver>>,
+    receiver: Mutex<Option<Box<Receiver>>>,
     liveness: Arc<LivenessSettings>,
 }
 
@@ -101,10 +105,10 @@ pub struct CoreLayer {
 /// than the one that built the layer.
 struct Receiver {
     host: RedisHost,
-    queue_keys: Vec<String>,
-    /// Where the receiver merges the queue keys before popping.
-    merged_key: String,
-    /// The backend's `expiry`, which the merged key gets like a queue key.
+    /// The lanes and the process's own keys the receiver pops through.
+    keys: ReceiveKeys,
+    /// The backend's `expiry`, which the process's own keys get like a
+    /// queue key.
     expiry: u64,
     batch: usize,
     router: Arc<Router>,
@@ -168,8 +172,14 @@ impl CoreLayer {
         });
         let receiver = Receiver {
             host: receive_host.clone(),
-            queue_keys,
-            merged_key: names::queue_key(&settings.prefix, registry.naming().merged_part()),
+            keys: ReceiveKeys {
+                lanes: queue_keys,
+                merged: names::queue_key(&settings.prefix, registry.naming().merged_part()),
+                spill_stem: names::queue_key(&settings.prefix, registry.naming().spill_stem()),
+                spill_slots: SPILL_SLOTS,
+                spilled: names::queue_key(&settings.prefix, registry.naming().spilled_part()),
+                spill_at: settings.spill_at,
+            },
             expiry: settings.expiry,
             batch: settings.receive_batch,
             router,
@@ -177,20 +187,14 @@ impl CoreLayer {
             metrics: metrics.clone(),
             stop: stop.clone(),
         };
-        // The record names every key of the process: its lanes and the key
-        // its receiver merges them into.
-        let queue_parts: Vec<String> = registry
-            .naming()
-            .non_local_parts()
-            .iter()
-            .cloned()
-            .chain(std::iter::once(registry.naming().merged_part().to_string()))
-            .collect();
+        // The record names every key of the process: its lanes and the keys
+        // its receiver moves their payloads through, on the lanes' host.
+        let own_parts: Vec<String> = registry.naming().own_parts().collect();
         let mut liveness = LivenessSettings::new(
             &hosts,
             &settings.prefix,
             registry.naming().process_id(),
-            &queue_parts,
+            (registry.naming().non_local_parts(), &own_parts),
             settings.liveness_timeout,
             settings.group_expiry,
         );
@@ -252,7 +256,7 @@ impl CoreLayer {
             prefix,
             hosts,
             receive_host,
-            receiver: Mutex::new(Some(receiver)),
+            receiver: Mutex::new(Some(Box::new(receiver))),
             liveness,
         })
     }
@@ -339,26 +343,25 @@ impl CoreLayer {
 
 /// Drains the queue key: a blocking pop when idle, plain batched pops while
 /// a backlog lasts. Each round trip is a readiness heartbeat.
-async fn receive(receiver: Receiver) {
+async fn receive(receiver: Box<Receiver>) {
     let Receiver {
         host,
-        queue_keys,
-        merged_key,
+        keys,
         expiry,
         batch,
         router,
         health,
         metrics,
         stop,
-    } = receiver;
+    } = *receiver;
     tracing::info!(thread = super::thread_name(), "receiving");
     let mut backlog = false;
     let mut wakeups = Wakeups::counting(metrics.frames_delivered.clone());
     let mut pacer = super::Pacer::new();
     loop {
-        // Blocking on the lanes is safe only once the merged key is empty.
+        // Blocking on the lanes is safe only once nothing else waits.
         let block = (!backlog).then_some(RECEIVE_BLOCK);
-        let pop = host.pop_queues(&queue_keys, &merged_key, batch, expiry, block);
+        let pop = host.pop_queues(&keys, batch, expiry, block);
         let popped = tokio::select! {
             _ = stop.triggered() => return,
             popped = async {
@@ -378,8 +381,8 @@ async fn receive(receiver: Receiver) {
                 wakeups.wake_all();
             }
             Err(error) => {
-                // The merged key may still hold payloads: drain it before
-                // blocking on the lanes again.
+                // The merged key or a spill slot may still hold payloads:
+                // drain them before blocking on the lanes again.
                 backlog = true;
                 tracing::warn!(%error, "receiving from the queue keys failed; retrying");
                 tokio::select! {

@@ -156,15 +156,21 @@ impl LivenessSettings {
         hosts: &HostRing,
         prefix: &str,
         process_id: &str,
-        queue_non_local_parts: &[String],
+        (lanes, own): (&[String], &[String]),
         timeout: Duration,
         group_expiry: u64,
     ) -> LivenessSettings {
+        // A lane lives where channels_redis places it; the process's own
+        // keys live with its first lane, where its receiver's script made them.
         let mut queue_entries = vec![Vec::new(); hosts.len()];
-        for part in queue_non_local_parts {
+        for part in lanes {
             if let Some(entries) = queue_entries.get_mut(hosts.index_for(part)) {
                 entries.push(names::queue_key(prefix, part));
             }
+        }
+        let home = lanes.first().map_or(0, |lane| hosts.index_for(lane));
+        if let Some(entries) = queue_entries.get_mut(home) {
+            entries.extend(own.iter().map(|part| names::queue_key(prefix, part)));
         }
         LivenessSettings {
             keys: ProcessKeys::new(prefix, process_id),
@@ -435,7 +441,10 @@ mod tests {
             &hosts,
             "asgi",
             "gw-01",
-            &["specific.gw-01!".to_string()],
+            (
+                &["specific.gw-01!".to_string()],
+                &["specific.gw-01.merged0".to_string()],
+            ),
             crate::config::DEFAULT_LIVENESS_TIMEOUT,
             86_400,
         );
@@ -446,7 +455,10 @@ mod tests {
         );
         assert_eq!(
             settings.queue_entries,
-            vec![vec!["asgispecific.gw-01!".to_string()]]
+            vec![vec![
+                "asgispecific.gw-01!".to_string(),
+                "asgispecific.gw-01.merged0".to_string()
+            ]]
         );
     }
 }
