@@ -6,14 +6,16 @@ the gateway and the Daphne peer side by side, ratios) and
 rate) and ``docs/benchmarks-soak.svg`` (the soak run's samples over time),
 drawn by hand: no plotting library, no network.
 
-Usage: report.py RESULTS_DIR META_JSON DOCS_DIR [--merge-recovery]
+Usage: report.py RESULTS_DIR META_JSON DOCS_DIR [--merge-recovery | --merge-capacity]
        report.py --render-only DOCS_DIR
 It only reads what the run wrote; it starts nothing and measures nothing.
 With --render-only it renders DOCS_DIR/benchmarks.json's run again (after
 an edit of ``changes.md``, which the report quotes).
 With --merge-recovery (``BENCH_ONLY=recovery``) the run's ``recovery-*``
 results replace those of DOCS_DIR/benchmarks.json, whose other results and
-meta are kept, and the whole report is rendered again from the merged data.
+meta are kept, and the whole report is rendered again from the merged data;
+--merge-capacity (``BENCH_ONLY=capacity``) does the same with the ramps at
+Django's default capacity.
 """
 
 import json
@@ -647,54 +649,73 @@ def ratio_of(on, off):
     return f"{on / off:.2f}×"
 
 
-def default_capacity_lines(res):
-    """The per-user ramp at Django's default capacity beside the raised one."""
-    default = res.get("gateway-per-user-default-capacity")
-    if not default:
+def default_capacity_lines(res, meta):
+    """The per-user ramps at Django's default capacity beside the raised one."""
+    runs = repeated(res, "gateway", "per-user-default-capacity")
+    if not runs:
         return []
-    if "error" in default:
-        return ["### Per-user ramp at Django's default capacity", "",
-                "The run produced no result (see `benchmarks.json`).", ""]
+    lines = ["### Per-user ramp at Django's default capacity", ""]
+    run = meta.get("capacity run")
+    if run:
+        lines += [f"These ramps come from the run of **{run.get('date', '?')}**, commit "
+                  f"**{run.get('commit', '?')}**, run by itself (`BENCH_ONLY=capacity`) and merged into "
+                  f"this report; cpu speed then: {run.get('cpu speed', '?')}. It took "
+                  f"{run.get('took', '?')}. The raised ramp beside them is this report's.", ""]
+    if any("error" in r for r in runs):
+        lines += ["A run produced no result (see `benchmarks.json`).", ""]
+    runs = [r for r in runs if "error" not in r]
+    if not runs:
+        return lines
     raised = {s.get("target_rate"): s for s in (res.get("gateway-per-user") or {}).get("steps", [])}
-    lines = ["### Per-user ramp at Django's default capacity", "",
-             "The same ramp published with channels_redis' default `capacity` (100 entries per queue key, "
-             "no `channel_capacity` for the gateway's channels) beside the first ramp above (capacity "
-             "10,000). channels_redis drops a message silently when the queue key already holds "
-             "`capacity` entries; \"dropped by channels_redis\" counts those sends (the publisher's "
-             "EVAL reports each full key), \"lost otherwise\" is what is missing beyond them. The default "
-             "ramp runs every step whatever it loses; the raised one stops after a lossy step.", "",
-             "| target msg/s | raised: achieved | raised: lost | raised: p99 ms | default: achieved | "
-             "default: dropped by channels_redis | default: lost otherwise | default: p99 ms |",
-             "|---|---|---|---|---|---|---|---|"]
-    for step in default.get("steps", []):
-        rate = step.get("target_rate")
+    lines += ["The same ramp published with channels_redis' default `capacity` (100 entries per queue key, "
+              "no `channel_capacity` for the gateway's channels), "
+              f"{f'run {len(runs)} times, each' if len(runs) > 1 else 'run'} on a fresh gateway, beside the "
+              "first ramp above (capacity 10,000). channels_redis drops a message silently when the queue key "
+              "already holds `capacity` entries; \"dropped by channels_redis\" counts those sends (the "
+              "publisher's EVAL reports each full key), \"lost otherwise\" is what is missing beyond them. "
+              "The default ramps run every step whatever they lose; the raised one stops after a lossy step.",
+              ""]
+    head = "| target msg/s | raised: achieved | raised: lost | raised: p99 ms |"
+    rule = "|---|---|---|---|"
+    for i in range(len(runs)):
+        tag = f"default {i + 1}" if len(runs) > 1 else "default"
+        head += f" {tag}: achieved | {tag}: dropped by channels_redis | {tag}: lost otherwise | {tag}: p99 ms |"
+        rule += "---|---|---|---|"
+    lines += [head, rule]
+    steps = [{s.get("target_rate"): s for s in r.get("steps", [])} for r in runs]
+    for rate in [s.get("target_rate") for s in runs[0].get("steps", [])]:
         other = raised.get(rate, {})
-        lines.append(f"| {fmt(rate)} | {fmt(other.get('achieved_rate'), 0)} | {fmt(other.get('lost'))} | "
-                     f"{fmt(p99_ms(other), 2)} | {fmt(step.get('achieved_rate'), 0)} | "
-                     f"{fmt(step.get('over_capacity'))} | {fmt(step.get('lost_beyond_over_capacity'))} | "
-                     f"{fmt(p99_ms(step), 2)} |")
-    total = sum(s.get("over_capacity") or 0 for s in default.get("steps", []))
-    lines += ["", f"Dropped by channels_redis over the whole default-capacity ramp: {fmt(total)} "
-              f"(the goal is zero at every step).", ""]
+        row = (f"| {fmt(rate)} | {fmt(other.get('achieved_rate'), 0)} | {fmt(other.get('lost'))} | "
+               f"{fmt(p99_ms(other), 2)} |")
+        for by_rate in steps:
+            step = by_rate.get(rate, {})
+            row += (f" {fmt(step.get('achieved_rate'), 0)} | {fmt(step.get('over_capacity'))} | "
+                    f"{fmt(step.get('lost_beyond_over_capacity'))} | {fmt(p99_ms(step), 2)} |")
+        lines.append(row)
+    totals = [sum(s.get("over_capacity") or 0 for s in r.get("steps", [])) for r in runs]
+    lines += ["", f"Dropped by channels_redis over each whole default-capacity ramp: "
+              f"{' / '.join(fmt(t) for t in totals)} (the goal is zero at every step).", ""]
     return lines
 
 
 RECOVERY_PREFIX = "recovery-"
+CAPACITY_PREFIX = "gateway-per-user-default-capacity"
 
 
-def merged_recovery(res, meta, docs: Path):
-    """The report in DOCS/benchmarks.json with this run's recovery results
-    and its "recovery run" in place of the ones it had (this run's meta and
-    results alone where there is no report yet)."""
+def merged(res, meta, docs: Path, prefix: str, run_key: str):
+    """The report in DOCS/benchmarks.json with this run's results whose
+    names start with ``prefix`` and its meta's ``run_key`` in place of the
+    ones it had (this run's meta and results alone where there is no
+    report yet)."""
     existing = docs / "benchmarks.json"
     if not existing.exists():
         return res, meta
     old = json.loads(existing.read_text())
-    merged = {k: v for k, v in old.get("results", {}).items() if not k.startswith(RECOVERY_PREFIX)}
-    merged.update({k: v for k, v in res.items() if k.startswith(RECOVERY_PREFIX)})
+    kept = {k: v for k, v in old.get("results", {}).items() if not k.startswith(prefix)}
+    kept.update({k: v for k, v in res.items() if k.startswith(prefix)})
     old_meta = dict(old.get("meta", {}))
-    old_meta["recovery run"] = meta.get("recovery run")
-    return merged, old_meta
+    old_meta[run_key] = meta.get(run_key)
+    return kept, old_meta
 
 
 def main() -> int:
@@ -709,7 +730,9 @@ def main() -> int:
         res = load(results)
         docs.mkdir(parents=True, exist_ok=True)
         if "--merge-recovery" in sys.argv[1:]:
-            res, meta = merged_recovery(res, meta, docs)
+            res, meta = merged(res, meta, docs, RECOVERY_PREFIX, "recovery run")
+        if "--merge-capacity" in sys.argv[1:]:
+            res, meta = merged(res, meta, docs, CAPACITY_PREFIX, "capacity run")
     soak = res.get("gateway-soak")
     report = {"meta": meta, "results": res}
     if soak and "error" not in soak:
@@ -746,7 +769,7 @@ def main() -> int:
         "",
     ]
     for key, value in meta.items():
-        if key not in ("knobs", "notes", "recovery run"):
+        if key not in ("knobs", "notes", "recovery run", "capacity run"):
             lines.append(f"- **{key}**: {value}")
     lines += ["", "Scale knobs of this run:", "", "```"]
     for key, value in sorted(meta.get("knobs", {}).items()):
@@ -802,12 +825,15 @@ def main() -> int:
             lines.append(f"| per-user ramp of the {stack} stopped at target rate | "
                          f"{' / '.join(stops) if stack == 'gateway' else ''} | "
                          f"{' / '.join(stops) if stack == 'peer' else ''} | — | loss or p99 > 50 ms |")
-    default_ramp = res.get("gateway-per-user-default-capacity") or {}
-    if default_ramp.get("steps"):
+    default_ramps = repeated(res, "gateway", "per-user-default-capacity")
+    for i, default_ramp in enumerate(default_ramps):
+        if not default_ramp.get("steps"):
+            continue
         dropped = [s.get("over_capacity") or 0 for s in default_ramp["steps"]]
-        lines.append(f"| per-user ramp at Django's default capacity (100 per queue key): messages dropped by "
-                     f"channels_redis, each step ({' / '.join(fmt(d) for d in dropped)}) | {fmt(sum(dropped))} | "
-                     f"— | — | 0 at every step |")
+        which = f", run {i + 1}" if len(default_ramps) > 1 else ""
+        lines.append(f"| per-user ramp at Django's default capacity (100 per queue key){which}: messages "
+                     f"dropped by channels_redis, each step ({' / '.join(fmt(d) for d in dropped)}) | "
+                     f"{fmt(sum(dropped))} | — | — | 0 at every step |")
     gf = ((res.get("gateway-fixed") or {}).get("steps") or [{}])[0]
     pf = ((res.get("peer-fixed") or {}).get("steps") or [{}])[0]
     gateway_fixed = fixed_runs(res, "gateway")
@@ -1034,7 +1060,7 @@ def main() -> int:
                     f"{fmt(s.get('misroutes'))} | {fmt(s.get('over_capacity'))} | "
                     f"{fmt((s.get('gateway_routing_lag') or {}).get('p99_ms_at_most'), 1)} | "
                     f"{pair(s.get('publish_batch_time'))} |")
-    default_capacity = default_capacity_lines(res)
+    default_capacity = default_capacity_lines(res, meta)
     if default_capacity:
         lines += [""] + default_capacity
     if gateway_fixed:

@@ -511,9 +511,15 @@ async fn soak_run_churns_kills_restarts_and_loses_nothing_on_survivors() {
 /// false`, by design) and at one they do not (`true`), every socket getting
 /// each missed message exactly once either way. The report keeps every
 /// other result and names the run the recovery figures come from.
-#[tokio::test]
-async fn recovery_stage_runs_alone_and_merges_into_the_report() {
-    let docs = tests::procs::scratch_dir("bench-recovery").expect("scratch dir");
+/// Runs one stage of `scripts/bench` by itself (`BENCH_ONLY=<stage>`) at
+/// smoke scale with the debug binaries, merged into a copy of the committed
+/// report: returns the scratch docs folder, the committed report and the
+/// merged one.
+async fn run_bench_alone(
+    stage: &str,
+    knobs: &[(&str, &str)],
+) -> (std::path::PathBuf, Value, Value) {
+    let docs = tests::procs::scratch_dir(&format!("bench-{stage}")).expect("scratch dir");
     let committed: Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("docs/benchmarks.json"))
             .expect("committed report"),
@@ -524,29 +530,11 @@ async fn recovery_stage_runs_alone_and_merges_into_the_report() {
         docs.join("benchmarks.json"),
     )
     .expect("copy the report");
-    let knobs = [
-        ("BENCH_ONLY", "recovery"),
-        ("BENCH_ROUTEBENCH_BIN", "none"),
-        ("BENCH_RECOVERY_REPEATS", "1"),
-        ("BENCH_RECOVERY_COST_USERS", "20"),
-        ("BENCH_RECOVERY_COST_MESSAGES", "10"),
-        ("BENCH_RECOVERY_COST_RATE", "200"),
-        ("BENCH_RECOVERY_IDLE_SOCKETS", "20"),
-        ("BENCH_PER_USER_SOCKETS", "20"),
-        ("BENCH_RATES", "50,200"),
-        ("BENCH_STEP_SECS", "1"),
-        ("BENCH_BROADCAST_SOCKETS", "20"),
-        ("BENCH_BROADCAST_MESSAGES", "10"),
-        ("BENCH_BROADCAST_RATE", "50"),
-        ("BENCH_RECOVERY_STORM_SOCKETS", "20"),
-        ("BENCH_RECOVERY_STORM_SOCKETS_PER_USER", "4"),
-        ("BENCH_RECOVERY_STORM_MESSAGES", "5"),
-        ("BENCH_RECOVERY_STORM_RATE", "200"),
-        ("BENCH_RECOVERY_STORM_CAPACITIES", "5 100"),
-    ];
     let mut cmd = tokio::process::Command::new("bash");
     cmd.arg(repo_root().join("scripts/bench"))
-        .envs(knobs)
+        .env("BENCH_ONLY", stage)
+        .env("BENCH_ROUTEBENCH_BIN", "none")
+        .envs(knobs.iter().copied())
         .env("BENCH_GATEWAY_BIN", gateway_bin!())
         .env("BENCH_LOADGEN_BIN", env!("CARGO_BIN_EXE_loadgen"))
         .env("BENCH_DOCS_DIR", &docs)
@@ -563,16 +551,105 @@ async fn recovery_stage_runs_alone_and_merges_into_the_report() {
                 if let Some(pid) = pid {
                     let _ = send_signal(pid, Signal::Term);
                 }
-                panic!("scripts/bench BENCH_ONLY=recovery did not end within 240 s");
+                panic!("scripts/bench BENCH_ONLY={stage} did not end within 240 s");
             }
         };
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "scripts/bench failed: {stderr}");
-
     let report: Value = serde_json::from_str(
         &std::fs::read_to_string(docs.join("benchmarks.json")).expect("merged report"),
     )
     .expect("merged report is JSON");
+    (docs, committed, report)
+}
+
+/// The default-capacity ramps of `scripts/bench` by themselves
+/// (`BENCH_ONLY=capacity`), twice at smoke scale, merged into a copy of the
+/// committed report: every other result is kept, the run is named, each
+/// ramp ran every step with nothing dropped or lost at this scale, and the
+/// report shows both ramps.
+#[tokio::test]
+async fn capacity_stage_runs_alone_and_merges_into_the_report() {
+    let (docs, committed, report) = run_bench_alone(
+        "capacity",
+        &[
+            ("BENCH_CAPACITY_REPEATS", "2"),
+            ("BENCH_PER_USER_SOCKETS", "20"),
+            ("BENCH_RATES", "50,200"),
+            ("BENCH_STEP_SECS", "1"),
+        ],
+    )
+    .await;
+    let results = report["results"].as_object().expect("results");
+    for (key, value) in committed["results"].as_object().expect("committed results") {
+        if !key.starts_with("gateway-per-user-default-capacity") {
+            assert_eq!(results.get(key), Some(value), "{key} kept as it was");
+        }
+    }
+    assert_eq!(report["meta"]["machine"], committed["meta"]["machine"]);
+    let run = &report["meta"]["capacity run"];
+    for field in ["date", "commit", "cpu speed", "took"] {
+        assert!(run[field].is_string(), "capacity run {field}: {run}");
+    }
+    for key in [
+        "gateway-per-user-default-capacity",
+        "gateway-per-user-default-capacity-r2",
+    ] {
+        let ramp = &results[key];
+        assert_connected(ramp, 20);
+        let steps = ramp["steps"].as_array().expect("steps");
+        assert_eq!(steps.len(), 2, "{key}: every step, {ramp}");
+        for step in steps {
+            assert_clean_step(step);
+            assert_eq!(step["over_capacity"], 0, "{key}: {step}");
+        }
+    }
+    assert!(
+        results
+            .get("gateway-per-user-default-capacity-r3")
+            .is_none(),
+        "two ramps, as asked"
+    );
+    let markdown = std::fs::read_to_string(docs.join("benchmarks.md")).expect("benchmarks.md");
+    assert!(
+        markdown.contains("run by itself (`BENCH_ONLY=capacity`)"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains(run["date"].as_str().unwrap_or_default()),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("default 2: dropped by channels_redis"),
+        "{markdown}"
+    );
+    let _ = std::fs::remove_dir_all(&docs);
+}
+
+#[tokio::test]
+async fn recovery_stage_runs_alone_and_merges_into_the_report() {
+    let (docs, committed, report) = run_bench_alone(
+        "recovery",
+        &[
+            ("BENCH_RECOVERY_REPEATS", "1"),
+            ("BENCH_RECOVERY_COST_USERS", "20"),
+            ("BENCH_RECOVERY_COST_MESSAGES", "10"),
+            ("BENCH_RECOVERY_COST_RATE", "200"),
+            ("BENCH_RECOVERY_IDLE_SOCKETS", "20"),
+            ("BENCH_PER_USER_SOCKETS", "20"),
+            ("BENCH_RATES", "50,200"),
+            ("BENCH_STEP_SECS", "1"),
+            ("BENCH_BROADCAST_SOCKETS", "20"),
+            ("BENCH_BROADCAST_MESSAGES", "10"),
+            ("BENCH_BROADCAST_RATE", "50"),
+            ("BENCH_RECOVERY_STORM_SOCKETS", "20"),
+            ("BENCH_RECOVERY_STORM_SOCKETS_PER_USER", "4"),
+            ("BENCH_RECOVERY_STORM_MESSAGES", "5"),
+            ("BENCH_RECOVERY_STORM_RATE", "200"),
+            ("BENCH_RECOVERY_STORM_CAPACITIES", "5 100"),
+        ],
+    )
+    .await;
     let results = report["results"].as_object().expect("results");
     // Every other result and the meta of the report merged into are kept.
     for (key, value) in committed["results"].as_object().expect("committed results") {
