@@ -600,7 +600,7 @@ impl Default for LayerConfig {
             symmetric_encryption_keys: Vec::new(),
             membership_refresh: None,
             receive_batch: 512,
-            queue_keys: 16,
+            queue_keys: 32,
             canary_interval: Duration::from_secs(1),
             liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
             recovery: false,

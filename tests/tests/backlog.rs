@@ -207,7 +207,7 @@ async fn pubsub_actix_ws_1000_users_backlog() {
 /// gateway's channels. 1,200 users each get a message while the gateway is
 /// stalled: one key per process would have held 100 of them and
 /// channels_redis would have dropped the rest; spread over the process's
-/// 16 keys (76 at most in one, for these user ids) every one arrives.
+/// 32 keys (38 at most in one, for these user ids) every one arrives.
 #[tokio::test]
 async fn core_django_default_capacity_holds_a_burst_over_many_users() {
     a_stalled_gateway_delivers_its_whole_backlog(Backlog {
