@@ -140,21 +140,12 @@ pub struct MessageFrame {
 }
 
 impl MessageFrame {
-    /// A message frame without a send time (the pub/sub layer's):
-    /// positioned sockets get it as it is.
-    pub fn plain(frame: ByteString) -> MessageFrame {
+    /// A message frame sent at `sent_at` (its queue score); without a send
+    /// time (the pub/sub layer's), positioned sockets get it as it is.
+    pub fn new(frame: ByteString, sent_at: Option<f64>) -> MessageFrame {
         MessageFrame {
             plain: frame,
-            sent_at: None,
-            positioned: OnceCell::new(),
-        }
-    }
-
-    /// A message frame sent at `sent_at` (its queue score).
-    pub fn sent_at(frame: ByteString, sent_at: f64) -> MessageFrame {
-        MessageFrame {
-            plain: frame,
-            sent_at: Some(sent_at),
+            sent_at,
             positioned: OnceCell::new(),
         }
     }
@@ -1061,7 +1052,7 @@ mod tests {
     }
 
     fn message(text: &str, sent_at: f64) -> MessageFrame {
-        MessageFrame::sent_at(ByteString::from(text), sent_at)
+        MessageFrame::new(ByteString::from(text), Some(sent_at))
     }
 
     async fn queued(outbox: &Outbox) -> Vec<String> {
@@ -1080,7 +1071,7 @@ mod tests {
         let frame = message(r#"{"message": 1}"#, 100.5);
         plain.push_message(&frame, wakeups);
         positioned.push_message(&frame, wakeups);
-        positioned.push_message(&MessageFrame::plain("{}".into()), wakeups);
+        positioned.push_message(&MessageFrame::new("{}".into(), None), wakeups);
         assert_eq!(queued(&plain).await, [r#"{"message": 1}"#]);
         let position = Position::of(100.5, br#"{"message": 1}"#);
         assert_eq!(

@@ -37,6 +37,8 @@ pub enum RedisError {
     },
     #[error("unexpected Redis reply on {host}: {what}")]
     Reply { host: String, what: &'static str },
+    #[error("no Redis host configured")]
+    NoHost,
 }
 
 /// One payload taken off a channels_redis queue key, with the score the

@@ -130,7 +130,7 @@ impl Router {
         let Some(frame) = self.frame_of(self.events.frame_view(&view), channels.len()) else {
             return;
         };
-        let frame = Routed::sent_at(frame, sent_at);
+        let frame = Routed::new(frame, Some(sent_at));
         if channels.len() < GROUPED_ROUTING_MIN {
             for channel in channels {
                 self.deliver_to_channel(channel, &frame, wakeups);
@@ -169,7 +169,7 @@ impl Router {
         let Some(frame) = self.frame(&message, channels.len()) else {
             return;
         };
-        let frame = Routed::sent_at(frame, sent_at);
+        let frame = Routed::new(frame, Some(sent_at));
         for channel in channels.iter() {
             self.deliver_to_channel(channel, &frame, wakeups);
         }
@@ -216,7 +216,7 @@ impl Router {
             let Some(frame) = self.frame(&message, members.len()) else {
                 return;
             };
-            let frame = Routed::unpositioned(frame);
+            let frame = Routed::new(frame, None);
             for conn in members {
                 self.deliver(conn, &frame, wakeups);
             }
@@ -236,7 +236,7 @@ impl Router {
         let Some(frame) = self.frame_of(self.events.frame_view(&view), members.len()) else {
             return;
         };
-        self.deliver_many(&members, &Routed::unpositioned(frame), wakeups);
+        self.deliver_many(&members, &Routed::new(frame, None), wakeups);
     }
 
     /// The positioned frame a replayed payload (read from a replay key, sent
@@ -252,7 +252,7 @@ impl Router {
         let body = self.plaintext(payload, unix_now())?;
         let view = self.view(&body, payload.len())?;
         match self.frame_of(self.events.frame_view(&view), 1)? {
-            Action::Frame(frame) => MessageFrame::sent_at(frame, sent_at).into_positioned(),
+            Action::Frame(frame) => MessageFrame::new(frame, Some(sent_at)).into_positioned(),
             Action::Disconnect(..) => None,
         }
     }
@@ -410,19 +410,12 @@ enum Routed {
 }
 
 impl Routed {
-    /// A core-layer event, queued at `sent_at` (its score, which with the
-    /// frame makes its position).
-    fn sent_at(action: Action, sent_at: f64) -> Routed {
+    /// An event queued at `sent_at` (a core-layer payload's score, which
+    /// with the frame makes its position); a pub/sub-layer event has none
+    /// (that layer has no recovery).
+    fn new(action: Action, sent_at: Option<f64>) -> Routed {
         match action {
-            Action::Frame(frame) => Routed::Message(MessageFrame::sent_at(frame, sent_at)),
-            Action::Disconnect(code, reason) => Routed::Disconnect(code, reason),
-        }
-    }
-
-    /// A pub/sub-layer event: no position (that layer has no recovery).
-    fn unpositioned(action: Action) -> Routed {
-        match action {
-            Action::Frame(frame) => Routed::Message(MessageFrame::plain(frame)),
+            Action::Frame(frame) => Routed::Message(MessageFrame::new(frame, sent_at)),
             Action::Disconnect(code, reason) => Routed::Disconnect(code, reason),
         }
     }

@@ -112,9 +112,9 @@ pub async fn read(
         .iter()
         .map(|group| replay_key(prefix, group, hosts.len()))
         .collect();
-    let Some(host) = hosts.host(0) else {
-        return Ok(ReplaySnapshot::default());
-    };
+    // Configuration refuses an empty ring; a read without a host must
+    // still not pass for an empty window read at time zero.
+    let host = hosts.host(0).ok_or(RedisError::NoHost)?;
     host.read_replay(&keys, from, limit).await
 }
 
