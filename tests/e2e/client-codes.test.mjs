@@ -2,43 +2,21 @@
 // demand (4000-4008, 1011, ...): a small `ws` server plays the gateway's part.
 // Recovery's bookkeeping against frames the test writes itself (positions,
 // the status frame). Plus the pure helpers (backoff, hint parsing).
-import { describe, it, before, after } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { WebSocketServer } from "ws";
 import { backoffDelay, parseRetryAfter, closeAdvice, isPosition } from "../../gateway/static/notifications.js";
-import { freePort, sleep, waitFor } from "./lib/procs.mjs";
-import { track } from "./lib/track.mjs";
+import { sleep, waitFor } from "./lib/procs.mjs";
+import { scriptedServer, track } from "./lib/track.mjs";
 
 describe("close codes (scripted server)", { timeout: 60000 }, () => {
-  let server;
-  let url;
-  let plan = [];
-  const seen = [];
-
-  before(async () => {
-    const port = await freePort();
-    server = new WebSocketServer({ port, host: "127.0.0.1" });
-    server.on("connection", (socket, request) => {
-      seen.push({ url: request.url, at: Date.now() });
-      const step = plan.shift();
-      if (step) step(socket);
-    });
-    await new Promise((resolve) => server.once("listening", resolve));
-    url = `ws://127.0.0.1:${port}/ws/notifications/`;
-  });
-
-  after(() => new Promise((resolve) => server.close(resolve)));
-
-  const reset = (steps) => {
-    plan = steps;
-    seen.length = 0;
-  };
+  const scripted = scriptedServer();
+  const { seen, reset } = scripted;
 
   it("4001/4002: asks getToken for a fresh token and reconnects at once", async () => {
     for (const code of [4001, 4002]) {
       reset([(s) => s.close(code, "token")]);
       let n = 0;
-      const t = track({ url, getToken: () => `token-${++n}`, baseDelayMs: 100 });
+      const t = track({ url: scripted.url, getToken: () => `token-${++n}`, baseDelayMs: 100 });
       await t.waitState("open", { where: () => seen.length === 2 });
       assert.deepEqual(
         t.tokenCalls.map((c) => c.forceRefresh),
@@ -52,7 +30,7 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
 
   it("4001: stops when getToken hands back the refused token (no loop)", async () => {
     reset([(s) => s.close(4001, "invalid token")]);
-    const t = track({ url, getToken: () => "same", baseDelayMs: 50 });
+    const t = track({ url: scripted.url, getToken: () => "same", baseDelayMs: 50 });
     const closed = await t.waitState("closed");
     assert.equal(closed.final, true);
     await sleep(300);
@@ -62,7 +40,7 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
   it("4002 over and over: gives up after maxAuthRetries", async () => {
     reset(Array(10).fill((s) => s.close(4002, "token expired")));
     let n = 0;
-    const t = track({ url, getToken: () => `t${++n}`, baseDelayMs: 20, maxAuthRetries: 2 });
+    const t = track({ url: scripted.url, getToken: () => `t${++n}`, baseDelayMs: 20, maxAuthRetries: 2 });
     const closed = await t.waitState("closed");
     assert.equal(closed.code, 4002);
     await sleep(300);
@@ -71,7 +49,7 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
 
   it("getToken resolving to null stops (logged out)", async () => {
     reset([]);
-    const t = track({ url, getToken: () => null });
+    const t = track({ url: scripted.url, getToken: () => null });
     const closed = await t.waitState("closed");
     assert.equal(closed.final, true);
     assert.equal(seen.length, 0);
@@ -80,7 +58,7 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
   for (const code of [1000, 1003, 1008, 1009, 4000, 4003, 4006]) {
     it(`${code}: does not reconnect`, async () => {
       reset([(s) => s.close(code, "final")]);
-      const t = track({ url, getToken: () => "tok", baseDelayMs: 20 });
+      const t = track({ url: scripted.url, getToken: () => "tok", baseDelayMs: 20 });
       const closed = await t.waitState("closed");
       assert.equal(closed.code, code);
       await sleep(250);
@@ -91,7 +69,7 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
   for (const code of [1011, 4004, 4005, 4007]) {
     it(`${code}: reconnects after a jittered backoff`, async () => {
       reset([(s) => s.close(code, "retry")]);
-      const t = track({ url, getToken: () => "tok", baseDelayMs: 200, random: () => 0.5 });
+      const t = track({ url: scripted.url, getToken: () => "tok", baseDelayMs: 200, random: () => 0.5 });
       const waiting = await t.waitState("waiting");
       assert.equal(waiting.code, code);
       assert.equal(waiting.delayMs, 100, "half of the first ceiling (200 ms)");
@@ -102,7 +80,7 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
 
   it("1001 with retry_after_ms waits the hint plus jitter", async () => {
     reset([(s) => s.close(1001, "server shutting down; retry_after_ms=400")]);
-    const t = track({ url, getToken: () => "tok", hintJitterMs: 100, random: () => 0.5 });
+    const t = track({ url: scripted.url, getToken: () => "tok", hintJitterMs: 100, random: () => 0.5 });
     const waiting = await t.waitState("waiting");
     assert.equal(waiting.retryAfterMs, 400);
     assert.equal(waiting.delayMs, 450);
@@ -114,7 +92,7 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
 
   it("1001 without a hint falls back to backoff", async () => {
     reset([(s) => s.close(1001, "server shutting down")]);
-    const t = track({ url, getToken: () => "tok", baseDelayMs: 100, random: () => 0.25 });
+    const t = track({ url: scripted.url, getToken: () => "tok", baseDelayMs: 100, random: () => 0.25 });
     const waiting = await t.waitState("waiting");
     assert.equal(waiting.retryAfterMs, undefined);
     assert.equal(waiting.delayMs, 25);
@@ -123,7 +101,7 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
 
   it("without getToken no token parameter is sent (cookie authentication)", async () => {
     reset([]);
-    const t = track({ url });
+    const t = track({ url: scripted.url });
     await t.waitState("open");
     assert.equal(seen[0].url, "/ws/notifications/?recover=");
     t.conn.close();
@@ -136,29 +114,9 @@ const positioned = (position, rest) => JSON.stringify({ position, ...rest });
 const status = (recovered, replayed, position) => JSON.stringify({ type: "recovery", recovered, replayed, position });
 
 describe("recovery (scripted server)", { timeout: 60000 }, () => {
-  let server;
-  let url;
-  let plan = [];
-  const seen = [];
-
-  before(async () => {
-    const port = await freePort();
-    server = new WebSocketServer({ port, host: "127.0.0.1" });
-    server.on("connection", (socket, request) => {
-      seen.push(request.url);
-      const step = plan.shift();
-      if (step) step(socket);
-    });
-    await new Promise((resolve) => server.once("listening", resolve));
-    url = `ws://127.0.0.1:${port}/ws/notifications/`;
-  });
-
-  after(() => new Promise((resolve) => server.close(resolve)));
-
-  const reset = (steps) => {
-    plan = steps;
-    seen.length = 0;
-  };
+  const scripted = scriptedServer();
+  const { seen, reset } = scripted;
+  const paths = () => seen.map((connection) => connection.url);
   const recoverParam = (path) => new URL(path, "ws://gateway").searchParams.get("recover");
 
   it("keeps the greatest position across reconnects; strips it; the status goes to onRecovery only", async () => {
@@ -179,10 +137,10 @@ describe("recovery (scripted server)", { timeout: 60000 }, () => {
       },
     ]);
     const passthrough = [];
-    const t = track({ url, getToken: () => "tok", baseDelayMs: 20, onFrame: (frame) => passthrough.push(frame) });
+    const t = track({ url: scripted.url, getToken: () => "tok", baseDelayMs: 20, onFrame: (frame) => passthrough.push(frame) });
     await t.waitMessage("live");
-    assert.deepEqual(seen.map(recoverParam), ["", P(0x40)], "recover= first, then the greatest position seen");
-    assert.equal(seen[0], "/ws/notifications/?token=tok&recover=");
+    assert.deepEqual(paths().map(recoverParam), ["", P(0x40)], "recover= first, then the greatest position seen");
+    assert.equal(paths()[0], "/ws/notifications/?token=tok&recover=");
     assert.deepEqual(t.messages, ["first", { nested: [1, "two"] }, "garbage position", "older position", "replayed", "live"]);
     assert.deepEqual(
       t.frames.map((frame) => frame.position),
@@ -203,15 +161,15 @@ describe("recovery (scripted server)", { timeout: 60000 }, () => {
 
   it("initialPosition is sent on the first attempt; one that is no position is not", async () => {
     reset([(s) => s.send(status(true, 0, P(7)))]);
-    const t = track({ url, getToken: () => "tok", initialPosition: P(0xabc) });
+    const t = track({ url: scripted.url, getToken: () => "tok", initialPosition: P(0xabc) });
     await waitFor(() => t.recoveries.length === 1, { what: "recovery status" });
-    assert.equal(recoverParam(seen[0]), P(0xabc));
+    assert.equal(recoverParam(paths()[0]), P(0xabc));
     assert.equal(t.conn.position, P(0xabc), "a smaller status position does not move it back");
     t.conn.close();
     reset([]);
-    const u = track({ url, getToken: () => "tok", initialPosition: "ABC" });
+    const u = track({ url: scripted.url, getToken: () => "tok", initialPosition: "ABC" });
     await u.waitState("open");
-    assert.equal(recoverParam(seen[0]), "");
+    assert.equal(recoverParam(paths()[0]), "");
     assert.equal(u.conn.position, null);
     u.conn.close();
   });
@@ -227,14 +185,14 @@ describe("recovery (scripted server)", { timeout: 60000 }, () => {
     ]);
     const passthrough = [];
     const t = track({
-      url,
+      url: scripted.url,
       getToken: () => "tok",
       baseDelayMs: 20,
       recover: false,
       onFrame: (frame) => passthrough.push(frame),
     });
     await waitFor(() => seen.length === 2, { what: "the reconnect" });
-    assert.deepEqual(seen, ["/ws/notifications/?token=tok", "/ws/notifications/?token=tok"]);
+    assert.deepEqual(paths(), ["/ws/notifications/?token=tok", "/ws/notifications/?token=tok"]);
     assert.deepEqual(t.messages, ["m"]);
     assert.deepEqual(passthrough, [{ type: "recovery", recovered: true, replayed: 0, position: P(0x20) }]);
     assert.equal(t.recoveries.length, 0);

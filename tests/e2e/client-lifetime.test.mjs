@@ -4,10 +4,10 @@
 // closes the socket with 4002, and messages keep arriving throughout.
 // It takes 5 minutes of wall time: tests/e2e/run runs this file alongside
 // the others.
-import { describe, it, before, after } from "node:test";
+import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { tokenClaims } from "../../gateway/static/notifications.js";
-import { startRedis, startGateway, genToken, publisher, stop, sleep } from "./lib/procs.mjs";
+import { realStack, genToken, sleep } from "./lib/procs.mjs";
 import { track } from "./lib/track.mjs";
 
 const LIFETIME_S = 60;
@@ -15,25 +15,11 @@ const RUN_MS = 5 * 60 * 1000;
 const PUBLISH_EVERY_MS = 20 * 1000;
 
 describe("in-band token refresh against a real gateway", { timeout: RUN_MS + 120000 }, () => {
-  let redis;
-  let gateway;
-  let pub;
-
-  before(async () => {
-    redis = await startRedis();
-    gateway = await startGateway({ redisUrl: redis.url });
-    pub = await publisher(redis.url);
-  });
-
-  after(async () => {
-    if (pub) await pub.stop();
-    if (gateway) await stop(gateway.child);
-    if (redis) await stop(redis.child);
-  });
+  const stack = realStack();
 
   it(`a socket on ${LIFETIME_S} s tokens stays open for 5 minutes, refreshing in-band, and keeps receiving`, async () => {
     const t = track({
-      url: gateway.url,
+      url: stack.gateway.url,
       getToken: () => genToken(301, ["--lifetime", String(LIFETIME_S)]),
     });
     await t.waitState("open");
@@ -42,7 +28,7 @@ describe("in-band token refresh against a real gateway", { timeout: RUN_MS + 120
     while (Date.now() - started < RUN_MS) {
       await sleep(Math.min(PUBLISH_EVERY_MS, RUN_MS - (Date.now() - started)));
       published += 1;
-      await pub.publish("user_301", `tick ${published}`);
+      await stack.pub.publish("user_301", `tick ${published}`);
       await t.waitMessage(`tick ${published}`, { timeoutMs: 5000 });
     }
 

@@ -1,5 +1,6 @@
 // Processes the tests start themselves: redis-server, the gateway, a
 // channels_redis publisher. Loopback only, free ports, stopped by PID.
+import { before, after } from "node:test";
 import { spawn, execFileSync } from "node:child_process";
 import net from "node:net";
 import fs from "node:fs";
@@ -199,4 +200,25 @@ export async function publisher(redisUrl) {
       return stop(child);
     },
   };
+}
+
+/**
+ * Called inside a describe(): a real redis-server, a gateway on it and a
+ * channels_redis publisher for the suite's tests, started before them and
+ * stopped after them. Returns the object whose `redis`, `gateway` and `pub`
+ * they read once started.
+ */
+export function realStack() {
+  const stack = { redis: null, gateway: null, pub: null };
+  before(async () => {
+    stack.redis = await startRedis();
+    stack.gateway = await startGateway({ redisUrl: stack.redis.url });
+    stack.pub = await publisher(stack.redis.url);
+  });
+  after(async () => {
+    if (stack.pub) await stack.pub.stop();
+    if (stack.gateway) await stop(stack.gateway.child);
+    if (stack.redis) await stop(stack.redis.child);
+  });
+  return stack;
 }

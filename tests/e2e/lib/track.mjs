@@ -1,6 +1,7 @@
 // Runs connect() from gateway/static/notifications.js and records what it does.
 import net from "node:net";
-import WebSocket from "ws";
+import { before, after } from "node:test";
+import WebSocket, { WebSocketServer } from "ws";
 import { connect } from "../../../gateway/static/notifications.js";
 import { waitFor, freePort } from "./procs.mjs";
 
@@ -102,4 +103,31 @@ export async function freezableProxy(targetPort) {
       return new Promise((resolve) => server.close(resolve));
     },
   };
+}
+
+/**
+ * Called inside a describe(): a small `ws` server that plays the gateway's
+ * part for the suite, started before its tests and closed after them. Each
+ * connection is recorded in `seen` ({ url, at }) and handed to the next
+ * step of the plan `reset(steps)` set (one function per connection).
+ */
+export function scriptedServer() {
+  const scripted = { url: null, seen: [], plan: [], server: null };
+  scripted.reset = (steps) => {
+    scripted.plan = steps;
+    scripted.seen.length = 0;
+  };
+  before(async () => {
+    const port = await freePort();
+    scripted.server = new WebSocketServer({ port, host: "127.0.0.1" });
+    scripted.server.on("connection", (socket, request) => {
+      scripted.seen.push({ url: request.url, at: Date.now() });
+      const step = scripted.plan.shift();
+      if (step) step(socket);
+    });
+    await new Promise((resolve) => scripted.server.once("listening", resolve));
+    scripted.url = `ws://127.0.0.1:${port}/ws/notifications/`;
+  });
+  after(() => new Promise((resolve) => scripted.server.close(resolve)));
+  return scripted;
 }
