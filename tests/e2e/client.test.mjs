@@ -2,9 +2,9 @@
 // redis-server and the real channels_redis publishing, all on free loopback
 // ports. Run: node --test tests/e2e/client.test.mjs (after cargo build -p
 // gateway and python3 tests/py/ensure_venv.py), or bash tests/e2e/run.
-import { describe, it } from "node:test";
+import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { realStack, startGateway, genToken, stop, sleep, freePort, waitFor } from "./lib/procs.mjs";
+import { realStack, startRedis, startGateway, genToken, publisher, stop, sleep, freePort, waitFor } from "./lib/procs.mjs";
 import { track, freezableProxy } from "./lib/track.mjs";
 
 describe("notifications.js against a real gateway", { timeout: 120000 }, () => {
@@ -153,7 +153,7 @@ describe("notifications.js recovery against a real gateway", { timeout: 180000 }
 
   before(async () => {
     redis = await startRedis();
-    pub = await publisher(stack.redis.url);
+    pub = await publisher(redis.url);
   });
 
   after(async () => {
@@ -172,7 +172,7 @@ describe("notifications.js recovery against a real gateway", { timeout: 180000 }
 
   it("gateway SIGTERM and restart: the messages published meanwhile arrive once, in order", async () => {
     const extra = { GATEWAY_SERVER_DRAIN_RECONNECT_JITTER: "1s" };
-    let gw = await startGateway({ redisUrl: stack.redis.url, extra });
+    let gw = await startGateway({ redisUrl: redis.url, extra });
     try {
       const token = genToken(201);
       const t = track({ url: gw.url, getToken: () => token, hintJitterMs: 200, baseDelayMs: 100 });
@@ -182,7 +182,7 @@ describe("notifications.js recovery against a real gateway", { timeout: 180000 }
       await waitFor(() => t.recoveries.length === 1, { what: "first recovery status" });
       assert.equal(t.recoveries[0].recovered, true);
       assert.equal(t.recoveries[0].replayed, 0);
-      await stack.pub.publish("user_201", "before");
+      await pub.publish("user_201", "before");
       await t.waitMessage("before");
       const held = t.conn.position;
       assert.ok(held >= t.frames[0].position, "the greatest position seen is held");
@@ -191,9 +191,9 @@ describe("notifications.js recovery against a real gateway", { timeout: 180000 }
       const waiting = await t.waitState("waiting");
       assert.equal(waiting.code, 1001);
       const missed = ["missed 1", { missed: 2 }, "missed 3", "missed 4", "missed 5"];
-      for (const message of missed) await stack.pub.publish("user_201", message);
-      await stack.pub.publish("user_202", "someone else's");
-      gw = await startGateway({ redisUrl: stack.redis.url, port: gw.port, adminPort: gw.adminPort, extra });
+      for (const message of missed) await pub.publish("user_201", message);
+      await pub.publish("user_202", "someone else's");
+      gw = await startGateway({ redisUrl: redis.url, port: gw.port, adminPort: gw.adminPort, extra });
       await waitFor(() => t.recoveries.length === 2, { timeoutMs: 20000, what: "recovery after the restart" });
       const reconnect = t.opened[t.opened.length - 1];
       assert.equal(recoverParam(reconnect), held, "reconnects with the greatest position seen");
@@ -202,7 +202,7 @@ describe("notifications.js recovery against a real gateway", { timeout: 180000 }
       assert.deepEqual({ recovered, replayed, afterMessages }, { recovered: true, replayed: 5, afterMessages: 6 });
       assert.ok(position >= t.frames[5].position);
 
-      await stack.pub.publish("user_201", "live again");
+      await pub.publish("user_201", "live again");
       await t.waitMessage("live again");
       await sleep(500);
       assert.deepEqual(t.messages, ["before", ...missed, "live again"], "nothing twice, nothing else");
@@ -218,7 +218,7 @@ describe("notifications.js recovery against a real gateway", { timeout: 180000 }
   });
 
   it("a dead (half-open) socket: what was written into it comes back after the reconnect", async () => {
-    const gw = await startGateway({ redisUrl: stack.redis.url });
+    const gw = await startGateway({ redisUrl: redis.url });
     const proxy = await freezableProxy(gw.port);
     try {
       const token = genToken(203);
@@ -230,20 +230,20 @@ describe("notifications.js recovery against a real gateway", { timeout: 180000 }
         baseDelayMs: 100,
       });
       await waitFor(() => t.recoveries.length === 1, { what: "first recovery status" });
-      await stack.pub.publish("user_203", "seen");
+      await pub.publish("user_203", "seen");
       await t.waitMessage("seen");
       const held = t.conn.position;
       proxy.freeze();
       // The gateway still has the socket: these are written to it and lost in the frozen link.
       const lost = ["lost 1", "lost 2", "lost 3"];
-      for (const message of lost) await stack.pub.publish("user_203", message);
+      for (const message of lost) await pub.publish("user_203", message);
       await t.waitState("waiting", { where: (s) => s.dead, timeoutMs: 5000 });
       await waitFor(() => t.recoveries.length === 2, { what: "recovery after the dead link" });
       assert.equal(recoverParam(t.opened[1]), held);
       assert.deepEqual(t.messages, ["seen", ...lost]);
       assert.equal(t.recoveries[1].recovered, true);
       assert.equal(t.recoveries[1].replayed, 3);
-      await stack.pub.publish("user_203", "after");
+      await pub.publish("user_203", "after");
       await t.waitMessage("after");
       await sleep(300);
       assert.deepEqual(t.messages, ["seen", ...lost, "after"]);
@@ -256,7 +256,7 @@ describe("notifications.js recovery against a real gateway", { timeout: 180000 }
   });
 
   it("recover: false: no recover parameter, frames as before, and what a dead link swallowed stays lost", async () => {
-    const gw = await startGateway({ redisUrl: stack.redis.url });
+    const gw = await startGateway({ redisUrl: redis.url });
     const proxy = await freezableProxy(gw.port);
     try {
       const token = genToken(204);
@@ -270,14 +270,14 @@ describe("notifications.js recovery against a real gateway", { timeout: 180000 }
       });
       await t.waitState("open");
       assert.equal(recoverParam(t.opened[0]), null);
-      await stack.pub.publish("user_204", "plain");
+      await pub.publish("user_204", "plain");
       await t.waitMessage("plain");
       assert.deepEqual(t.frames, [{ message: "plain" }]);
       proxy.freeze();
-      await stack.pub.publish("user_204", "swallowed");
+      await pub.publish("user_204", "swallowed");
       const dead = await t.waitState("waiting", { where: (s) => s.dead, timeoutMs: 5000 });
       await t.waitState("open", { from: t.states.indexOf(dead) });
-      await stack.pub.publish("user_204", "after");
+      await pub.publish("user_204", "after");
       await t.waitMessage("after");
       await sleep(300);
       assert.deepEqual(t.messages, ["plain", "after"]);
@@ -293,13 +293,13 @@ describe("notifications.js recovery against a real gateway", { timeout: 180000 }
   });
 
   it("a gateway without layer.recovery ignores recover=: frames as before, no status", async () => {
-    const gw = await startGateway({ redisUrl: stack.redis.url, extra: { GATEWAY_LAYER_RECOVERY: "false" } });
+    const gw = await startGateway({ redisUrl: redis.url, extra: { GATEWAY_LAYER_RECOVERY: "false" } });
     try {
       const token = genToken(205);
       const t = track({ url: gw.url, getToken: () => token });
       await t.waitState("open");
       assert.equal(recoverParam(t.opened[0]), "", "the client asks by default");
-      await stack.pub.publish("user_205", "unpositioned");
+      await pub.publish("user_205", "unpositioned");
       await t.waitMessage("unpositioned");
       await sleep(300);
       assert.deepEqual(t.frames, [{ message: "unpositioned" }]);
