@@ -1,8 +1,8 @@
 //! Fuzzes what the gateway reads from a WebSocket handshake before any token
-//! is verified: token extraction (`gateway::credentials::TokenLookup::find`,
+//! is verified: token extraction (`gateway::auth::credentials::TokenLookup::find`,
 //! header, `bearer` subprotocol, query, cookie), the Origin allowlist
-//! (`gateway::origin`, through the glob matcher) and the client address
-//! behind trusted proxies (`gateway::limits::Limits::client_address`).
+//! (`gateway::edge::origin`, through the glob matcher) and the client address
+//! behind trusted proxies (`gateway::edge::limits::Limits::client_address`).
 //!
 //! The input is text, one item a line, so seeds are readable: the first line
 //! is the query string; `@peer ADDR` sets the peer address, `@allow PATTERN`
@@ -20,9 +20,9 @@ use actix_web::http::header::{
     HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE, ORIGIN, SEC_WEBSOCKET_PROTOCOL,
 };
 use gateway::config::{AuthConfig, LimitsConfig, MissingOrigin};
-use gateway::credentials::{TokenLookup, TokenSource, BEARER_PROTOCOL};
-use gateway::limits::{parse_cidr, Limits};
-use gateway::origin::{OriginPattern, OriginPolicy, OriginVerdict};
+use gateway::auth::credentials::{TokenLookup, TokenSource, BEARER_PROTOCOL};
+use gateway::edge::limits::{parse_cidr, Limits};
+use gateway::edge::origin::{OriginPattern, OriginPolicy, OriginVerdict};
 use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
 

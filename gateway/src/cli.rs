@@ -68,7 +68,7 @@ pub fn run() -> ExitCode {
                 eprintln!("configuration error: {error}");
                 return ExitCode::from(2);
             }
-            match crate::jwtverify::mint_access_token(&config.auth, &user_id, lifetime) {
+            match crate::auth::jwtverify::mint_access_token(&config.auth, &user_id, lifetime) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS
@@ -84,7 +84,7 @@ pub fn run() -> ExitCode {
                 eprintln!("configuration error: {error}");
                 return ExitCode::from(2);
             }
-            crate::telemetry::init(config.log.format);
+            crate::ops::telemetry::init(config.log.format);
             match crate::server::serve(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

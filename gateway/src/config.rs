@@ -769,7 +769,7 @@ impl Config {
         }
 
         let auth = &self.auth;
-        crate::jwtverify::allowed_algorithms(auth).map_err(|error| ConfigError::Invalid {
+        crate::auth::jwtverify::allowed_algorithms(auth).map_err(|error| ConfigError::Invalid {
             key: error.setting,
             reason: error.reason,
         })?;
@@ -820,9 +820,9 @@ impl Config {
                 ));
             }
             // The reasons never repeat the URL: it may carry credentials.
-            let (host, https) = crate::jwks_remote::url_host(url)
+            let (host, https) = crate::auth::jwks_remote::url_host(url)
                 .map_err(|reason| invalid("auth.jwks_url", reason))?;
-            if !https && !crate::jwks_remote::is_loopback_host(&host) {
+            if !https && !crate::auth::jwks_remote::is_loopback_host(&host) {
                 return Err(invalid(
                     "auth.jwks_url",
                     format!(
@@ -854,7 +854,7 @@ impl Config {
             return Err(invalid("auth.issuer", "must not be empty (leave it unset)"));
         }
         for pattern in &auth.allowed_origins {
-            crate::origin::OriginPattern::parse(pattern)
+            crate::edge::origin::OriginPattern::parse(pattern)
                 .map_err(|error| invalid("auth.allowed_origins", error.to_string()))?;
         }
         if auth.user_id_claims.is_empty() {
@@ -899,7 +899,7 @@ impl Config {
 
         let limits = &self.limits;
         for cidr in &limits.trusted_proxies {
-            crate::limits::parse_cidr(cidr)
+            crate::edge::limits::parse_cidr(cidr)
                 .map_err(|reason| invalid("limits.trusted_proxies", reason))?;
         }
         for (key, value) in [
@@ -1009,7 +1009,7 @@ impl Config {
             ));
         }
         for event_type in &self.events.passthrough_types {
-            if event_type == crate::events::NOTIFICATION_TYPE {
+            if event_type == crate::relay::events::NOTIFICATION_TYPE {
                 return Err(invalid(
                     "events.passthrough_types",
                     "send_notification is always relayed as {\"message\": ...}",
@@ -1040,7 +1040,7 @@ impl Config {
                  unless auth.public_key, auth.jwks_file or auth.jwks_url verifies tokens",
             ));
         }
-        crate::jwtverify::TokenVerifier::new(auth).map_err(|error| ConfigError::Invalid {
+        crate::auth::jwtverify::TokenVerifier::new(auth).map_err(|error| ConfigError::Invalid {
             key: error.setting,
             reason: error.reason,
         })?;

@@ -29,28 +29,28 @@ use shared_proto::payload::{PayloadCodec, SerializerFormat};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use crate::canary::Canary;
+use crate::auth::groups::GroupPolicy;
+use crate::auth::jwtverify::TokenVerifier;
+use crate::auth::session::SessionAuth;
 use crate::config::{Config, LayerBackend, SerializerFormatSetting, WebSocketDriver};
-use crate::drain::{self, DrainPlan};
-use crate::events::EventMapper;
-use crate::groups::GroupPolicy;
-use crate::health::Health;
-use crate::http::{admin_routes, public_routes, Gateway};
-use crate::jwtverify::TokenVerifier;
+use crate::edge::drain::{self, DrainPlan};
+use crate::edge::http::{admin_routes, public_routes, Gateway};
+use crate::edge::limits::Limits;
+use crate::edge::listener::{self, ConnectionOptions};
+use crate::edge::recovery::Recovery;
+use crate::edge::socket::SocketSettings;
+use crate::edge::upgrade::{take_over, Connection};
 use crate::layer::core::{CoreLayer, CoreSettings, RECEIVE_BLOCK};
 use crate::layer::pubsub::PubSubLayer;
 use crate::layer::{CanarySending, HostRing, Layer};
-use crate::limits::Limits;
-use crate::listener::{self, ConnectionOptions};
-use crate::metrics::Metrics;
-use crate::outbox::Outbox;
-use crate::recovery::Recovery;
-use crate::registry::{ChannelNaming, ConnId, Registry};
-use crate::router::Router;
-use crate::session::SessionAuth;
-use crate::shutdown::termination_signal;
-use crate::socket::SocketSettings;
-use crate::upgrade::{take_over, Connection};
+use crate::ops::canary::Canary;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::termination_signal;
+use crate::relay::events::EventMapper;
+use crate::relay::outbox::Outbox;
+use crate::relay::registry::{ChannelNaming, ConnId, Registry};
+use crate::relay::router::Router;
 
 /// How long the first socket worker may take to start before the receiver
 /// starts on the main thread instead.
@@ -357,7 +357,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         // the identity provider, so gating on it would turn its outage into
         // ours, while open sockets and other keys keep working. A failed
         // fetch is logged and counted (gateway_jwks_fetches_total).
-        actix_web::rt::spawn(crate::jwks_remote::run(remote, metrics.clone()));
+        actix_web::rt::spawn(crate::auth::jwks_remote::run(remote, metrics.clone()));
     }
     if verifier.uses_jwks_file() {
         let verifier = verifier.clone();
@@ -376,7 +376,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let gateway = web::Data::new(Gateway {
         verifier: verifier.clone(),
         limits: Arc::new(Limits::new(&config.limits)),
-        origins: crate::origin::OriginPolicy::new(&config.auth)?,
+        origins: crate::edge::origin::OriginPolicy::new(&config.auth)?,
         token_query_param: config.auth.token_query_param.clone(),
         token_cookie: config.auth.token_cookie.clone(),
         groups: groups.clone(),

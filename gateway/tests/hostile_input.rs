@@ -6,10 +6,10 @@
 use std::net::IpAddr;
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use gateway::auth::credentials::{TokenLookup, TokenSource};
 use gateway::config::{AuthConfig, LimitsConfig, MissingOrigin};
-use gateway::credentials::{TokenLookup, TokenSource};
-use gateway::limits::Limits;
-use gateway::origin::OriginPolicy;
+use gateway::edge::limits::Limits;
+use gateway::edge::origin::OriginPolicy;
 use proptest::prelude::*;
 
 fn headers(pairs: &[(&'static str, Vec<u8>)]) -> HeaderMap {

@@ -66,7 +66,7 @@ fn every_drop_reason_is_documented() {
             .lines()
             .find(|line| line.starts_with("| `gateway_drops_total"))
             .unwrap_or_else(|| panic!("{path} lists gateway_drops_total"));
-        for reason in gateway::metrics::DropReason::ALL {
+        for reason in gateway::ops::metrics::DropReason::ALL {
             assert!(
                 row.contains(reason.label()),
                 "{path} does not list the drop reason {}",
@@ -81,7 +81,7 @@ fn every_readiness_reason_is_documented() {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
     let operations =
         std::fs::read_to_string(repo_root().join("docs/operations.md")).expect("operations");
-    for reason in gateway::health::NotReady::ALL {
+    for reason in gateway::ops::health::NotReady::ALL {
         let label = format!("`{}`", reason.label());
         assert!(readme.contains(&label), "README lacks {label}");
         assert!(

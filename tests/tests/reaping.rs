@@ -122,7 +122,7 @@ impl Cluster {
     /// the host channels_redis picks for the first), and keys of its own
     /// left there (its merged key, spill slots and their list).
     async fn queue_length(&self, process: &str) -> i64 {
-        let naming = gateway::registry::ChannelNaming::with_process_id(
+        let naming = gateway::relay::registry::ChannelNaming::with_process_id(
             process.to_string(),
             gateway::config::LayerConfig::default().queue_keys,
             self.redis.len(),

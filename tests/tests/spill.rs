@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use gateway::config::HostSetting;
-use gateway::redis::{ReceiveKeys, RedisHost};
-use gateway::registry::{ChannelNaming, SPILL_SLOTS};
+use gateway::layer::redis::{ReceiveKeys, RedisHost};
+use gateway::relay::registry::{ChannelNaming, SPILL_SLOTS};
 use tests::RedisServer;
 
 const PREFIX: &str = "asgi";

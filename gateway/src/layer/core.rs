@@ -28,13 +28,13 @@ use tokio::time::Instant;
 use super::liveness::{self, LivenessSettings};
 use super::replay;
 use super::{CanarySending, HostRing, LayerError};
-use crate::health::Health;
-use crate::metrics::Metrics;
-use crate::outbox::Wakeups;
-use crate::redis::{MembershipWrites, ReceiveKeys, RecordWrites, RedisHost, ReplaySnapshot};
-use crate::registry::{Registry, SPILL_SLOTS};
-use crate::router::{unix_now, Router};
-use crate::shutdown::Shutdown;
+use crate::layer::redis::{MembershipWrites, ReceiveKeys, RecordWrites, RedisHost, ReplaySnapshot};
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::Shutdown;
+use crate::relay::outbox::Wakeups;
+use crate::relay::registry::{Registry, SPILL_SLOTS};
+use crate::relay::router::{unix_now, Router};
 
 /// How long one blocking pop waits; also the receiver's heartbeat period.
 pub const RECEIVE_BLOCK: Duration = Duration::from_secs(1);

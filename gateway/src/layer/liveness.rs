@@ -26,9 +26,9 @@ use futures_util::future::join_all;
 use shared_proto::names;
 
 use super::HostRing;
-use crate::metrics::Metrics;
-use crate::redis::{Heartbeat, RedisError, RedisHost};
-use crate::shutdown::Shutdown;
+use crate::layer::redis::{Heartbeat, RedisError, RedisHost};
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::Shutdown;
 
 /// Record entries one reap script call removes at most, so a big record
 /// never blocks Redis in one long script.
@@ -122,8 +122,10 @@ pub fn record_entry(group_key: &str, channel: &str) -> String {
 
 /// The gateway process a channel name belongs to: the text between
 /// `specific.` and the first `.` or `!` after it, if it is a gateway's
-/// (`gw-…`). Presence readers parse names the same way.
-pub fn gateway_process_of(channel: &str) -> Option<&str> {
+/// (`gw-…`). Presence readers parse names the same way; the reaping
+/// script does it in Lua, so here it only pins the format down in tests.
+#[cfg(test)]
+pub(crate) fn gateway_process_of(channel: &str) -> Option<&str> {
     let rest = channel.strip_prefix("specific.")?;
     let end = rest.find(['.', '!'])?;
     let process = &rest[..end];

@@ -6,27 +6,29 @@
 //! protocol, `pubsub` `RedisPubSubChannelLayer`'s channel subscriptions;
 //! both sit behind the same `Layer` type; `liveness` keeps the core layer's
 //! processes' heartbeats and reaps what dead ones left in Redis; `replay`
-//! keeps each group's replay member for recovery and reads it back. Layers own
-//! their background tasks; they must not touch sockets directly (the router
-//! and the outboxes do).
+//! keeps each group's replay member for recovery and reads it back;
+//! `redis` is the one module that speaks to Redis (every `fred` type stays
+//! in it). Layers own their background tasks; they must not touch sockets
+//! directly (the router and the outboxes do).
 
 pub mod core;
-pub mod liveness;
-pub mod pubsub;
-pub mod replay;
-pub mod subscriptions;
+pub(crate) mod liveness;
+pub(crate) mod pubsub;
+pub mod redis;
+pub(crate) mod replay;
+pub(crate) mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use shared_proto::shard::shard_index;
 
-use crate::canary::Canary;
 use crate::config::LayerConfig;
-use crate::metrics::{Metrics, PauseOutcome};
-use crate::outbox::{Paused, Wakeups};
-use crate::redis::{RedisError, RedisHost, ReplaySnapshot};
-use crate::router::Router;
+use crate::layer::redis::{RedisError, RedisHost, ReplaySnapshot};
+use crate::ops::canary::Canary;
+use crate::ops::metrics::{Metrics, PauseOutcome};
+use crate::relay::outbox::{Paused, Wakeups};
+use crate::relay::router::Router;
 
 /// How long a receiver may hold back the wake-ups of the socket tasks it is
 /// routing a run of payloads to (see `outbox::Wakeups`; the sockets it
@@ -218,7 +220,7 @@ impl Layer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Outbox;
+    use crate::relay::outbox::Outbox;
 
     /// Sockets that never read ask for a pause each; the receiver pauses
     /// for them until a quarter of the second is spent, then goes on.

@@ -25,9 +25,9 @@ use std::time::Duration;
 use shared_proto::names;
 
 use super::HostRing;
-use crate::metrics::Metrics;
-use crate::redis::{RedisError, ReplaySnapshot};
-use crate::shutdown::Shutdown;
+use crate::layer::redis::{RedisError, ReplaySnapshot};
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::Shutdown;
 
 /// How many windows a group stays idle before its replay member goes: one
 /// window lets the messages a client missed age out of the key while it is
@@ -187,8 +187,8 @@ mod tests {
 
     #[test]
     fn gateway_channels_carry_the_prefix_the_sweep_looks_for() {
-        let naming = crate::registry::ChannelNaming::random(4, 1);
-        let channel = naming.channel(5 << crate::registry::LANE_BITS);
+        let naming = crate::relay::registry::ChannelNaming::random(4, 1);
+        let channel = naming.channel(5 << crate::relay::registry::LANE_BITS);
         assert!(channel.starts_with(GATEWAY_CHANNEL_PREFIX), "{channel}");
     }
 }

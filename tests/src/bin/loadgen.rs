@@ -23,7 +23,7 @@
 /// their consolidation of freed chunks), cores taken from the server under
 /// test on a shared machine.
 #[global_allocator]
-static ALLOCATOR: gateway::allocator::Jemalloc = gateway::allocator::Jemalloc;
+static ALLOCATOR: gateway::ops::allocator::Jemalloc = gateway::ops::allocator::Jemalloc;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};

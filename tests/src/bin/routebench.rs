@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use futures_util::FutureExt;
-use gateway::events::EventMapper;
-use gateway::metrics::Metrics;
-use gateway::outbox::{Outbox, Wakeups};
-use gateway::registry::{ChannelNaming, ConnId, Registry};
-use gateway::router::{RoutePath, Router};
+use gateway::ops::metrics::Metrics;
+use gateway::relay::events::EventMapper;
+use gateway::relay::outbox::{Outbox, Wakeups};
+use gateway::relay::registry::{ChannelNaming, ConnId, Registry};
+use gateway::relay::router::{RoutePath, Router};
 use rmpv::Value;
 use shared_proto::{render_notification, Message, PayloadCodec, SerializerFormat};
 

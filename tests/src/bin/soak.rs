@@ -19,7 +19,7 @@
 //! read its JSON.
 
 #[global_allocator]
-static ALLOCATOR: gateway::allocator::Jemalloc = gateway::allocator::Jemalloc;
+static ALLOCATOR: gateway::ops::allocator::Jemalloc = gateway::ops::allocator::Jemalloc;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -24,9 +24,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{watch, Notify};
 
+use crate::auth::jwtverify::{jwks_keys, JwksKeys, KeyError};
 use crate::config::AuthConfig;
-use crate::jwtverify::{jwks_keys, JwksKeys, KeyError};
-use crate::metrics::{JwksFetchResult, Metrics};
+use crate::ops::metrics::{JwksFetchResult, Metrics};
 
 /// Largest JWKS document read; real ones are a few kilobytes.
 pub const MAX_DOCUMENT: usize = 1024 * 1024;

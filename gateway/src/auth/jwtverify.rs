@@ -25,8 +25,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Map, Value};
 
+use crate::auth::jwks_remote::RemoteJwks;
 use crate::config::AuthConfig;
-use crate::jwks_remote::RemoteJwks;
 
 /// Why a token was refused; the label doubles as the metric label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -17,7 +17,7 @@ use shared_proto::close::CloseCode;
 use shared_proto::frame::{render_notification, render_passthrough};
 use shared_proto::{Message, RouteView};
 
-use crate::metrics::DropReason;
+use crate::ops::metrics::DropReason;
 
 /// The event type the seed's consumer handles.
 pub const NOTIFICATION_TYPE: &str = "send_notification";

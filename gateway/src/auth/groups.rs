@@ -10,9 +10,9 @@
 
 use std::sync::Arc;
 
+use crate::auth::glob::glob_match;
+use crate::auth::jwtverify::Identity;
 use crate::config::AuthConfig;
-use crate::glob::glob_match;
-use crate::jwtverify::Identity;
 
 /// Extra group names at least this long are refused: the glob matcher's
 /// cost grows with the name, and no real group is that long.

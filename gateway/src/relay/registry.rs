@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 
 use shared_proto::shard::shard_index;
 
-use crate::outbox::Outbox;
+use crate::relay::outbox::Outbox;
 
 pub type ConnId = u64;
 
@@ -503,7 +503,7 @@ mod tests {
                 served += 1;
                 outbox.push(
                     bytestring::ByteString::from_static("x"),
-                    &mut crate::outbox::Wakeups::new(),
+                    &mut crate::relay::outbox::Wakeups::new(),
                 );
             });
             assert_eq!((served, missing), (size + 1, 3), "size {size}");

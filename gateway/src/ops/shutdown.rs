@@ -25,7 +25,9 @@ impl Shutdown {
         self.sender.send_replace(true);
     }
 
-    pub fn is_triggered(&self) -> bool {
+    /// Tasks await [`Shutdown::triggered`]; only tests look without waiting.
+    #[cfg(test)]
+    pub(crate) fn is_triggered(&self) -> bool {
         *self.receiver.borrow()
     }
 

@@ -11,8 +11,8 @@
 //! `missing_origin` policy. It does no I/O, must not look at credentials and
 //! must not log: the caller logs and counts the refusal.
 
+use crate::auth::glob::glob_match;
 use crate::config::{AuthConfig, MissingOrigin};
-use crate::glob::glob_match;
 
 /// Why an allowlist entry cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

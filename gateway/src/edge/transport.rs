@@ -31,7 +31,7 @@ use bytestring::ByteString;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::outbox::{Wire, WrittenNow};
+use crate::relay::outbox::{Wire, WrittenNow};
 
 /// The frame operations the socket loop needs, whichever driver runs them.
 /// `recv` must be cancel-safe: the loop polls it inside `select!`.

@@ -16,9 +16,9 @@ use std::sync::Arc;
 use rmpv::Value;
 use shared_proto::{Message, RouteView};
 
-use crate::health::Health;
-use crate::metrics::Metrics;
-use crate::router::unix_now;
+use crate::ops::health::Health;
+use crate::ops::metrics::Metrics;
+use crate::relay::router::unix_now;
 
 /// The event type of a canary; never shown to clients.
 pub const CANARY_TYPE: &str = "gateway.canary";

@@ -27,8 +27,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::http::{decide, switching_protocols, Gateway, Refused, Verdict};
-use crate::transport::{DirectTransport, SharedTcp, WireSource};
+use crate::edge::http::{decide, switching_protocols, Gateway, Refused, Verdict};
+use crate::edge::transport::{DirectTransport, SharedTcp, WireSource};
 
 /// A connection the direct driver accepts, and how its socket keeps it
 /// once upgraded.

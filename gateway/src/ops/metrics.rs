@@ -220,7 +220,7 @@ pub enum ConnectResult {
     RedisUnavailable,
     Draining,
     /// Refused by a limit (`limits.*`); labelled with the limit's name.
-    Limited(crate::limits::Refusal),
+    Limited(crate::edge::limits::Refusal),
 }
 
 impl ConnectResult {

@@ -14,9 +14,9 @@ use std::time::Duration;
 use rand::Rng;
 use shared_proto::close::CloseCode;
 
-use crate::metrics::{DropReason, Metrics};
-use crate::outbox::CloseNote;
-use crate::registry::Registry;
+use crate::ops::metrics::{DropReason, Metrics};
+use crate::relay::outbox::CloseNote;
+use crate::relay::registry::Registry;
 
 /// How often a batch of sockets is closed while draining.
 const BATCH_EVERY: Duration = Duration::from_millis(100);

@@ -23,11 +23,11 @@ pub const MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzz
 macro_rules! jemalloc_allocator {
     () => {
         #[global_allocator]
-        static ALLOCATOR: $crate::allocator::Jemalloc = $crate::allocator::Jemalloc;
+        static ALLOCATOR: $crate::ops::allocator::Jemalloc = $crate::ops::allocator::Jemalloc;
 
         /// Read by jemalloc at start, under its prefixed symbol name.
         #[allow(non_upper_case_globals)]
         #[export_name = "_rjem_malloc_conf"]
-        pub static malloc_conf: &[u8] = $crate::allocator::MALLOC_CONF;
+        pub static malloc_conf: &[u8] = $crate::ops::allocator::MALLOC_CONF;
     };
 }

@@ -26,11 +26,11 @@ use shared_proto::encryption::DecryptError;
 use shared_proto::payload::{DecodeError, PayloadCodec};
 use shared_proto::{Encryption, Message, NotAChannelName, RouteView};
 
-use crate::canary::Canary;
-use crate::events::{Action, EventMapper};
-use crate::metrics::{DropReason, Metrics};
-use crate::outbox::{CloseNote, MessageFrame, Outbox, Pushed, Wakeups};
-use crate::registry::{ConnId, Registry};
+use crate::ops::canary::Canary;
+use crate::ops::metrics::{DropReason, Metrics};
+use crate::relay::events::{Action, EventMapper};
+use crate::relay::outbox::{CloseNote, MessageFrame, Outbox, Pushed, Wakeups};
+use crate::relay::registry::{ConnId, Registry};
 
 /// How payloads are decoded and delivered. Both give the same frames, the
 /// same recipients and the same drop counts.
@@ -449,9 +449,9 @@ pub fn unix_now() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::Health;
-    use crate::outbox::{Next, Outbox};
-    use crate::registry::ChannelNaming;
+    use crate::ops::health::Health;
+    use crate::relay::outbox::{Next, Outbox};
+    use crate::relay::registry::ChannelNaming;
     use futures_util::FutureExt;
     use rmpv::Value;
     use shared_proto::SerializerFormat;
@@ -520,7 +520,10 @@ mod tests {
     /// The channel of the `nth` socket registered (one lane: its id is the
     /// count above the lane bits).
     fn channel_name(nth: u64) -> String {
-        format!("specific.gw-t.0!{:x}", nth << crate::registry::LANE_BITS)
+        format!(
+            "specific.gw-t.0!{:x}",
+            nth << crate::relay::registry::LANE_BITS
+        )
     }
 
     fn channels(conns: impl IntoIterator<Item = u64>) -> Value {

@@ -23,10 +23,10 @@ use std::sync::Arc;
 use bytestring::ByteString;
 use shared_proto::{recovery_status_frame, Position};
 
+use crate::layer::redis::ReplaySnapshot;
 use crate::layer::Layer;
-use crate::metrics::{Metrics, RecoveryResult};
-use crate::redis::ReplaySnapshot;
-use crate::router::{unix_now, Router};
+use crate::ops::metrics::{Metrics, RecoveryResult};
+use crate::relay::router::{unix_now, Router};
 
 /// The query parameter a client asks for recovery with.
 pub const RECOVER_PARAM: &str = "recover";
@@ -205,7 +205,12 @@ impl Recovery {
     /// most that many) and trimmed nothing after `since` (the position is within the
     /// window, or an older message is still there: channels_redis trims
     /// oldest first).
-    fn judge(&self, key: &crate::redis::ReplayKeyContents, since: Position, now: f64) -> Judged {
+    fn judge(
+        &self,
+        key: &crate::layer::redis::ReplayKeyContents,
+        since: Position,
+        now: f64,
+    ) -> Judged {
         let mut frames = Vec::with_capacity(key.entries.len());
         let mut kept_older = key.oldest.is_some_and(|oldest| oldest < since.sent_at());
         for entry in &key.entries {

@@ -18,20 +18,20 @@ use shared_proto::close::CloseCode;
 use shared_proto::frame::{parse_client_frame, ClientFrame};
 use tracing::Instrument;
 
-use crate::credentials::{TokenLookup, BEARER_PROTOCOL};
-use crate::groups::{GroupError, GroupPolicy};
-use crate::health::Health;
-use crate::jwtverify::{AuthError, Identity, TokenVerifier};
+use crate::auth::credentials::{TokenLookup, BEARER_PROTOCOL};
+use crate::auth::groups::{GroupError, GroupPolicy};
+use crate::auth::jwtverify::{AuthError, Identity, TokenVerifier};
+use crate::auth::session::{SessionAuth, SessionError};
+use crate::edge::limits::{Limits, Refusal};
+use crate::edge::origin::{OriginPolicy, OriginVerdict};
+use crate::edge::recovery::{Recovery, Since};
+use crate::edge::socket::{self, Holder, Membership, SocketSettings};
+use crate::edge::transport::{ActixWsTransport, Transport};
 use crate::layer::Layer;
-use crate::limits::{Limits, Refusal};
-use crate::metrics::{ConnectResult, Metrics};
-use crate::origin::{OriginPolicy, OriginVerdict};
-use crate::outbox::Outbox;
-use crate::recovery::{Recovery, Since};
-use crate::registry::Registry;
-use crate::session::{SessionAuth, SessionError};
-use crate::socket::{self, Holder, Membership, SocketSettings};
-use crate::transport::{ActixWsTransport, Transport};
+use crate::ops::health::Health;
+use crate::ops::metrics::{ConnectResult, Metrics};
+use crate::relay::outbox::Outbox;
+use crate::relay::registry::Registry;
 
 /// Everything a handshake needs, shared by all workers.
 pub struct Gateway {
@@ -317,7 +317,7 @@ pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
 /// subprotocol when the client offered it (never the token entry).
 pub(crate) fn switching_protocols(head: &RequestHead) -> actix_http::Response<()> {
     let mut response = actix_http::ws::handshake_response(head);
-    if crate::credentials::offers_bearer_protocol(head.headers()) {
+    if crate::auth::credentials::offers_bearer_protocol(head.headers()) {
         response.insert_header((
             actix_web::http::header::SEC_WEBSOCKET_PROTOCOL,
             BEARER_PROTOCOL,
@@ -488,7 +488,7 @@ async fn attach(
         span.in_scope(|| tracing::warn!(%reason, "group join failed; refusing the socket"));
         // What was routed to it meanwhile will never be sent.
         drop(membership);
-        crate::socket::count_unsent(&gateway.metrics, outbox.take_unsent());
+        crate::edge::socket::count_unsent(&gateway.metrics, outbox.take_unsent());
         return Err(Rejection::Unavailable);
     }
     // Read after the join (and `recovery::SETTLE_BEFORE_READ`): whatever

@@ -24,15 +24,15 @@ use shared_proto::frame::{parse_client_frame, ClientFrame};
 use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use crate::drain::reason_with_hint;
-use crate::groups::{GroupChange, GroupPolicy};
-use crate::jwtverify::TokenVerifier;
+use crate::auth::groups::{GroupChange, GroupPolicy};
+use crate::auth::jwtverify::TokenVerifier;
+use crate::edge::drain::reason_with_hint;
+use crate::edge::limits::{Admission, TokenBucket};
+use crate::edge::transport::Transport;
 use crate::layer::Layer;
-use crate::limits::{Admission, TokenBucket};
-use crate::metrics::{DropReason, Metrics};
-use crate::outbox::{CloseNote, Next, Outbox, Unsent};
-use crate::registry::{ConnId, Registry};
-use crate::transport::Transport;
+use crate::ops::metrics::{DropReason, Metrics};
+use crate::relay::outbox::{CloseNote, Next, Outbox, Unsent};
+use crate::relay::registry::{ConnId, Registry};
 
 pub struct SocketSettings {
     pub ping_interval: Duration,
@@ -538,7 +538,7 @@ async fn handle_client_text(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Wakeups;
+    use crate::relay::outbox::Wakeups;
     use bytestring::ByteString;
 
     /// Records what the socket task writes, in order.
@@ -584,7 +584,7 @@ mod tests {
     /// An outbox whose first frame the receiver's write left two bytes
     /// into.
     fn half_written(frames: &[&str]) -> Arc<Outbox> {
-        crate::outbox::test_wire::given_to_wire(2, frames)
+        crate::relay::outbox::test_wire::given_to_wire(2, frames)
     }
 
     #[tokio::test]
@@ -617,7 +617,7 @@ mod tests {
         assert_eq!(transport.written, ["abcd from byte 2", "close"]);
         assert_eq!(
             outbox.push("late".into(), &mut Wakeups::new()),
-            crate::outbox::Pushed::Closed
+            crate::relay::outbox::Pushed::Closed
         );
     }
 

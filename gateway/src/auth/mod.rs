@@ -1,0 +1,14 @@
+//! Authentication: who a handshake belongs to and which groups it joins.
+//!
+//! Finding the token (`credentials`), verifying it (`jwtverify`, with keys
+//! inline, from files, from a JWKS file or URL), minting one for tests and
+//! demos, asking Django about a session cookie (`session`), and the group
+//! rule (`groups`). It must not touch sockets or Redis, and must never log a
+//! token, a cookie or a key.
+
+pub mod credentials;
+pub(crate) mod glob;
+pub(crate) mod groups;
+pub(crate) mod jwks_remote;
+pub(crate) mod jwtverify;
+pub(crate) mod session;

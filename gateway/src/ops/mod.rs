@@ -1,0 +1,13 @@
+//! Operations: what operators see of the process, and its plumbing.
+//!
+//! Metrics (a leaf: every label enum lives there), health verdicts, the
+//! canary that proves the Redis path end to end, the shutdown signal, log
+//! output and the memory allocator. Nothing here knows about sockets,
+//! tokens or Redis keys.
+
+pub mod allocator;
+pub(crate) mod canary;
+pub mod health;
+pub mod metrics;
+pub(crate) mod shutdown;
+pub(crate) mod telemetry;
