@@ -25,8 +25,9 @@ use shared_proto::{recovery_status_frame, Position};
 
 use crate::layer::redis::ReplaySnapshot;
 use crate::layer::Layer;
+use crate::ops::clock::unix_now;
 use crate::ops::metrics::{Metrics, RecoveryResult};
-use crate::relay::router::{unix_now, Router};
+use crate::relay::router::Router;
 
 /// The query parameter a client asks for recovery with.
 pub const RECOVER_PARAM: &str = "recover";
@@ -139,6 +140,8 @@ impl Recovery {
     /// The verdict on a snapshot (see the module's documentation).
     fn decide(&self, since: Since, snapshot: &ReplaySnapshot) -> (Recovered, RecoveryResult) {
         let now = snapshot.now;
+        // Encrypted payloads are judged by this host's clock, as live ones.
+        let local_now = unix_now();
         let start = Position::at_time(now - CLOCK_MARGIN);
         let position = match since {
             Since::At(position) if position.sent_at() <= now + CLOCK_MARGIN => position,
@@ -149,7 +152,10 @@ impl Recovery {
                     .keys
                     .iter()
                     .flat_map(|key| key.entries.last())
-                    .filter_map(|entry| self.router.replayed_frame(&entry.payload, entry.sent_at))
+                    .filter_map(|entry| {
+                        self.router
+                            .replayed_frame(&entry.payload, entry.sent_at, local_now)
+                    })
                     .map(|(position, _)| position)
                     .max();
                 let held = newest.map_or(start, |newest| newest.max(start));
@@ -170,7 +176,7 @@ impl Recovery {
         let mut complete = true;
         let mut frames = Vec::new();
         for key in &snapshot.keys {
-            let judged = self.judge(key, position, now);
+            let judged = self.judge(key, position, now, local_now);
             complete &= judged.complete;
             frames.extend(judged.frames);
         }
@@ -210,11 +216,14 @@ impl Recovery {
         key: &crate::layer::redis::ReplayKeyContents,
         since: Position,
         now: f64,
+        local_now: f64,
     ) -> Judged {
         let mut frames = Vec::with_capacity(key.entries.len());
         let mut kept_older = key.oldest.is_some_and(|oldest| oldest < since.sent_at());
         for entry in &key.entries {
-            let Some((position, frame)) = self.router.replayed_frame(&entry.payload, entry.sent_at)
+            let Some((position, frame)) =
+                self.router
+                    .replayed_frame(&entry.payload, entry.sent_at, local_now)
             else {
                 continue;
             };

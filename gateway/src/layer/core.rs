@@ -29,12 +29,13 @@ use super::liveness::{self, LivenessSettings};
 use super::replay;
 use super::{CanarySending, HostRing, LayerError};
 use crate::layer::redis::{MembershipWrites, ReceiveKeys, RecordWrites, RedisHost, ReplaySnapshot};
+use crate::ops::clock::unix_now;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 use crate::relay::outbox::Wakeups;
 use crate::relay::registry::{Registry, SPILL_SLOTS};
-use crate::relay::router::{unix_now, Router};
+use crate::relay::router::Router;
 
 /// How long one blocking pop waits; also the receiver's heartbeat period.
 pub const RECEIVE_BLOCK: Duration = Duration::from_secs(1);
@@ -375,7 +376,7 @@ async fn receive(receiver: Box<Receiver>) {
                 health.receiver_beat();
                 backlog = more;
                 for queued in &payloads {
-                    router.route_queued(&queued.payload, queued.sent_at, &mut wakeups);
+                    router.route_queued(&queued.payload, queued.sent_at, unix_now(), &mut wakeups);
                     pacer.between_payloads(&mut wakeups, &metrics).await;
                 }
                 wakeups.wake_all();
@@ -858,16 +859,17 @@ async fn send_canaries(
             if ours.is_empty() {
                 continue;
             }
+            let now = unix_now();
             let Some(payload) = sending
                 .canary
-                .event(&ours)
-                .and_then(|event| sending.router.encode(&event))
+                .event(&ours, now)
+                .and_then(|event| sending.router.encode(&event, now))
             else {
                 continue;
             };
             let queue_key = names::queue_key(&prefix, non_local);
             if let Err(error) = queue_host
-                .queue_payload(&queue_key, payload, expiry, unix_now())
+                .queue_payload(&queue_key, payload, expiry, now)
                 .await
             {
                 tracing::debug!(%error, "canary: queueing failed");

@@ -27,6 +27,7 @@ use super::subscriptions::{HostChanges, SubscriptionBook};
 use super::{CanarySending, HostRing, LayerError};
 use crate::config::LayerConfig;
 use crate::layer::redis::{NextPublished, RedisError, RedisSubscriber};
+use crate::ops::clock::unix_now;
 use crate::ops::health::Health;
 use crate::ops::metrics::{DropReason, Metrics};
 use crate::ops::shutdown::Shutdown;
@@ -237,7 +238,12 @@ async fn receive(
         loop {
             match next {
                 NextPublished::Message(published) => {
-                    router.route_published(&published.channel, &published.payload, &mut wakeups);
+                    router.route_published(
+                        &published.channel,
+                        &published.payload,
+                        unix_now(),
+                        &mut wakeups,
+                    );
                     pacer.between_payloads(&mut wakeups, &metrics).await;
                 }
                 NextPublished::Lagged(missed) => {
@@ -590,10 +596,11 @@ async fn send_canaries(
             _ = stop.triggered() => return,
             _ = tokio::time::sleep(sending.interval) => {}
         }
+        let now = unix_now();
         let Some(payload) = sending
             .canary
-            .event(&[])
-            .and_then(|event| sending.router.encode(&event))
+            .event(&[], now)
+            .and_then(|event| sending.router.encode(&event, now))
         else {
             continue;
         };

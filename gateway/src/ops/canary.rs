@@ -18,7 +18,6 @@ use shared_proto::{Message, RouteView};
 
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
-use crate::relay::router::unix_now;
 
 /// The event type of a canary; never shown to clients.
 pub const CANARY_TYPE: &str = "gateway.canary";
@@ -44,12 +43,12 @@ impl Canary {
         &self.group
     }
 
-    /// A canary event stamped now, with the `__asgi_channel__` list a core
+    /// A canary event stamped `now`, with the `__asgi_channel__` list a core
     /// layer group_send carries (empty for the pub/sub layer).
-    pub fn event(&self, channels: &[String]) -> Option<Message> {
+    pub fn event(&self, channels: &[String], now: f64) -> Option<Message> {
         let mut entries = vec![
             (Value::from("type"), Value::from(CANARY_TYPE)),
-            (Value::from(SENT_AT), Value::from(unix_now())),
+            (Value::from(SENT_AT), Value::from(now)),
         ];
         if !channels.is_empty() {
             entries.push((
@@ -60,28 +59,22 @@ impl Canary {
         Message::from_value(Value::Map(entries)).ok()
     }
 
-    /// Whether `message` is a canary; if so, records its round trip.
-    pub fn observe(&self, message: &Message) -> bool {
-        if message.message_type() != Some(CANARY_TYPE) {
-            return false;
-        }
-        self.record(message.get(SENT_AT).and_then(Value::as_f64));
-        true
-    }
-
-    /// [`Canary::observe`] for an event read by the single-pass reader: only
-    /// `type` and `sent_at` are looked at.
-    pub fn observe_view(&self, view: &RouteView<'_>) -> bool {
+    /// Whether the event `view` read is a canary; if so, records its round
+    /// trip as of `now`. Only `type` and `sent_at` are looked at.
+    pub fn observe(&self, view: &RouteView<'_>, now: f64) -> bool {
         if view.message_type() != Some(CANARY_TYPE) {
             return false;
         }
-        self.record(view.field(SENT_AT).and_then(|sent_at| sent_at.as_f64()));
+        self.record(
+            view.field(SENT_AT).and_then(|sent_at| sent_at.as_f64()),
+            now,
+        );
         true
     }
 
-    fn record(&self, sent_at: Option<f64>) {
+    fn record(&self, sent_at: Option<f64>, now: f64) {
         if let Some(sent_at) = sent_at {
-            let round_trip = unix_now() - sent_at;
+            let round_trip = now - sent_at;
             if round_trip >= 0.0 {
                 self.metrics.canary_round_trip.observe(round_trip);
             }

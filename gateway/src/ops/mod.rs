@@ -7,6 +7,7 @@
 
 pub mod allocator;
 pub(crate) mod canary;
+pub mod clock;
 pub mod health;
 pub mod metrics;
 pub(crate) mod shutdown;

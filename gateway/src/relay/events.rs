@@ -4,18 +4,16 @@
 //! replaced Channels consumer's `json.dumps` sent; configured pass-through
 //! types become `{"type": …, …rest}`; `gateway.disconnect` closes the sockets
 //! it reaches; anything else is refused with a reason.
-//! The frame is rendered once per message and its bytes shared by every
-//! socket; on the routing hot path straight from the payload bytes
-//! ([`RouteView`]), elsewhere from a decoded [`Message`], with identical
-//! results. It must not know about sockets or Redis.
+//! The frame is rendered once per message, straight from the payload bytes
+//! ([`RouteView`]), and its bytes shared by every socket. It must not know
+//! about sockets or Redis.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytestring::ByteString;
 use shared_proto::close::CloseCode;
-use shared_proto::frame::{render_notification, render_passthrough};
-use shared_proto::{Message, RouteView};
+use shared_proto::RouteView;
 
 use crate::ops::metrics::DropReason;
 
@@ -58,28 +56,8 @@ impl EventMapper {
         }
     }
 
-    /// The text frame for `message`, or why there is none.
-    pub fn frame(&self, message: &Message) -> Result<Action, DropReason> {
-        let event_type = message.message_type().ok_or(DropReason::UnknownType)?;
-        if event_type == DISCONNECT_TYPE {
-            return Ok(disconnect(
-                message.get("code").and_then(rmpv::Value::as_f64),
-                message.get("reason").and_then(rmpv::Value::as_str),
-            ));
-        }
-        let mut out = String::with_capacity(64);
-        if event_type == NOTIFICATION_TYPE {
-            render_notification(message, &mut out).map_err(|_| DropReason::RenderError)?;
-        } else if self.passthrough.contains(event_type) {
-            render_passthrough(message, &mut out).map_err(|_| DropReason::RenderError)?;
-        } else {
-            return Err(DropReason::UnknownType);
-        }
-        Ok(Action::Frame(ByteString::from(out)))
-    }
-
-    /// [`EventMapper::frame`] for an event read by the single-pass reader.
-    pub fn frame_view(&self, view: &RouteView<'_>) -> Result<Action, DropReason> {
+    /// The text frame for the event `view` read, or why there is none.
+    pub fn frame(&self, view: &RouteView<'_>) -> Result<Action, DropReason> {
         let event_type = view.message_type().ok_or(DropReason::UnknownType)?;
         if event_type == DISCONNECT_TYPE {
             let code = view.field("code");

@@ -6,20 +6,17 @@
 //! pub/sub message was published to.
 //! Every message that is not delivered is counted with its reason; a bad
 //! payload never stops the next one. It must not do I/O or wait: a full
-//! outbox closes that socket instead of slowing the others.
+//! outbox closes that socket instead of slowing the others. It does not
+//! read the clock either: callers pass the time in (`ops::clock`).
 //!
 //! Payloads are read with the single-pass reader
 //! ([`shared_proto::RouteView`]: no value tree, channel names borrowed from
 //! the payload, the frame rendered from its bytes) and delivered to many
-//! sockets a registry shard at a time. The earlier tree path
-//! ([`RoutePath::Tree`]) stays selectable so benchmarks can measure both in
-//! one process; it routes identically.
-
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+//! sockets a registry shard at a time.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use shared_proto::close::CloseCode;
 use shared_proto::encryption::DecryptError;
@@ -32,24 +29,11 @@ use crate::relay::events::{Action, EventMapper};
 use crate::relay::outbox::{CloseNote, MessageFrame, Outbox, Pushed, Wakeups};
 use crate::relay::registry::{ConnId, Registry};
 
-/// How payloads are decoded and delivered. Both give the same frames, the
-/// same recipients and the same drop counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RoutePath {
-    /// Single-pass reading, shard-grouped delivery (what the gateway runs).
-    #[default]
-    SinglePass,
-    /// The original path: an `rmpv::Value` tree per payload, one registry
-    /// lookup per channel. Kept for side-by-side benchmarks.
-    Tree,
-}
-
 /// Below this many listed channels, delivering as they are read beats
 /// collecting the ids for a shard-grouped delivery.
 const GROUPED_ROUTING_MIN: usize = 32;
 
 pub struct Router {
-    path: RoutePath,
     registry: Arc<Registry>,
     events: EventMapper,
     codec: PayloadCodec,
@@ -72,7 +56,6 @@ impl Router {
         canary: Option<Arc<Canary>>,
     ) -> Router {
         Router {
-            path: RoutePath::default(),
             registry,
             events,
             codec,
@@ -84,50 +67,31 @@ impl Router {
         }
     }
 
-    /// The same router on another [`RoutePath`].
-    pub fn with_route_path(mut self, path: RoutePath) -> Router {
-        self.path = path;
-        self
-    }
-
-    /// Routes one core-layer payload, addressed by its `__asgi_channel__`.
-    /// The sockets it queued frames for are woken through `wakeups`.
-    pub fn route_queued(&self, payload: &[u8], sent_at: f64, wakeups: &mut Wakeups) {
+    /// Routes one core-layer payload, addressed by its `__asgi_channel__`,
+    /// at `now` (Unix seconds: the publish lag, a Fernet token's age). The
+    /// sockets it queued frames for are woken through `wakeups`.
+    pub fn route_queued(&self, payload: &[u8], sent_at: f64, now: f64, wakeups: &mut Wakeups) {
         self.metrics.core_message();
-        let now = unix_now();
         if sent_at > 0.0 && now >= sent_at {
             self.metrics.publish_lag.observe(now - sent_at);
         }
-        match self.path {
-            RoutePath::SinglePass => self.route_queued_single_pass(payload, sent_at, now, wakeups),
-            RoutePath::Tree => self.route_queued_tree(payload, sent_at, now, wakeups),
-        }
-    }
-
-    fn route_queued_single_pass(
-        &self,
-        payload: &[u8],
-        sent_at: f64,
-        now: f64,
-        wakeups: &mut Wakeups,
-    ) {
         let Some(body) = self.plaintext(payload, now) else {
             return;
         };
-        let Some(view) = self.view(&body, payload.len()) else {
+        let Some(view) = self.view(&body, payload.len(), now) else {
             return;
         };
         let channels = match view.channels() {
             Ok(channels) => channels,
             Err(error) => {
                 self.metrics.dropped(DropReason::DecodeError);
-                self.warn_rate_limited(|| {
+                self.warn_rate_limited(now, || {
                     tracing::warn!(%error, "payload without a usable __asgi_channel__ skipped");
                 });
                 return;
             }
         };
-        let Some(frame) = self.frame_of(self.events.frame_view(&view), channels.len()) else {
+        let Some(frame) = self.frame_of(self.events.frame(&view), channels.len(), now) else {
             return;
         };
         let frame = Routed::new(frame, Some(sent_at));
@@ -152,29 +116,6 @@ impl Router {
         self.deliver_many(&conns, &frame, wakeups);
     }
 
-    fn route_queued_tree(&self, payload: &[u8], sent_at: f64, now: f64, wakeups: &mut Wakeups) {
-        let Some(message) = self.decode(payload, now) else {
-            return;
-        };
-        let channels = match message.channels() {
-            Ok(channels) => channels,
-            Err(error) => {
-                self.metrics.dropped(DropReason::DecodeError);
-                self.warn_rate_limited(|| {
-                    tracing::warn!(%error, "payload without a usable __asgi_channel__ skipped");
-                });
-                return;
-            }
-        };
-        let Some(frame) = self.frame(&message, channels.len()) else {
-            return;
-        };
-        let frame = Routed::new(frame, Some(sent_at));
-        for channel in channels.iter() {
-            self.deliver_to_channel(channel, &frame, wakeups);
-        }
-    }
-
     fn deliver_to_channel(
         &self,
         channel: Result<&str, NotAChannelName>,
@@ -194,7 +135,7 @@ impl Router {
     /// Routes one pub/sub-layer message, addressed by the group its channel
     /// names (`<prefix>__group__<group>`), to every local member, woken
     /// through `wakeups`.
-    pub fn route_published(&self, channel: &[u8], payload: &[u8], wakeups: &mut Wakeups) {
+    pub fn route_published(&self, channel: &[u8], payload: &[u8], now: f64, wakeups: &mut Wakeups) {
         self.metrics.pubsub_message();
         let group = std::str::from_utf8(channel)
             .ok()
@@ -203,29 +144,10 @@ impl Router {
             self.metrics.dropped(DropReason::ForeignChannel);
             return;
         };
-        let now = unix_now();
-        if self.path == RoutePath::Tree {
-            let Some(message) = self.decode(payload, now) else {
-                return;
-            };
-            let members = self.registry.group_members(group);
-            if members.is_empty() {
-                self.metrics.dropped(DropReason::NoLocalSocket);
-                return;
-            }
-            let Some(frame) = self.frame(&message, members.len()) else {
-                return;
-            };
-            let frame = Routed::new(frame, None);
-            for conn in members {
-                self.deliver(conn, &frame, wakeups);
-            }
-            return;
-        }
         let Some(body) = self.plaintext(payload, now) else {
             return;
         };
-        let Some(view) = self.view(&body, payload.len()) else {
+        let Some(view) = self.view(&body, payload.len(), now) else {
             return;
         };
         let members = self.registry.group_members(group);
@@ -233,7 +155,7 @@ impl Router {
             self.metrics.dropped(DropReason::NoLocalSocket);
             return;
         }
-        let Some(frame) = self.frame_of(self.events.frame_view(&view), members.len()) else {
+        let Some(frame) = self.frame_of(self.events.frame(&view), members.len(), now) else {
             return;
         };
         self.deliver_many(&members, &Routed::new(frame, None), wakeups);
@@ -248,22 +170,23 @@ impl Router {
         &self,
         payload: &[u8],
         sent_at: f64,
+        now: f64,
     ) -> Option<(shared_proto::Position, bytestring::ByteString)> {
-        let body = self.plaintext(payload, unix_now())?;
-        let view = self.view(&body, payload.len())?;
-        match self.frame_of(self.events.frame_view(&view), 1)? {
+        let body = self.plaintext(payload, now)?;
+        let view = self.view(&body, payload.len(), now)?;
+        match self.frame_of(self.events.frame(&view), 1, now)? {
             Action::Frame(frame) => MessageFrame::new(frame, Some(sent_at)).into_positioned(),
             Action::Disconnect(..) => None,
         }
     }
 
     /// The payload the backend would write for `message`: serialized,
-    /// encrypted if configured, behind the random prefix.
-    pub fn encode(&self, message: &Message) -> Option<bytes::Bytes> {
+    /// encrypted if configured (stamped `now`), behind the random prefix.
+    pub fn encode(&self, message: &Message, now: f64) -> Option<bytes::Bytes> {
         let mut payload = self.codec.encode(message, &mut rand::rng()).ok()?;
         if let Some(encryption) = &self.encryption {
             let body = payload.split_off(self.codec.random_prefix_length);
-            payload.extend(encryption.encrypt(&body, unix_now() as u64));
+            payload.extend(encryption.encrypt(&body, now as u64));
         }
         Some(payload.into())
     }
@@ -282,21 +205,26 @@ impl Router {
                         .map(Cow::Owned)
                         .map_err(DecodeError::from),
                 });
-        self.decoded(result, payload.len())
+        self.decoded(result, payload.len(), now)
     }
 
     /// Reads a plaintext body; a canary is taken here and never reaches
     /// sockets.
-    fn view<'a>(&self, body: &'a [u8], payload_len: usize) -> Option<RouteView<'a>> {
-        let view = self.decoded(self.codec.route_view(body), payload_len)?;
+    fn view<'a>(&self, body: &'a [u8], payload_len: usize, now: f64) -> Option<RouteView<'a>> {
+        let view = self.decoded(self.codec.route_view(body), payload_len, now)?;
         match &self.canary {
-            Some(canary) if canary.observe_view(&view) => None,
+            Some(canary) if canary.observe(&view, now) => None,
             _ => Some(view),
         }
     }
 
     /// Counts and reports a decode failure (an expired token apart).
-    fn decoded<T>(&self, result: Result<T, DecodeError>, payload_len: usize) -> Option<T> {
+    fn decoded<T>(
+        &self,
+        result: Result<T, DecodeError>,
+        payload_len: usize,
+        now: f64,
+    ) -> Option<T> {
         match result {
             Ok(decoded) => Some(decoded),
             Err(DecodeError::Decrypt(DecryptError::Expired { .. })) => {
@@ -305,7 +233,7 @@ impl Router {
             }
             Err(error) => {
                 self.metrics.dropped(DropReason::DecodeError);
-                self.warn_rate_limited(|| {
+                self.warn_rate_limited(now, || {
                     tracing::warn!(%error, bytes = payload_len, "undecodable payload skipped");
                 });
                 None
@@ -313,35 +241,18 @@ impl Router {
         }
     }
 
-    /// Decodes a payload; a canary is taken here and never reaches sockets.
-    fn decode(&self, payload: &[u8], now: f64) -> Option<Message> {
-        let message = self.decode_any(payload, now)?;
-        match &self.canary {
-            Some(canary) if canary.observe(&message) => None,
-            _ => Some(message),
-        }
-    }
-
-    fn decode_any(&self, payload: &[u8], now: f64) -> Option<Message> {
-        let result = self
-            .codec
-            .decode_with(payload, self.encryption.as_ref(), now as u64);
-        self.decoded(result, payload.len())
-    }
-
-    /// The shared frame for `message`, or `None` (counted once per
-    /// recipient) when it has none.
-    fn frame(&self, message: &Message, recipients: usize) -> Option<Action> {
-        self.frame_of(self.events.frame(message), recipients)
-    }
-
-    fn frame_of(&self, rendered: Result<Action, DropReason>, recipients: usize) -> Option<Action> {
+    fn frame_of(
+        &self,
+        rendered: Result<Action, DropReason>,
+        recipients: usize,
+        now: f64,
+    ) -> Option<Action> {
         match rendered {
             Ok(frame) => Some(frame),
             Err(reason) => {
                 self.metrics.dropped_many(reason, recipients as u64);
                 if reason == DropReason::RenderError {
-                    self.warn_rate_limited(|| {
+                    self.warn_rate_limited(now, || {
                         tracing::warn!("event cannot be rendered as JSON; dropped");
                     });
                 }
@@ -387,8 +298,8 @@ impl Router {
 
     /// At most one warning per second, so a flood of bad input cannot flood
     /// the logs; the metrics still count every one.
-    fn warn_rate_limited(&self, warn: impl FnOnce()) {
-        let now = unix_now() as u64;
+    fn warn_rate_limited(&self, now: f64, warn: impl FnOnce()) {
+        let now = now as u64;
         let last = self.last_warning_secs.load(Ordering::Relaxed);
         if now > last
             && self
@@ -439,16 +350,10 @@ fn push_or_close(outbox: &Arc<Outbox>, routed: &Routed, wakeups: &mut Wakeups) -
     }
 }
 
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::clock::unix_now;
     use crate::ops::health::Health;
     use crate::relay::outbox::{Next, Outbox};
     use crate::relay::registry::ChannelNaming;
@@ -465,7 +370,7 @@ mod tests {
         metrics: Arc<Metrics>,
     }
 
-    fn setup(path: RoutePath, format: SerializerFormat) -> Setup {
+    fn setup(format: SerializerFormat) -> Setup {
         let registry = Arc::new(Registry::new(ChannelNaming::with_process_id(
             "gw-t".into(),
             1,
@@ -495,8 +400,7 @@ mod tests {
             metrics.clone(),
             "asgi",
             Some(canary),
-        )
-        .with_route_path(path);
+        );
         Setup {
             router,
             outboxes,
@@ -564,7 +468,7 @@ mod tests {
     }
 
     #[test]
-    fn single_pass_routes_exactly_like_the_tree_path() {
+    fn routes_every_kind_of_payload_and_counts_what_it_drops() {
         for format in [SerializerFormat::Msgpack, SerializerFormat::Json] {
             let message = Value::Map(vec![(Value::from("t"), Value::from("é"))]);
             let notification = |conns: Value| {
@@ -629,54 +533,94 @@ mod tests {
                 b"short".to_vec(),
                 b"0123456789ab\xc1".to_vec(),
             ];
-            let tree = setup(RoutePath::Tree, format);
-            let single = setup(RoutePath::SinglePass, format);
-            for (index, case) in cases.iter().enumerate() {
-                tree.router.route_queued(case, 0.0, &mut Wakeups::new());
-                single.router.route_queued(case, 0.0, &mut Wakeups::new());
-                assert_eq!(observe(&tree), observe(&single), "{format} case {index}");
+            let setup = setup(format);
+            let route = |case: &[u8]| {
+                setup
+                    .router
+                    .route_queued(case, 0.0, unix_now(), &mut Wakeups::new());
+                receivers(&setup)
+            };
+            let all = |range: std::ops::Range<usize>| -> Vec<usize> {
+                range.filter(|index| *index != 2).collect()
+            };
+            let first = route(&cases[0]);
+            assert_eq!(first, vec![0], "{format}: one channel, one socket");
+            // Every local channel; socket 2 is listed four times in all and
+            // its outbox holds three: it is closed as too slow.
+            assert_eq!(route(&cases[1]), all(0..SOCKETS), "{format}");
+            assert_eq!(route(&cases[2]), vec![1, 3, 4], "{format}");
+            assert_eq!(route(&cases[3]), all(0..40), "{format}: pass-through");
+            for (index, case) in cases.iter().enumerate().skip(4) {
+                assert_eq!(route(case), Vec::<usize>::new(), "{format} case {index}");
             }
             let published = notification(Value::Nil);
             let body = &published[PayloadCodec::CORE_LAYER_PREFIX_LENGTH..];
-            for (channel, body) in [
-                (&b"asgi__group__user_1"[..], body),
-                (b"asgi__group__nobody", body),
-                (b"elsewhere", body),
-                (b"asgi__group__user_1", b"\x93"),
+            let pubsub = Router {
+                codec: PayloadCodec::pubsub_layer(format),
+                ..setup_clone(&setup)
+            };
+            for (channel, body, expected) in [
+                (
+                    &b"asgi__group__user_1"[..],
+                    body,
+                    all(0..SOCKETS)
+                        .into_iter()
+                        .filter(|index| index % 2 == 0)
+                        .collect(),
+                ),
+                (b"asgi__group__nobody", body, Vec::new()),
+                (b"elsewhere", body, Vec::new()),
+                (b"asgi__group__user_1", b"\x93", Vec::new()),
             ] {
-                for setup in [&tree, &single] {
-                    let pubsub = Router {
-                        codec: PayloadCodec::pubsub_layer(format),
-                        ..setup_clone(setup)
-                    };
-                    pubsub.route_published(channel, body, &mut Wakeups::new());
-                }
-                assert_eq!(observe(&tree), observe(&single), "{format} published");
+                pubsub.route_published(channel, body, unix_now(), &mut Wakeups::new());
+                assert_eq!(receivers(&setup), expected, "{format} published");
             }
-            // The cases did exercise a slow consumer and a canary.
-            let (received, drops) = observe(&single);
-            assert!(received.contains(&"closed SlowConsumer".to_owned()));
-            assert!(drops.contains(&"gateway_canaries_received_total 1".to_owned()));
+            let (received, drops) = observe(&setup);
+            assert_eq!(received[2], "closed SlowConsumer");
+            for line in [
+                "gateway_canaries_received_total 1",
+                "gateway_drops_total{reason=\"decode_error\"} 6",
+                "gateway_drops_total{reason=\"foreign_channel\"} 2",
+                "gateway_drops_total{reason=\"no_local_socket\"} 4",
+                "gateway_drops_total{reason=\"render_error\"} 40",
+                "gateway_drops_total{reason=\"slow_consumer\"} 1",
+                "gateway_drops_total{reason=\"unknown_type\"} 40",
+            ] {
+                assert!(
+                    drops.contains(&line.to_owned()),
+                    "{format}: {line} in {drops:?}"
+                );
+            }
         }
     }
 
+    /// The sockets that received a frame since the last look, by index.
+    fn receivers(setup: &Setup) -> Vec<usize> {
+        let (received, _) = observe(setup);
+        received
+            .iter()
+            .enumerate()
+            .filter(|(_, what)| what.starts_with('['))
+            .map(|(index, _)| index)
+            .collect()
+    }
+
     #[test]
-    fn single_pass_decrypts_and_expires_like_the_tree_path() {
+    fn decrypts_fresh_payloads_and_counts_expired_ones() {
         let encryption = || Encryption::new(&["secret"], Some(60)).unwrap();
         let format = SerializerFormat::Msgpack;
-        let tree = setup(RoutePath::Tree, format);
-        let single = setup(RoutePath::SinglePass, format);
-        let routers = [&tree, &single].map(|setup| Router {
+        let setup = setup(format);
+        let router = Router {
             encryption: Some(encryption()),
-            ..setup_clone(setup)
-        });
+            ..setup_clone(&setup)
+        };
         let message = Message::from_value(Value::Map(vec![
             (Value::from("type"), Value::from("send_notification")),
             (Value::from("message"), Value::from("hi")),
             (Value::from("__asgi_channel__"), channels(1..=40)),
         ]))
         .unwrap();
-        let fresh = routers[0].encode(&message).unwrap();
+        let fresh = router.encode(&message, unix_now()).unwrap();
         let body = PayloadCodec::core_layer(format)
             .serialize(&message)
             .unwrap();
@@ -684,22 +628,21 @@ mod tests {
         expired.extend(encryption().encrypt(&body, unix_now() as u64 - 1_000));
         let mut plain = b"0123456789ab".to_vec();
         plain.extend(body);
-        for (index, case) in [&fresh[..], &expired, &plain].into_iter().enumerate() {
-            for router in &routers {
-                router.route_queued(case, 0.0, &mut Wakeups::new());
-            }
-            assert_eq!(observe(&tree), observe(&single), "case {index}");
+        router.route_queued(&fresh, 0.0, unix_now(), &mut Wakeups::new());
+        assert_eq!(receivers(&setup), (0..40).collect::<Vec<_>>());
+        for case in [&expired, &plain] {
+            router.route_queued(case, 0.0, unix_now(), &mut Wakeups::new());
+            assert_eq!(receivers(&setup), Vec::<usize>::new());
         }
-        let (received, drops) = observe(&single);
-        assert!(received.iter().all(|what| what == "nothing"));
+        let (_, drops) = observe(&setup);
         assert!(drops.contains(&"gateway_drops_total{reason=\"expired\"} 1".to_owned()));
+        assert!(drops.contains(&"gateway_drops_total{reason=\"decode_error\"} 1".to_owned()));
     }
 
     /// A router sharing `setup`'s registry and metrics.
     fn setup_clone(setup: &Setup) -> Router {
         let router = &setup.router;
         Router {
-            path: router.path,
             registry: router.registry.clone(),
             events: EventMapper::new(&["chat.message".to_owned()]),
             codec: router.codec,

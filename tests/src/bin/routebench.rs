@@ -1,15 +1,14 @@
-//! `routebench`: a micro-benchmark of the gateway's receive-and-route path,
-//! the tree path (`RoutePath::Tree`: an `rmpv::Value` tree per payload, one
-//! registry lookup per channel) against the single-pass path
-//! (`RoutePath::SinglePass`), side by side in one process.
+//! `routebench`: a micro-benchmark of the gateway's receive-and-route path
+//! (`Router::route_queued`: the single-pass `RouteView`, one frame, delivery
+//! grouped by registry shard), in one process.
 //!
 //! Two payloads: (a) a typical ~200-byte notification addressed to one
 //! channel, (b) a broadcast listing 10,000 channels (~350 KB). Each is routed
 //! by a real `Router` into a real `Registry` of outboxes, and also read
 //! without a router (decode + frame + channel ids), so the parsing share can
-//! be told apart from delivery. Rounds alternate between the paths so a
-//! shared machine's noise hits both alike; the median round is printed as
-//! ns/message and messages/s.
+//! be told apart from delivery. The median round is printed as ns/message
+//! and messages/s; `scripts/bench` takes the (a) read-only figure as the
+//! speed of the machine's cores that day.
 //!
 //! It owns this measurement only: no sockets, no Redis, no files. No socket
 //! task is attached to the outboxes, so a push wakes nobody: what is measured
@@ -23,18 +22,19 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use futures_util::FutureExt;
+use gateway::ops::clock::unix_now;
 use gateway::ops::metrics::Metrics;
 use gateway::relay::events::EventMapper;
 use gateway::relay::outbox::{Outbox, Wakeups};
 use gateway::relay::registry::{ChannelNaming, ConnId, Registry};
-use gateway::relay::router::{RoutePath, Router};
+use gateway::relay::router::Router;
 use rmpv::Value;
-use shared_proto::{render_notification, Message, PayloadCodec, SerializerFormat};
+use shared_proto::{Message, PayloadCodec, SerializerFormat};
 
 #[derive(Parser, Debug)]
-#[command(about = "Old (tree) vs new (single-pass) routing path, side by side")]
+#[command(about = "The receive-and-route path, in process: ns per message")]
 struct Args {
-    /// Rounds per path and scenario (the median is reported).
+    /// Rounds per scenario (the median is reported).
     #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Notifications routed per round in scenario (a).
@@ -48,7 +48,6 @@ struct Args {
     channels: usize,
 }
 
-const PATHS: [(RoutePath, &str); 2] = [(RoutePath::Tree, "old"), (RoutePath::SinglePass, "new")];
 /// Sockets the one-channel notifications are spread over between drains.
 const SMALL_BATCH: usize = 1_000;
 
@@ -63,7 +62,7 @@ fn main() -> Result<()> {
             (registry.register(outbox.clone(), &[]).0, outbox)
         })
         .collect();
-    let routers = PATHS.map(|(path, name)| (router(&registry, path), name));
+    let router = router(&registry);
     let codec = PayloadCodec::core_layer(SerializerFormat::Msgpack);
 
     let small: Vec<Vec<u8>> = outboxes
@@ -84,7 +83,6 @@ fn main() -> Result<()> {
         args.channels,
         args.rounds
     );
-    check_same_frames(&codec, &small, &broadcast)?;
 
     let mut batch = std::collections::VecDeque::new();
     let mut drain = || {
@@ -98,51 +96,49 @@ fn main() -> Result<()> {
     let batches = args.small_messages.div_ceil(SMALL_BATCH);
     // Nothing waits on these outboxes: no wake-up is ever held.
     let mut wakeups = Wakeups::new();
-    let mut small_route = [Vec::new(), Vec::new()];
-    let mut small_read = [Vec::new(), Vec::new()];
-    let mut big_route = [Vec::new(), Vec::new()];
-    let mut big_read = [Vec::new(), Vec::new()];
+    let mut small_route = Vec::new();
+    let mut small_read = Vec::new();
+    let mut big_route = Vec::new();
+    let mut big_read = Vec::new();
     for _ in 0..args.rounds {
-        for (index, (router, _)) in routers.iter().enumerate() {
-            let mut elapsed = Duration::ZERO;
-            for _ in 0..batches {
-                let start = Instant::now();
-                for payload in &small {
-                    router.route_queued(payload, 0.0, &mut wakeups);
-                }
-                elapsed += start.elapsed();
-                drain();
-            }
-            small_route[index].push(per_message(elapsed, batches * small.len()));
-
+        let mut elapsed = Duration::ZERO;
+        for _ in 0..batches {
             let start = Instant::now();
-            for _ in 0..batches {
-                for payload in &small {
-                    read(&codec, &naming, index, payload);
-                }
+            for payload in &small {
+                router.route_queued(payload, 0.0, unix_now(), &mut wakeups);
             }
-            small_read[index].push(per_message(start.elapsed(), batches * small.len()));
-
-            let mut elapsed = Duration::ZERO;
-            for _ in 0..args.broadcasts {
-                let start = Instant::now();
-                router.route_queued(&broadcast, 0.0, &mut wakeups);
-                elapsed += start.elapsed();
-                drain();
-            }
-            big_route[index].push(per_message(elapsed, args.broadcasts));
-
-            let start = Instant::now();
-            for _ in 0..args.broadcasts {
-                read(&codec, &naming, index, &broadcast);
-            }
-            big_read[index].push(per_message(start.elapsed(), args.broadcasts));
+            elapsed += start.elapsed();
+            drain();
         }
+        small_route.push(per_message(elapsed, batches * small.len()));
+
+        let start = Instant::now();
+        for _ in 0..batches {
+            for payload in &small {
+                read(&codec, &naming, payload);
+            }
+        }
+        small_read.push(per_message(start.elapsed(), batches * small.len()));
+
+        let mut elapsed = Duration::ZERO;
+        for _ in 0..args.broadcasts {
+            let start = Instant::now();
+            router.route_queued(&broadcast, 0.0, unix_now(), &mut wakeups);
+            elapsed += start.elapsed();
+            drain();
+        }
+        big_route.push(per_message(elapsed, args.broadcasts));
+
+        let start = Instant::now();
+        for _ in 0..args.broadcasts {
+            read(&codec, &naming, &broadcast);
+        }
+        big_read.push(per_message(start.elapsed(), args.broadcasts));
     }
 
     println!();
-    println!("| scenario | path | ns/message | messages/s | deliveries/s | new ÷ old speed |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("| scenario | ns/message | messages/s | deliveries/s |");
+    println!("|---|---:|---:|---:|");
     let rows = [
         ("(a) route 1-channel notification", &mut small_route, 1),
         ("(a) read only (decode + frame + ids)", &mut small_read, 1),
@@ -158,26 +154,17 @@ fn main() -> Result<()> {
         ),
     ];
     for (scenario, samples, recipients) in rows {
-        let old = median(&mut samples[0]);
-        let new = median(&mut samples[1]);
-        for (index, (_, name)) in PATHS.iter().enumerate() {
-            let ns = if index == 0 { old } else { new };
-            let rate = 1e9 / ns;
-            let speedup = if index == 0 {
-                String::new()
-            } else {
-                format!("{:.2}×", old / new)
-            };
-            println!(
-                "| {scenario} | {name} | {ns:.0} | {rate:.0} | {:.0} | {speedup} |",
-                rate * recipients as f64
-            );
-        }
+        let ns = median(samples);
+        let rate = 1e9 / ns;
+        println!(
+            "| {scenario} | {ns:.0} | {rate:.0} | {:.0} |",
+            rate * recipients as f64
+        );
     }
     Ok(())
 }
 
-fn router(registry: &Arc<Registry>, path: RoutePath) -> Router {
+fn router(registry: &Arc<Registry>) -> Router {
     Router::new(
         registry.clone(),
         EventMapper::new(&[]),
@@ -187,53 +174,26 @@ fn router(registry: &Arc<Registry>, path: RoutePath) -> Router {
         "asgi",
         None,
     )
-    .with_route_path(path)
 }
 
 /// What the router's parsing amounts to, without the registry: decode,
 /// render the frame, turn every channel into a connection id.
-fn read(codec: &PayloadCodec, naming: &ChannelNaming, path: usize, payload: &[u8]) {
+fn read(codec: &PayloadCodec, naming: &ChannelNaming, payload: &[u8]) {
     let mut frame = String::new();
     let mut ids = 0u64;
-    if path == 0 {
-        let Ok(message) = codec.decode(payload) else {
-            return;
-        };
-        let _ = render_notification(&message, &mut frame);
-        if let Ok(channels) = message.channels() {
-            for name in channels.names() {
-                ids = ids.wrapping_add(naming.conn_of(name).unwrap_or(0));
-            }
-        }
-    } else {
-        let Ok(body) = codec.strip_random_prefix(payload) else {
-            return;
-        };
-        let Ok(view) = codec.route_view(body) else {
-            return;
-        };
-        let _ = view.render_notification(&mut frame);
-        if let Ok(channels) = view.channels() {
-            for name in channels.flatten() {
-                ids = ids.wrapping_add(naming.conn_of(name).unwrap_or(0));
-            }
+    let Ok(body) = codec.strip_random_prefix(payload) else {
+        return;
+    };
+    let Ok(view) = codec.route_view(body) else {
+        return;
+    };
+    let _ = view.render_notification(&mut frame);
+    if let Ok(channels) = view.channels() {
+        for name in channels.flatten() {
+            ids = ids.wrapping_add(naming.conn_of(name).unwrap_or(0));
         }
     }
     black_box((frame, ids));
-}
-
-/// Both paths must render the same frame before their speed means anything.
-fn check_same_frames(codec: &PayloadCodec, small: &[Vec<u8>], broadcast: &[u8]) -> Result<()> {
-    for payload in small.iter().take(3).map(Vec::as_slice).chain([broadcast]) {
-        let mut old = String::new();
-        render_notification(&codec.decode(payload)?, &mut old)?;
-        let mut new = String::new();
-        codec
-            .route_view(codec.strip_random_prefix(payload)?)?
-            .render_notification(&mut new)?;
-        anyhow::ensure!(old == new, "the paths render different frames");
-    }
-    Ok(())
 }
 
 /// A notification as the backend's `group_send` writes it for this process:
