@@ -68,7 +68,7 @@ pub fn run() -> ExitCode {
                 eprintln!("configuration error: {error}");
                 return ExitCode::from(2);
             }
-            match crate::auth::jwtverify::mint_access_token(&config.auth, &user_id, lifetime) {
+            match crate::auth::mint::mint_access_token(&config.auth, &user_id, lifetime) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS

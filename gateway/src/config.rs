@@ -769,7 +769,7 @@ impl Config {
         }
 
         let auth = &self.auth;
-        crate::auth::jwtverify::allowed_algorithms(auth).map_err(|error| ConfigError::Invalid {
+        crate::auth::keys::allowed_algorithms(auth).map_err(|error| ConfigError::Invalid {
             key: error.setting,
             reason: error.reason,
         })?;
@@ -820,9 +820,9 @@ impl Config {
                 ));
             }
             // The reasons never repeat the URL: it may carry credentials.
-            let (host, https) = crate::auth::jwks_remote::url_host(url)
+            let (host, https) = crate::auth::jwks_url::url_host(url)
                 .map_err(|reason| invalid("auth.jwks_url", reason))?;
-            if !https && !crate::auth::jwks_remote::is_loopback_host(&host) {
+            if !https && !crate::auth::jwks_url::is_loopback_host(&host) {
                 return Err(invalid(
                     "auth.jwks_url",
                     format!(
@@ -1040,7 +1040,7 @@ impl Config {
                  unless auth.public_key, auth.jwks_file or auth.jwks_url verifies tokens",
             ));
         }
-        crate::auth::jwtverify::TokenVerifier::new(auth).map_err(|error| ConfigError::Invalid {
+        crate::auth::verify::TokenVerifier::new(auth).map_err(|error| ConfigError::Invalid {
             key: error.setting,
             reason: error.reason,
         })?;

@@ -30,8 +30,8 @@ use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 use crate::auth::groups::GroupPolicy;
-use crate::auth::jwtverify::TokenVerifier;
 use crate::auth::session::SessionAuth;
+use crate::auth::verify::TokenVerifier;
 use crate::config::{Config, LayerBackend, SerializerFormatSetting, WebSocketDriver};
 use crate::edge::drain::{self, DrainPlan};
 use crate::edge::http::{admin_routes, public_routes, Gateway};
@@ -357,7 +357,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         // the identity provider, so gating on it would turn its outage into
         // ours, while open sockets and other keys keep working. A failed
         // fetch is logged and counted (gateway_jwks_fetches_total).
-        actix_web::rt::spawn(crate::auth::jwks_remote::run(remote, metrics.clone()));
+        actix_web::rt::spawn(crate::auth::jwks_url::run(remote, metrics.clone()));
     }
     if verifier.uses_jwks_file() {
         let verifier = verifier.clone();

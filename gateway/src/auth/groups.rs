@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use crate::auth::glob::glob_match;
-use crate::auth::jwtverify::Identity;
+use crate::auth::verify::Identity;
 use crate::config::AuthConfig;
 
 /// Extra group names at least this long are refused: the glob matcher's

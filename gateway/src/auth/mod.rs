@@ -9,6 +9,9 @@
 pub mod credentials;
 pub(crate) mod glob;
 pub(crate) mod groups;
-pub(crate) mod jwks_remote;
-pub(crate) mod jwtverify;
+pub(crate) mod jwks_file;
+pub(crate) mod jwks_url;
+pub(crate) mod keys;
+pub(crate) mod mint;
 pub(crate) mod session;
+pub(crate) mod verify;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use crate::auth::jwtverify::Identity;
+use crate::auth::verify::Identity;
 
 /// Cached answers kept at most; past this the oldest half is dropped.
 const CACHE_LIMIT: usize = 50_000;

@@ -20,8 +20,8 @@ use tracing::Instrument;
 
 use crate::auth::credentials::{TokenLookup, BEARER_PROTOCOL};
 use crate::auth::groups::{GroupError, GroupPolicy};
-use crate::auth::jwtverify::{AuthError, Identity, TokenVerifier};
 use crate::auth::session::{SessionAuth, SessionError};
+use crate::auth::verify::{AuthError, Identity, TokenVerifier};
 use crate::edge::limits::{Limits, Refusal};
 use crate::edge::origin::{OriginPolicy, OriginVerdict};
 use crate::edge::recovery::{Recovery, Since};

@@ -25,7 +25,7 @@ use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use crate::auth::groups::{GroupChange, GroupPolicy};
-use crate::auth::jwtverify::TokenVerifier;
+use crate::auth::verify::TokenVerifier;
 use crate::edge::drain::reason_with_hint;
 use crate::edge::limits::{Admission, TokenBucket};
 use crate::edge::transport::Transport;

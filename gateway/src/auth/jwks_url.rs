@@ -24,7 +24,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{watch, Notify};
 
-use crate::auth::jwtverify::{jwks_keys, JwksKeys, KeyError};
+use crate::auth::keys::{jwks_keys, JwksKeys, KeyError};
 use crate::config::AuthConfig;
 use crate::ops::metrics::{JwksFetchResult, Metrics};
 

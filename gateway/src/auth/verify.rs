@@ -1,31 +1,29 @@
-//! JWT verification: turns a bearer token into the identity of one user.
+//! Verification: turns a bearer token into the identity of one user.
 //!
-//! Owns everything about trusting a token: the algorithm allowlist (`none` is
-//! never accepted), the verification keys (an HMAC secret, one public key,
-//! a JWKS document selected by `kid`) and where their bytes come from
-//! (inline, a file, an environment variable), the pairing of each key with
-//! the only algorithms its type can verify (so an HMAC check is never run
-//! with a public key), signature, `exp`, `nbf`, `iss` and `aud` checks with
-//! the configured leeway, SimpleJWT's `token_type` rule and the user-id claim
-//! lookup. It is the one module that verifies tokens. It must not know where a
-//! token came from (see `credentials`) and must never log or return the token
-//! or a key. A JWKS fetched over HTTPS is kept and refreshed by `jwks_remote`;
-//! this module only reads the keys it holds and, for an unknown `kid`, waits
-//! for the one fetch `jwks_remote` runs for everyone.
+//! Owns the checks: signature (with the keys `keys` read, a JWKS file's or a
+//! JWKS URL's selected by `kid`), `exp`, `nbf`, `iss` and `aud` with the
+//! configured leeway, SimpleJWT's `token_type` rule and the user-id and
+//! groups claims. It is the one module that verifies tokens, and building a
+//! [`TokenVerifier`] is where every auth key setting is judged. It must not
+//! know where a token came from (see `credentials`) and must never log or
+//! return the token or a key. For an unknown `kid` it waits for the one fetch
+//! `jwks_url` runs for everyone.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use parking_lot::{Mutex, RwLock};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
-use crate::auth::jwks_remote::RemoteJwks;
+use crate::auth::jwks_file::JwksFile;
+use crate::auth::jwks_url::RemoteJwks;
+use crate::auth::keys::{
+    allowed_algorithms, hmac_secret, key_error, key_material, public_key_from_pem, restrict,
+    JwksKeys, KeyError, VerifyingKey, HMAC,
+};
 use crate::config::AuthConfig;
 
 /// Why a token was refused; the label doubles as the metric label value.
@@ -85,22 +83,6 @@ impl AuthError {
     }
 }
 
-/// A key setting that cannot be used; `setting` is its TOML name so the
-/// operator knows what to fix. The reason never contains key material.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value for `{setting}`: {reason}")]
-pub struct KeyError {
-    pub setting: &'static str,
-    pub reason: String,
-}
-
-fn key_error(setting: &'static str, reason: impl Into<String>) -> KeyError {
-    KeyError {
-        setting,
-        reason: reason.into(),
-    }
-}
-
 /// Who a verified token speaks for.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -115,368 +97,6 @@ pub struct Identity {
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "user {}", self.user_id)
-    }
-}
-
-const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
-const RSA: [Algorithm; 6] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-];
-
-/// One algorithm name from the configuration. Every algorithm jsonwebtoken's
-/// RustCrypto backend can verify is accepted; `none` never is.
-pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
-    if name.eq_ignore_ascii_case("none") {
-        return Err("`none` (unsigned tokens) is never allowed".into());
-    }
-    Algorithm::from_str(name).map_err(|_| {
-        format!(
-            "unknown JWT algorithm `{name}` (use HS256/384/512, RS256/384/512, \
-             PS256/384/512, ES256, ES384 or EdDSA)"
-        )
-    })
-}
-
-/// The algorithms tokens may use: `auth.algorithms`, else the legacy
-/// single `auth.jwt_algorithm`, else HS256 (SimpleJWT's default).
-pub fn allowed_algorithms(config: &AuthConfig) -> Result<Vec<Algorithm>, KeyError> {
-    let names: Vec<&str> = if !config.algorithms.is_empty() {
-        config.algorithms.iter().map(String::as_str).collect()
-    } else {
-        vec![config.jwt_algorithm.as_deref().unwrap_or("HS256")]
-    };
-    let mut allowed = Vec::new();
-    for name in names {
-        let algorithm =
-            parse_algorithm(name).map_err(|reason| key_error("auth.algorithms", reason))?;
-        if !allowed.contains(&algorithm) {
-            allowed.push(algorithm);
-        }
-    }
-    if let (Some(single), false) = (&config.jwt_algorithm, config.algorithms.is_empty()) {
-        let single =
-            parse_algorithm(single).map_err(|reason| key_error("auth.jwt_algorithm", reason))?;
-        if !allowed.contains(&single) {
-            return Err(key_error(
-                "auth.jwt_algorithm",
-                "is not in auth.algorithms; set only auth.algorithms",
-            ));
-        }
-    }
-    Ok(allowed)
-}
-
-/// Reads a setting given inline, as a file path or as an environment
-/// variable name; `None` when none of the three is set.
-fn key_material(
-    inline: Option<&str>,
-    file: Option<&Path>,
-    env: Option<&str>,
-    names: [&'static str; 3],
-) -> Result<Option<(Vec<u8>, &'static str)>, KeyError> {
-    let given = [inline.is_some(), file.is_some(), env.is_some()];
-    if given.iter().filter(|set| **set).count() > 1 {
-        return Err(key_error(
-            names[0],
-            format!(
-                "set only one of {}, {} and {}",
-                names[0], names[1], names[2]
-            ),
-        ));
-    }
-    if let Some(value) = inline {
-        return Ok(Some((value.as_bytes().to_vec(), names[0])));
-    }
-    if let Some(path) = file {
-        let mut bytes = std::fs::read(path).map_err(|error| {
-            key_error(
-                names[1],
-                format!("cannot read {}: {}", path.display(), error.kind()),
-            )
-        })?;
-        // Editors and `echo` end files with a newline no backend key has.
-        while bytes
-            .last()
-            .is_some_and(|byte| *byte == b'\n' || *byte == b'\r')
-        {
-            bytes.pop();
-        }
-        return Ok(Some((bytes, names[1])));
-    }
-    if let Some(name) = env {
-        let value = std::env::var(name).map_err(|_| {
-            key_error(
-                names[2],
-                format!("environment variable {name} is not set or not UTF-8"),
-            )
-        })?;
-        return Ok(Some((value.into_bytes(), names[2])));
-    }
-    Ok(None)
-}
-
-/// The HMAC secret, wherever it is configured.
-fn hmac_secret(config: &AuthConfig) -> Result<Option<Vec<u8>>, KeyError> {
-    let inline = (!config.jwt_secret.is_empty()).then(|| config.jwt_secret.expose());
-    let found = key_material(
-        inline,
-        config.jwt_secret_file.as_deref(),
-        config.jwt_secret_env.as_deref(),
-        [
-            "auth.jwt_secret",
-            "auth.jwt_secret_file",
-            "auth.jwt_secret_env",
-        ],
-    )?;
-    match found {
-        Some((bytes, setting)) if bytes.is_empty() => Err(key_error(setting, "is empty")),
-        Some((bytes, _)) => Ok(Some(bytes)),
-        None => Ok(None),
-    }
-}
-
-/// One key and the algorithms it may verify: the intersection of the
-/// allowlist with what the key's type can do, so a token whose header names
-/// another family never reaches this key.
-pub(crate) struct VerifyingKey {
-    kid: Option<String>,
-    key: DecodingKey,
-    algorithms: Vec<Algorithm>,
-}
-
-fn restrict(
-    possible: &[Algorithm],
-    allowed: &[Algorithm],
-    setting: &'static str,
-    what: &str,
-) -> Result<Vec<Algorithm>, KeyError> {
-    let algorithms: Vec<Algorithm> = possible
-        .iter()
-        .filter(|algorithm| allowed.contains(algorithm))
-        .copied()
-        .collect();
-    if algorithms.is_empty() {
-        return Err(key_error(
-            setting,
-            format!(
-                "{what} can verify only {} and auth.algorithms allows none of them",
-                names(possible)
-            ),
-        ));
-    }
-    Ok(algorithms)
-}
-
-fn names(algorithms: &[Algorithm]) -> String {
-    algorithms
-        .iter()
-        .map(|algorithm| format!("{algorithm:?}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// ECDSA algorithm for a SEC1 public point by its length (uncompressed or
-/// compressed): the curve decides the algorithm, nothing else may.
-fn ec_algorithm(point: &[u8]) -> Option<Algorithm> {
-    match point.len() {
-        65 | 33 => Some(Algorithm::ES256),
-        97 | 49 => Some(Algorithm::ES384),
-        _ => None,
-    }
-}
-
-/// A PEM public key (SPKI `PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY`).
-fn public_key_from_pem(
-    pem: &[u8],
-    allowed: &[Algorithm],
-    setting: &'static str,
-) -> Result<VerifyingKey, KeyError> {
-    let text = std::str::from_utf8(pem).map_err(|_| key_error(setting, "is not PEM text"))?;
-    if text.contains("PRIVATE KEY") {
-        return Err(key_error(
-            setting,
-            "is a private key; give the gateway only the public key",
-        ));
-    }
-    if !text.contains("PUBLIC KEY-----") {
-        return Err(key_error(
-            setting,
-            "is not a PEM `PUBLIC KEY` or `RSA PUBLIC KEY`",
-        ));
-    }
-    let (key, possible, what): (DecodingKey, Vec<Algorithm>, &str) =
-        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            (key, RSA.to_vec(), "an RSA key")
-        } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-            let algorithm = key
-                .try_get_as_bytes()
-                .ok()
-                .and_then(ec_algorithm)
-                .ok_or_else(|| key_error(setting, "EC keys must be on P-256 or P-384"))?;
-            (key, vec![algorithm], "an EC key")
-        } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {
-            if key.try_get_as_bytes().map(<[u8]>::len).ok() != Some(32) {
-                return Err(key_error(setting, "only Ed25519 EdDSA keys are supported"));
-            }
-            (key, vec![Algorithm::EdDSA], "an Ed25519 key")
-        } else {
-            return Err(key_error(
-                setting,
-                "is not an RSA, EC (P-256, P-384) or Ed25519 public key",
-            ));
-        };
-    Ok(VerifyingKey {
-        kid: None,
-        algorithms: restrict(&possible, allowed, setting, what)?,
-        key,
-    })
-}
-
-/// The usable signing keys of a JWKS document. Keys without a `kid`, with a
-/// `use` other than `sig`, symmetric (`oct`: a JWKS is often public, so an
-/// HMAC secret does not belong in one) or of unsupported curves are skipped.
-pub(crate) fn jwks_keys(
-    document: &[u8],
-    allowed: &[Algorithm],
-) -> Result<Vec<VerifyingKey>, String> {
-    let set: JwkSet = serde_json::from_slice(document)
-        .map_err(|error| format!("not a JWKS document ({:?} error)", error.classify()))?;
-    let mut keys: Vec<VerifyingKey> = Vec::new();
-    for jwk in &set.keys {
-        let Some(kid) = jwk.common.key_id.clone() else {
-            continue;
-        };
-        if keys
-            .iter()
-            .any(|key| key.kid.as_deref() == Some(kid.as_str()))
-        {
-            return Err(format!("kid `{kid}` appears twice"));
-        }
-        if let Some(key) = jwk_key(jwk, kid, allowed) {
-            keys.push(key);
-        }
-    }
-    if keys.is_empty() {
-        return Err(format!(
-            "holds no signing key with a kid for {}",
-            names(allowed)
-        ));
-    }
-    Ok(keys)
-}
-
-fn jwk_key(jwk: &Jwk, kid: String, allowed: &[Algorithm]) -> Option<VerifyingKey> {
-    if matches!(&jwk.common.public_key_use, Some(usage) if *usage != PublicKeyUse::Signature) {
-        return None;
-    }
-    let possible: Vec<Algorithm> = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => RSA.to_vec(),
-        AlgorithmParameters::EllipticCurve(params) => match params.curve {
-            EllipticCurve::P256 => vec![Algorithm::ES256],
-            EllipticCurve::P384 => vec![Algorithm::ES384],
-            _ => return None,
-        },
-        AlgorithmParameters::OctetKeyPair(params) if params.curve == EllipticCurve::Ed25519 => {
-            vec![Algorithm::EdDSA]
-        }
-        _ => return None,
-    };
-    // A key that names its algorithm may verify only that one.
-    let possible = match &jwk.common.key_algorithm {
-        Some(named) => {
-            let named = Algorithm::from_str(&named.to_string()).ok()?;
-            possible.into_iter().filter(|alg| *alg == named).collect()
-        }
-        None => possible,
-    };
-    let algorithms: Vec<Algorithm> = possible
-        .into_iter()
-        .filter(|algorithm| allowed.contains(algorithm))
-        .collect();
-    if algorithms.is_empty() {
-        return None;
-    }
-    let key = DecodingKey::from_jwk(jwk).ok()?;
-    Some(VerifyingKey {
-        kid: Some(kid),
-        key,
-        algorithms,
-    })
-}
-
-/// The keys of a JWKS document, selected by `kid`; replaced whole by a
-/// successful re-read or fetch, never emptied by a failed one.
-#[derive(Default)]
-pub(crate) struct JwksKeys(RwLock<Vec<VerifyingKey>>);
-
-impl JwksKeys {
-    fn new(keys: Vec<VerifyingKey>) -> JwksKeys {
-        JwksKeys(RwLock::new(keys))
-    }
-
-    pub(crate) fn holds(&self, kid: &str) -> bool {
-        self.0
-            .read()
-            .iter()
-            .any(|key| key.kid.as_deref() == Some(kid))
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.0.read().len()
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.read().is_empty()
-    }
-
-    /// Installs a new set; callers pass only a set that parsed and holds at
-    /// least one usable key.
-    pub(crate) fn replace(&self, keys: Vec<VerifyingKey>) {
-        *self.0.write() = keys;
-    }
-}
-
-/// A JWKS file, re-read (at most once per `reload_interval`) when a token
-/// names a `kid` it does not hold, so keys rotate without a restart.
-struct JwksFile {
-    path: PathBuf,
-    keys: JwksKeys,
-    last_load: Mutex<Instant>,
-    reload_interval: Duration,
-}
-
-impl JwksFile {
-    fn load(path: &Path, allowed: &[Algorithm]) -> Result<Vec<VerifyingKey>, String> {
-        let document = std::fs::read(path)
-            .map_err(|error| format!("cannot read {}: {}", path.display(), error.kind()))?;
-        jwks_keys(&document, allowed)
-    }
-
-    /// Re-reads the file unless that happened within `reload_interval`;
-    /// the rate limit bounds what a flood of made-up kids can cost (a small
-    /// blocking read on a handshake worker).
-    fn reload_for(&self, kid: &str, allowed: &[Algorithm]) {
-        if self.last_load.lock().elapsed() >= self.reload_interval {
-            self.reload(allowed, &format!("unknown kid {kid}"));
-        }
-    }
-
-    fn reload(&self, allowed: &[Algorithm], why: &str) {
-        *self.last_load.lock() = Instant::now();
-        match JwksFile::load(&self.path, allowed) {
-            Ok(keys) => {
-                tracing::info!(keys = keys.len(), %why, "JWKS file reloaded");
-                self.keys.replace(keys);
-            }
-            Err(reason) => {
-                tracing::warn!(%reason, "JWKS file reload failed; keeping the previous keys");
-            }
-        }
     }
 }
 
@@ -697,11 +317,11 @@ impl TokenVerifier {
                     file.reload_for(kid, &self.allowed);
                 }
             }
-            for key in held.0.read().iter() {
-                if key.kid.as_deref() == Some(kid) && fits(key) {
+            held.for_kid(kid, |key| {
+                if fits(key) {
                     try_key(key);
                 }
-            }
+            });
         }
         for key in self.unnamed.iter().filter(|key| fits(key)) {
             try_key(key);
@@ -786,61 +406,13 @@ fn classify(kind: &ErrorKind) -> AuthError {
     }
 }
 
-/// Mints an access token shaped like SimpleJWT's, for `gateway gen-token`
-/// and for trying the gateway out. Only possible with an HMAC secret: the
-/// gateway never holds a private key.
-pub fn mint_access_token(
-    config: &AuthConfig,
-    user_id: &str,
-    lifetime_secs: u64,
-) -> Result<String, String> {
-    let allowed = allowed_algorithms(config).map_err(|error| error.to_string())?;
-    let algorithm = allowed
-        .iter()
-        .copied()
-        .find(|algorithm| HMAC.contains(algorithm))
-        .ok_or(
-            "auth.algorithms allows no HMAC algorithm; tokens come from the backend's private key",
-        )?;
-    let secret = hmac_secret(config)
-        .map_err(|error| error.to_string())?
-        .ok_or("no HMAC secret configured (auth.jwt_secret, _file or _env)")?;
-    let now = jsonwebtoken::get_current_timestamp();
-    let user_id_value = user_id
-        .parse::<i64>()
-        .map(Value::from)
-        .unwrap_or_else(|_| Value::from(user_id));
-    let claim = config
-        .user_id_claims
-        .first()
-        .map_or("user_id", String::as_str);
-    let mut claims = Map::new();
-    claims.insert("token_type".into(), "access".into());
-    claims.insert("exp".into(), (now + lifetime_secs).into());
-    claims.insert("iat".into(), now.into());
-    claims.insert(
-        "jti".into(),
-        format!("{:032x}", rand::random::<u128>()).into(),
-    );
-    claims.insert(claim.into(), user_id_value);
-    if let Some(issuer) = &config.issuer {
-        claims.insert("iss".into(), issuer.clone().into());
-    }
-    if let Some(audience) = config.audience.first() {
-        claims.insert("aud".into(), audience.clone().into());
-    }
-    jsonwebtoken::encode(
-        &Header::new(algorithm),
-        &claims,
-        &EncodingKey::from_secret(&secret),
-    )
-    .map_err(|error| error.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::keys::*;
+    use crate::auth::mint::mint_access_token;
     use crate::config::Secret;
+    use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
 
     fn config() -> AuthConfig {
