@@ -188,8 +188,15 @@ fn check_origin(handshake: &Handshake) {
 }
 
 fn check_client_address(handshake: &Handshake) {
+    // Limits::new refuses a list with an entry that is no CIDR, as the
+    // configuration would: hand it the valid ones.
     let config = LimitsConfig {
-        trusted_proxies: handshake.proxies.clone(),
+        trusted_proxies: handshake
+            .proxies
+            .iter()
+            .filter(|cidr| parse_cidr(cidr).is_ok())
+            .cloned()
+            .collect(),
         client_ip_header: PROXY_HEADER.into(),
         ..LimitsConfig::default()
     };
@@ -199,7 +206,9 @@ fn check_client_address(handshake: &Handshake) {
         .filter_map(|cidr| parse_cidr(cidr).ok())
         .collect();
     let is_trusted = |address: &IpAddr| trusted.iter().any(|net| net.contains(address));
-    let limits = Limits::new(&config);
+    let Ok(limits) = Limits::new(&config) else {
+        panic!("Limits::new refused CIDRs parse_cidr accepts");
+    };
     let address = limits.client_address(handshake.peer, &handshake.headers);
     if address == handshake.peer {
         return;

@@ -56,7 +56,7 @@ pub fn run() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             print!("{}", config.to_redacted_toml());
-            if let Err(error) = config.require_serving_secrets() {
+            if let Err(error) = crate::server::build(&config) {
                 eprintln!("configuration error: {error}");
                 return ExitCode::from(2);
             }
@@ -64,7 +64,7 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::GenToken { user_id, lifetime } => {
-            if let Err(error) = config.require_serving_secrets() {
+            if let Err(error) = crate::server::build(&config) {
                 eprintln!("configuration error: {error}");
                 return ExitCode::from(2);
             }
@@ -80,12 +80,15 @@ pub fn run() -> ExitCode {
             }
         }
         Command::Serve => {
-            if let Err(error) = config.require_serving_secrets() {
-                eprintln!("configuration error: {error}");
-                return ExitCode::from(2);
-            }
+            let built = match crate::server::build(&config) {
+                Ok(built) => built,
+                Err(error) => {
+                    eprintln!("configuration error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
             crate::ops::telemetry::init(config.log.format);
-            match crate::server::serve(config) {
+            match crate::server::serve(config, built) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!("gateway failed: {error:#}");

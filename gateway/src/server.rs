@@ -1,7 +1,9 @@
 //! Server: builds one gateway process from its configuration, runs it, and
 //! stops it in order.
 //!
-//! Start: raise the open-files limit, wire registry, router and layer, bind
+//! Build ([`build`]): every concern checks its own settings as it is built
+//! (token keys, origin patterns, limits, event types), so `check-config`,
+//! `gen-token` and `serve` judge a setting once, in one place. Start: raise the open-files limit, wire registry, router and layer, bind
 //! the public and admin listeners, then start the layer's receiver on the
 //! first socket worker's runtime. Stop (SIGTERM / SIGINT): readiness goes
 //! false and new sockets are refused at once, the listener stops accepting
@@ -32,11 +34,12 @@ use tokio::sync::oneshot;
 use crate::auth::groups::GroupPolicy;
 use crate::auth::session::SessionAuth;
 use crate::auth::verify::TokenVerifier;
-use crate::config::{Config, LayerBackend, SerializerFormatSetting, WebSocketDriver};
+use crate::config::{Config, ConfigError, LayerBackend, SerializerFormatSetting, WebSocketDriver};
 use crate::edge::drain::{self, DrainPlan};
 use crate::edge::http::{admin_routes, public_routes, Gateway};
 use crate::edge::limits::Limits;
 use crate::edge::listener::{self, ConnectionOptions};
+use crate::edge::origin::OriginPolicy;
 use crate::edge::recovery::Recovery;
 use crate::edge::socket::SocketSettings;
 use crate::edge::upgrade::{take_over, Connection};
@@ -56,8 +59,38 @@ use crate::relay::router::Router;
 /// starts on the main thread instead.
 const WORKER_START: Duration = Duration::from_secs(10);
 
-pub fn serve(config: Config) -> anyhow::Result<()> {
-    actix_web::rt::System::new().block_on(run(config))
+/// What a configuration builds before anything runs or binds: each part
+/// checked its own settings.
+pub(crate) struct Built {
+    verifier: Arc<TokenVerifier>,
+    origins: OriginPolicy,
+    limits: Arc<Limits>,
+    events: EventMapper,
+    groups: Arc<GroupPolicy>,
+}
+
+/// Builds every part whose settings can be judged before the process
+/// runs; the first bad setting is the error, named by its key.
+pub(crate) fn build(config: &Config) -> Result<Built, ConfigError> {
+    config.require_serving_secrets()?;
+    Ok(Built {
+        verifier: Arc::new(TokenVerifier::new(&config.auth)?),
+        origins: OriginPolicy::new(&config.auth)?,
+        limits: Arc::new(Limits::new(&config.limits)?),
+        events: EventMapper::new(&config.events.passthrough_types)?,
+        groups: Arc::new(GroupPolicy::new(&config.auth)),
+    })
+}
+
+/// Runs the gateway `built` from `config` until SIGTERM or SIGINT, then
+/// stops it in order.
+pub(crate) fn serve(config: Config, built: Built) -> anyhow::Result<()> {
+    actix_web::rt::System::new().block_on(async move {
+        let mut running = start(&config, built).await?;
+        running.until(termination_signal()).await?;
+        running.stop(&config).await;
+        Ok(())
+    })
 }
 
 /// The rustls server configuration for `wss://` (ring, TLS 1.2 and 1.3).
@@ -256,8 +289,30 @@ fn actix_ws_public_server(
     Ok(public.run())
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+/// What a started gateway holds until it stops.
+struct Running {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    layer: Arc<Layer>,
+    canary_member: Option<(ConnId, Vec<Arc<str>>)>,
+    public: actix_server::ServerHandle,
+    admin: actix_server::ServerHandle,
+    public_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    admin_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Wires registry, router and layer, binds both listeners and starts
+/// receiving.
+async fn start(config: &Config, built: Built) -> anyhow::Result<Running> {
     raise_open_files_limit();
+    let Built {
+        verifier,
+        origins,
+        limits,
+        events,
+        groups,
+    } = built;
 
     let metrics = Arc::new(Metrics::new());
     let canary_interval = config.layer.canary_interval;
@@ -288,7 +343,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let router = Arc::new(Router::new(
         registry.clone(),
-        EventMapper::new(&config.events.passthrough_types),
+        events,
         PayloadCodec::new(format, config.layer.payload_prefix_length()),
         config.layer.encryption(),
         metrics.clone(),
@@ -351,7 +406,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         "gateway starting"
     );
 
-    let verifier = Arc::new(TokenVerifier::new(&config.auth)?);
     if let Some(remote) = verifier.remote_jwks() {
         // Readiness does not wait for the first fetch: every replica shares
         // the identity provider, so gating on it would turn its outage into
@@ -372,11 +426,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
             }
         });
     }
-    let groups = Arc::new(GroupPolicy::new(&config.auth));
     let gateway = web::Data::new(Gateway {
         verifier: verifier.clone(),
-        limits: Arc::new(Limits::new(&config.limits)),
-        origins: crate::edge::origin::OriginPolicy::new(&config.auth)?,
+        limits,
+        origins,
         token_query_param: config.auth.token_query_param.clone(),
         token_cookie: config.auth.token_cookie.clone(),
         groups: groups.clone(),
@@ -410,9 +463,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let (socket_runtime, socket_runtime_reported) = SocketRuntimeReport::new();
     let public = match config.server.websocket_driver {
-        WebSocketDriver::Direct => direct_public_server(&config, gateway.clone(), socket_runtime)?,
+        WebSocketDriver::Direct => direct_public_server(config, gateway.clone(), socket_runtime)?,
         WebSocketDriver::ActixWs => {
-            actix_ws_public_server(&config, gateway.clone(), socket_runtime)?
+            actix_ws_public_server(config, gateway.clone(), socket_runtime)?
         }
     };
     let admin_data = gateway.clone();
@@ -434,8 +487,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .run();
     let public_handle = public.handle();
     let admin_handle = admin.handle();
-    let mut public_task = actix_web::rt::spawn(public);
-    let mut admin_task = actix_web::rt::spawn(admin);
+    let public_task = actix_web::rt::spawn(public);
+    let admin_task = actix_web::rt::spawn(admin);
     let receive_runtime = match tokio::time::timeout(WORKER_START, socket_runtime_reported).await {
         Ok(Ok(runtime)) => runtime,
         _ => {
@@ -444,52 +497,140 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     layer.start_receiving(&receive_runtime);
+    Ok(Running {
+        health,
+        metrics,
+        registry,
+        layer,
+        canary_member,
+        public: public_handle,
+        admin: admin_handle,
+        public_task,
+        admin_task,
+    })
+}
 
-    tokio::select! {
-        signal = termination_signal() => tracing::info!(signal, "shutting down"),
-        result = &mut public_task => anyhow::bail!("public listener stopped: {result:?}"),
-        result = &mut admin_task => anyhow::bail!("admin listener stopped: {result:?}"),
+impl Running {
+    /// Serves until `stop` fires (the caller passes the termination
+    /// signal); a listener that stops by itself is an error.
+    async fn until(
+        &mut self,
+        stop: impl std::future::Future<Output = &'static str>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            signal = stop => tracing::info!(signal, "shutting down"),
+            result = &mut self.public_task => anyhow::bail!("public listener stopped: {result:?}"),
+            result = &mut self.admin_task => anyhow::bail!("admin listener stopped: {result:?}"),
+        }
+        Ok(())
     }
 
-    // Readiness false and new sockets refused at once; the listener stays
-    // up for `drain_delay` so load balancers stop sending before it closes.
-    health.start_draining();
-    metrics.draining.set(1);
-    let stop_started = tokio::time::Instant::now();
-    tokio::time::sleep(config.server.drain_delay).await;
-    public_handle.pause().await;
-    if let Some((conn, groups)) = canary_member {
-        registry.unregister(conn, &groups);
-        layer.leave(&groups, registry.naming().channel(conn));
+    /// Stops in order, within `server.shutdown_timeout`: readiness false and
+    /// new sockets refused at once; the listener stays up for `drain_delay`
+    /// so load balancers stop sending before it closes; the paced drain;
+    /// memberships removed; listeners stopped.
+    async fn stop(self, config: &Config) {
+        let Running {
+            health,
+            metrics,
+            registry,
+            layer,
+            canary_member,
+            public,
+            admin,
+            ..
+        } = self;
+        health.start_draining();
+        metrics.draining.set(1);
+        let stop_started = tokio::time::Instant::now();
+        tokio::time::sleep(config.server.drain_delay).await;
+        public.pause().await;
+        if let Some((conn, groups)) = canary_member {
+            registry.unregister(conn, &groups);
+            layer.leave(&groups, registry.naming().channel(conn));
+        }
+        let open = drain::close_all(
+            &registry,
+            &DrainPlan {
+                window: config.server.drain_window,
+                reconnect_jitter: config.server.drain_reconnect_jitter,
+            },
+            &metrics,
+        )
+        .await;
+        let deadline = stop_started + config.server.shutdown_timeout;
+        while registry.socket_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(
+            closed = open,
+            left = registry.socket_count(),
+            "sockets closed"
+        );
+        layer.shutdown().await;
+        public.stop(false).await;
+        admin.stop(false).await;
+        tracing::info!("gateway stopped");
     }
-    let open = drain::close_all(
-        &registry,
-        &DrainPlan {
-            window: config.server.drain_window,
-            reconnect_jitter: config.server.drain_reconnect_jitter,
-        },
-        &metrics,
-    )
-    .await;
-    let deadline = stop_started + config.server.shutdown_timeout;
-    while registry.socket_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tracing::info!(
-        closed = open,
-        left = registry.socket_count(),
-        "sockets closed"
-    );
-    layer.shutdown().await;
-    public_handle.stop(false).await;
-    admin_handle.stop(false).await;
-    tracing::info!("gateway stopped");
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every auth setting is refused by whichever part judges it (the
+    /// configuration's own checks or the part `build` builds), naming it.
+    #[test]
+    fn auth_settings_name_their_key() {
+        let cases = [
+            ("auth.algorithms=[\"none\"]", "auth.algorithms"),
+            ("auth.algorithms=[\"HS256\", \"XS1\"]", "auth.algorithms"),
+            (
+                "auth.allowed_origins=[\"example.com\"]",
+                "auth.allowed_origins",
+            ),
+            ("auth.jwt_secret_env=\"A\"", "auth.jwt_secret"),
+            ("auth.missing_origin=\"maybe\"", "missing_origin"),
+            (
+                "auth.jwks_reload_interval=\"10ms\"",
+                "auth.jwks_reload_interval",
+            ),
+            ("auth.jwks_url=\"http://idp.example/jwks\"", "auth.jwks_url"),
+            ("auth.jwks_url=\"idp.example/jwks\"", "auth.jwks_url"),
+            (
+                "auth.jwks_ca_file=\"/nonexistent.pem\"",
+                "auth.jwks_ca_file",
+            ),
+            ("auth.jwks_fetch_timeout=\"1ms\"", "auth.jwks_fetch_timeout"),
+        ];
+        for (setting, key) in cases {
+            let overrides = ["auth.jwt_secret=\"s\"".to_string(), setting.to_string()];
+            let error = Config::load(None, &overrides)
+                .and_then(|config| build(&config).map(drop))
+                .unwrap_err();
+            assert!(error.to_string().contains(key), "{setting}: {error}");
+        }
+        let config = Config::load(
+            None,
+            &[
+                "auth.algorithms=[\"RS256\", \"PS256\"]".into(),
+                "auth.allowed_origins=[\"https://*.example.com\"]".into(),
+                "auth.missing_origin=\"deny\"".into(),
+            ],
+        )
+        .expect("valid without a key");
+        let error = build(&config).err().expect("no key");
+        assert!(error.to_string().contains("auth.jwt_secret"), "{error}");
+        let mut with_secret = config.clone();
+        with_secret.auth.jwt_secret = crate::config::Secret::new("s");
+        let error = build(&with_secret)
+            .err()
+            .expect("an HMAC key, no HS algorithm");
+        assert!(
+            error.to_string().contains("auth.jwt_secret"),
+            "HMAC key, no HS: {error}"
+        );
+    }
 
     #[test]
     fn the_first_worker_with_a_runtime_gets_the_receiver() {

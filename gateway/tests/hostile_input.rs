@@ -69,7 +69,8 @@ proptest! {
         let limits = Limits::new(&LimitsConfig {
             trusted_proxies: vec!["127.0.0.0/8".into()],
             ..LimitsConfig::default()
-        });
+        })
+        .expect("a valid CIDR");
         let map = headers(&[("x-forwarded-for", forwarded.into_bytes())]);
         let peer = IpAddr::from(peer);
         let address = limits.client_address(peer, &map);

@@ -202,10 +202,14 @@ impl RemoteJwks {
             setting: "auth.jwks_url",
             reason,
         })?;
+        // The reasons never repeat the URL: it may carry credentials.
         if !https && !is_loopback_host(&host) {
             return Err(KeyError {
                 setting: "auth.jwks_url",
-                reason: "must be https:// (http:// only for a loopback host)".into(),
+                reason: "must be an https:// URL: keys fetched over plain http:// could be \
+                         replaced by anyone on the path (http:// is accepted only for a \
+                         loopback host)"
+                    .into(),
             });
         }
         let (finished, _) = watch::channel(0);

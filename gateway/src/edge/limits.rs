@@ -16,31 +16,8 @@ use actix_web::http::header::HeaderMap;
 use ipnet::IpNet;
 use parking_lot::Mutex;
 
-use crate::config::LimitsConfig;
-
-/// Why a socket was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// Connects arrive faster than `connect_rate` allows.
-    ConnectRate,
-    /// This process holds `max_sockets` already.
-    ProcessFull,
-    /// This user holds `max_sockets_per_user` already.
-    UserFull,
-    /// This client address holds `max_sockets_per_ip` already.
-    AddressFull,
-}
-
-impl Refusal {
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::ConnectRate => "connect_rate",
-            Refusal::ProcessFull => "process_full",
-            Refusal::UserFull => "user_full",
-            Refusal::AddressFull => "address_full",
-        }
-    }
-}
+use crate::config::{ConfigError, LimitsConfig};
+use crate::ops::metrics::Refusal;
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 pub struct TokenBucket {
@@ -119,24 +96,31 @@ fn over(count: usize, limit: usize) -> bool {
 }
 
 impl Limits {
-    /// `trusted_proxies` must already be valid CIDRs (config validation).
-    pub fn new(config: &LimitsConfig) -> Limits {
+    /// Refuses a `trusted_proxies` entry that is no CIDR, naming the
+    /// setting (the rates' ranges are plain data, checked by `config`).
+    pub fn new(config: &LimitsConfig) -> Result<Limits, ConfigError> {
+        let trusted_proxies = config
+            .trusted_proxies
+            .iter()
+            .map(|cidr| {
+                parse_cidr(cidr).map_err(|reason| ConfigError::Invalid {
+                    key: "limits.trusted_proxies",
+                    reason,
+                })
+            })
+            .collect::<Result<_, _>>()?;
         let connects = (config.connect_rate > 0.0).then(|| {
             Mutex::new(TokenBucket::new(
                 config.connect_rate,
                 config.connect_burst.max(1.0),
             ))
         });
-        Limits {
-            trusted_proxies: config
-                .trusted_proxies
-                .iter()
-                .filter_map(|cidr| parse_cidr(cidr).ok())
-                .collect(),
+        Ok(Limits {
+            trusted_proxies,
             config: config.clone(),
             connects,
             counts: Mutex::new(Counts::default()),
-        }
+        })
     }
 
     /// The cheap, token-free check that runs first: the connect rate and
@@ -244,7 +228,7 @@ mod tests {
 
     #[test]
     fn counts_are_enforced_and_given_back() {
-        let limits = Arc::new(Limits::new(&config()));
+        let limits = Arc::new(Limits::new(&config()).expect("valid limits"));
         let first = limits.admit("1", ip("1.1.1.1")).expect("first");
         let _second = limits.admit("1", ip("1.1.1.2")).expect("second of user 1");
         assert_eq!(
@@ -272,7 +256,7 @@ mod tests {
 
     #[test]
     fn the_proxy_header_counts_only_from_trusted_proxies() {
-        let limits = Limits::new(&config());
+        let limits = Limits::new(&config()).expect("valid limits");
         let mut headers = HeaderMap::new();
         headers.insert(
             HeaderName::from_static("x-forwarded-for"),

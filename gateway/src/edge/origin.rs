@@ -12,7 +12,7 @@
 //! must not log: the caller logs and counts the refusal.
 
 use crate::auth::glob::glob_match;
-use crate::config::{AuthConfig, MissingOrigin};
+use crate::config::{AuthConfig, ConfigError, MissingOrigin};
 
 /// Why an allowlist entry cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,12 +102,18 @@ pub struct OriginPolicy {
 }
 
 impl OriginPolicy {
-    pub fn new(config: &AuthConfig) -> Result<OriginPolicy, PatternError> {
+    /// Refuses a pattern of `auth.allowed_origins` it cannot read, naming
+    /// the setting.
+    pub fn new(config: &AuthConfig) -> Result<OriginPolicy, ConfigError> {
         let patterns = config
             .allowed_origins
             .iter()
             .map(|pattern| OriginPattern::parse(pattern))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .map_err(|error| ConfigError::Invalid {
+                key: "auth.allowed_origins",
+                reason: error.to_string(),
+            })?;
         Ok(OriginPolicy {
             patterns,
             missing: config.missing_origin,

@@ -206,6 +206,30 @@ pub struct Metrics {
     pub pubsub_subscription_failures: IntCounter,
 }
 
+/// Why a socket was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Connects arrive faster than `connect_rate` allows.
+    ConnectRate,
+    /// This process holds `max_sockets` already.
+    ProcessFull,
+    /// This user holds `max_sockets_per_user` already.
+    UserFull,
+    /// This client address holds `max_sockets_per_ip` already.
+    AddressFull,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::ConnectRate => "connect_rate",
+            Refusal::ProcessFull => "process_full",
+            Refusal::UserFull => "user_full",
+            Refusal::AddressFull => "address_full",
+        }
+    }
+}
+
 /// Outcome of one upgrade request.
 #[derive(Debug, Clone, Copy)]
 pub enum ConnectResult {
@@ -220,7 +244,7 @@ pub enum ConnectResult {
     RedisUnavailable,
     Draining,
     /// Refused by a limit (`limits.*`); labelled with the limit's name.
-    Limited(crate::edge::limits::Refusal),
+    Limited(Refusal),
 }
 
 impl ConnectResult {

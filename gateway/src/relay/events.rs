@@ -15,6 +15,7 @@ use bytestring::ByteString;
 use shared_proto::close::CloseCode;
 use shared_proto::RouteView;
 
+use crate::config::ConfigError;
 use crate::ops::metrics::DropReason;
 
 /// The event type the seed's consumer handles.
@@ -50,10 +51,21 @@ pub struct EventMapper {
 }
 
 impl EventMapper {
-    pub fn new(passthrough_types: &[String]) -> EventMapper {
-        EventMapper {
-            passthrough: passthrough_types.iter().cloned().collect(),
+    /// `passthrough_types` (`events.passthrough_types`) may not name
+    /// `send_notification`, which is always relayed as `{"message": …}`.
+    pub fn new(passthrough_types: &[String]) -> Result<EventMapper, ConfigError> {
+        if passthrough_types
+            .iter()
+            .any(|name| name == NOTIFICATION_TYPE)
+        {
+            return Err(ConfigError::Invalid {
+                key: "events.passthrough_types",
+                reason: "send_notification is always relayed as {\"message\": ...}".into(),
+            });
         }
+        Ok(EventMapper {
+            passthrough: passthrough_types.iter().cloned().collect(),
+        })
     }
 
     /// The text frame for the event `view` read, or why there is none.

@@ -394,7 +394,7 @@ mod tests {
         let canary = Arc::new(Canary::new("gw-t", health, metrics.clone()));
         let router = Router::new(
             registry,
-            EventMapper::new(&["chat.message".to_owned()]),
+            EventMapper::new(&["chat.message".to_owned()]).expect("valid types"),
             PayloadCodec::core_layer(format),
             None,
             metrics.clone(),
@@ -644,7 +644,7 @@ mod tests {
         let router = &setup.router;
         Router {
             registry: router.registry.clone(),
-            events: EventMapper::new(&["chat.message".to_owned()]),
+            events: EventMapper::new(&["chat.message".to_owned()]).expect("valid types"),
             codec: router.codec,
             encryption: None,
             metrics: router.metrics.clone(),

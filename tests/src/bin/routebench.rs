@@ -167,7 +167,7 @@ fn main() -> Result<()> {
 fn router(registry: &Arc<Registry>) -> Router {
     Router::new(
         registry.clone(),
-        EventMapper::new(&[]),
+        EventMapper::new(&[]).expect("no pass-through types"),
         PayloadCodec::core_layer(SerializerFormat::Msgpack),
         None,
         Arc::new(Metrics::new()),
