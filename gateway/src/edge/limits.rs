@@ -5,7 +5,8 @@
 //! ends (its guard lives as long as the socket). The client address is the
 //! peer address, or the configured proxy header when — and only when — the
 //! peer is a trusted proxy, so nobody can dodge the per-address limit by
-//! sending the header themselves. It must not do I/O or know about tokens.
+//! sending the header themselves. It must not do I/O or know about tokens;
+//! its buckets read only the monotonic clock.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

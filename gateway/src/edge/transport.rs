@@ -14,8 +14,9 @@
 //! - [`ActixWsTransport`] is actix-ws's session and message stream, behind the
 //!   dispatcher's two 8 KiB buffers, actix-ws's channel and its body task.
 //!
-//! Both parse and encode frames with actix-http's `ws` codec. This module
-//! must not know about outboxes, groups, tokens or close-code policy.
+//! Both parse and encode frames with actix-http's `ws` codec. Of the outbox
+//! it knows only the [`Wire`] it implements for a shared connection; it must
+//! not queue frames, nor know about groups, tokens or close-code policy.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
