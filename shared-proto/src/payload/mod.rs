@@ -11,6 +11,7 @@
 //! must never panic, whatever the bytes. [`route`] is the routing hot path:
 //! the same acceptance rules, read without building a value tree.
 
+mod inline_vec;
 mod json_read;
 mod msgpack_read;
 mod msgpack_write;
