@@ -1,7 +1,9 @@
-//! A small vector for the routing view's bookkeeping (open containers,
-//! top-level fields, map keys): the first `N` elements live inline, so a
-//! typical payload's scan allocates nothing; past them everything moves to
-//! one heap vector, which grows only with what the input itself holds. No
+//! A small vector for the msgpack readers' bookkeeping: the lexer's open
+//! containers, and the routing view's fields, keys and render stack.
+//!
+//! The first `N` elements live inline, so a typical payload's reading
+//! allocates nothing; past them everything moves to one heap vector, which
+//! grows only with what the input itself holds. It owns nothing else: no
 //! I/O, and no indexing that can panic.
 
 /// A vector that keeps its first `N` elements inline and moves everything to
@@ -29,6 +31,8 @@ impl<T: Copy + Default, const N: usize> InlineVec<T, N> {
         }
     }
 
+    // Only the tests ask; the readers look at `len`.
+    #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -71,10 +75,6 @@ impl<T: Copy + Default, const N: usize> InlineVec<T, N> {
                 self.inline.get(self.len).copied()
             }
         }
-    }
-
-    pub(super) fn last(&self) -> Option<&T> {
-        self.as_slice().last()
     }
 
     pub(super) fn last_mut(&mut self) -> Option<&mut T> {

@@ -1,23 +1,27 @@
 //! The routing hot path: what the gateway needs from one plaintext payload
 //! body — the event `type`, the `__asgi_channel__` names and the client frame
 //! — read straight from the msgpack bytes, without building an
-//! `rmpv::Value` tree.
+//! `rmpv::Value` tree. The gateway's default routing path reads every
+//! payload through it.
 //!
-//! One validating scan of the body enforces everything
-//! [`super::msgpack_read`] enforces (same errors, same offsets) and records
+//! One scan of the body (`scan`), driven by the same lexer as the tree
+//! reader (`payload::msgpack_lex`), accepts and rejects exactly what
+//! [`PayloadCodec::deserialize`] does (same errors, same offsets) and records
 //! only where each top-level field's value lies; channel names are then
 //! borrowed `&str` slices of the body, and the `{"message": …}` or
-//! pass-through frame is rendered from the recorded bytes into one `String`,
-//! byte for byte what [`crate::frame`] renders from a [`Message`].
+//! pass-through frame is rendered (`render`) from the recorded bytes into
+//! one `String`, byte for byte what [`crate::frame`] renders from a
+//! [`Message`].
 //!
 //! Two cases go to the tree path instead, so they keep exactly its
 //! semantics: a JSON body (`json.loads` has no cheap single-pass form here),
 //! and a msgpack body with a repeated key in any map (Python keeps the first
 //! position and the last value; rare, and awkward to render in one pass).
 //!
-//! This module owns the view and its renderer only. It must not do I/O,
-//! must never panic on any bytes, and must not accept or reject anything the
-//! tree decoder would not.
+//! This module owns the view type and what it answers: fields, channel
+//! names, frames. It reads no msgpack byte itself (the lexer does), must not
+//! do I/O, must never panic on any bytes, and must not accept or reject
+//! anything the tree reader would not.
 
 mod render;
 mod scan;
@@ -27,8 +31,9 @@ use rmpv::Value;
 use self::render::{with_rollback, write_key, write_packed_value};
 use self::scan::{scan, Scanned};
 use super::inline_vec::InlineVec;
-use super::msgpack_read::{self, is_valid_timestamp, TIMESTAMP_EXT_CODE};
-use super::{DecodeError, MsgpackErrorKind, PayloadCodec, SerializerFormat};
+use super::msgpack_lex::{Cursor, Token};
+use super::msgpack_read;
+use super::{DecodeError, PayloadCodec, SerializerFormat};
 use crate::frame::{render_notification, render_passthrough, NOTIFICATION_FIELD};
 use crate::message::{
     ChannelIter, Channels, ChannelsError, Message, NotAChannelName, ASGI_CHANNEL_KEY, TYPE_KEY,
@@ -153,13 +158,13 @@ impl<'a> RouteView<'a> {
         };
         let value = packed.get(ASGI_CHANNEL_KEY).ok_or(ChannelsError::Missing)?;
         let mut cursor = Cursor::new(value);
-        let inner = match cursor.item() {
-            Some(Item::Array(length)) => NamesInner::Packed {
+        let inner = match cursor.token() {
+            Some(Token::ArrayStart(length)) => NamesInner::Packed {
                 cursor,
                 remaining: length,
                 index: 0,
             },
-            Some(Item::Str(name)) => NamesInner::One(Some(name)),
+            Some(Token::Str(name)) => NamesInner::One(Some(name)),
             Some(other) => {
                 return Err(ChannelsError::WrongType {
                     found: other.kind(),
@@ -255,8 +260,8 @@ impl<'a> FieldValue<'a> {
     /// The value when it is a string (`rmpv::Value::as_str`).
     pub fn as_str(&self) -> Option<&'a str> {
         match *self {
-            FieldValue::Packed(bytes) => match Cursor::new(bytes).item() {
-                Some(Item::Str(text)) => Some(text),
+            FieldValue::Packed(bytes) => match Cursor::new(bytes).token() {
+                Some(Token::Str(text)) => Some(text),
                 _ => None,
             },
             FieldValue::Tree(value) => value.as_str(),
@@ -267,10 +272,10 @@ impl<'a> FieldValue<'a> {
     /// integers convert, float32 widens).
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            FieldValue::Packed(bytes) => match Cursor::new(bytes).item() {
-                Some(Item::Float(number)) => Some(number),
-                Some(Item::Unsigned(number)) => Some(number as f64),
-                Some(Item::Signed(number)) => Some(number as f64),
+            FieldValue::Packed(bytes) => match Cursor::new(bytes).token() {
+                Some(Token::Float(number)) => Some(number),
+                Some(Token::Unsigned(number)) => Some(number as f64),
+                Some(Token::Signed(number)) => Some(number as f64),
                 _ => None,
             },
             FieldValue::Tree(value) => value.as_f64(),
@@ -347,7 +352,7 @@ impl<'a> Iterator for ChannelNames<'a> {
                 *remaining -= 1;
                 let position = *index;
                 *index += 1;
-                let item = match cursor.item() {
+                let item = match cursor.token() {
                     Some(item) => item,
                     None => {
                         // Only reachable if validation and reading disagree:
@@ -356,7 +361,7 @@ impl<'a> Iterator for ChannelNames<'a> {
                         return None;
                     }
                 };
-                if let Item::Str(name) = item {
+                if let Token::Str(name) = item {
                     return Some(Ok(name));
                 }
                 if cursor.skip_contents(item).is_none() {
@@ -383,238 +388,6 @@ impl<'a> From<Channels<'a>> for ChannelNames<'a> {
         ChannelNames {
             inner: NamesInner::Tree(channels.iter()),
         }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Reading validated bytes.
-
-/// One marker's worth of msgpack: a scalar, or a container header whose
-/// contents follow.
-#[derive(Debug, Clone, Copy)]
-enum Item<'a> {
-    Nil,
-    Bool(bool),
-    Unsigned(u64),
-    Signed(i64),
-    Float(f64),
-    Str(&'a str),
-    Bin(&'a [u8]),
-    Ext,
-    Array(usize),
-    Map(usize),
-}
-
-impl Item<'_> {
-    /// The name [`crate::value_kind`] gives the decoded value.
-    fn kind(&self) -> &'static str {
-        match self {
-            Item::Nil => "nil",
-            Item::Bool(_) => "bool",
-            Item::Unsigned(_) | Item::Signed(_) => "int",
-            Item::Float(_) => "float",
-            Item::Str(_) => "str",
-            Item::Bin(_) => "bin",
-            Item::Ext => "ext",
-            Item::Array(_) => "array",
-            Item::Map(_) => "map",
-        }
-    }
-}
-
-/// Where reading stopped and why; the same pair [`msgpack_read`] reports.
-struct Failure {
-    offset: usize,
-    kind: MsgpackErrorKind,
-}
-
-/// A reader over msgpack bytes. [`Cursor::read_item`] validates each item
-/// exactly as the tree decoder does; [`Cursor::item`] is the same read for
-/// bytes already validated.
-#[derive(Debug, Clone)]
-struct Cursor<'a> {
-    input: &'a [u8],
-    offset: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(input: &'a [u8]) -> Self {
-        Cursor { input, offset: 0 }
-    }
-
-    fn item(&mut self) -> Option<Item<'a>> {
-        self.read_item().ok()
-    }
-
-    fn end_failure(&self) -> Failure {
-        Failure {
-            offset: self.input.len(),
-            kind: MsgpackErrorKind::UnexpectedEnd,
-        }
-    }
-
-    fn take(&mut self, length: usize) -> Result<&'a [u8], Failure> {
-        let bytes = self
-            .offset
-            .checked_add(length)
-            .and_then(|end| self.input.get(self.offset..end))
-            .ok_or_else(|| self.end_failure())?;
-        self.offset += length;
-        Ok(bytes)
-    }
-
-    fn take_array<const N: usize>(&mut self) -> Result<[u8; N], Failure> {
-        let bytes = self.take(N)?;
-        <[u8; N]>::try_from(bytes).map_err(|_| self.end_failure())
-    }
-
-    fn u8(&mut self) -> Result<u8, Failure> {
-        let [byte] = self.take_array::<1>()?;
-        Ok(byte)
-    }
-
-    fn u16(&mut self) -> Result<usize, Failure> {
-        Ok(usize::from(u16::from_be_bytes(self.take_array()?)))
-    }
-
-    fn u32(&mut self) -> Result<usize, Failure> {
-        let value = u32::from_be_bytes(self.take_array()?);
-        // A length that does not fit in usize cannot fit in the input either.
-        Ok(usize::try_from(value).unwrap_or(usize::MAX))
-    }
-
-    fn read_item(&mut self) -> Result<Item<'a>, Failure> {
-        let marker_offset = self.offset;
-        let marker = self.u8()?;
-        let item = match marker {
-            0x00..=0x7f => Item::Unsigned(u64::from(marker)),
-            0x80..=0x8f => Item::Map(usize::from(marker & 0x0f)),
-            0x90..=0x9f => Item::Array(usize::from(marker & 0x0f)),
-            0xa0..=0xbf => self.read_str(usize::from(marker & 0x1f))?,
-            0xc0 => Item::Nil,
-            0xc1 => {
-                return Err(Failure {
-                    offset: marker_offset,
-                    kind: MsgpackErrorKind::ReservedMarker,
-                })
-            }
-            0xc2 => Item::Bool(false),
-            0xc3 => Item::Bool(true),
-            0xc4 => {
-                let length = usize::from(self.u8()?);
-                Item::Bin(self.take(length)?)
-            }
-            0xc5 => {
-                let length = self.u16()?;
-                Item::Bin(self.take(length)?)
-            }
-            0xc6 => {
-                let length = self.u32()?;
-                Item::Bin(self.take(length)?)
-            }
-            0xc7 => {
-                let length = usize::from(self.u8()?);
-                self.read_ext(length, marker_offset)?
-            }
-            0xc8 => {
-                let length = self.u16()?;
-                self.read_ext(length, marker_offset)?
-            }
-            0xc9 => {
-                let length = self.u32()?;
-                self.read_ext(length, marker_offset)?
-            }
-            // Python widens float32 to a double, as the tree decoder does.
-            0xca => Item::Float(f64::from(f32::from_be_bytes(self.take_array()?))),
-            0xcb => Item::Float(f64::from_be_bytes(self.take_array()?)),
-            0xcc => Item::Unsigned(u64::from(self.u8()?)),
-            0xcd => Item::Unsigned(u64::from(u16::from_be_bytes(self.take_array()?))),
-            0xce => Item::Unsigned(u64::from(u32::from_be_bytes(self.take_array()?))),
-            0xcf => Item::Unsigned(u64::from_be_bytes(self.take_array()?)),
-            0xd0 => Item::Signed(i64::from(i8::from_be_bytes(self.take_array()?))),
-            0xd1 => Item::Signed(i64::from(i16::from_be_bytes(self.take_array()?))),
-            0xd2 => Item::Signed(i64::from(i32::from_be_bytes(self.take_array()?))),
-            0xd3 => Item::Signed(i64::from_be_bytes(self.take_array()?)),
-            0xd4 => self.read_ext(1, marker_offset)?,
-            0xd5 => self.read_ext(2, marker_offset)?,
-            0xd6 => self.read_ext(4, marker_offset)?,
-            0xd7 => self.read_ext(8, marker_offset)?,
-            0xd8 => self.read_ext(16, marker_offset)?,
-            0xd9 => {
-                let length = usize::from(self.u8()?);
-                self.read_str(length)?
-            }
-            0xda => {
-                let length = self.u16()?;
-                self.read_str(length)?
-            }
-            0xdb => {
-                let length = self.u32()?;
-                self.read_str(length)?
-            }
-            0xdc => Item::Array(self.u16()?),
-            0xdd => Item::Array(self.u32()?),
-            0xde => Item::Map(self.u16()?),
-            0xdf => Item::Map(self.u32()?),
-            0xe0..=0xff => Item::Signed(i64::from(i8::from_be_bytes([marker]))),
-        };
-        Ok(item)
-    }
-
-    /// Whether the next marker starts a str (fixstr, str8, str16, str32).
-    fn next_is_str(&self) -> bool {
-        matches!(self.input.get(self.offset), Some(0xa0..=0xbf | 0xd9..=0xdb))
-    }
-
-    fn read_str(&mut self, length: usize) -> Result<Item<'a>, Failure> {
-        let start = self.offset;
-        let bytes = self.take(length)?;
-        let text = std::str::from_utf8(bytes).map_err(|error| Failure {
-            offset: start + error.valid_up_to(),
-            kind: MsgpackErrorKind::InvalidUtf8,
-        })?;
-        Ok(Item::Str(text))
-    }
-
-    fn read_ext(&mut self, length: usize, marker_offset: usize) -> Result<Item<'a>, Failure> {
-        let [code_byte] = self.take_array::<1>()?;
-        let code = i8::from_be_bytes([code_byte]);
-        let data = self.take(length)?;
-        if code == TIMESTAMP_EXT_CODE {
-            if !is_valid_timestamp(data) {
-                return Err(Failure {
-                    offset: marker_offset,
-                    kind: MsgpackErrorKind::InvalidTimestamp,
-                });
-            }
-        } else if code < 0 {
-            return Err(Failure {
-                offset: marker_offset,
-                kind: MsgpackErrorKind::ExtCodeNotAllowed { code },
-            });
-        }
-        Ok(Item::Ext)
-    }
-
-    /// Skips what follows a container header (nothing for a scalar). Needs
-    /// no stack: a count of items still to skip is enough.
-    fn skip_contents(&mut self, item: Item<'a>) -> Option<()> {
-        let mut pending = contents_count(item)?;
-        while pending > 0 {
-            pending -= 1;
-            let next = self.item()?;
-            pending = pending.checked_add(contents_count(next)?)?;
-        }
-        Some(())
-    }
-}
-
-/// How many items follow a header: n for an array, 2n for a map.
-fn contents_count(item: Item<'_>) -> Option<usize> {
-    match item {
-        Item::Array(length) => Some(length),
-        Item::Map(length) => length.checked_mul(2),
-        _ => Some(0),
     }
 }
 

@@ -1,13 +1,21 @@
 //! Renders validated msgpack bytes — a [`super::RouteView`]'s field values —
 //! as [`crate::pyjson`] renders the decoded value (`json.dumps` with
-//! Python's defaults), without building the value. It reads only bytes the
-//! scan has accepted; should they somehow not read, it refuses to render
-//! rather than panic or guess. No I/O.
+//! Python's defaults), without building the value.
+//!
+//! It reads bytes the [`crate::payload::msgpack_lex::Lexer`] has already
+//! accepted, token by token through the lexer's [`Cursor`]; should they
+//! somehow not read, it refuses to render rather than panic or guess. It
+//! owns only the JSON side: what Python would render, and what it would
+//! refuse (bin, ext, non-str keys, nesting beyond [`MAX_NESTING`]). No I/O;
+//! open containers live on an inline stack that spills to the heap, so
+//! shallow values allocate nothing and deep ones cannot exhaust the thread's
+//! stack.
 
 use std::fmt::Write as _;
 
-use super::{Cursor, Item, Key, INLINE_DEPTH};
+use super::{Key, INLINE_DEPTH};
 use crate::payload::inline_vec::InlineVec;
+use crate::payload::msgpack_lex::{Cursor, Token};
 use crate::pyjson::{render_float, render_str, RenderError};
 use crate::MAX_NESTING;
 
@@ -35,11 +43,11 @@ pub(super) fn write_packed_value(
     loop {
         if let Some(item) = next.take() {
             match item {
-                Item::Array(length) | Item::Map(length) => {
+                Token::ArrayStart(length) | Token::MapStart(length) => {
                     if depth + open.len() + 1 > MAX_NESTING {
                         return Err(RenderError::TooDeep { limit: MAX_NESTING });
                     }
-                    let is_map = matches!(item, Item::Map(_));
+                    let is_map = matches!(item, Token::MapStart(_));
                     out.push(if is_map { '{' } else { '[' });
                     open.push(OpenRender {
                         remaining: length,
@@ -65,7 +73,7 @@ pub(super) fn write_packed_value(
         container.started = true;
         if container.is_map {
             match read_for_render(&mut cursor)? {
-                Item::Str(text) => render_str(text, out),
+                Token::Str(text) => render_str(text, out),
                 other => {
                     return Err(RenderError::UnsupportedKey {
                         found: other.kind(),
@@ -80,26 +88,26 @@ pub(super) fn write_packed_value(
 
 /// Validated bytes always read; if they somehow do not, refuse to render
 /// rather than panic or guess.
-fn read_for_render<'a>(cursor: &mut Cursor<'a>) -> Result<Item<'a>, RenderError> {
+fn read_for_render<'a>(cursor: &mut Cursor<'a>) -> Result<Token<'a>, RenderError> {
     cursor
-        .item()
+        .token()
         .ok_or(RenderError::UnsupportedValue { found: "invalid" })
 }
 
-fn write_scalar(item: Item<'_>, out: &mut String) -> Result<(), RenderError> {
+fn write_scalar(item: Token<'_>, out: &mut String) -> Result<(), RenderError> {
     match item {
-        Item::Nil => out.push_str("null"),
-        Item::Bool(true) => out.push_str("true"),
-        Item::Bool(false) => out.push_str("false"),
-        Item::Unsigned(number) => {
+        Token::Nil => out.push_str("null"),
+        Token::Bool(true) => out.push_str("true"),
+        Token::Bool(false) => out.push_str("false"),
+        Token::Unsigned(number) => {
             let _ = write!(out, "{number}");
         }
-        Item::Signed(number) => {
+        Token::Signed(number) => {
             let _ = write!(out, "{number}");
         }
-        Item::Float(number) => render_float(number, out),
-        Item::Str(text) => render_str(text, out),
-        Item::Bin(_) | Item::Ext | Item::Array(_) | Item::Map(_) => {
+        Token::Float(number) => render_float(number, out),
+        Token::Str(text) => render_str(text, out),
+        Token::Bin(_) | Token::Ext { .. } | Token::ArrayStart(_) | Token::MapStart(_) => {
             return Err(RenderError::UnsupportedValue { found: item.kind() })
         }
     }

@@ -1,13 +1,20 @@
 //! The validating scan of a msgpack body for [`super::RouteView`]: one pass
-//! that enforces everything the tree reader enforces (same errors, same
-//! offsets), records where each top-level field's value lies, and notices
-//! any map that repeats a key. It must not do I/O, must never panic on any
-//! bytes, and keeps its bookkeeping inline for a typical payload.
+//! over the [`Lexer`]'s events that records where each top-level field's
+//! value lies and notices any map that repeats a key.
+//!
+//! Whether the bytes are msgpack Python would accept — and the error and
+//! offset when they are not — is the lexer's decision, the same one the
+//! tree reader gets, so a body scans exactly when it deserializes. This
+//! module adds only what routing needs on top: the top-level map's fields as
+//! spans of the body, and the repeated-key check that sends a body to the
+//! tree path. It must not do I/O, must never panic on any bytes, and keeps
+//! its bookkeeping inline for a typical payload (it allocates only for
+//! inputs with many fields, deep nesting or big maps).
 
-use super::{Cursor, Failure, Field, Item, Key, INLINE_DEPTH, INLINE_FIELDS};
+use super::{Field, Key, INLINE_DEPTH, INLINE_FIELDS};
 use crate::payload::inline_vec::InlineVec;
-use crate::payload::{DecodeError, MsgpackErrorKind};
-use crate::MAX_NESTING;
+use crate::payload::msgpack_lex::{Event, Lexer, Token};
+use crate::payload::DecodeError;
 
 /// Keys of nested maps kept without a heap allocation for duplicate checks.
 const INLINE_KEYS: usize = 16;
@@ -22,151 +29,80 @@ pub(super) enum Scanned<'a> {
     RepeatedKey,
 }
 
-/// A container whose contents are still being read.
-#[derive(Debug, Clone, Copy, Default)]
-struct Frame {
-    remaining: usize,
-    is_map: bool,
-    /// In a map: a key has been read and its value comes next.
-    has_key: bool,
-    /// In a nested map: where its keys start in the key stack.
-    keys_start: usize,
-}
-
-impl Frame {
-    fn expects_key(&self) -> bool {
-        self.is_map && !self.has_key
-    }
-}
-
-/// Mirrors `msgpack_read::Reader::read_root` decision for decision, so each
-/// input gets the same verdict and the same error offset, and records the
+/// Reads the whole body with the lexer the tree reader uses, so each input
+/// gets the same verdict and the same error offset, and records the
 /// top-level fields on the way.
 pub(super) fn scan(body: &[u8]) -> Result<Scanned<'_>, DecodeError> {
-    let to_error = |failure: Failure| DecodeError::Msgpack {
-        offset: failure.offset,
-        kind: failure.kind,
-    };
-    let mut cursor = Cursor::new(body);
-    let mut open: InlineVec<Frame, INLINE_DEPTH> = InlineVec::new();
+    let mut lexer = Lexer::new(body);
     let mut fields: InlineVec<Field<'_>, INLINE_FIELDS> = InlineVec::new();
     let mut nested_keys: InlineVec<Key<'_>, INLINE_KEYS> = InlineVec::new();
+    // For each open map below the root: where its keys start in
+    // `nested_keys`.
+    let mut nested_maps: InlineVec<usize, INLINE_DEPTH> = InlineVec::new();
     let mut pending_top_key = Key::default();
-    let mut pending_value_start = 0;
+    let mut root_kind = "";
+    let mut root_is_map = false;
     let mut repeated = false;
-    let root_is_map = matches!(body.first(), Some(0x80..=0x8f | 0xde | 0xdf));
 
-    let root_kind = loop {
-        // A broadcast's channel list is thousands of strings in one array:
-        // read all but the last of a run of them in a tight loop. Strings in
-        // an array are never keys and never open a container, so nothing
-        // but the count changes; the last one takes the general path, which
-        // closes the array.
-        if let Some(frame) = open.last_mut() {
-            if !frame.is_map {
-                while frame.remaining > 1 && cursor.next_is_str() {
-                    cursor.read_item().map_err(to_error)?;
-                    frame.remaining -= 1;
+    while let Some(event) = lexer.next()? {
+        match event {
+            Event::Token {
+                token,
+                start,
+                depth,
+                is_key,
+            } => {
+                if depth == 0 {
+                    root_kind = token.kind();
+                    root_is_map = matches!(token, Token::MapStart(_));
+                }
+                let top_level = depth == 1 && root_is_map;
+                match token {
+                    Token::MapStart(_) if depth > 0 => nested_maps.push(nested_keys.len()),
+                    // A container's span is recorded when it ends.
+                    Token::ArrayStart(_) | Token::MapStart(_) => {}
+                    _ if is_key => {
+                        let key = match token {
+                            Token::Str(text) => Key::Str(text),
+                            Token::Bin(bytes) => Key::Bin(bytes),
+                            // The lexer lets only str and bin be keys.
+                            _ => Key::default(),
+                        };
+                        if top_level {
+                            pending_top_key = key;
+                        } else {
+                            nested_keys.push(key);
+                        }
+                    }
+                    _ if top_level => fields.push(Field {
+                        key: pending_top_key,
+                        value: body.get(start..lexer.offset()).unwrap_or_default(),
+                    }),
+                    _ => {}
                 }
             }
-        }
-        let item_offset = cursor.offset;
-        let expects_key = open.last().is_some_and(Frame::expects_key);
-        let item = cursor.read_item().map_err(to_error)?;
-        let key_not_allowed = |found| {
-            to_error(Failure {
-                offset: item_offset,
-                kind: MsgpackErrorKind::KeyNotAllowed { found },
-            })
-        };
-        match item {
-            Item::Array(_) | Item::Map(_) if expects_key => {
-                return Err(key_not_allowed(item.kind()));
-            }
-            // Python's unpacker checks its stack before the length, so even
-            // an empty container is one level too many.
-            Item::Array(_) | Item::Map(_) if open.len() >= MAX_NESTING => {
-                return Err(to_error(Failure {
-                    offset: item_offset,
-                    kind: MsgpackErrorKind::TooDeep { limit: MAX_NESTING },
-                }));
-            }
-            Item::Array(length) | Item::Map(length) if length > 0 => {
-                open.push(Frame {
-                    remaining: length,
-                    is_map: matches!(item, Item::Map(_)),
-                    has_key: false,
-                    keys_start: nested_keys.len(),
-                });
-                continue;
-            }
-            Item::Str(_) | Item::Bin(_) => {}
-            _ if expects_key => return Err(key_not_allowed(item.kind())),
-            _ => {}
-        }
-
-        // Hand the finished item to its parent; when that completes the
-        // parent, keep climbing.
-        let mut finished_kind = item.kind();
-        let mut finished_item = Some(item);
-        loop {
-            let depth = open.len();
-            let Some(parent) = open.last_mut() else {
-                break;
-            };
-            if parent.expects_key() {
-                parent.has_key = true;
-                let key = match finished_item {
-                    Some(Item::Str(text)) => Key::Str(text),
-                    Some(Item::Bin(bytes)) => Key::Bin(bytes),
-                    // Containers and other scalars were refused above.
-                    _ => Key::default(),
-                };
+            Event::End {
+                is_map,
+                start,
+                depth,
+            } => {
+                if is_map && depth > 0 {
+                    if let Some(keys_start) = nested_maps.pop() {
+                        repeated |= has_repeated_key(nested_keys.as_slice().get(keys_start..));
+                        nested_keys.truncate(keys_start);
+                    }
+                }
                 if depth == 1 && root_is_map {
-                    pending_top_key = key;
-                    // A top-level value starts right after its key.
-                    pending_value_start = cursor.offset;
-                } else {
-                    nested_keys.push(key);
+                    fields.push(Field {
+                        key: pending_top_key,
+                        value: body.get(start..lexer.offset()).unwrap_or_default(),
+                    });
                 }
-                break;
             }
-            if parent.is_map {
-                parent.has_key = false;
-            }
-            parent.remaining = parent.remaining.saturating_sub(1);
-            if depth == 1 && root_is_map {
-                fields.push(Field {
-                    key: pending_top_key,
-                    value: body
-                        .get(pending_value_start..cursor.offset)
-                        .unwrap_or_default(),
-                });
-            }
-            if parent.remaining > 0 {
-                break;
-            }
-            let closed = *parent;
-            open.pop();
-            if closed.is_map && depth > 1 {
-                repeated |= has_repeated_key(nested_keys.as_slice().get(closed.keys_start..));
-                nested_keys.truncate(closed.keys_start);
-            }
-            finished_kind = if closed.is_map { "map" } else { "array" };
-            finished_item = None;
         }
-        if open.is_empty() {
-            break finished_kind;
-        }
-    };
-
-    if cursor.offset != body.len() {
-        return Err(to_error(Failure {
-            offset: cursor.offset,
-            kind: MsgpackErrorKind::TrailingBytes,
-        }));
     }
-    if root_kind != "map" {
+
+    if !root_is_map {
         return Err(DecodeError::NotAMap { found: root_kind });
     }
     let top_keys_repeat = {
@@ -180,6 +116,7 @@ pub(super) fn scan(body: &[u8]) -> Result<Scanned<'_>, DecodeError> {
     Ok(Scanned::Unique(fields))
 }
 
+/// Whether any two keys are equal (`None`: no keys).
 fn has_repeated_key(keys: Option<&[Key<'_>]>) -> bool {
     let Some(keys) = keys else {
         return false;
