@@ -8,10 +8,17 @@
 //! Fernet step between prefix and body is [`crate::encryption`], applied by
 //! [`PayloadCodec::decode_with`]. It must not talk to Redis, read clocks or
 //! pick randomness itself (callers pass an RNG and the time), and decoding
-//! must never panic, whatever the bytes. [`route`] is the routing hot path:
-//! the same acceptance rules, read without building a value tree.
+//! must never panic, whatever the bytes.
+//!
+//! Every msgpack byte is read by one lexer (`msgpack_lex`); the tree reader
+//! behind [`PayloadCodec::deserialize`] builds values from its tokens, and
+//! [`route`], the routing hot path, reads the fields it needs from the same
+//! tokens without building a value tree, so the two accept and refuse
+//! exactly the same bodies.
 
+mod inline_vec;
 mod json_read;
+mod msgpack_lex;
 mod msgpack_read;
 mod msgpack_write;
 pub mod route;
