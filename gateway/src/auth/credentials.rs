@@ -8,7 +8,7 @@
 //! the token, and the handshake answers with [`BEARER_PROTOCOL`] alone (a
 //! browser fails a connection whose offered protocols get no answer, and the
 //! answer must never repeat the token). It must not verify anything (see
-//! `jwtverify`) and must never log or copy the token anywhere but the caller.
+//! `verify`) and must never log or copy the token anywhere but the caller.
 
 use actix_web::http::header::{HeaderMap, AUTHORIZATION, COOKIE, SEC_WEBSOCKET_PROTOCOL};
 

@@ -8,7 +8,7 @@
 //! `auth.jwks_reload_interval`, with every handshake that arrives meanwhile
 //! waiting for that same fetch (bounded by `auth.jwks_fetch_timeout`), never
 //! starting its own. It counts fetches in `gateway_jwks_fetches_total`.
-//! It must not verify tokens (`jwtverify` does, with the keys held here),
+//! It must not verify tokens (`verify` does, with the keys held here),
 //! must never replace working keys with the result of a failed fetch, and
 //! must never log or label the URL, which may carry credentials: only its
 //! host.

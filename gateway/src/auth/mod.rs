@@ -1,10 +1,11 @@
 //! Authentication: who a handshake belongs to and which groups it joins.
 //!
-//! Finding the token (`credentials`), verifying it (`jwtverify`, with keys
-//! inline, from files, from a JWKS file or URL), minting one for tests and
-//! demos, asking Django about a session cookie (`session`), and the group
-//! rule (`groups`). It must not touch sockets or Redis, and must never log a
-//! token, a cookie or a key.
+//! Finding the token (`credentials`), the keys it may be signed with
+//! (`keys`: inline, from files or the environment; `jwks_file`, `jwks_url`),
+//! verifying it (`verify`), minting one for tests and demos (`mint`), asking
+//! Django about a session cookie (`session`), and the group rule
+//! (`groups`, with `glob` for its patterns). It must not touch sockets or
+//! Redis, and must never log a token, a cookie or a key.
 
 pub mod credentials;
 pub(crate) mod glob;

@@ -262,7 +262,7 @@ impl TokenVerifier {
 
     /// [`Self::verify`], but a token naming a `kid` the fetched JWKS does
     /// not hold first waits (at most `auth.jwks_fetch_timeout`) for the one
-    /// fetch `jwks_remote` runs for every such handshake, rate-limited by
+    /// fetch `jwks_url` runs for every such handshake, rate-limited by
     /// `auth.jwks_reload_interval`. Without `auth.jwks_url` it is `verify`.
     pub async fn verify_fetching(&self, token: &str) -> Result<Identity, AuthError> {
         if let Some(remote) = &self.remote {
