@@ -45,7 +45,7 @@
 //     4001/4002        ask getToken for a new token ({forceRefresh: true}) and
 //                      retry at once; if it hands back the token that was
 //                      just refused, or auth keeps failing, stop.
-//     1000/1003/1008/1009/4000/4003/4006
+//     1000/1002/1003/1007/1008/1009/4000/4003/4006
 //                      stop: reconnecting unchanged cannot help.
 //     1001/4008        wait the `retry_after_ms=N` hinted in the close reason
 //                      (plus up to hintJitterMs), else back off.
@@ -79,7 +79,9 @@
 export const CLOSE_ADVICE = Object.freeze({
   1000: "never",
   1001: "hint",
+  1002: "never",
   1003: "never",
+  1007: "never",
   1008: "never",
   1009: "never",
   1011: "backoff",

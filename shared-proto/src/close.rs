@@ -126,12 +126,16 @@ close_codes! {
         "The connection finished normally; do not reconnect automatically.";
     GoingAway = 1001, Backoff, "server shutting down",
         "The server is shutting down; reconnect after a short randomized delay.";
+    ProtocolError = 1002, Never, "protocol error",
+        "The client broke RFC 6455 (a bad frame, close frame or fragment sequence); fix the client.";
     UnsupportedData = 1003, Never, "binary frames are not supported",
         "The client sent a binary frame; only text frames are accepted. Fix the client.";
+    InvalidPayload = 1007, Never, "invalid UTF-8",
+        "The client sent text (or a close reason) that is not valid UTF-8; fix the client.";
     PolicyViolation = 1008, Never, "policy violation",
         "The client broke a protocol rule not covered by a more specific code; do not retry unchanged.";
-    MessageTooBig = 1009, Never, "frame too large",
-        "The client sent a frame larger than the server accepts; do not retry unchanged.";
+    MessageTooBig = 1009, Never, "message too large",
+        "The client sent a message larger than the server accepts; do not retry unchanged.";
     InternalError = 1011, Backoff, "internal error",
         "The server hit an unexpected error; reconnect with backoff.";
     BadRequest = 4000, Never, "malformed frame",
@@ -210,7 +214,7 @@ mod tests {
             assert!(!row.reason.is_empty() && row.reason.len() <= MAX_REASON_BYTES);
             assert!(row.reason.is_ascii());
         }
-        assert_eq!(CLOSE_CODES.len(), 15);
+        assert_eq!(CLOSE_CODES.len(), 17);
     }
 
     #[test]
@@ -218,7 +222,9 @@ mod tests {
         let expected = [
             (1000, ReconnectAdvice::Never),
             (1001, ReconnectAdvice::Backoff),
+            (1002, ReconnectAdvice::Never),
             (1003, ReconnectAdvice::Never),
+            (1007, ReconnectAdvice::Never),
             (1008, ReconnectAdvice::Never),
             (1009, ReconnectAdvice::Never),
             (1011, ReconnectAdvice::Backoff),

@@ -55,7 +55,7 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
     assert.equal(seen.length, 0);
   });
 
-  for (const code of [1000, 1003, 1008, 1009, 4000, 4003, 4006]) {
+  for (const code of [1000, 1002, 1003, 1007, 1008, 1009, 4000, 4003, 4006]) {
     it(`${code}: does not reconnect`, async () => {
       reset([(s) => s.close(code, "final")]);
       const t = track({ url: scripted.url, getToken: () => "tok", baseDelayMs: 20 });

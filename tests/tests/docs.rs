@@ -38,8 +38,9 @@ fn readme_close_codes_match_the_protocol_table() {
     // Every code the gateway sends today is documented.
     for code in [
         CloseCode::GoingAway,
+        CloseCode::ProtocolError,
         CloseCode::UnsupportedData,
-        CloseCode::PolicyViolation,
+        CloseCode::InvalidPayload,
         CloseCode::MessageTooBig,
         CloseCode::Unauthorized,
         CloseCode::TokenExpired,

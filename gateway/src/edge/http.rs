@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::ws::{CloseReason, Message};
+use actix_http::ws::CloseReason;
 use actix_http::RequestHead;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -22,6 +22,7 @@ use crate::auth::credentials::{TokenLookup, BEARER_PROTOCOL};
 use crate::auth::groups::{GroupError, GroupPolicy};
 use crate::auth::session::{SessionAuth, SessionError};
 use crate::auth::verify::{AuthError, Identity, TokenVerifier};
+use crate::edge::frames::Inbound;
 use crate::edge::limits::Limits;
 use crate::edge::origin::{OriginPolicy, OriginVerdict};
 use crate::edge::recovery::{Recovery, Since};
@@ -575,16 +576,16 @@ async fn serve_after_authentication<T: Transport>(
 async fn first_token<T: Transport>(transport: &mut T) -> Option<String> {
     loop {
         match transport.recv().await? {
-            Ok(Message::Text(text)) => {
+            Ok(Inbound::Text(text)) => {
                 return match parse_client_frame(&text) {
                     Ok(ClientFrame::Auth { token }) => Some(token),
                     _ => None,
                 }
             }
-            Ok(Message::Ping(bytes)) => {
+            Ok(Inbound::Ping(bytes)) => {
                 transport.pong(&bytes).await.ok()?;
             }
-            Ok(Message::Pong(_) | Message::Nop) => {}
+            Ok(Inbound::Pong(_)) => {}
             _ => return None,
         }
     }

@@ -7,6 +7,7 @@
 //! `relay`, `ops`); nothing below it may use it.
 
 pub(crate) mod drain;
+pub mod frames;
 pub(crate) mod http;
 pub mod limits;
 pub(crate) mod listener;

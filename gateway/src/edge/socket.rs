@@ -17,7 +17,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::ws::{CloseReason, Message, ProtocolError};
+use actix_http::ws::CloseReason;
 use bytestring::ByteString;
 use shared_proto::close::CloseCode;
 use shared_proto::frame::{parse_client_frame, ClientFrame};
@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::auth::groups::{GroupChange, GroupPolicy};
 use crate::auth::verify::TokenVerifier;
 use crate::edge::drain::reason_with_hint;
+use crate::edge::frames::{Inbound, InboundError};
 use crate::edge::limits::{Admission, TokenBucket};
 use crate::edge::transport::Transport;
 use crate::layer::Layer;
@@ -278,20 +279,20 @@ async fn run<T: Transport>(
                 last_heard = Instant::now();
                 let is_data = matches!(
                     message,
-                    Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Continuation(_) | Message::Ping(_)))
+                    Some(Ok(Inbound::Text(_) | Inbound::Binary(_) | Inbound::Ping(_)))
                 );
                 if is_data && settings.inbound_rate > 0.0 && !inbound.try_take(std::time::Instant::now()) {
                     break Ending::Closed(CloseCode::RateLimited, CloseNote::Standard);
                 }
                 match message {
                     None => return Ending::ConnectionLost,
-                    Some(Ok(Message::Ping(bytes))) => {
+                    Some(Ok(Inbound::Ping(bytes))) => {
                         if !send_own_in_time(&mut transport, outbox, metrics, OwnFrame::Pong(&bytes), send_timeout).await {
                             return Ending::ConnectionLost;
                         }
                     }
-                    Some(Ok(Message::Pong(_))) | Some(Ok(Message::Nop)) => {}
-                    Some(Ok(Message::Text(text))) => {
+                    Some(Ok(Inbound::Pong(_))) => {}
+                    Some(Ok(Inbound::Text(text))) => {
                         metrics.client_frames.inc();
                         // Boxed: a refresh may fetch keys, and that future
                         // would otherwise be part of every idle socket's
@@ -311,20 +312,24 @@ async fn run<T: Transport>(
                             return Ending::ConnectionLost;
                         }
                     }
-                    Some(Ok(Message::Binary(_))) | Some(Ok(Message::Continuation(_))) => {
+                    Some(Ok(Inbound::Binary(_))) => {
                         metrics.client_frames.inc();
                         break Ending::Closed(CloseCode::UnsupportedData, CloseNote::Standard);
                     }
-                    Some(Ok(Message::Close(_))) => {
-                        // Echo the close as RFC 6455 asks, then stop.
-                        send_close_in_time(&mut transport, outbox, metrics, None, send_timeout).await;
+                    Some(Ok(Inbound::Close(frame))) => {
+                        // Echo the close with the client's code, as RFC
+                        // 6455 §5.5.1 asks, then stop.
+                        let echo = frame.map(|frame| CloseReason {
+                            code: actix_http::ws::CloseCode::Other(frame.code),
+                            description: None,
+                        });
+                        send_close_in_time(&mut transport, outbox, metrics, echo, send_timeout).await;
                         return Ending::ClientClosed;
                     }
-                    Some(Err(ProtocolError::Overflow)) => {
-                        break Ending::Closed(CloseCode::MessageTooBig, CloseNote::Standard);
+                    Some(Err(InboundError::Violation(violation))) => {
+                        break Ending::Closed(violation.close_code(), CloseNote::Standard);
                     }
-                    Some(Err(ProtocolError::Io(_))) => return Ending::ConnectionLost,
-                    Some(Err(_)) => break Ending::Closed(CloseCode::PolicyViolation, CloseNote::Standard),
+                    Some(Err(InboundError::Lost(_))) => return Ending::ConnectionLost,
                 }
             }
             _ = pings.tick() => {
@@ -576,7 +581,7 @@ mod tests {
         async fn close(&mut self, _: Option<CloseReason>) {
             self.written.push("close".into());
         }
-        async fn recv(&mut self) -> Option<Result<Message, ProtocolError>> {
+        async fn recv(&mut self) -> Option<Result<Inbound, InboundError>> {
             std::future::pending().await
         }
     }

@@ -25,13 +25,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use actix_http::ws::{CloseReason, Item, Message, OpCode, Parser, ProtocolError};
+use actix_http::ws::{CloseReason, Item, Message, OpCode, Parser};
 use actix_ws::{MessageStream, Session};
 use bytes::BytesMut;
 use bytestring::ByteString;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::edge::frames::{close_frame, Assembler, Inbound, InboundError};
 use crate::relay::outbox::{Wire, WrittenNow};
 
 /// The frame operations the socket loop needs, whichever driver runs them.
@@ -46,8 +47,9 @@ pub(crate) trait Transport {
     async fn pong(&mut self, payload: &[u8]) -> io::Result<()>;
     /// Sends a close frame; the socket is finished after it either way.
     async fn close(&mut self, reason: Option<CloseReason>);
-    /// The next frame from the client; `None` once the connection is gone.
-    async fn recv(&mut self) -> Option<Result<Message, ProtocolError>>;
+    /// The client's next message (fragments reassembled, every frame
+    /// checked: `frames`); `None` once the connection is gone.
+    async fn recv(&mut self) -> Option<Result<Inbound, InboundError>>;
     /// The connection as a [`Wire`] the receiver may write frames to, if the
     /// driver can share it.
     fn wire(&self) -> Option<Arc<dyn Wire>> {
@@ -63,6 +65,8 @@ fn disconnected() -> io::Error {
 pub(crate) struct ActixWsTransport {
     session: Session,
     messages: MessageStream,
+    assembler: Assembler,
+    max_frame: usize,
 }
 
 impl ActixWsTransport {
@@ -70,7 +74,35 @@ impl ActixWsTransport {
         ActixWsTransport {
             session,
             messages: messages.max_frame_size(max_frame),
+            assembler: Assembler::default(),
+            max_frame,
         }
+    }
+
+    /// actix-ws's message as the frame it was, for the assembler.
+    fn message(&mut self, message: Message) -> Result<Option<Inbound>, InboundError> {
+        let (fin, opcode, payload) = match message {
+            Message::Text(text) => (true, OpCode::Text, text.into_bytes()),
+            Message::Binary(bytes) => (true, OpCode::Binary, bytes),
+            Message::Continuation(Item::FirstText(bytes)) => (false, OpCode::Text, bytes),
+            Message::Continuation(Item::FirstBinary(bytes)) => (false, OpCode::Binary, bytes),
+            Message::Continuation(Item::Continue(bytes)) => (false, OpCode::Continue, bytes),
+            Message::Continuation(Item::Last(bytes)) => (true, OpCode::Continue, bytes),
+            Message::Ping(bytes) => (true, OpCode::Ping, bytes),
+            Message::Pong(bytes) => (true, OpCode::Pong, bytes),
+            Message::Close(reason) => {
+                // actix-http parsed it already; its code is checked again
+                // by the one rule for close frames.
+                let mut payload = Vec::new();
+                if let Some(reason) = reason {
+                    payload.extend_from_slice(&u16::from(reason.code).to_be_bytes());
+                    payload.extend_from_slice(reason.description.unwrap_or_default().as_bytes());
+                }
+                return Ok(Some(Inbound::Close(close_frame(&payload)?)));
+            }
+            Message::Nop => return Ok(None),
+        };
+        Ok(self.assembler.frame(fin, opcode, payload, self.max_frame)?)
     }
 }
 
@@ -106,8 +138,18 @@ impl Transport for ActixWsTransport {
         let _ = self.session.clone().close(reason).await;
     }
 
-    async fn recv(&mut self) -> Option<Result<Message, ProtocolError>> {
-        self.messages.recv().await
+    async fn recv(&mut self) -> Option<Result<Inbound, InboundError>> {
+        loop {
+            let message = match self.messages.recv().await? {
+                Ok(message) => self.message(message),
+                Err(error) => Err(InboundError::from(error)),
+            };
+            match message {
+                Ok(None) => {}
+                Ok(Some(inbound)) => return Some(Ok(inbound)),
+                Err(error) => return Some(Err(error)),
+            }
+        }
     }
 }
 
@@ -124,6 +166,9 @@ pub(crate) struct DirectTransport<IO> {
     /// Unparsed bytes of a frame still arriving; empty and unallocated while
     /// the socket is idle.
     partial: BytesMut,
+    /// The fragments of a message still arriving (none while idle).
+    assembler: Assembler,
+    /// `server.max_inbound_frame`: bounds a frame and a whole message.
     max_frame: usize,
 }
 
@@ -137,6 +182,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
             } else {
                 already_read
             },
+            assembler: Assembler::default(),
             max_frame,
         }
     }
@@ -187,39 +233,32 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
         }
     }
 
-    /// One complete frame from `partial`, if it holds one.
-    fn parse_frame(&mut self) -> Result<Option<Message>, ProtocolError> {
-        if self.partial.is_empty() {
-            return Ok(None);
-        }
-        // Refused as soon as the header says so, not after buffering it all.
-        if declared_payload_len(&self.partial).is_some_and(|len| len > self.max_frame as u64) {
-            return Err(ProtocolError::Overflow);
-        }
-        let parsed = Parser::parse(&mut self.partial, true, self.max_frame)?;
-        if self.partial.is_empty() && self.partial.capacity() > 0 {
-            // Idle sockets hold no read buffer.
-            self.partial = BytesMut::new();
-        }
-        let Some((finished, opcode, payload)) = parsed else {
-            return Ok(None);
-        };
-        let payload = payload.unwrap_or_default().freeze();
-        let message = match (opcode, finished) {
-            (OpCode::Text, true) => {
-                Message::Text(ByteString::try_from(payload).map_err(|_| ProtocolError::BadOpCode)?)
+    /// The next message the frames in `partial` complete, if they do.
+    fn parse_message(&mut self) -> Result<Option<Inbound>, InboundError> {
+        loop {
+            if self.partial.is_empty() {
+                return Ok(None);
             }
-            (OpCode::Text, false) => Message::Continuation(Item::FirstText(payload)),
-            (OpCode::Binary, true) => Message::Binary(payload),
-            (OpCode::Binary, false) => Message::Continuation(Item::FirstBinary(payload)),
-            (OpCode::Continue, false) => Message::Continuation(Item::Continue(payload)),
-            (OpCode::Continue, true) => Message::Continuation(Item::Last(payload)),
-            (OpCode::Ping, _) => Message::Ping(payload),
-            (OpCode::Pong, _) => Message::Pong(payload),
-            (OpCode::Close, _) => Message::Close(Parser::try_parse_close_payload(&payload)?),
-            (OpCode::Bad, _) => return Err(ProtocolError::BadOpCode),
-        };
-        Ok(Some(message))
+            // Refused as soon as the header says so, not after buffering it all.
+            if declared_payload_len(&self.partial).is_some_and(|len| len > self.max_frame as u64) {
+                return Err(InboundError::from(actix_http::ws::ProtocolError::Overflow));
+            }
+            let parsed = Parser::parse(&mut self.partial, true, self.max_frame)?;
+            if self.partial.is_empty() && self.partial.capacity() > 0 {
+                // Idle sockets hold no read buffer.
+                self.partial = BytesMut::new();
+            }
+            let Some((finished, opcode, payload)) = parsed else {
+                return Ok(None);
+            };
+            let payload = payload.unwrap_or_default().freeze();
+            if let Some(message) =
+                self.assembler
+                    .frame(finished, opcode, payload, self.max_frame)?
+            {
+                return Ok(Some(message));
+            }
+        }
     }
 }
 
@@ -277,9 +316,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + WireSource> Transport for DirectTransp
         }
     }
 
-    async fn recv(&mut self) -> Option<Result<Message, ProtocolError>> {
+    async fn recv(&mut self) -> Option<Result<Inbound, InboundError>> {
         loop {
-            match self.parse_frame() {
+            match self.parse_message() {
                 Ok(Some(message)) => return Some(Ok(message)),
                 Ok(None) => {}
                 Err(error) => return Some(Err(error)),
@@ -287,7 +326,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + WireSource> Transport for DirectTransp
             match poll_fn(|cx| self.poll_fill(cx)).await {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(error) => return Some(Err(ProtocolError::Io(error))),
+                Err(error) => return Some(Err(InboundError::Lost(error))),
             }
         }
     }
@@ -514,6 +553,7 @@ fn declared_payload_len(header: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::frames::Violation;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
@@ -542,7 +582,7 @@ mod tests {
         client.write_all(second).await.unwrap();
         let (message, capacity) = reading.await.unwrap();
         match message {
-            Some(Ok(Message::Text(text))) => assert_eq!(text, "{\"type\": \"ping\"}"),
+            Some(Ok(Inbound::Text(text))) => assert_eq!(text, "{\"type\": \"ping\"}"),
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(capacity, 0, "an idle socket keeps no read buffer");
@@ -554,7 +594,7 @@ mod tests {
         let early = BytesMut::from(&masked(0x9, b"hi")[..]);
         let mut transport = DirectTransport::new(server, early, 4096);
         match transport.recv().await {
-            Some(Ok(Message::Ping(payload))) => assert_eq!(&payload[..], b"hi"),
+            Some(Ok(Inbound::Ping(payload))) => assert_eq!(&payload[..], b"hi"),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -569,7 +609,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             transport.recv().await,
-            Some(Err(ProtocolError::Overflow))
+            Some(Err(InboundError::Violation(Violation::TooBig)))
         ));
         // A header announcing a huge frame is refused before its payload.
         let (mut client, server) = tokio::io::duplex(256);
@@ -579,7 +619,7 @@ mod tests {
         client.write_all(&header).await.unwrap();
         assert!(matches!(
             transport.recv().await,
-            Some(Err(ProtocolError::Overflow))
+            Some(Err(InboundError::Violation(Violation::TooBig)))
         ));
         let (mut client, server) = tokio::io::duplex(256);
         let mut transport = DirectTransport::new(server, BytesMut::new(), 4096);
@@ -620,7 +660,7 @@ mod tests {
     }
 
     /// Everything the transport reads from `chunks` until it stops.
-    fn read_all(chunks: Vec<Vec<u8>>, max_frame: usize) -> Vec<Result<Message, String>> {
+    fn read_all(chunks: Vec<Vec<u8>>, max_frame: usize) -> Vec<Result<Inbound, String>> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -669,7 +709,7 @@ mod tests {
             let got: Vec<String> = read
                 .into_iter()
                 .map(|message| match message {
-                    Ok(Message::Text(text)) => text.to_string(),
+                    Ok(Inbound::Text(text)) => text.to_string(),
                     other => format!("unexpected {other:?}"),
                 })
                 .collect();
