@@ -22,7 +22,7 @@ Checks:
   period longer than preStop sleep + server.shutdown_timeout, ServiceMonitor
   and PrometheusRule shape (CRDs the schema validator skips);
 * every metric named in the rules and the dashboard exists in
-  gateway/src/metrics.rs; every alert has a runbook section in
+  gateway/src/ops/metrics.rs; every alert has a runbook section in
   docs/operations.md; the dashboard is JSON with a datasource variable;
 * every PromQL expression (rules, dashboard) parses (promql-parser).
 """
@@ -314,7 +314,7 @@ def check_rules(where: str, rule: dict) -> None:
 
 
 def exported_metrics() -> set:
-    source = (REPO / "gateway" / "src" / "metrics.rs").read_text()
+    source = (REPO / "gateway" / "src" / "ops" / "metrics.rs").read_text()
     names = set(re.findall(r'"(gateway_[a-z0-9_]+)"', source))
     for name in list(names):
         names |= {name + "_bucket", name + "_sum", name + "_count"}
@@ -334,7 +334,7 @@ def check_promql(expr: str, where: str) -> None:
 def check_metric_names(text: str, where: str, known: set) -> None:
     used = set(re.findall(r"\b(gateway_[a-z0-9_]+)\b", text))
     for name in sorted(used - known):
-        problem(where, f"metric {name} is not exported by gateway/src/metrics.rs")
+        problem(where, f"metric {name} is not exported by gateway/src/ops/metrics.rs")
 
 
 def check_dashboard(known: set) -> None:

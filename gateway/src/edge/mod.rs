@@ -14,5 +14,5 @@ pub(crate) mod listener;
 pub mod origin;
 pub(crate) mod recovery;
 pub(crate) mod socket;
-pub(crate) mod transport;
+pub mod transport;
 pub(crate) mod upgrade;

@@ -37,7 +37,10 @@ use crate::relay::outbox::{Wire, WrittenNow};
 
 /// The frame operations the socket loop needs, whichever driver runs them.
 /// `recv` must be cancel-safe: the loop polls it inside `select!`.
-pub(crate) trait Transport {
+// Public for the conformance echo server (`tests`), which runs on one
+// thread: no caller needs its futures to be `Send`-bounded by name.
+#[allow(async_fn_in_trait)]
+pub trait Transport {
     /// Sends text frames in order, as few writes as the driver can manage;
     /// the first `first_sent` bytes of the first frame's wire form are
     /// on the wire already (written through the [`Wire`]).
@@ -161,7 +164,7 @@ const FRAMES_PER_WRITE: usize = 64;
 
 /// A WebSocket on a connection the gateway owns (server side: client frames
 /// must be masked, ours are not).
-pub(crate) struct DirectTransport<IO> {
+pub struct DirectTransport<IO> {
     io: IO,
     /// Unparsed bytes of a frame still arriving; empty and unallocated while
     /// the socket is idle.
@@ -174,7 +177,7 @@ pub(crate) struct DirectTransport<IO> {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
     /// `already_read`: bytes the HTTP parser read past the handshake.
-    pub(crate) fn new(io: IO, already_read: BytesMut, max_frame: usize) -> Self {
+    pub fn new(io: IO, already_read: BytesMut, max_frame: usize) -> Self {
         DirectTransport {
             io,
             partial: if already_read.is_empty() {
@@ -185,6 +188,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
             assembler: Assembler::default(),
             max_frame,
         }
+    }
+
+    /// Sends one binary message. The gateway never does (its clients get
+    /// text); the conformance echo server echoes binary messages with it.
+    pub async fn send_binary(&mut self, payload: &[u8]) -> io::Result<()> {
+        self.write_frames(OpCode::Binary, &[payload], 0).await
     }
 
     /// Writes whole frames: `frames` payloads, each after its header, the
@@ -264,7 +273,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
 
 /// A connection a [`DirectTransport`] can also hand out as a [`Wire`], if
 /// it is shared.
-pub(crate) trait WireSource {
+pub trait WireSource {
     fn wire(&self) -> Option<Arc<dyn Wire>> {
         None
     }
@@ -340,10 +349,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + WireSource> Transport for DirectTransp
 /// outbox holds it too, as the [`Wire`] the receiver writes to. tokio's
 /// readiness calls and `try_*` I/O take `&TcpStream`, so both can use one
 /// stream; the outbox makes sure only one of them writes at a time.
-pub(crate) struct SharedTcp(Arc<TcpStream>);
+pub struct SharedTcp(Arc<TcpStream>);
 
 impl SharedTcp {
-    pub(crate) fn new(stream: TcpStream) -> SharedTcp {
+    pub fn new(stream: TcpStream) -> SharedTcp {
         SharedTcp(Arc::new(stream))
     }
 }
