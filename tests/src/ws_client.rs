@@ -16,7 +16,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -261,7 +262,6 @@ impl WsClient {
             .context("sending text frame")
     }
 
-    /// Sends a ping with `payload` (the server's pong is swallowed by reads).
     /// A binary frame (browsers' clients of this gateway never send one).
     pub async fn send_binary(&mut self, data: &[u8]) -> Result<()> {
         self.stream
@@ -270,6 +270,22 @@ impl WsClient {
             .context("sending binary frame")
     }
 
+    /// One raw frame, as given (`opcode` is RFC 6455's four bits): a
+    /// fragment, invalid UTF-8 or a reserved opcode, for protocol tests.
+    pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) -> Result<()> {
+        let header = FrameHeader {
+            is_final: fin,
+            opcode: OpCode::from(opcode),
+            ..FrameHeader::default()
+        };
+        let frame = Frame::from_payload(header, payload.to_vec().into());
+        self.stream
+            .send(Message::Frame(frame))
+            .await
+            .context("sending a raw frame")
+    }
+
+    /// Sends a ping with `payload` (the server's pong is swallowed by reads).
     pub async fn send_ping(&mut self, payload: &[u8]) -> Result<()> {
         self.stream
             .send(Message::Ping(payload.to_vec().into()))

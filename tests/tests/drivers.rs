@@ -2,8 +2,9 @@
 //! default, and `actix-ws`) behave the same on the wire: delivery through the
 //! real channels_redis, refusals before the upgrade with their status and
 //! JSON reason, the `bearer` subprotocol answer, client pings and the
-//! application ping, first-message authentication, and the close codes for
-//! binary, oversized and unknown-path traffic.
+//! application ping, first-message authentication, fragmented messages, and
+//! the close codes for binary (1003), oversized (1009), protocol-breaking
+//! (1002), invalid UTF-8 (1007) and unknown-path traffic.
 
 mod common;
 
@@ -108,6 +109,52 @@ async fn same_behaviour(driver: &str) {
         1009,
         "{driver}"
     );
+
+    // A message in fragments, a ping between them, is one message.
+    let mut fragmented = connect(&stack.gateway, 3).await;
+    fragmented
+        .send_frame(false, 0x1, br#"{"type": "#)
+        .await
+        .expect("sent");
+    fragmented
+        .send_frame(true, 0x9, b"between")
+        .await
+        .expect("sent");
+    fragmented
+        .send_frame(true, 0x0, br#""ping"}"#)
+        .await
+        .expect("sent");
+    assert_eq!(
+        fragmented.recv_text(WAIT).await.expect("answer"),
+        r#"{"type": "pong"}"#,
+        "{driver}: a fragmented ping"
+    );
+    // Fragments count together against max_inbound_frame (4096 here).
+    fragmented
+        .send_frame(false, 0x1, &[b'x'; 3000])
+        .await
+        .expect("sent");
+    let _ = fragmented.send_frame(true, 0x0, &[b'x'; 3000]).await;
+    assert_eq!(
+        fragmented.wait_close(WAIT).await.expect("closed"),
+        1009,
+        "{driver}: fragments over the bound"
+    );
+    // Protocol errors close with 1002, invalid UTF-8 with 1007.
+    for (what, fin, opcode, payload, code) in [
+        ("a reserved opcode", true, 0x3, &b""[..], 1002),
+        ("a fragmented ping", false, 0x9, &b""[..], 1002),
+        ("a continuation of nothing", true, 0x0, &b"x"[..], 1002),
+        ("invalid UTF-8", true, 0x1, &b"\xce\xba\xff"[..], 1007),
+    ] {
+        let mut socket = connect(&stack.gateway, 4).await;
+        let _ = socket.send_frame(fin, opcode, payload).await;
+        assert_eq!(
+            socket.wait_close(WAIT).await.expect("closed"),
+            code,
+            "{driver}: {what}"
+        );
+    }
 
     // An upgrade on another path is not a socket.
     let elsewhere = WsClient::connect(

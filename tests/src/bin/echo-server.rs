@@ -41,7 +41,10 @@ const MAX_REQUEST: usize = 16 * 1024;
 fn main() -> Result<()> {
     let args = Args::parse();
     if !args.listen.ip().is_loopback() {
-        bail!("the echo server listens on loopback only, not {}", args.listen);
+        bail!(
+            "the echo server listens on loopback only, not {}",
+            args.listen
+        );
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -131,7 +134,12 @@ async fn read_upgrade(stream: &mut TcpStream) -> Result<(String, BytesMut)> {
         if request.len() > MAX_REQUEST {
             bail!("handshake request over {MAX_REQUEST} bytes");
         }
-        if stream.read_buf(&mut request).await.context("read handshake")? == 0 {
+        if stream
+            .read_buf(&mut request)
+            .await
+            .context("read handshake")?
+            == 0
+        {
             bail!("the client left during the handshake");
         }
     };
