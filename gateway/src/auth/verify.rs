@@ -148,6 +148,14 @@ impl TokenVerifier {
     }
 
     pub fn new(config: &AuthConfig) -> Result<TokenVerifier, KeyError> {
+        // A combination is judged before any key is read: two JWKS sources
+        // are refused as such, whatever either holds.
+        if config.jwks_file.is_some() && config.jwks_url.is_some() {
+            return Err(key_error(
+                "auth.jwks_url",
+                "set only one of auth.jwks_file and auth.jwks_url",
+            ));
+        }
         let allowed = allowed_algorithms(config)?;
         let mut unnamed = Vec::new();
         if let Some(secret) = hmac_secret(config)? {
@@ -182,12 +190,6 @@ impl TokenVerifier {
             }),
             None => None,
         };
-        if jwks.is_some() && config.jwks_url.is_some() {
-            return Err(key_error(
-                "auth.jwks_url",
-                "set only one of auth.jwks_file and auth.jwks_url",
-            ));
-        }
         // Nothing is fetched here: `serve` starts the fetching task, and
         // `check-config` must not depend on the network.
         let remote = match &config.jwks_url {
