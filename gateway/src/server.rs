@@ -19,7 +19,8 @@ use std::time::Duration;
 use actix_codec::Framed;
 use actix_http::error::DispatchError;
 use actix_http::{h1, HttpService, Request};
-use actix_service::{fn_service, map_config, ServiceFactory, ServiceFactoryExt};
+use actix_service::boxed::BoxServiceFactory;
+use actix_service::{fn_service, map_config, ServiceFactoryExt};
 use actix_tls::accept::rustls_0_23::{Acceptor as TlsAcceptor, TlsStream};
 use actix_web::dev::AppConfig;
 use actix_web::rt::net::TcpStream;
@@ -185,15 +186,16 @@ impl SocketRuntimeReport {
     }
 }
 
-/// The public listener of the direct driver: actix-http's HTTP/1 service
-/// with the upgrade hook (`upgrade`) taking WebSocket handshakes, and the
-/// actix-web app for plain requests.
-fn direct_public_server(
+/// The public listener: HTTP/1.1 only, over TLS when configured (no ALPN
+/// is offered, so no client can pick h2 there), on the socket workers.
+/// What serves each connection depends on the driver ([`public_http1`]).
+fn public_server(
     config: &Config,
     gateway: web::Data<Gateway>,
     socket_runtime: SocketRuntimeReport,
 ) -> anyhow::Result<actix_server::Server> {
     let request_timeout = config.server.handshake_timeout;
+    let driver = config.server.websocket_driver;
     let mut builder = actix_server::Server::build()
         .disable_signals()
         .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1));
@@ -205,7 +207,8 @@ fn direct_public_server(
             let tls = tls_config(cert, key)?;
             builder.listen("public", listener, move || {
                 socket_runtime.offer_current();
-                let http1 = direct_http1::<TlsStream<TcpStream>>(gateway.clone(), request_timeout);
+                let http1 =
+                    public_http1::<TlsStream<TcpStream>>(driver, gateway.clone(), request_timeout);
                 TlsAcceptor::new(tls.clone())
                     .map_init_err(|_| ())
                     .map_err(|_| ())
@@ -218,7 +221,7 @@ fn direct_public_server(
         }
         _ => builder.listen("public", listener, move || {
             socket_runtime.offer_current();
-            let http1 = direct_http1::<TcpStream>(gateway.clone(), request_timeout);
+            let http1 = public_http1::<TcpStream>(driver, gateway.clone(), request_timeout);
             fn_service(|stream: TcpStream| {
                 let peer = stream.peer_addr().ok();
                 std::future::ready(Ok::<_, ()>((stream, peer)))
@@ -230,63 +233,45 @@ fn direct_public_server(
     Ok(builder.run())
 }
 
-fn direct_http1<T: Connection>(
+/// A connection on the public listener, with its peer address.
+type PublicConnection<T> = (T, Option<std::net::SocketAddr>);
+
+/// actix-http's HTTP/1 service for one public connection, serving the
+/// actix-web app. With the direct driver the upgrade hook (`upgrade`) takes
+/// WebSocket handshakes; with actix-ws the `/ws/notifications/` route does.
+fn public_http1<T: Connection>(
+    driver: WebSocketDriver,
     gateway: web::Data<Gateway>,
     request_timeout: Duration,
-) -> impl ServiceFactory<
-    (T, Option<std::net::SocketAddr>),
-    Config = (),
-    Response = (),
-    Error = DispatchError,
-    InitError = (),
-> {
-    let upgrade_gateway = gateway.clone();
-    HttpService::build()
-        .client_request_timeout(request_timeout)
-        .upgrade(fn_service(
-            move |(request, framed): (Request, Framed<T, h1::Codec>)| {
-                let gateway = upgrade_gateway.clone().into_inner();
-                // Boxed: the dispatcher holds this future inline, and the
-                // connection's whole future is moved when its task is
-                // spawned; 2.6 KB less to copy per connect.
-                Box::pin(async move {
-                    if let Err(error) = take_over(&gateway, request, framed).await {
-                        tracing::debug!(%error, "client left during the handshake");
-                    }
-                    Ok::<(), actix_web::Error>(())
-                })
-            },
-        ))
-        .h1(map_config(
-            App::new().app_data(gateway).configure(public_routes),
-            |_| AppConfig::default(),
-        ))
-}
-
-/// The public listener of the actix-ws driver: actix-web's server, the
-/// upgrade answered by the `/ws/notifications/` route.
-fn actix_ws_public_server(
-    config: &Config,
-    gateway: web::Data<Gateway>,
-    socket_runtime: SocketRuntimeReport,
-) -> anyhow::Result<actix_server::Server> {
-    let mut public = HttpServer::new(move || {
-        socket_runtime.offer_current();
+) -> BoxServiceFactory<(), PublicConnection<T>, (), DispatchError, ()> {
+    let app = map_config(
         App::new()
             .app_data(gateway.clone())
-            .configure(public_routes)
-    })
-    .client_request_timeout(config.server.handshake_timeout)
-    .disable_signals()
-    .shutdown_timeout(config.server.shutdown_timeout.as_secs().max(1));
-    public = public.workers(config.server.socket_workers());
-    let listener = public_listener(config)?;
-    let public = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
-        (Some(cert), Some(key)) => public.listen_rustls_0_23(listener, tls_config(cert, key)?),
-        _ => public.listen(listener),
+            .configure(public_routes),
+        |_| AppConfig::default(),
+    );
+    let http1 = HttpService::build().client_request_timeout(request_timeout);
+    match driver {
+        WebSocketDriver::ActixWs => actix_service::boxed::factory(http1.h1(app)),
+        WebSocketDriver::Direct => actix_service::boxed::factory(
+            http1
+                .upgrade(fn_service(
+                    move |(request, framed): (Request, Framed<T, h1::Codec>)| {
+                        let gateway = gateway.clone().into_inner();
+                        // Boxed: the dispatcher holds this future inline, and the
+                        // connection's whole future is moved when its task is
+                        // spawned; 2.6 KB less to copy per connect.
+                        Box::pin(async move {
+                            if let Err(error) = take_over(&gateway, request, framed).await {
+                                tracing::debug!(%error, "client left during the handshake");
+                            }
+                            Ok::<(), actix_web::Error>(())
+                        })
+                    },
+                ))
+                .h1(app),
+        ),
     }
-    .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))?;
-    Ok(public.run())
 }
 
 /// What a started gateway holds until it stops.
@@ -462,12 +447,7 @@ async fn start(config: &Config, built: Built) -> anyhow::Result<Running> {
     });
 
     let (socket_runtime, socket_runtime_reported) = SocketRuntimeReport::new();
-    let public = match config.server.websocket_driver {
-        WebSocketDriver::Direct => direct_public_server(config, gateway.clone(), socket_runtime)?,
-        WebSocketDriver::ActixWs => {
-            actix_ws_public_server(config, gateway.clone(), socket_runtime)?
-        }
-    };
+    let public = public_server(config, gateway.clone(), socket_runtime)?;
     let admin_data = gateway.clone();
     let admin = HttpServer::new(move || {
         App::new()

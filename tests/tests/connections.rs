@@ -360,3 +360,57 @@ asyncio.run(main())
     let _ = child.wait().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The public TLS listener speaks HTTP/1.1 only, on either driver: a client
+/// offering h2 first in ALPN does not get it (the h2 0.3 that awc brings in
+/// is never spoken there: docs/supply-chain.md), and wss still works.
+#[tokio::test]
+async fn no_client_can_pick_h2_on_the_tls_listener_of_either_driver() {
+    let dir = scratch_dir("alpn").expect("dir");
+    let (ca, cert, key) = make_certificates(&dir);
+    let redis = RedisServer::start().expect("redis");
+    let client = r#"
+import socket, ssl, sys
+context = ssl.create_default_context(cafile=sys.argv[2])
+context.set_alpn_protocols(["h2", "http/1.1"])
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) as raw:
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        print(tls.selected_alpn_protocol(), flush=True)
+"#;
+    for driver in ["direct", "actix-ws"] {
+        let mut config = GatewayConfig::new(&redis.url())
+            .expect("config")
+            .line("server", format!("websocket_driver = \"{driver}\""))
+            .line(
+                "server",
+                format!("tls_cert_file = {}", toml_string(&cert.to_string_lossy())),
+            )
+            .line(
+                "server",
+                format!("tls_key_file = {}", toml_string(&key.to_string_lossy())),
+            );
+        let gateway = start_gateway(&mut config).await;
+        let port = gateway
+            .ws_url("/")
+            .rsplit(':')
+            .next()
+            .and_then(|rest| rest.trim_end_matches('/').parse::<u16>().ok())
+            .expect("the listener's port");
+        let output = tokio::process::Command::new(tests::python_bin())
+            .arg("-c")
+            .arg(client)
+            .arg(port.to_string())
+            .arg(&ca)
+            .output()
+            .await
+            .expect("python client runs");
+        let selected = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        assert!(
+            output.status.success(),
+            "{driver}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_ne!(selected, "h2", "{driver}: h2 was negotiated");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
