@@ -879,6 +879,14 @@ impl Config {
                 return Err(invalid(key, "must be a number of at least 0"));
             }
         }
+        if limits.inbound_rate > 0.0 && limits.inbound_burst < 1.0 {
+            // A bucket that holds less than one frame closes every socket
+            // on its first frame.
+            return Err(invalid(
+                "limits.inbound_burst",
+                "must be at least 1 while limits.inbound_rate is set",
+            ));
+        }
 
         let layer = &self.layer;
         if layer.hosts.is_empty() {
@@ -1096,6 +1104,23 @@ mod tests {
             ]
         );
         config.validate().expect("all forms are valid");
+    }
+
+    #[test]
+    fn an_inbound_burst_below_one_frame_is_refused() {
+        let error = Config::load(None, &["limits.inbound_burst=0".into()]).unwrap_err();
+        assert!(
+            error.to_string().contains("limits.inbound_burst"),
+            "{error}"
+        );
+        Config::load(
+            None,
+            &[
+                "limits.inbound_burst=0".into(),
+                "limits.inbound_rate=0".into(),
+            ],
+        )
+        .expect("no budget at all is allowed");
     }
 
     #[test]

@@ -63,7 +63,12 @@ proptest! {
 
     #[test]
     fn the_client_address_is_always_a_real_address(
-        forwarded in "\\PC{0,300}",
+        // One to three header lines (a proxy may append its own), of any
+        // text or of address-like entries.
+        lines in proptest::collection::vec(
+            prop_oneof!["\\PC{0,100}", "(([0-9]{1,3}\\.){3}[0-9]{1,3}(:[0-9]{1,5})?(, )?){1,3}"],
+            1..4,
+        ),
         peer in any::<[u8; 4]>(),
     ) {
         let limits = Limits::new(&LimitsConfig {
@@ -71,12 +76,23 @@ proptest! {
             ..LimitsConfig::default()
         })
         .expect("a valid CIDR");
-        let map = headers(&[("x-forwarded-for", forwarded.into_bytes())]);
+        let pairs: Vec<(&'static str, Vec<u8>)> = lines
+            .iter()
+            .map(|line| ("x-forwarded-for", line.clone().into_bytes()))
+            .collect();
+        let map = headers(&pairs);
         let peer = IpAddr::from(peer);
         let address = limits.client_address(peer, &map);
         // An untrusted peer is never overridden by its own header.
         if !peer.is_loopback() {
             prop_assert_eq!(address, peer);
+        }
+        // What it believes is the peer or an address the last line, the
+        // one the trusted peer wrote, names or reaches through our proxies.
+        if address != peer {
+            let written = lines.join(",");
+            prop_assert!(written.contains(&address.to_string()), "{} from {:?}", address, lines);
+            prop_assert!(!address.is_loopback());
         }
     }
 }

@@ -147,6 +147,53 @@ async fn a_client_that_talks_too_much_is_closed_with_4007() {
 }
 
 #[tokio::test]
+async fn a_client_streaming_pongs_is_closed_with_4007_too() {
+    let (_redis, gateway) = gateway_with(&["inbound_rate = 1.0", "inbound_burst = 3.0"]).await;
+    let mut socket = connect(&gateway, 1).await;
+    for _ in 0..10 {
+        let _ = socket.send_frame(true, 0xA, b"").await;
+    }
+    assert_eq!(socket.wait_close(WAIT).await.expect("closed"), 4007);
+}
+
+#[tokio::test]
+async fn the_address_limit_reads_every_line_of_the_proxy_header() {
+    let (_redis, gateway) = gateway_with(&[
+        "max_sockets_per_ip = 1",
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+    ])
+    .await;
+    // Each handshake forges a first line; the proxy appends the address it
+    // saw on a line of its own (HAProxy's `option forwardfor`).
+    let _held = WsClient::connect_with(
+        &gateway.ws_url("/ws/notifications/"),
+        TokenIn::Query(token(1)),
+        &[
+            ("X-Forwarded-For", "203.0.113.1"),
+            ("X-Forwarded-For", "198.51.100.7"),
+        ],
+        WAIT,
+    )
+    .await
+    .expect("first socket of that client");
+    for forged in ["203.0.113.2", "203.0.113.3, 192.0.2.9", "garbage"] {
+        assert_eq!(
+            status_of(
+                &gateway,
+                2,
+                &[
+                    ("X-Forwarded-For", forged),
+                    ("X-Forwarded-For", "198.51.100.7")
+                ]
+            )
+            .await,
+            429,
+            "forged first line {forged:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_expired_token_closes_the_socket_unless_refreshed_in_band() {
     let (redis, gateway) = gateway_with(&[]).await;
     let short = |user: u32| mint(SECRET, claims_for_user(user, 2));

@@ -178,19 +178,26 @@ impl Limits {
         if !self.is_trusted(peer) || self.config.client_ip_header.is_empty() {
             return peer;
         }
-        let Some(value) = headers
-            .get(self.config.client_ip_header.as_str())
-            .and_then(|value| value.to_str().ok())
-        else {
-            return peer;
-        };
-        // Walk from the nearest hop outwards; the first address not one of
-        // our proxies is the client (entries further left can be forged).
-        value
-            .rsplit(',')
-            .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-            .find(|address| !self.is_trusted(*address))
-            .unwrap_or(peer)
+        // Every line of the header, in order, is one list (RFC 9110 §5.3):
+        // a proxy that appends a line of its own (HAProxy's `option
+        // forwardfor`) puts the address it saw last. Walk from that nearest
+        // hop outwards over our own proxies; the first address not one of
+        // them is the client. Entries further left can be forged, and so can
+        // anything behind an entry that is not an address: the walk stops
+        // there, and the client is then the last proxy we trust.
+        let lines: Vec<&str> = headers
+            .get_all(self.config.client_ip_header.as_str())
+            .map(|value| value.to_str().unwrap_or(""))
+            .collect();
+        for entry in lines.iter().rev().flat_map(|line| line.rsplit(',')) {
+            let Some(address) = forwarded_address(entry) else {
+                return peer;
+            };
+            if !self.is_trusted(address) {
+                return address;
+            }
+        }
+        peer
     }
 
     fn is_trusted(&self, address: IpAddr) -> bool {
@@ -198,6 +205,31 @@ impl Limits {
             .iter()
             .any(|network| network.contains(&address))
     }
+}
+
+/// One entry of a forwarding header, in the forms proxies write: an IPv4
+/// or IPv6 address, an IPv4 address with a port (`192.0.2.1:443`), an IPv6
+/// address in brackets with or without a port (`[2001:db8::1]:443`). Any
+/// other text (a name, `unknown`, garbage) is not an address.
+fn forwarded_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(address) = entry.parse::<IpAddr>() {
+        return Some(address);
+    }
+    if let Some(bracketed) = entry.strip_prefix('[') {
+        let (inside, rest) = bracketed.split_once(']')?;
+        let port_ok = rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port);
+        return port_ok.then(|| inside.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))?;
+    }
+    let (host, port) = entry.rsplit_once(':')?;
+    if !is_port(port) {
+        return None;
+    }
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+fn is_port(text: &str) -> bool {
+    text.bytes().all(|byte| byte.is_ascii_digit()) && text.parse::<u16>().is_ok()
 }
 
 /// A CIDR (`10.0.0.0/8`) or a single address (`10.0.0.1`).
@@ -271,6 +303,52 @@ mod tests {
             limits.client_address(ip("3.3.3.3"), &headers),
             ip("3.3.3.3")
         );
+    }
+
+    #[test]
+    fn every_line_of_the_proxy_header_counts_in_order() {
+        let limits = Limits::new(&config()).expect("valid limits");
+        let mut headers = HeaderMap::new();
+        let name = HeaderName::from_static("x-forwarded-for");
+        // The client forged a first line; the proxy appended its own.
+        headers.append(name.clone(), HeaderValue::from_static("1.1.1.1"));
+        headers.append(name.clone(), HeaderValue::from_static("2.2.2.2"));
+        assert_eq!(
+            limits.client_address(ip("10.0.0.5"), &headers),
+            ip("2.2.2.2")
+        );
+        // A proxy chain split over lines: our own hops are skipped.
+        headers.append(name, HeaderValue::from_static("10.9.9.9"));
+        assert_eq!(
+            limits.client_address(ip("10.0.0.5"), &headers),
+            ip("2.2.2.2")
+        );
+    }
+
+    #[test]
+    fn an_entry_that_is_no_address_ends_the_walk() {
+        let limits = Limits::new(&config()).expect("valid limits");
+        for (value, expected) in [
+            ("6.6.6.6, not-an-address", "10.0.0.5"),
+            ("6.6.6.6, unknown, 10.1.1.1", "10.0.0.5"),
+            ("6.6.6.6, 2.2.2.2:443", "2.2.2.2"),
+            ("6.6.6.6, [2001:db8::1]", "2001:db8::1"),
+            ("6.6.6.6, [2001:db8::1]:8443", "2001:db8::1"),
+            ("6.6.6.6, 2001:db8::2", "2001:db8::2"),
+            ("6.6.6.6, [2001:db8::1]x", "10.0.0.5"),
+            ("6.6.6.6, 2.2.2.2:99999999", "10.0.0.5"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                HeaderName::from_static("x-forwarded-for"),
+                HeaderValue::from_static(value),
+            );
+            assert_eq!(
+                limits.client_address(ip("10.0.0.5"), &headers),
+                ip(expected),
+                "{value}"
+            );
+        }
     }
 
     #[test]

@@ -277,11 +277,11 @@ async fn run<T: Transport>(
             () = &mut expiry => break Ending::Closed(CloseCode::TokenExpired, CloseNote::Standard),
             message = transport.recv() => {
                 last_heard = Instant::now();
-                let is_data = matches!(
-                    message,
-                    Some(Ok(Inbound::Text(_) | Inbound::Binary(_) | Inbound::Ping(_)))
-                );
-                if is_data && settings.inbound_rate > 0.0 && !inbound.try_take(std::time::Instant::now()) {
+                // Every message a client sends costs a turn of this loop on
+                // the thread that also routes Redis messages: pongs (a
+                // browser sends one per ping) are under the same budget.
+                let counted = matches!(&message, Some(Ok(inbound)) if !matches!(inbound, Inbound::Close(_)));
+                if counted && settings.inbound_rate > 0.0 && !inbound.try_take(std::time::Instant::now()) {
                     break Ending::Closed(CloseCode::RateLimited, CloseNote::Standard);
                 }
                 match message {
