@@ -516,17 +516,16 @@ fn redact_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    // The userinfo ends at the last `@`: a password may hold `/`, `?` or `#`
+    // unencoded, and a URL parser that stops at those would print the rest
+    // of it as a path. An `@` further on (in a query) only hides more.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            let user = if userinfo.contains(':') {
-                format!("{user}:<redacted>")
-            } else {
-                "<redacted>".to_string()
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:<redacted>"),
+                None => "<redacted>".to_string(),
             };
-            format!("{scheme}://{user}@{host}{path}")
+            format!("{scheme}://{user}@{host}")
         }
         None => url.to_string(),
     }
@@ -1014,11 +1013,13 @@ impl Config {
         let mut shown = self.clone();
         shown.layer.hosts = self.layer.hosts.iter().map(HostSetting::redacted).collect();
         shown.auth.jwks_url = self.auth.jwks_url.as_deref().map(redact_jwks_url);
+        shown.auth.session_url = self.auth.session_url.as_deref().map(redact_jwks_url);
         toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# cannot render: {error}"))
     }
 }
 
-/// `jwks_url` as `check-config` shows it: a password and the query (where
+/// `jwks_url` and `session_url` as `check-config` shows them: a password and
+/// the query (where
 /// API keys travel) hidden.
 fn redact_jwks_url(url: &str) -> String {
     let shown = redact_url_password(url);
@@ -1142,5 +1143,25 @@ mod tests {
             "{shown}"
         );
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn a_password_with_url_delimiters_is_redacted_whole() {
+        for (url, shown) in [
+            ("redis://u:pa/ss@h:1/0", "redis://u:<redacted>@h:1/0"),
+            ("redis://u:pa?ss@h:1", "redis://u:<redacted>@h:1"),
+            ("redis://u:pa#ss@h:1/2", "redis://u:<redacted>@h:1/2"),
+            ("rediss://:p@ss@h", "rediss://:<redacted>@h"),
+            ("redis://h:1/0", "redis://h:1/0"),
+        ] {
+            assert_eq!(redact_url_password(url), shown, "{url}");
+        }
+        let mut config = Config::default();
+        config.auth.session_url = Some("https://u:hunter2@backend/session/?key=k3y".into());
+        let shown = config.to_redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "session_url shown as {shown}"
+        );
     }
 }

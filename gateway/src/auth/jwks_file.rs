@@ -35,7 +35,7 @@ impl JwksFile {
     /// blocking read on a handshake worker).
     pub(crate) fn reload_for(&self, kid: &str, allowed: &[Algorithm]) {
         if self.last_load.lock().elapsed() >= self.reload_interval {
-            self.reload(allowed, &format!("unknown kid {kid}"));
+            self.reload(allowed, &format!("unknown kid {}", shown_kid(kid)));
         }
     }
 
@@ -50,5 +50,36 @@ impl JwksFile {
                 tracing::warn!(%reason, "JWKS file reload failed; keeping the previous keys");
             }
         }
+    }
+}
+
+/// Most characters of a token's `kid` a log line shows.
+const KID_SHOWN: usize = 64;
+
+/// A token's `kid` as a log line may show it: the client chose it, so it
+/// is cut to [`KID_SHOWN`] characters and escaped (no line breaks or control
+/// characters reach the log).
+pub(crate) fn shown_kid(kid: &str) -> String {
+    let mut shown: String = kid
+        .chars()
+        .take(KID_SHOWN)
+        .flat_map(char::escape_debug)
+        .collect();
+    if kid.chars().count() > KID_SHOWN {
+        shown.push('…');
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kid_is_logged_short_and_escaped() {
+        assert_eq!(shown_kid("key-1"), "key-1");
+        assert_eq!(shown_kid("a\nforged line"), "a\\nforged line");
+        let long = "k".repeat(10_000);
+        assert_eq!(shown_kid(&long).chars().count(), KID_SHOWN + 1);
     }
 }

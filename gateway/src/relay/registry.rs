@@ -198,7 +198,16 @@ impl ChannelNaming {
     pub fn conn_of(&self, channel: &str) -> Option<ConnId> {
         let rest = channel.strip_prefix(self.base.as_str())?;
         let (label, local) = rest.split_once('!')?;
-        if local.is_empty() || local.len() > 16 {
+        // Exactly the form `channel` writes (`{:x}`: lowercase, no sign, no
+        // leading zero), so one connection has one name: `+ff`, `FF` and
+        // `00ff` name none.
+        let canonical = !local.is_empty()
+            && local.len() <= 16
+            && local
+                .bytes()
+                .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+            && (local.len() == 1 || !local.starts_with('0'));
+        if !canonical {
             return None;
         }
         let conn = ConnId::from_str_radix(local, 16).ok()?;
@@ -414,6 +423,20 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_connection_has_one_channel_name() {
+        let naming = ChannelNaming::with_process_id("gw-abc".into(), 1, 1);
+        assert_eq!(naming.conn_of("specific.gw-abc.0!ff00"), Some(0xff00));
+        for other in ["+ff00", "FF00", "Ff00", "0ff00", "00ff00", "-ff00", " ff00"] {
+            assert_eq!(
+                naming.conn_of(&format!("specific.gw-abc.0!{other}")),
+                None,
+                "{other}"
+            );
+        }
+        assert_eq!(naming.conn_of("specific.gw-abc.0!0"), Some(0));
+    }
 
     #[test]
     fn channel_names_round_trip_and_foreign_names_do_not_match() {
