@@ -53,21 +53,24 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if matches!(command, Command::CheckConfig) {
+        // Shown before it is judged, so a refusal can be read against it.
+        print!("{}", config.to_redacted_toml());
+    }
+    let built = match crate::server::build(&config) {
+        Ok(built) => built,
+        Err(error) => {
+            eprintln!("configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
         Command::CheckConfig => {
-            print!("{}", config.to_redacted_toml());
-            if let Err(error) = crate::server::build(&config) {
-                eprintln!("configuration error: {error}");
-                return ExitCode::from(2);
-            }
             eprintln!("configuration is valid");
             ExitCode::SUCCESS
         }
         Command::GenToken { user_id, lifetime } => {
-            if let Err(error) = crate::server::build(&config) {
-                eprintln!("configuration error: {error}");
-                return ExitCode::from(2);
-            }
             match crate::auth::mint::mint_access_token(&config.auth, &user_id, lifetime) {
                 Ok(token) => {
                     println!("{token}");
@@ -80,13 +83,6 @@ pub fn run() -> ExitCode {
             }
         }
         Command::Serve => {
-            let built = match crate::server::build(&config) {
-                Ok(built) => built,
-                Err(error) => {
-                    eprintln!("configuration error: {error}");
-                    return ExitCode::from(2);
-                }
-            };
             crate::ops::telemetry::init(config.log.format);
             match crate::server::serve(config, built) {
                 Ok(()) => ExitCode::SUCCESS,

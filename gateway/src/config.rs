@@ -1012,8 +1012,8 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.layer.hosts = self.layer.hosts.iter().map(HostSetting::redacted).collect();
-        shown.auth.jwks_url = self.auth.jwks_url.as_deref().map(redact_jwks_url);
-        shown.auth.session_url = self.auth.session_url.as_deref().map(redact_jwks_url);
+        shown.auth.jwks_url = self.auth.jwks_url.as_deref().map(redact_backend_url);
+        shown.auth.session_url = self.auth.session_url.as_deref().map(redact_backend_url);
         toml::to_string_pretty(&shown).unwrap_or_else(|error| format!("# cannot render: {error}"))
     }
 }
@@ -1021,7 +1021,7 @@ impl Config {
 /// `jwks_url` and `session_url` as `check-config` shows them: a password and
 /// the query (where
 /// API keys travel) hidden.
-fn redact_jwks_url(url: &str) -> String {
+fn redact_backend_url(url: &str) -> String {
     let shown = redact_url_password(url);
     match shown.split_once('?') {
         Some((before, _)) => format!("{before}?<redacted>"),

@@ -176,23 +176,22 @@ impl Assembler {
                 Ok(None)
             }
             OpCode::Continue => {
-                let Some(partial) = self.partial.as_mut() else {
+                // Taken out while it grows: whatever fails below leaves
+                // nothing half-assembled behind.
+                let Some(mut partial) = self.partial.take() else {
                     return Err(Violation::Protocol(
                         "continuation without a message to continue",
                     ));
                 };
                 if partial.bytes.len() + payload.len() > max_message {
-                    self.partial = None;
                     return Err(Violation::TooBig);
                 }
                 partial.bytes.extend_from_slice(&payload);
                 partial.check_utf8(fin)?;
                 if !fin {
+                    self.partial = Some(partial);
                     return Ok(None);
                 }
-                let Some(partial) = self.partial.take() else {
-                    return Ok(None);
-                };
                 whole(partial.text, partial.bytes.freeze()).map(Some)
             }
             OpCode::Bad => Err(Violation::Protocol("reserved opcode")),

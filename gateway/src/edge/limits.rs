@@ -185,11 +185,11 @@ impl Limits {
         // them is the client. Entries further left can be forged, and so can
         // anything behind an entry that is not an address: the walk stops
         // there, and the client is then the last proxy we trust.
-        let lines: Vec<&str> = headers
+        let entries = headers
             .get_all(self.config.client_ip_header.as_str())
-            .map(|value| value.to_str().unwrap_or(""))
-            .collect();
-        for entry in lines.iter().rev().flat_map(|line| line.rsplit(',')) {
+            .rev()
+            .flat_map(|line| line.to_str().unwrap_or("").rsplit(','));
+        for entry in entries {
             let Some(address) = forwarded_address(entry) else {
                 return peer;
             };
@@ -218,8 +218,10 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
     }
     if let Some(bracketed) = entry.strip_prefix('[') {
         let (inside, rest) = bracketed.split_once(']')?;
-        let port_ok = rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port);
-        return port_ok.then(|| inside.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6))?;
+        if !(rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        return inside.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
     }
     let (host, port) = entry.rsplit_once(':')?;
     if !is_port(port) {

@@ -32,7 +32,7 @@ use bytestring::ByteString;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::edge::frames::{close_frame, Assembler, Inbound, InboundError};
+use crate::edge::frames::{close_frame, Assembler, Inbound, InboundError, Violation};
 use crate::relay::outbox::{Wire, WrittenNow};
 
 /// The frame operations the socket loop needs, whichever driver runs them.
@@ -250,7 +250,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> DirectTransport<IO> {
             }
             // Refused as soon as the header says so, not after buffering it all.
             if declared_payload_len(&self.partial).is_some_and(|len| len > self.max_frame as u64) {
-                return Err(InboundError::from(actix_http::ws::ProtocolError::Overflow));
+                return Err(Violation::TooBig.into());
             }
             let parsed = Parser::parse(&mut self.partial, true, self.max_frame)?;
             if self.partial.is_empty() && self.partial.capacity() > 0 {
@@ -562,7 +562,6 @@ fn declared_payload_len(header: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edge::frames::Violation;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {

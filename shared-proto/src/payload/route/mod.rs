@@ -28,7 +28,7 @@ mod scan;
 
 use rmpv::Value;
 
-use self::render::{with_rollback, write_key, write_packed_value};
+use self::render::{write_key, write_packed_value};
 use self::scan::{scan, Scanned};
 use super::inline_vec::InlineVec;
 use super::msgpack_lex::{Cursor, Token};
@@ -38,6 +38,7 @@ use crate::frame::{render_notification, render_passthrough, NOTIFICATION_FIELD};
 use crate::message::{
     ChannelIter, Channels, ChannelsError, Message, NotAChannelName, ASGI_CHANNEL_KEY, TYPE_KEY,
 };
+use crate::pyjson::with_rollback;
 use crate::pyjson::RenderError;
 #[cfg(test)]
 use crate::MAX_NESTING;

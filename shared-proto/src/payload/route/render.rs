@@ -124,15 +124,3 @@ pub(super) fn write_key(key: Key<'_>, out: &mut String) -> Result<(), RenderErro
         Key::Bin(_) => Err(RenderError::UnsupportedKey { found: "bin" }),
     }
 }
-
-pub(super) fn with_rollback(
-    out: &mut String,
-    render: impl FnOnce(&mut String) -> Result<(), RenderError>,
-) -> Result<(), RenderError> {
-    let start = out.len();
-    let result = render(out);
-    if result.is_err() {
-        out.truncate(start);
-    }
-    result
-}
