@@ -126,6 +126,12 @@ def handshake_seeds():
         ["", "@peer 198.51.100.1", "X-Forwarded-For: 203.0.113.9"],
         ["", "@peer fd00::1", "@proxy 2001:db8::/32", "X-Forwarded-For: 2001:db8::1, ::1"],
         ["", "@peer 127.0.0.1", "@proxy 127.0.0.1", "X-Forwarded-For: garbage, 192.0.2.4 "],
+        # Several lines: a forged first line, the proxy's own line after it.
+        ["", "@peer 10.0.0.9", "X-Forwarded-For: 6.6.6.6", "X-Forwarded-For: 203.0.113.9"],
+        ["", "@peer 10.0.0.9", "X-Forwarded-For: 6.6.6.6, 203.0.113.9:443", "X-Forwarded-For: 10.0.0.7"],
+        ["", "@peer 10.0.0.9", "X-Forwarded-For: 6.6.6.6", "X-Forwarded-For: [2001:db8::1]:8443, 10.1.1.1"],
+        ["", "@peer 10.0.0.9", "X-Forwarded-For: 203.0.113.9", "X-Forwarded-For: unknown", "X-Forwarded-For: 10.0.0.7"],
+        ["", "@peer 10.0.0.9", "X-Forwarded-For: [2001:db8::1]x, 10.0.0.2", "X-Forwarded-For: 10.0.0.3"],
         [
             "token=q",
             "Authorization: Bearer h",

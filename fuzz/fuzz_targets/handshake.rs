@@ -11,9 +11,10 @@
 //! `Name: value`. Invariants, besides "never panics": a token found is
 //! non-empty and comes from where the source says; an Origin match respects
 //! the pattern's fixed characters and segments; the verdict follows the
-//! policy's rules; a client address is the peer or an untrusted entry of the
-//! proxy header, and only when the peer is a trusted proxy. It must not do
-//! I/O.
+//! policy's rules; a client address is the one the documented walk over
+//! every line of the proxy header gives (a reference written out here), the
+//! peer or an untrusted entry, and only when the peer is a trusted proxy.
+//! It must not do I/O.
 #![no_main]
 
 use actix_web::http::header::{
@@ -210,6 +211,11 @@ fn check_client_address(handshake: &Handshake) {
         panic!("Limits::new refused CIDRs parse_cidr accepts");
     };
     let address = limits.client_address(handshake.peer, &handshake.headers);
+    assert_eq!(
+        address,
+        expected_client(handshake, &is_trusted),
+        "the client address is not the documented walk's"
+    );
     if address == handshake.peer {
         return;
     }
@@ -218,12 +224,54 @@ fn check_client_address(handshake: &Handshake) {
         "proxy header believed from an untrusted peer"
     );
     assert!(!is_trusted(&address), "a trusted proxy taken as the client");
+}
+
+/// The README's rule, spelled out as a reference: from a trusted peer, the
+/// lines of the proxy header from last to first, each line's entries from
+/// right to left; trusted entries are skipped, the first untrusted one is
+/// the client, and an entry in none of the accepted forms (or a line that
+/// is not visible ASCII) ends the walk at the peer.
+fn expected_client(handshake: &Handshake, is_trusted: &dyn Fn(&IpAddr) -> bool) -> IpAddr {
+    if !is_trusted(&handshake.peer) {
+        return handshake.peer;
+    }
     let name = HeaderName::from_static(PROXY_HEADER);
-    let listed = values(&handshake.headers, &name)
-        .iter()
-        .flat_map(|value| value.split(','))
-        .any(|entry| entry.trim().parse::<IpAddr>() == Ok(address));
-    assert!(listed, "client address not listed in the proxy header");
+    let lines: Vec<&str> = handshake
+        .headers
+        .get_all(&name)
+        .map(|value| value.to_str().unwrap_or(""))
+        .collect();
+    for line in lines.iter().rev() {
+        for entry in line.split(',').rev() {
+            match accepted_form(entry.trim()) {
+                None => return handshake.peer,
+                Some(address) if is_trusted(&address) => {}
+                Some(address) => return address,
+            }
+        }
+    }
+    handshake.peer
+}
+
+/// `a.b.c.d`, `a.b.c.d:port`, an IPv6 address, `[v6]`, `[v6]:port`.
+fn accepted_form(entry: &str) -> Option<IpAddr> {
+    let port = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && text.parse::<u16>().is_ok();
+    if let Ok(address) = entry.parse::<IpAddr>() {
+        return Some(address);
+    }
+    if let Some(inside) = entry.strip_prefix('[') {
+        let end = inside.find(']')?;
+        let after = &inside[end + 1..];
+        if !after.is_empty() && !after.strip_prefix(':').is_some_and(port) {
+            return None;
+        }
+        return inside[..end].parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    let colon = entry.rfind(':')?;
+    if !port(&entry[colon + 1..]) {
+        return None;
+    }
+    entry[..colon].parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -280,7 +280,14 @@ pub struct AuthConfig {
     /// Seconds of clock skew tolerated on `exp` and `nbf`.
     pub leeway: u64,
     pub token_query_param: String,
+    /// A cookie holding the access token; empty (the default) reads no
+    /// cookie. The browser attaches cookies to sockets any site opens, so
+    /// a cookie (or `session_url`) needs `allowed_origins`.
     pub token_cookie: String,
+    /// Accept cookie credentials (`token_cookie`, `session_url`) from every
+    /// origin. Only for a gateway no browser reaches with a cross-site
+    /// cookie: any page a logged-in user visits could open a socket as them.
+    pub allow_any_origin_with_cookies: bool,
     /// Claims tried in order for the user id (SimpleJWT's `USER_ID_CLAIM` first).
     pub user_id_claims: Vec<String>,
     /// Group each socket joins; `{user_id}` is replaced by the token's user id.
@@ -332,7 +339,8 @@ impl Default for AuthConfig {
             audience: Vec::new(),
             leeway: 0,
             token_query_param: "token".into(),
-            token_cookie: "access_token".into(),
+            token_cookie: String::new(),
+            allow_any_origin_with_cookies: false,
             user_id_claims: vec!["user_id".into(), "sub".into()],
             user_group_template: "user_{user_id}".into(),
             session_url: None,
@@ -356,9 +364,15 @@ pub struct LimitsConfig {
     pub max_sockets: usize,
     pub max_sockets_per_user: usize,
     pub max_sockets_per_ip: usize,
-    /// New sockets per second this process accepts (token bucket); 0 = any.
+    /// Authenticated sockets per second this process admits (token
+    /// bucket); 0 = any. Spent only once a handshake's credentials
+    /// verified, so clients without a valid token cannot use it up.
     pub connect_rate: f64,
     pub connect_burst: f64,
+    /// Handshakes per second one client address may start, checked before
+    /// any token is read (token bucket; IPv6 by /64); 0 = any.
+    pub connect_rate_per_ip: f64,
+    pub connect_burst_per_ip: f64,
     /// Proxies (CIDRs or addresses) whose `client_ip_header` is believed.
     pub trusted_proxies: Vec<String>,
     pub client_ip_header: String,
@@ -376,6 +390,8 @@ impl Default for LimitsConfig {
             max_sockets_per_ip: 0,
             connect_rate: 0.0,
             connect_burst: 100.0,
+            connect_rate_per_ip: 0.0,
+            connect_burst_per_ip: 20.0,
             trusted_proxies: Vec::new(),
             client_ip_header: "X-Forwarded-For".into(),
             inbound_rate: 10.0,
@@ -860,10 +876,17 @@ impl Config {
                 "list the group patterns tokens may grant when auth.groups_claim is set",
             ));
         }
-        if auth.token_query_param.is_empty() || auth.token_cookie.is_empty() {
+        if auth.token_query_param.is_empty() {
+            return Err(invalid("auth.token_query_param", "must not be empty"));
+        }
+        let cookies = !auth.token_cookie.is_empty() || auth.session_url.is_some();
+        if cookies && auth.allowed_origins.is_empty() && !auth.allow_any_origin_with_cookies {
             return Err(invalid(
-                "auth.token_query_param",
-                "token_query_param and token_cookie must not be empty",
+                "auth.allowed_origins",
+                "cookie credentials (auth.token_cookie or auth.session_url) are on: list the \
+                 origins of your pages, since a browser sends the cookie with a socket any \
+                 site opens (or set auth.allow_any_origin_with_cookies = true if no browser \
+                 can reach this gateway cross-site)",
             ));
         }
 
@@ -871,6 +894,8 @@ impl Config {
         for (key, value) in [
             ("limits.connect_rate", limits.connect_rate),
             ("limits.connect_burst", limits.connect_burst),
+            ("limits.connect_rate_per_ip", limits.connect_rate_per_ip),
+            ("limits.connect_burst_per_ip", limits.connect_burst_per_ip),
             ("limits.inbound_rate", limits.inbound_rate),
             ("limits.inbound_burst", limits.inbound_burst),
         ] {
@@ -1045,6 +1070,37 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn cookie_credentials_need_an_origin_allowlist_or_an_explicit_waiver() {
+        assert!(Config::default().auth.token_cookie.is_empty(), "opt-in");
+        for credentials in [
+            "auth.token_cookie=\"access_token\"",
+            "auth.session_url=\"http://backend/gateway/whoami/\"",
+        ] {
+            let error = Config::load(None, &[credentials.into()]).unwrap_err();
+            assert!(
+                error.to_string().contains("auth.allowed_origins"),
+                "{credentials}: {error}"
+            );
+            Config::load(
+                None,
+                &[
+                    credentials.into(),
+                    "auth.allowed_origins=[\"https://app.example.com\"]".into(),
+                ],
+            )
+            .expect("with an allowlist");
+            Config::load(
+                None,
+                &[
+                    credentials.into(),
+                    "auth.allow_any_origin_with_cookies=true".into(),
+                ],
+            )
+            .expect("waived explicitly");
+        }
     }
 
     #[test]

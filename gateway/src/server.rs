@@ -437,6 +437,7 @@ async fn start(config: &Config, built: Built) -> anyhow::Result<Running> {
         join_timeout: config.server.join_timeout,
         first_message_timeout: config.auth.first_message_timeout,
         recovery,
+        drain_reconnect_jitter: config.server.drain_reconnect_jitter,
         session: config.auth.session_url.clone().map(|url| {
             SessionAuth::new(
                 url,

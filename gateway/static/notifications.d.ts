@@ -68,8 +68,10 @@ export interface ConnectOptions {
   /**
    * Returns the access token for the next attempt; called before every attempt,
    * and (with `refresh: true`) ahead of the open socket's token expiry to renew it in-band.
-   * Resolve to null/"" to stop (not logged in). Throwing counts as a failed attempt (backoff),
-   * or, for an in-band refresh, a failed refresh that is tried again before expiry.
+   * Resolving to no token (null, undefined, "") stops the client only after the gateway
+   * refused the last token (4001/4002: logged out); any other time it counts, like throwing,
+   * as a failed attempt (onError, backoff), or for an in-band refresh as a failed refresh
+   * that is tried again before expiry. Call close() at logout.
    * Leave it out to send no token (cookie authentication; no in-band refresh).
    */
   getToken?: (context: GetTokenContext) => Promise<string | null | undefined> | string | null | undefined;

@@ -14,8 +14,9 @@
 // * Authentication. The token goes in the `?token=` query parameter because
 //   the browser WebSocket API cannot set request headers, so
 //   `Authorization: Bearer` (which the gateway also accepts) is only usable
-//   from non-browser clients. The gateway's third transport, the
-//   `access_token` cookie, works when the page and the gateway share a site:
+//   from non-browser clients. A cookie
+//   (when the gateway sets `auth.token_cookie` or `auth.session_url`, with
+//   its origin allowlist) works when the page and the gateway share a site:
 //   leave `getToken` out and the client sends no query parameter at all.
 //   Because a query string can end up in proxy logs, hand out short-lived
 //   access tokens (SimpleJWT's default is 5 minutes): `getToken` is called
@@ -33,21 +34,26 @@
 //   new token. The random point keeps sockets that opened together from
 //   renewing (or, without it, reconnecting) together. A refresh that fails
 //   (getToken throws or hands back the current token, no answer within
-//   `refreshTimeoutMs`) is tried again after a quarter to a half of the
-//   time left; a getToken that resolves to null closes for good (logged
-//   out). If the token still runs out, or the gateway refuses the new one
+//   `refreshTimeoutMs`, or no token) is tried again after a quarter to a
+//   half of the time left. If the token still runs out, or the gateway
+//   refuses the new one
 //   (4001/4003), the close codes below apply. A token whose payload has no
 //   `exp` is not refreshed in-band; `refreshInBand: false` turns it off.
 // * Reconnecting. Every close the server did not ask to be final is
 //   followed by a new attempt after an exponential backoff with full jitter
 //   (a random wait between 0 and min(maxDelayMs, baseDelayMs * 2^n)).
+//   A getToken that resolves to no token (null, undefined, "") stops the
+//   client for good only after the gateway refused the last token
+//   (4001/4002): that is a logout. Any other time it counts as a failed
+//   attempt (onError, then backoff), so a token endpoint's bad moment does
+//   not end the user's notifications; call close() at logout.
 //   The gateway's close codes (see the README) decide what happens:
 //     4001/4002        ask getToken for a new token ({forceRefresh: true}) and
 //                      retry at once; if it hands back the token that was
 //                      just refused, or auth keeps failing, stop.
-//     1000/1002/1003/1007/1008/1009/4000/4003/4006
+//     1000/1002/1003/1007/1008/1009/4003/4006
 //                      stop: reconnecting unchanged cannot help.
-//     1001/4008        wait the `retry_after_ms=N` hinted in the close reason
+//     1001             wait the `retry_after_ms=N` hinted in the close reason
 //                      (plus up to hintJitterMs), else back off.
 //     anything else    (1006 = connection lost or handshake refused with
 //                      401/503, 1011, 4004, 4005, 4007, ...) back off.
@@ -85,7 +91,6 @@ export const CLOSE_ADVICE = Object.freeze({
   1008: "never",
   1009: "never",
   1011: "backoff",
-  4000: "never",
   4001: "new_token",
   4002: "new_token",
   4003: "never",
@@ -93,7 +98,6 @@ export const CLOSE_ADVICE = Object.freeze({
   4005: "backoff",
   4006: "never",
   4007: "backoff",
-  4008: "hint",
 });
 
 /** "never" | "new_token" | "hint" | "backoff" for a close code. */
@@ -324,7 +328,15 @@ export function connect(options) {
       }
       if (stopped) return;
       if (!token) {
-        finish({ reason: "no token" });
+        // No token is proof of a logout only once the gateway has refused
+        // the last one; before that it is a failed getToken (a token
+        // endpoint that answered badly, a network hiccup): try again later.
+        if (rejectedToken !== null) {
+          finish({ reason: "no token" });
+          return;
+        }
+        report(new Error("getToken returned no token"));
+        if (!stopped) scheduleRetry(backoff(), { reason: "getToken returned no token" });
         return;
       }
       if (rejectedToken !== null && token === rejectedToken) {
@@ -438,11 +450,12 @@ export function connect(options) {
     }
     if (stopped || socket !== ws) return;
     if (!token) {
-      // Logged out meanwhile: the socket must not outlive the session.
-      socket = null;
-      clearTimers();
-      drop(ws, 1000, "no token");
-      finish({ code: 1000, reason: "no token" });
+      // Not proof of a logout (the gateway has refused nothing): keep the
+      // socket and try again; if the token runs out meanwhile the gateway
+      // closes with 4002, and no token then stops for good. A page that
+      // knows its user logged out calls close().
+      report(new Error("getToken returned no token for the refresh"));
+      retryRefresh(ws);
       return;
     }
     if (token === lastToken) {

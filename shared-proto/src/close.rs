@@ -124,8 +124,8 @@ macro_rules! close_codes {
 close_codes! {
     Normal = 1000, Never, "normal closure",
         "The connection finished normally; do not reconnect automatically.";
-    GoingAway = 1001, Backoff, "server shutting down",
-        "The server is shutting down; reconnect after a short randomized delay.";
+    GoingAway = 1001, AfterHint, "server shutting down",
+        "The server is shutting down; reconnect after the delay its reason hints (`retry_after_ms=N`), else after a short randomized one.";
     ProtocolError = 1002, Never, "protocol error",
         "The client broke RFC 6455 (a bad frame, close frame or fragment sequence); fix the client.";
     UnsupportedData = 1003, Never, "binary frames are not supported",
@@ -138,8 +138,6 @@ close_codes! {
         "The client sent a message larger than the server accepts; do not retry unchanged.";
     InternalError = 1011, Backoff, "internal error",
         "The server hit an unexpected error; reconnect with backoff.";
-    BadRequest = 4000, Never, "malformed frame",
-        "The client sent a frame the server could not understand; do not retry unchanged.";
     Unauthorized = 4001, AfterNewToken, "invalid token",
         "The token was missing or invalid; reconnect only with a new token.";
     TokenExpired = 4002, AfterNewToken, "token expired",
@@ -153,9 +151,7 @@ close_codes! {
     DisconnectedByBackend = 4006, Never, "disconnected by backend",
         "The backend asked for this connection to be closed; do not reconnect automatically.";
     RateLimited = 4007, Backoff, "rate limited",
-        "The client connected or sent too often; reconnect with backoff.";
-    ServerDraining = 4008, AfterHint, "server draining",
-        "This server is draining connections; reconnect after the hinted delay.";
+        "The client sent frames too often; reconnect with backoff.";
 }
 
 impl CloseCode {
@@ -214,21 +210,20 @@ mod tests {
             assert!(!row.reason.is_empty() && row.reason.len() <= MAX_REASON_BYTES);
             assert!(row.reason.is_ascii());
         }
-        assert_eq!(CLOSE_CODES.len(), 17);
+        assert_eq!(CLOSE_CODES.len(), 15);
     }
 
     #[test]
     fn documented_codes_and_advice() {
         let expected = [
             (1000, ReconnectAdvice::Never),
-            (1001, ReconnectAdvice::Backoff),
+            (1001, ReconnectAdvice::AfterHint),
             (1002, ReconnectAdvice::Never),
             (1003, ReconnectAdvice::Never),
             (1007, ReconnectAdvice::Never),
             (1008, ReconnectAdvice::Never),
             (1009, ReconnectAdvice::Never),
             (1011, ReconnectAdvice::Backoff),
-            (4000, ReconnectAdvice::Never),
             (4001, ReconnectAdvice::AfterNewToken),
             (4002, ReconnectAdvice::AfterNewToken),
             (4003, ReconnectAdvice::Never),
@@ -236,7 +231,6 @@ mod tests {
             (4005, ReconnectAdvice::Backoff),
             (4006, ReconnectAdvice::Never),
             (4007, ReconnectAdvice::Backoff),
-            (4008, ReconnectAdvice::AfterHint),
         ];
         for (code, advice) in expected {
             let close = CloseCode::try_from(code).unwrap();

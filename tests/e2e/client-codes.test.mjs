@@ -1,5 +1,5 @@
 // The close codes the gateway can send but a test cannot make it send on
-// demand (4000-4008, 1011, ...): a small `ws` server plays the gateway's part.
+// demand (4003-4007, 1011, ...): a small `ws` server plays the gateway's part.
 // Recovery's bookkeeping against frames the test writes itself (positions,
 // the status frame). Plus the pure helpers (backoff, hint parsing).
 import { describe, it } from "node:test";
@@ -47,15 +47,41 @@ describe("close codes (scripted server)", { timeout: 60000 }, () => {
     assert.equal(seen.length, 3);
   });
 
-  it("getToken resolving to null stops (logged out)", async () => {
+  it("no token before any refusal is a failed attempt: backoff, then it connects", async () => {
     reset([]);
-    const t = track({ url: scripted.url, getToken: () => null });
-    const closed = await t.waitState("closed");
-    assert.equal(closed.final, true);
-    assert.equal(seen.length, 0);
+    let n = 0;
+    const errors = [];
+    const t = track({
+      url: scripted.url,
+      getToken: () => (++n <= 2 ? [null, undefined][n - 1] : "late-token"),
+      baseDelayMs: 50,
+      onError: (error) => errors.push(String(error)),
+    });
+    const waiting = await t.waitState("waiting");
+    assert.equal(waiting.reason, "getToken returned no token");
+    await t.waitState("open");
+    assert.equal(seen.length, 1);
+    assert.equal(seen[0].url, "/ws/notifications/?token=late-token&recover=");
+    assert.equal(errors.length, 2, errors.join("; "));
+    assert.ok(!t.states.some((s) => s.state === "closed"));
+    t.conn.close();
   });
 
-  for (const code of [1000, 1002, 1003, 1007, 1008, 1009, 4000, 4003, 4006]) {
+  it("no token after the gateway refused the last one stops (logged out)", async () => {
+    reset([(s) => s.close(4001, "invalid token")]);
+    const t = track({
+      url: scripted.url,
+      getToken: ({ forceRefresh }) => (forceRefresh ? "" : "first"),
+      baseDelayMs: 20,
+    });
+    const closed = await t.waitState("closed");
+    assert.equal(closed.final, true);
+    assert.equal(closed.reason, "no token");
+    await sleep(300);
+    assert.equal(seen.length, 1);
+  });
+
+  for (const code of [1000, 1002, 1003, 1007, 1008, 1009, 4003, 4006]) {
     it(`${code}: does not reconnect`, async () => {
       reset([(s) => s.close(code, "final")]);
       const t = track({ url: scripted.url, getToken: () => "tok", baseDelayMs: 20 });

@@ -145,10 +145,26 @@ describe("in-band refresh (scripted server)", { timeout: 60000 }, () => {
     t.conn.close();
   });
 
-  it("getToken resolving to null during a refresh closes for good (logged out)", async () => {
+  it("no token during a refresh keeps the socket; no token after the gateway's 4002 stops for good", async () => {
     reset();
-    const t = track({ url, getToken: ({ refresh }) => (refresh ? null : tokenFor(2)), refreshMarginMs: 100 });
+    const errors = [];
+    const t = track({
+      url,
+      getToken: ({ refresh, forceRefresh }) => (refresh || forceRefresh ? null : tokenFor(10)),
+      refreshMarginMs: 500,
+      random: () => 0,
+      onError: (error) => errors.push(String(error)),
+    });
     await t.waitState("open");
+    await waitFor(() => t.tokenCalls.filter((call) => call.refresh).length >= 2, {
+      timeoutMs: 11000,
+      what: "the refresh tried again after no token",
+    });
+    assert.ok(!t.states.some((s) => s.state === "closed"), "the socket outlived the empty answers");
+    assert.ok(errors.some((e) => e.includes("no token")), errors.join("; "));
+    // The token ran out: the gateway closes with 4002, and no new token now
+    // means the user is gone.
+    connections[0].socket.close(4002, "token expired");
     const closed = await t.waitState("closed");
     assert.equal(closed.final, true);
     assert.equal(closed.reason, "no token");

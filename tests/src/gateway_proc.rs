@@ -69,7 +69,7 @@ const SECTIONS: [&str; 5] = ["server", "auth", "layer", "events", "log"];
 impl GatewayConfig {
     /// Defaults: free loopback ports for `listen`/`admin_listen`, core layer on
     /// `redis_url`, prefix `asgi`, expiry 60, group_expiry 86400, capacity 100,
-    /// HS256 secret `test-secret`, cookie `access_token`, JSON logs.
+    /// HS256 secret `test-secret`, no token cookie, JSON logs.
     pub fn new(redis_url: &str) -> Result<GatewayConfig> {
         let mut cfg = GatewayConfig {
             listen: String::new(),
@@ -78,7 +78,7 @@ impl GatewayConfig {
             pong_timeout: "60s".into(),
             jwt_secret: "test-secret".into(),
             jwt_algorithm: "HS256".into(),
-            token_cookie: "access_token".into(),
+            token_cookie: String::new(),
             backend: "core".into(),
             hosts: vec![redis_url.to_string()],
             prefix: "asgi".into(),
@@ -130,6 +130,8 @@ impl GatewayConfig {
         self.jwt_algorithm = alg.into();
         self
     }
+    /// Turns the cookie transport on (it is off by default); the gateway
+    /// then also needs `allowed_origins` (or the explicit waiver).
     pub fn token_cookie(mut self, name: impl Into<String>) -> Self {
         self.token_cookie = name.into();
         self
@@ -206,7 +208,11 @@ impl GatewayConfig {
                 "auth" => vec![
                     format!("jwt_secret = {}", toml_str(&self.jwt_secret)),
                     format!("jwt_algorithm = {}", toml_str(&self.jwt_algorithm)),
-                    format!("token_cookie = {}", toml_str(&self.token_cookie)),
+                    if self.token_cookie.is_empty() {
+                        String::new()
+                    } else {
+                        format!("token_cookie = {}", toml_str(&self.token_cookie))
+                    },
                 ],
                 "layer" => vec![
                     format!("backend = {}", toml_str(&self.backend)),

@@ -80,6 +80,35 @@ fn a_bad_value_fails_with_its_key_and_a_non_zero_exit() {
     }
 }
 
+/// Cookie credentials ride along with sockets any site opens, so the
+/// gateway refuses to start with them unless origins are listed or the
+/// operator waives the allowlist by name.
+#[test]
+fn cookie_credentials_without_an_origin_allowlist_refuse_to_start() {
+    let secret = [("GATEWAY_AUTH_JWT_SECRET", "s")];
+    for credentials in [
+        "auth.token_cookie=\"access_token\"",
+        "auth.session_url=\"http://backend/gateway/whoami/\"",
+    ] {
+        for command in ["check-config", "serve"] {
+            let output = gateway(&[command, "--set", credentials], &secret);
+            let stderr = text(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{credentials}: {stderr}");
+            assert!(stderr.contains("auth.allowed_origins"), "{stderr}");
+        }
+        for remedy in [
+            "auth.allowed_origins=[\"https://app.example.com\"]",
+            "auth.allow_any_origin_with_cookies=true",
+        ] {
+            let output = gateway(
+                &["check-config", "--set", credentials, "--set", remedy],
+                &secret,
+            );
+            assert!(output.status.success(), "{}", text(&output.stderr));
+        }
+    }
+}
+
 #[test]
 fn the_config_file_can_come_from_gateway_config() {
     let dir = std::env::temp_dir().join(format!("gateway-cli-{}", std::process::id()));

@@ -24,8 +24,8 @@ fn readme_close_codes_match_the_protocol_table() {
         let expected_words = match code.reconnect_advice() {
             ReconnectAdvice::Never => "not reconnect",
             ReconnectAdvice::AfterNewToken => "new token",
-            ReconnectAdvice::Backoff => "reconnect",
-            ReconnectAdvice::AfterHint => "hint",
+            ReconnectAdvice::Backoff => "with backoff",
+            ReconnectAdvice::AfterHint => "hinted delay",
         };
         assert!(
             advice_text.contains(expected_words),
@@ -56,7 +56,51 @@ fn readme_close_codes_match_the_protocol_table() {
             code.as_u16()
         );
     }
-    assert!(documented >= 6);
+    // And the table holds nothing the README does not document.
+    for row in shared_proto::close::CLOSE_CODES {
+        assert!(
+            section.contains(&format!("| {} |", row.code.as_u16())),
+            "{} is in the table but not documented",
+            row.code.as_u16()
+        );
+    }
+    assert_eq!(documented, shared_proto::close::CLOSE_CODES.len());
+}
+
+/// The browser client decides what to do after a close from its own copy
+/// of the advice; it must say what the table says, code for code.
+#[test]
+fn the_browser_clients_close_advice_is_the_tables() {
+    let client = std::fs::read_to_string(repo_root().join("gateway/static/notifications.js"))
+        .expect("notifications.js");
+    let map = client
+        .split("export const CLOSE_ADVICE = Object.freeze({")
+        .nth(1)
+        .and_then(|rest| rest.split("});").next())
+        .expect("notifications.js has CLOSE_ADVICE");
+    let mut seen = 0;
+    for line in map.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        let (code, advice) = line
+            .trim_end_matches(',')
+            .split_once(':')
+            .unwrap_or_else(|| panic!("unreadable CLOSE_ADVICE line {line:?}"));
+        let code: u16 = code.trim().parse().expect("a code");
+        let close = CloseCode::from_u16(code)
+            .unwrap_or_else(|| panic!("the client advises on {code}, which the table lacks"));
+        let expected = match close.reconnect_advice() {
+            ReconnectAdvice::Never => "never",
+            ReconnectAdvice::AfterNewToken => "new_token",
+            ReconnectAdvice::Backoff => "backoff",
+            ReconnectAdvice::AfterHint => "hint",
+        };
+        assert_eq!(
+            advice.trim().trim_matches('"'),
+            expected,
+            "advice for {code}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, shared_proto::close::CLOSE_CODES.len());
 }
 
 #[test]

@@ -124,6 +124,21 @@ async fn the_address_limit_believes_the_proxy_header_only_from_trusted_proxies()
 #[tokio::test]
 async fn the_connect_rate_is_limited() {
     let (_redis, gateway) = gateway_with(&["connect_rate = 1.0", "connect_burst = 2.0"]).await;
+    // Handshakes without a valid token never spend the process's budget:
+    // an anonymous flood cannot make the next reconnect of a user a 429.
+    let url = gateway.ws_url("/ws/notifications/");
+    for credentials in [
+        TokenIn::None,
+        TokenIn::Query("not.a.token".into()),
+        TokenIn::Query(mint("another-secret", claims_for_user(1, 300))),
+    ]
+    .into_iter()
+    .cycle()
+    .take(30)
+    {
+        let refused = WsClient::connect(&url, credentials).await;
+        assert_eq!(refused.err().and_then(|error| error.status()), Some(401));
+    }
     let statuses = [
         status_of(&gateway, 1, &[]).await,
         status_of(&gateway, 2, &[]).await,
@@ -134,6 +149,50 @@ async fn the_connect_rate_is_limited() {
         metric(&gateway, "gateway_connects_total{result=\"connect_rate\"} ").await,
         1.0
     );
+}
+
+#[tokio::test]
+async fn each_client_address_has_its_own_connect_rate_spent_before_the_token() {
+    let (_redis, gateway) = gateway_with(&[
+        "connect_rate_per_ip = 0.5",
+        "connect_burst_per_ip = 2.0",
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+    ])
+    .await;
+    let from = |address: &'static str| [("X-Forwarded-For", address)];
+    // Two handshakes of any kind from one address, then 429 before the
+    // token is even read (no third verification is counted).
+    let url = gateway.ws_url("/ws/notifications/");
+    for _ in 0..2 {
+        let refused = WsClient::connect_with(
+            &url,
+            TokenIn::Query("not.a.token".into()),
+            &from("203.0.113.7"),
+            WAIT,
+        )
+        .await;
+        assert_eq!(refused.err().and_then(|error| error.status()), Some(401));
+    }
+    assert_eq!(status_of(&gateway, 1, &from("203.0.113.7")).await, 429);
+    assert_eq!(
+        metric(&gateway, "gateway_connects_total{result=\"unauthorized\"} ").await,
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &gateway,
+            "gateway_connects_total{result=\"address_connect_rate\"} "
+        )
+        .await,
+        1.0
+    );
+    // Other addresses, and another /64 of IPv6, are not held back; one /64
+    // is one address.
+    assert_eq!(status_of(&gateway, 2, &from("198.51.100.9")).await, 101);
+    assert_eq!(status_of(&gateway, 3, &from("2001:db8:1:2::1")).await, 101);
+    assert_eq!(status_of(&gateway, 4, &from("2001:db8:1:2::2")).await, 101);
+    assert_eq!(status_of(&gateway, 5, &from("2001:db8:1:2::3")).await, 429);
+    assert_eq!(status_of(&gateway, 6, &from("2001:db8:1:3::1")).await, 101);
 }
 
 #[tokio::test]

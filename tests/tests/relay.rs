@@ -81,7 +81,12 @@ async fn values_arrive_as_the_same_json_the_consumer_sent() {
 
 #[tokio::test]
 async fn missing_or_invalid_tokens_get_401_without_upgrade() {
-    let mut stack = stack().await;
+    let mut stack = stack_with(|config| {
+        config
+            .token_cookie("access_token")
+            .line("auth", r#"allowed_origins = ["https://app.example.com"]"#)
+    })
+    .await;
     let url = stack.gateway.ws_url("/ws/notifications/");
     let future = tests::tokens::now_secs() + 300;
     let refresh = stack

@@ -572,7 +572,15 @@ async fn hmac_and_public_key_side_by_side_never_confuse_and_leeway_applies() {
 
 #[tokio::test]
 async fn every_transport_connects_and_no_token_reaches_the_log() {
-    let mut stack = secured(|config| config, &[("RUST_LOG", "trace")]).await;
+    let mut stack = secured(
+        |config| {
+            config
+                .token_cookie("access_token")
+                .line("auth", r#"allowed_origins = ["https://app.example.com"]"#)
+        },
+        &[("RUST_LOG", "trace")],
+    )
+    .await;
     let url = stack.url();
     let mut issued = Vec::new();
 
@@ -660,11 +668,33 @@ async fn every_transport_connects_and_no_token_reaches_the_log() {
     }
 }
 
+/// Cookie transport is opt-in: a default gateway reads no cookie (one with
+/// a cookie and no origin allowlist does not start: `tests/cli.rs`).
+#[tokio::test]
+async fn the_token_cookie_is_read_only_when_configured_and_needs_an_allowlist() {
+    let mut stack = secured(|config| config, &[]).await;
+    let token = stack.pyjwt(claims(14, 300), SECRET, "HS256", None).await;
+    stack
+        .refuses(
+            "cookie with the cookie transport off",
+            TokenIn::Cookie {
+                name: "access_token".into(),
+                token: token.clone(),
+            },
+            "missing_token",
+        )
+        .await;
+    stack
+        .accepts("the same token in a header", TokenIn::Header(token))
+        .await;
+}
+
 #[tokio::test]
 async fn origin_allowlist_refuses_cross_site_sockets_before_auth() {
     let mut stack = secured(
         |config| {
             config
+                .token_cookie("access_token")
                 .line(
                     "auth",
                     r#"allowed_origins = ["https://app.example.com", "https://*.example.org"]"#,

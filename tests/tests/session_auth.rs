@@ -104,6 +104,7 @@ async fn a_django_session_cookie_authenticates_and_failures_never_open_the_door(
             "auth",
             format!("session_url = \"http://{}/gateway/whoami/\"", site.address),
         )
+        .line("auth", r#"allowed_origins = ["https://app.example.com"]"#)
         .line("auth", "session_cache_ttl = \"30s\"");
     let gateway = start_gateway(&mut config).await;
     let url = gateway.ws_url("/ws/notifications/");

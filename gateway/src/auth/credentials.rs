@@ -2,7 +2,8 @@
 //!
 //! Looks, in this order, at the `Authorization: Bearer` header, the
 //! `Sec-WebSocket-Protocol` bearer form, the configured query parameter and
-//! the configured cookie; the first one present is used. The subprotocol form
+//! the configured cookie (only when one is configured: cookie transport is
+//! opt-in); the first one present is used. The subprotocol form
 //! is what a browser can send without putting the token in the URL:
 //! `new WebSocket(url, ["bearer", token])` offers the two entries `bearer` and
 //! the token, and the handshake answers with [`BEARER_PROTOCOL`] alone (a
@@ -38,6 +39,7 @@ impl TokenSource {
 
 pub struct TokenLookup<'a> {
     pub query_param: &'a str,
+    /// Empty: no cookie is read (cookie transport off).
     pub cookie: &'a str,
 }
 
@@ -51,6 +53,9 @@ impl TokenLookup<'_> {
         }
         if let Some(token) = query_value(query, self.query_param) {
             return Some((token, TokenSource::Query));
+        }
+        if self.cookie.is_empty() {
+            return None;
         }
         cookie_value(headers, self.cookie).map(|token| (token.to_string(), TokenSource::Cookie))
     }
@@ -168,6 +173,16 @@ mod tests {
             "",
         );
         assert_eq!(found, Some(("c.d".into(), TokenSource::Cookie)));
+    }
+
+    #[test]
+    fn no_cookie_is_read_unless_one_is_configured() {
+        let lookup = TokenLookup {
+            query_param: "token",
+            cookie: "",
+        };
+        let cookie = headers(&[("cookie", "access_token=c.d; =e.f")]);
+        assert_eq!(lookup.find(&cookie, ""), None);
     }
 
     #[test]

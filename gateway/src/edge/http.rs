@@ -22,8 +22,9 @@ use crate::auth::credentials::{TokenLookup, BEARER_PROTOCOL};
 use crate::auth::groups::{GroupError, GroupPolicy};
 use crate::auth::session::{SessionAuth, SessionError};
 use crate::auth::verify::{AuthError, Identity, TokenVerifier};
+use crate::edge::drain;
 use crate::edge::frames::Inbound;
-use crate::edge::limits::Limits;
+use crate::edge::limits::{Admission, Limits, TokenBucket};
 use crate::edge::origin::{OriginPolicy, OriginVerdict};
 use crate::edge::recovery::{Recovery, Since};
 use crate::edge::socket::{self, Holder, Membership, SocketSettings};
@@ -32,7 +33,7 @@ use crate::layer::Layer;
 use crate::ops::health::Health;
 use crate::ops::metrics::Refusal;
 use crate::ops::metrics::{ConnectResult, Metrics};
-use crate::relay::outbox::Outbox;
+use crate::relay::outbox::{CloseNote, Outbox};
 use crate::relay::registry::Registry;
 
 /// Everything a handshake needs, shared by all workers.
@@ -60,6 +61,9 @@ pub struct Gateway {
     /// Replays what a reconnecting client missed (`layer.recovery`); without
     /// it `recover=` is ignored and frames stay the consumer's own.
     pub recovery: Option<Recovery>,
+    /// The reconnect hint's upper bound for sockets closed by a drain
+    /// outside its batches (`server.drain_reconnect_jitter`).
+    pub drain_reconnect_jitter: Duration,
 }
 
 pub fn public_routes(config: &mut web::ServiceConfig) {
@@ -143,9 +147,10 @@ pub(crate) enum Verdict {
 pub(crate) enum Admitted {
     /// Authenticated and joined.
     Joined(Attached),
-    /// No credentials: wait this long for `{"token": ...}` first.
+    /// No credentials: wait this long for `{"token": ...}` first, holding
+    /// an anonymous share of the process's and the address's limits.
     AwaitingToken {
-        address: IpAddr,
+        admission: Admission,
         wait: Duration,
         peer: String,
         since: Option<Since>,
@@ -159,14 +164,14 @@ impl Admitted {
         match self {
             Admitted::Joined(attached) => attached.spawn(transport, &gateway),
             Admitted::AwaitingToken {
-                address,
+                admission,
                 wait,
                 peer,
                 since,
             } => {
                 actix_web::rt::spawn(async move {
                     let client = Client {
-                        address,
+                        admission,
                         peer: &peer,
                         since,
                     };
@@ -286,8 +291,16 @@ pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
                     metrics.connect(ConnectResult::BadHandshake);
                     return Verdict::Refuse(Refused::bad_handshake());
                 }
+                // Upgraded before anyone is known: the socket still counts
+                // against the process and its address until it ends.
+                let admission = match gateway.limits.admit_anonymous(address) {
+                    Ok(admission) => admission,
+                    Err(why) => {
+                        return Verdict::Refuse(Rejection::Limited(why).refuse(gateway, head))
+                    }
+                };
                 return Verdict::Upgrade(Admitted::AwaitingToken {
-                    address,
+                    admission,
                     wait,
                     peer: peer(head),
                     since,
@@ -309,7 +322,7 @@ pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
     // Joined before the 101 answer, like the Channels consumer's group_add
     // before accept(): a message sent the moment the socket opens is
     // already addressed to it.
-    match attach(gateway, identity, address, since).await {
+    match attach(gateway, identity, Seat::Free(address), since).await {
         Ok(attached) => Verdict::Upgrade(Admitted::Joined(attached)),
         Err(rejection) => Verdict::Refuse(rejection.refuse(gateway, head)),
     }
@@ -433,13 +446,30 @@ impl Attached {
     }
 }
 
+/// Where a verified socket's share of the limits comes from.
+enum Seat {
+    /// Nothing taken yet, from this client address.
+    Free(IpAddr),
+    /// The anonymous share a first-message socket held while it waited.
+    Held(Admission),
+}
+
+impl Seat {
+    fn take(self, limits: &Arc<Limits>, user: &str) -> Result<Admission, Refusal> {
+        match self {
+            Seat::Free(address) => limits.admit(user, address),
+            Seat::Held(admission) => admission.identify(user),
+        }
+    }
+}
+
 /// Authorises a verified identity's groups, takes its share of the limits,
 /// registers the socket and joins its groups in Redis; a socket asking for
 /// recovery then gets what it missed ready to send (`recovery`).
 async fn attach(
     gateway: &Gateway,
     identity: Identity,
-    address: IpAddr,
+    seat: Seat,
     since: Option<Since>,
 ) -> Result<Attached, Rejection> {
     let groups = gateway
@@ -449,9 +479,8 @@ async fn attach(
             GroupError::InvalidUserId => Rejection::Unauthorized(AuthError::InvalidUserId),
             GroupError::NotAllowed => Rejection::ForbiddenGroup,
         })?;
-    let admission = gateway
-        .limits
-        .admit(&identity.user_id, address)
+    let admission = seat
+        .take(&gateway.limits, &identity.user_id)
         .map_err(Rejection::Limited)?;
     // Without Redis no join can succeed: say so at once rather than after
     // `join_timeout`, and keep doomed writes out of the client's queue.
@@ -509,6 +538,15 @@ async fn attach(
     gateway.metrics.connect(ConnectResult::Accepted);
     let group = membership.groups.first().map_or("", AsRef::as_ref);
     span.in_scope(|| tracing::info!(%group, "socket opened"));
+    // Registered before the drain flag is read: a drain that took its list
+    // of sockets before this one registered had set the flag already, so
+    // no socket misses its 1001.
+    if gateway.health.is_draining() {
+        outbox.close_with(
+            CloseCode::GoingAway,
+            CloseNote::RetryAfter(reconnect_hint(gateway)),
+        );
+    }
     Ok(Attached {
         outbox,
         membership,
@@ -521,11 +559,28 @@ async fn attach(
     })
 }
 
+/// A random reconnect delay, up to `drain_reconnect_jitter`, for a
+/// socket a drain closes outside its batches.
+fn reconnect_hint(gateway: &Gateway) -> Duration {
+    let jitter_ms = u64::try_from(gateway.drain_reconnect_jitter.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::random_range(0..=jitter_ms))
+}
+
 /// Who is on the other end of a socket upgraded without credentials.
 struct Client<'a> {
-    address: IpAddr,
+    admission: Admission,
     peer: &'a str,
     since: Option<Since>,
+}
+
+/// How the wait for a first-message token ended without one.
+enum NoFirstToken {
+    /// The client went away, said something else first, or was too late.
+    Missing,
+    /// The client sent more frames than its inbound budget allows.
+    TooFast,
+    /// The process started draining.
+    Draining,
 }
 
 /// On a socket upgraded without credentials, waits up to `wait` for
@@ -538,14 +593,34 @@ async fn serve_after_authentication<T: Transport>(
     client: Client<'_>,
     wait: Duration,
 ) {
-    let token = tokio::time::timeout(wait, first_token(&mut transport))
-        .await
-        .ok()
-        .flatten();
+    let token = tokio::select! {
+        token = tokio::time::timeout(wait, first_token(&mut transport, &gateway.socket_settings)) => {
+            token.unwrap_or(Err(NoFirstToken::Missing))
+        }
+        () = gateway.health.draining_started() => Err(NoFirstToken::Draining),
+    };
     let attached = match token {
-        None => Err(Rejection::Unauthorized(AuthError::MissingToken)),
-        Some(token) => match gateway.verifier.verify_fetching(&token).await {
-            Ok(identity) => attach(gateway, identity, client.address, client.since).await,
+        Err(NoFirstToken::Missing) => Err(Rejection::Unauthorized(AuthError::MissingToken)),
+        Err(NoFirstToken::TooFast) => Err(Rejection::Limited(Refusal::InboundRate)),
+        Err(NoFirstToken::Draining) => {
+            let hint = drain::reason_with_hint(CloseCode::GoingAway, reconnect_hint(gateway));
+            let close = CloseReason {
+                code: actix_http::ws::CloseCode::Away,
+                description: Some(hint),
+            };
+            transport.close(Some(close)).await;
+            return;
+        }
+        Ok(token) => match gateway.verifier.verify_fetching(&token).await {
+            Ok(identity) => {
+                attach(
+                    gateway,
+                    identity,
+                    Seat::Held(client.admission),
+                    client.since,
+                )
+                .await
+            }
             Err(error) => Err(Rejection::Unauthorized(error)),
         },
     };
@@ -571,22 +646,34 @@ async fn serve_after_authentication<T: Transport>(
     }
 }
 
-/// The token of the first `{"token": ...}` frame; `None` when the client
-/// says anything else first or goes away.
-async fn first_token<T: Transport>(transport: &mut T) -> Option<String> {
+/// The token of the first `{"token": ...}` frame. Pings and pongs before
+/// it are spent from the same inbound budget as on an open socket.
+async fn first_token<T: Transport>(
+    transport: &mut T,
+    settings: &SocketSettings,
+) -> Result<String, NoFirstToken> {
+    let mut budget = TokenBucket::new(settings.inbound_rate, settings.inbound_burst);
     loop {
-        match transport.recv().await? {
+        let message = transport.recv().await.ok_or(NoFirstToken::Missing)?;
+        let counted = matches!(&message, Ok(inbound) if !matches!(inbound, Inbound::Close(_)));
+        if counted && settings.inbound_rate > 0.0 && !budget.try_take(std::time::Instant::now()) {
+            return Err(NoFirstToken::TooFast);
+        }
+        match message {
             Ok(Inbound::Text(text)) => {
                 return match parse_client_frame(&text) {
-                    Ok(ClientFrame::Auth { token }) => Some(token),
-                    _ => None,
+                    Ok(ClientFrame::Auth { token }) => Ok(token),
+                    _ => Err(NoFirstToken::Missing),
                 }
             }
             Ok(Inbound::Ping(bytes)) => {
-                transport.pong(&bytes).await.ok()?;
+                transport
+                    .pong(&bytes)
+                    .await
+                    .map_err(|_| NoFirstToken::Missing)?;
             }
             Ok(Inbound::Pong(_)) => {}
-            _ => return None,
+            _ => return Err(NoFirstToken::Missing),
         }
     }
 }

@@ -2,7 +2,13 @@
 //! may hold, how fast new sockets may arrive, and who the client address is.
 //!
 //! An admission is taken before the upgrade and released when the socket
-//! ends (its guard lives as long as the socket). The client address is the
+//! ends (its guard lives as long as the socket); a socket upgraded to wait
+//! for its first-message token holds an anonymous one (the process and its
+//! address) and names its user once the token verified. Two connect rates,
+//! on separate budgets: one per client address, spent before any token is
+//! read, and one for the process, spent only by handshakes whose
+//! credentials verified, so clients without a valid token cannot starve
+//! the reconnects of users who have one. The client address is the
 //! peer address, or the configured proxy header when — and only when — the
 //! peer is a trusted proxy, so nobody can dodge the per-address limit by
 //! sending the header themselves. It must not do I/O or know about tokens;
@@ -30,12 +36,22 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate: f64, burst: f64) -> TokenBucket {
+        TokenBucket::starting_at(rate, burst, Instant::now())
+    }
+
+    fn starting_at(rate: f64, burst: f64, now: Instant) -> TokenBucket {
         TokenBucket {
             rate,
             burst,
             tokens: burst,
-            refilled: Instant::now(),
+            refilled: now,
         }
+    }
+
+    /// Whether the bucket has refilled to its burst by `now`.
+    fn is_full(&self, now: Instant, rate: f64, burst: f64) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens + elapsed * rate >= burst
     }
 
     /// Takes one token if there is one.
@@ -62,14 +78,18 @@ struct Counts {
 pub struct Limits {
     config: LimitsConfig,
     trusted_proxies: Vec<IpNet>,
+    /// The process's budget for authenticated handshakes.
     connects: Option<Mutex<TokenBucket>>,
+    /// Each client address's budget for handshakes of any kind.
+    address_connects: Option<Mutex<AddressBuckets>>,
     counts: Mutex<Counts>,
 }
 
 /// One admitted socket's share of the limits; dropping it gives it back.
+/// `user` is `None` while a first-message socket has not authenticated.
 pub struct Admission {
     limits: Arc<Limits>,
-    user: Arc<str>,
+    user: Option<Arc<str>>,
     address: IpAddr,
 }
 
@@ -77,8 +97,84 @@ impl Drop for Admission {
     fn drop(&mut self) {
         let mut counts = self.limits.counts.lock();
         counts.total = counts.total.saturating_sub(1);
-        release(&mut counts.per_user, &self.user);
+        if let Some(user) = &self.user {
+            release(&mut counts.per_user, user);
+        }
         release(&mut counts.per_address, &self.address);
+    }
+}
+
+impl Admission {
+    /// Names the user of an anonymous admission once its token verified:
+    /// the process's connect budget and the per-user count apply now. On a
+    /// refusal the admission is dropped (and given back).
+    pub fn identify(mut self, user: &str) -> Result<Admission, Refusal> {
+        let limits = self.limits.clone();
+        limits.take_connect()?;
+        let mut counts = limits.counts.lock();
+        if let Some(previous) = self.user.take() {
+            release(&mut counts.per_user, &previous);
+        }
+        if over(
+            counts.per_user.get(user).copied().unwrap_or(0),
+            limits.config.max_sockets_per_user,
+        ) {
+            return Err(Refusal::UserFull);
+        }
+        let user: Arc<str> = Arc::from(user);
+        *counts.per_user.entry(user.clone()).or_insert(0) += 1;
+        self.user = Some(user);
+        Ok(self)
+    }
+}
+
+/// Per-address token buckets, kept while they are not full: a bucket that
+/// has refilled to its burst says no more than a new one would, so it is
+/// swept away, which bounds the table by the addresses seen in the last
+/// `burst / rate` seconds.
+struct AddressBuckets {
+    rate: f64,
+    burst: f64,
+    buckets: HashMap<IpAddr, TokenBucket>,
+    swept: Instant,
+}
+
+/// Past this many addresses in one refill window the table stops growing
+/// and new addresses pass unmetered: a client with that many addresses is
+/// not held back by a per-address rate anyway, and nobody else is refused.
+const MAX_TRACKED_ADDRESSES: usize = 100_000;
+
+impl AddressBuckets {
+    fn try_take(&mut self, address: IpAddr, now: Instant) -> bool {
+        if self.buckets.len() >= 1024 && now.saturating_duration_since(self.swept).as_secs() >= 1 {
+            self.swept = now;
+            let (rate, burst) = (self.rate, self.burst);
+            self.buckets
+                .retain(|_, bucket| !bucket.is_full(now, rate, burst));
+        }
+        let key = rate_key(address);
+        if let Some(bucket) = self.buckets.get_mut(&key) {
+            return bucket.try_take(now);
+        }
+        if self.buckets.len() >= MAX_TRACKED_ADDRESSES {
+            return true;
+        }
+        let mut bucket = TokenBucket::starting_at(self.rate, self.burst, now);
+        let taken = bucket.try_take(now);
+        self.buckets.insert(key, bucket);
+        taken
+    }
+}
+
+/// The key an address's connect rate is kept under: the address, or for
+/// IPv6 its /64, the block one subscriber gets.
+fn rate_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
     }
 }
 
@@ -116,20 +212,29 @@ impl Limits {
                 config.connect_burst.max(1.0),
             ))
         });
+        let address_connects = (config.connect_rate_per_ip > 0.0).then(|| {
+            Mutex::new(AddressBuckets {
+                rate: config.connect_rate_per_ip,
+                burst: config.connect_burst_per_ip.max(1.0),
+                buckets: HashMap::new(),
+                swept: Instant::now(),
+            })
+        });
         Ok(Limits {
             trusted_proxies,
             config: config.clone(),
             connects,
+            address_connects,
             counts: Mutex::new(Counts::default()),
         })
     }
 
-    /// The cheap, token-free check that runs first: the connect rate and
-    /// the per-address count.
+    /// The cheap, token-free check that runs first: the address's connect
+    /// rate and its socket count.
     pub fn precheck(&self, address: IpAddr) -> Result<(), Refusal> {
-        if let Some(bucket) = &self.connects {
-            if !bucket.lock().try_take(Instant::now()) {
-                return Err(Refusal::ConnectRate);
+        if let Some(buckets) = &self.address_connects {
+            if !buckets.lock().try_take(address, Instant::now()) {
+                return Err(Refusal::AddressConnectRate);
             }
         }
         let counts = self.counts.lock();
@@ -142,18 +247,26 @@ impl Limits {
         Ok(())
     }
 
-    /// Counts one more socket for `user` from `address`, unless a limit is
-    /// reached.
+    /// Spends one of the process's connects (authenticated handshakes only).
+    fn take_connect(&self) -> Result<(), Refusal> {
+        match &self.connects {
+            Some(bucket) if !bucket.lock().try_take(Instant::now()) => Err(Refusal::ConnectRate),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one more socket for `user` from `address`, whose credentials
+    /// verified, unless a limit is reached.
     pub fn admit(self: &Arc<Self>, user: &str, address: IpAddr) -> Result<Admission, Refusal> {
+        self.admit_anonymous(address)?.identify(user)
+    }
+
+    /// Counts one more socket from `address` whose user is not known yet
+    /// (a first-message socket), unless the process or the address is full.
+    pub fn admit_anonymous(self: &Arc<Self>, address: IpAddr) -> Result<Admission, Refusal> {
         let mut counts = self.counts.lock();
         if over(counts.total, self.config.max_sockets) {
             return Err(Refusal::ProcessFull);
-        }
-        if over(
-            counts.per_user.get(user).copied().unwrap_or(0),
-            self.config.max_sockets_per_user,
-        ) {
-            return Err(Refusal::UserFull);
         }
         if over(
             counts.per_address.get(&address).copied().unwrap_or(0),
@@ -161,13 +274,11 @@ impl Limits {
         ) {
             return Err(Refusal::AddressFull);
         }
-        let user: Arc<str> = Arc::from(user);
         counts.total += 1;
-        *counts.per_user.entry(user.clone()).or_insert(0) += 1;
         *counts.per_address.entry(address).or_insert(0) += 1;
         Ok(Admission {
             limits: self.clone(),
-            user,
+            user: None,
             address,
         })
     }
@@ -351,6 +462,92 @@ mod tests {
                 "{value}"
             );
         }
+    }
+
+    #[test]
+    fn an_anonymous_share_counts_and_names_its_user_once() {
+        let limits = Arc::new(Limits::new(&config()).expect("valid limits"));
+        let waiting = limits.admit_anonymous(ip("1.1.1.1")).expect("anonymous");
+        let _other = limits
+            .admit("1", ip("1.1.1.1"))
+            .expect("second of the address");
+        assert_eq!(limits.precheck(ip("1.1.1.1")), Err(Refusal::AddressFull));
+        assert_eq!(
+            limits.admit_anonymous(ip("1.1.1.1")).err(),
+            Some(Refusal::AddressFull)
+        );
+        // Naming user 1 (who holds one socket) keeps the count at two.
+        let named = waiting.identify("1").expect("user 1's second socket");
+        assert_eq!(
+            limits.admit("1", ip("2.2.2.2")).err(),
+            Some(Refusal::UserFull)
+        );
+        let third = limits
+            .admit("2", ip("2.2.2.2"))
+            .expect("the process's third");
+        assert_eq!(
+            limits.admit_anonymous(ip("3.3.3.3")).err(),
+            Some(Refusal::ProcessFull)
+        );
+        drop(named);
+        drop(third);
+        assert_eq!(limits.counts.lock().per_user.get("1").copied(), Some(1));
+        assert_eq!(limits.counts.lock().total, 1);
+        // A refused naming gives the anonymous share back.
+        let _second_of_1 = limits.admit("1", ip("5.5.5.5")).expect("user 1's second");
+        let waiting = limits.admit_anonymous(ip("4.4.4.4")).expect("room again");
+        assert_eq!(waiting.identify("1").err(), Some(Refusal::UserFull));
+        assert_eq!(limits.counts.lock().per_address.get(&ip("4.4.4.4")), None);
+        assert_eq!(limits.counts.lock().total, 2);
+    }
+
+    #[test]
+    fn the_process_connect_rate_is_spent_only_by_identified_sockets() {
+        let limits = Arc::new(
+            Limits::new(&LimitsConfig {
+                connect_rate: 0.001,
+                connect_burst: 1.0,
+                ..LimitsConfig::default()
+            })
+            .expect("valid limits"),
+        );
+        for _ in 0..10 {
+            assert_eq!(limits.precheck(ip("6.6.6.6")), Ok(()));
+            drop(limits.admit_anonymous(ip("6.6.6.6")).expect("anonymous"));
+        }
+        let _first = limits.admit("1", ip("1.1.1.1")).expect("first connect");
+        assert_eq!(
+            limits.admit("2", ip("1.1.1.1")).err(),
+            Some(Refusal::ConnectRate)
+        );
+    }
+
+    #[test]
+    fn address_buckets_are_per_address_per_ipv6_block_and_swept_when_full() {
+        let start = Instant::now();
+        let mut buckets = AddressBuckets {
+            rate: 10.0,
+            burst: 2.0,
+            buckets: HashMap::new(),
+            swept: start,
+        };
+        assert!(buckets.try_take(ip("1.1.1.1"), start));
+        assert!(buckets.try_take(ip("1.1.1.1"), start));
+        assert!(!buckets.try_take(ip("1.1.1.1"), start));
+        assert!(buckets.try_take(ip("1.1.1.2"), start));
+        assert!(buckets.try_take(ip("2001:db8::1"), start));
+        assert!(buckets.try_take(ip("2001:db8::ffff"), start));
+        assert!(!buckets.try_take(ip("2001:db8::2"), start), "one /64");
+        assert!(buckets.try_take(ip("2001:db8:0:1::1"), start));
+        // Many addresses later, the full buckets are swept away.
+        for n in 0..2000u32 {
+            let address = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            assert!(buckets.try_take(address, start));
+        }
+        let later = start + Duration::from_secs(2);
+        assert!(buckets.try_take(ip("9.9.9.9"), later));
+        assert_eq!(buckets.buckets.len(), 1, "only the new one is left");
+        assert!(buckets.try_take(ip("1.1.1.1"), later), "refilled");
     }
 
     #[test]

@@ -689,4 +689,140 @@ mod tests {
         assert_eq!(drops(&metrics, "backend_disconnect"), 7.0);
         assert_eq!(drops(&metrics, "socket_closed"), 3.0);
     }
+
+    /// Reads one unmasked server frame: its opcode and payload.
+    async fn read_frame(client: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.expect("frame head");
+        let len = match head[1] & 0x7f {
+            126 => u64::from(client.read_u16().await.expect("length")),
+            127 => client.read_u64().await.expect("length"),
+            short => u64::from(short),
+        };
+        let mut payload = vec![0u8; usize::try_from(len).expect("length fits")];
+        client.read_exact(&mut payload).await.expect("payload");
+        (head[0] & 0x0f, payload)
+    }
+
+    /// Frame `n` of the concurrent test: its number first, then a length
+    /// that cycles from a few bytes to more than a socket buffer holds, so
+    /// the receiver's writes stop mid-frame and the task must finish them.
+    fn numbered(n: usize) -> ByteString {
+        let filler = [3, 200, 5_000, 70_000][n % 4];
+        ByteString::from(format!("{n:06}:{}", "x".repeat(filler)))
+    }
+
+    /// The receiver (another thread, writing whole runs through the wire)
+    /// and the socket task (batches, and pings of its own under a claim)
+    /// write one TCP connection at the same time, many times over: every
+    /// frame arrives whole, once, in order, with the pings between frames.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_receiver_and_the_task_write_one_connection_concurrently_without_tearing() {
+        use crate::edge::transport::{DirectTransport, SharedTcp};
+        use tokio::io::AsyncWriteExt;
+        const ROUNDS: usize = 12;
+        const FRAMES: usize = 400;
+        for round in 0..ROUNDS {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let mut client =
+                tokio::net::TcpStream::connect(listener.local_addr().expect("address"))
+                    .await
+                    .expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            let mut transport =
+                DirectTransport::new(SharedTcp::new(server), bytes::BytesMut::new(), 4096);
+            let outbox = Arc::new(Outbox::new(FRAMES + 1));
+            outbox.attach_wire(transport.wire().expect("plain TCP is shared"));
+
+            let receiver = std::thread::spawn({
+                let outbox = outbox.clone();
+                move || {
+                    let mut n = 0;
+                    while n < FRAMES {
+                        let mut wakeups = Wakeups::new();
+                        for _ in 0..=(n + round) % 5 {
+                            if n < FRAMES {
+                                outbox.push(numbered(n), &mut wakeups);
+                                n += 1;
+                            }
+                        }
+                        wakeups.wake_all();
+                        std::thread::yield_now();
+                    }
+                }
+            });
+            let task = tokio::spawn({
+                let outbox = outbox.clone();
+                async move {
+                    let metrics = Metrics::new();
+                    let mut batch = VecDeque::new();
+                    let mut pings = 0usize;
+                    loop {
+                        tokio::select! {
+                            next = outbox.next(&mut batch) => match next {
+                                Next::Frames { first_sent } => {
+                                    transport
+                                        .send_texts(batch.make_contiguous(), first_sent)
+                                        .await
+                                        .expect("batch written");
+                                    outbox.release_wire();
+                                }
+                                Next::Close(..) => break,
+                            },
+                            () = tokio::time::sleep(Duration::from_micros(300)) => {
+                                send_own(&mut transport, &outbox, &metrics, OwnFrame::Ping)
+                                    .await
+                                    .expect("ping written");
+                                pings += 1;
+                            }
+                        }
+                    }
+                    let _ = transport.close(None).await;
+                    pings
+                }
+            });
+
+            let mut next = 0;
+            let mut pings_read = 0;
+            while next < FRAMES {
+                let (opcode, payload) = read_frame(&mut client).await;
+                if opcode == 0x9 {
+                    pings_read += 1;
+                    continue;
+                }
+                assert_eq!(opcode, 0x1, "round {round}: a text frame");
+                let expected = numbered(next);
+                assert!(
+                    payload[..] == expected.as_bytes()[..],
+                    "round {round}: frame {next} arrived whole and in order (got {} bytes \
+                     starting {:?})",
+                    payload.len(),
+                    String::from_utf8_lossy(&payload[..payload.len().min(12)])
+                );
+                next += 1;
+                if next % 50 == 0 {
+                    // A reader that pauses now and then: the buffers fill.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            receiver.join().expect("receiver thread");
+            outbox.close(CloseCode::Normal);
+            let pings = task.await.expect("task");
+            // Whatever pings went out before the close arrive whole, then
+            // the close frame.
+            loop {
+                let (opcode, payload) = read_frame(&mut client).await;
+                match opcode {
+                    0x9 => pings_read += 1,
+                    0x8 => break,
+                    other => panic!("round {round}: unexpected opcode {other} ({payload:?})"),
+                }
+            }
+            assert_eq!(pings_read, pings, "round {round}: every ping arrived whole");
+            let _ = client.shutdown().await;
+        }
+    }
 }

@@ -17,6 +17,9 @@ pub struct Health {
     receiver_stale_after: Duration,
     redis_connected: AtomicBool,
     draining: AtomicBool,
+    /// Wakes what waits for the drain outside the registry (sockets still
+    /// waiting for their first-message token).
+    drain_started: tokio::sync::Notify,
     /// Milliseconds since `started` of the last canary that came back.
     canary_beat_ms: AtomicU64,
     /// `None` when the canary is disabled.
@@ -71,6 +74,7 @@ impl Health {
             receiver_stale_after,
             redis_connected: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            drain_started: tokio::sync::Notify::new(),
             canary_beat_ms: AtomicU64::new(u64::MAX),
             canary_stale_after,
             subscriptions_missing_ms: AtomicU64::new(u64::MAX),
@@ -121,11 +125,25 @@ impl Health {
     }
 
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Relaxed);
+        self.draining.store(true, Ordering::SeqCst);
+        self.drain_started.notify_waiters();
+    }
+
+    /// Resolves once the process drains (at once if it already does).
+    pub async fn draining_started(&self) {
+        let notified = self.drain_started.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a drain that starts in
+        // between still wakes it.
+        notified.as_mut().enable();
+        if self.draining.load(Ordering::SeqCst) {
+            return;
+        }
+        notified.await;
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Canaries are enabled and none came back recently.
@@ -177,6 +195,25 @@ mod tests {
         assert_eq!(health.readiness(), Ok(()));
         health.start_draining();
         assert_eq!(health.readiness(), Err(NotReady::Draining));
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_drain_wakes_when_it_starts_or_at_once_after() {
+        let health = std::sync::Arc::new(Health::new(Duration::from_secs(5), None));
+        let waiter = tokio::spawn({
+            let health = health.clone();
+            async move { health.draining_started().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        health.start_draining();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by the drain")
+            .expect("waiter ran");
+        tokio::time::timeout(Duration::from_secs(5), health.draining_started())
+            .await
+            .expect("already draining: at once");
     }
 
     #[test]

@@ -209,23 +209,31 @@ pub struct Metrics {
 /// Why a socket was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Connects arrive faster than `connect_rate` allows.
+    /// Authenticated connects arrive faster than `connect_rate` allows.
     ConnectRate,
+    /// One client address starts handshakes faster than
+    /// `connect_rate_per_ip` allows.
+    AddressConnectRate,
     /// This process holds `max_sockets` already.
     ProcessFull,
     /// This user holds `max_sockets_per_user` already.
     UserFull,
     /// This client address holds `max_sockets_per_ip` already.
     AddressFull,
+    /// A socket still waiting for its first-message token sent frames
+    /// faster than `inbound_rate` allows (closed with 4007).
+    InboundRate,
 }
 
 impl Refusal {
     pub fn label(self) -> &'static str {
         match self {
             Refusal::ConnectRate => "connect_rate",
+            Refusal::AddressConnectRate => "address_connect_rate",
             Refusal::ProcessFull => "process_full",
             Refusal::UserFull => "user_full",
             Refusal::AddressFull => "address_full",
+            Refusal::InboundRate => "inbound_rate",
         }
     }
 }
