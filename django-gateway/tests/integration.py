@@ -303,6 +303,10 @@ def main():
         token = str(AccessToken.for_user(get_user_model()(pk=USER, username="alice")))
         BYSTANDER_TOKEN = str(AccessToken.for_user(get_user_model()(pk=USER + 1, username="bob")))
         asyncio.run(socket_steps(urls, token))
+        procs.stop_all()
+        logs = "".join(path.read_text(errors="replace") for path in work.glob("gateway-*.log"))
+        expect(all(secret not in logs for secret in (token, BYSTANDER_TOKEN, SECRET, *KEYS)),
+               "no token, JWT secret or encryption key in the gateways' logs")
     except Exception as error:  # report and fail; the processes are stopped below
         failures.append(f"{type(error).__name__}: {error}")
         print(f"FAIL: {type(error).__name__}: {error}", flush=True)
