@@ -68,3 +68,9 @@ class CheckTests(SimpleTestCase):
             self.assertEqual(ids(), ["django_gateway.E001"])
         with override_settings(SIMPLE_JWT={"ALGORITHM": "ES512", "VERIFYING_KEY": "k"}):
             self.assertEqual(ids(), ["django_gateway.E001"])
+
+    def test_e002_unknown_gateway_keys(self):
+        with override_settings(GATEWAY={"WS_ULR": "ws://typo"}):
+            self.assertEqual(ids(), ["django_gateway.E002"])
+        with override_settings(GATEWAY={"WS_URL": "ws://fine"}):
+            self.assertEqual(ids(), [])

@@ -9,7 +9,7 @@ from importlib import metadata
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from .conf import gateway_setting
+from .conf import DEFAULTS, gateway_setting
 from .gatewayconf import ConfigurationProblem, channel_layer, desired_configuration, seconds, simplejwt
 
 #: A channel name of the shape the gateway's sockets have.
@@ -46,6 +46,16 @@ def capacity_for(config, channel):
 
 @register(Tags.compatibility)
 def gateway_settings(app_configs, **kwargs):
+    configured = getattr(settings, "GATEWAY", None) or {}
+    if not isinstance(configured, dict) or set(configured) - set(DEFAULTS):
+        unknown = sorted(set(configured) - set(DEFAULTS)) if isinstance(configured, dict) else configured
+        return [
+            Error(
+                f"settings.GATEWAY must be a dict of known keys; unknown: {unknown}",
+                hint=f"The keys are {', '.join(DEFAULTS)} (django-gateway/README.md, Settings).",
+                id="django_gateway.E002",
+            )
+        ]
     problems = []
     alias = gateway_setting("CHANNEL_LAYER")
     try:
