@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess};
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Sections whose keys may be set from `GATEWAY_<SECTION>_<KEY>` variables.
@@ -66,6 +67,62 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
         key,
         reason: reason.into(),
     }
+}
+
+/// Reads a list setting from any source in the same forms: a list, or one
+/// value standing for a list of one (`GATEWAY_LAYER_HOSTS=redis://h:6379`,
+/// `--set auth.algorithms=RS256`, `hosts = "redis://h:6379"` in the file).
+/// A single string is never split: a Redis password may hold a comma.
+fn one_or_many<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct OneOrMany<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> de::Visitor<'de> for OneOrMany<T> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a list, or one value standing for a list of one")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+            Vec::deserialize(de::value::SeqAccessDeserializer::new(seq))
+        }
+
+        fn visit_str<E: de::Error>(self, value: &str) -> Result<Vec<T>, E> {
+            self.visit_string(value.to_owned())
+        }
+
+        fn visit_string<E: de::Error>(self, value: String) -> Result<Vec<T>, E> {
+            T::deserialize(de::value::StringDeserializer::<E>::new(value)).map(|one| vec![one])
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Vec<T>, A::Error> {
+            T::deserialize(de::value::MapAccessDeserializer::new(map)).map(|one| vec![one])
+        }
+    }
+
+    deserializer.deserialize_any(OneOrMany(std::marker::PhantomData))
+}
+
+/// Reads the Fernet keys `symmetric_encryption_keys_env` or `_file` point
+/// at: a JSON list of strings, or one key per line (channels_redis hashes
+/// any string into a key, so a line is taken whole; empty lines are skipped).
+fn parse_key_list(key: &'static str, text: &str) -> Result<Vec<Secret>, ConfigError> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('[') {
+        let keys: Vec<String> = serde_json::from_str(trimmed)
+            .map_err(|error| invalid(key, format!("not a JSON list of strings: {error}")))?;
+        return Ok(keys.into_iter().map(Secret::new).collect());
+    }
+    Ok(text
+        .lines()
+        .map(|line| line.trim_end_matches('\r'))
+        .filter(|line| !line.is_empty())
+        .map(Secret::new)
+        .collect())
 }
 
 /// A string that never shows up in `Debug` output, logs or `check-config`.
@@ -240,6 +297,7 @@ pub struct AuthConfig {
     pub jwt_algorithm: Option<String>,
     /// The algorithm allowlist (`none` is never accepted). Empty: the
     /// `jwt_algorithm`, else HS256.
+    #[serde(deserialize_with = "one_or_many")]
     pub algorithms: Vec<String>,
     /// PEM public key (RSA, EC P-256/P-384 or Ed25519), inline.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -276,6 +334,7 @@ pub struct AuthConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     /// Accepted `aud` values (a token must name one); empty: not checked.
+    #[serde(deserialize_with = "one_or_many")]
     pub audience: Vec<String>,
     /// Seconds of clock skew tolerated on `exp` and `nbf`.
     pub leeway: u64,
@@ -289,6 +348,7 @@ pub struct AuthConfig {
     /// cookie: any page a logged-in user visits could open a socket as them.
     pub allow_any_origin_with_cookies: bool,
     /// Claims tried in order for the user id (SimpleJWT's `USER_ID_CLAIM` first).
+    #[serde(deserialize_with = "one_or_many")]
     pub user_id_claims: Vec<String>,
     /// Group each socket joins; `{user_id}` is replaced by the token's user id.
     pub user_group_template: String,
@@ -310,9 +370,11 @@ pub struct AuthConfig {
     pub groups_claim: Option<String>,
     /// Patterns (`todo_list_*`) an extra group must match; a token asking
     /// for any other group is refused with 403.
+    #[serde(deserialize_with = "one_or_many")]
     pub allowed_groups: Vec<String>,
     /// Origins allowed to open sockets (`https://app.example.com`,
     /// `https://*.example.com`, `http://localhost:*`); empty: every origin.
+    #[serde(deserialize_with = "one_or_many")]
     pub allowed_origins: Vec<String>,
     /// What to do when the handshake has no `Origin` header.
     pub missing_origin: MissingOrigin,
@@ -374,6 +436,7 @@ pub struct LimitsConfig {
     pub connect_rate_per_ip: f64,
     pub connect_burst_per_ip: f64,
     /// Proxies (CIDRs or addresses) whose `client_ip_header` is believed.
+    #[serde(deserialize_with = "one_or_many")]
     pub trusted_proxies: Vec<String>,
     pub client_ip_header: String,
     /// Frames per second one client may send (token bucket); past it the
@@ -563,6 +626,7 @@ pub const MAX_LIVENESS_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct LayerConfig {
     pub backend: LayerBackend,
     /// Same order as the backend's `hosts`: the shard ring depends on it.
+    #[serde(deserialize_with = "one_or_many")]
     pub hosts: Vec<HostSetting>,
     pub prefix: String,
     /// Seconds a queued message lives (`expiry`).
@@ -576,7 +640,15 @@ pub struct LayerConfig {
     pub random_prefix_length: usize,
     pub serializer_format: SerializerFormatSetting,
     /// Fernet keys as in Django (first encrypts, any decrypts); empty = off.
+    #[serde(deserialize_with = "one_or_many")]
     pub symmetric_encryption_keys: Vec<Secret>,
+    /// The name of an environment variable holding the Fernet keys (a JSON
+    /// list of strings, or one key per line), instead of the list itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric_encryption_keys_env: Option<String>,
+    /// A file holding the Fernet keys, in the same forms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric_encryption_keys_file: Option<PathBuf>,
     /// How often live memberships are re-added; default a quarter of `group_expiry`.
     #[serde(with = "humantime_serde")]
     pub membership_refresh: Option<Duration>,
@@ -613,6 +685,8 @@ impl Default for LayerConfig {
             random_prefix_length: 12,
             serializer_format: SerializerFormatSetting::Msgpack,
             symmetric_encryption_keys: Vec::new(),
+            symmetric_encryption_keys_env: None,
+            symmetric_encryption_keys_file: None,
             membership_refresh: None,
             receive_batch: 512,
             queue_keys: 32,
@@ -650,6 +724,43 @@ impl LayerConfig {
         shared_proto::Encryption::new(&keys, ttl).ok()
     }
 
+    /// Fills `symmetric_encryption_keys` from `symmetric_encryption_keys_env`
+    /// or `_file` (only one of the three may be set), so nothing else needs
+    /// to know where the keys came from.
+    pub fn resolve_encryption_key_references(&mut self) -> Result<(), ConfigError> {
+        const KEY: &str = "layer.symmetric_encryption_keys";
+        let set = [
+            !self.symmetric_encryption_keys.is_empty(),
+            self.symmetric_encryption_keys_env.is_some(),
+            self.symmetric_encryption_keys_file.is_some(),
+        ];
+        if set.iter().filter(|set| **set).count() > 1 {
+            return Err(invalid(
+                KEY,
+                format!("set only one of {KEY}, {KEY}_env and {KEY}_file"),
+            ));
+        }
+        let keys = if let Some(name) = &self.symmetric_encryption_keys_env {
+            const ENV_KEY: &str = "layer.symmetric_encryption_keys_env";
+            let text = std::env::var(name).map_err(|error| {
+                invalid(ENV_KEY, format!("environment variable {name}: {error}"))
+            })?;
+            parse_key_list(ENV_KEY, &text)?
+        } else if let Some(path) = &self.symmetric_encryption_keys_file {
+            const FILE_KEY: &str = "layer.symmetric_encryption_keys_file";
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| invalid(FILE_KEY, format!("{}: {error}", path.display())))?;
+            parse_key_list(FILE_KEY, &text)?
+        } else {
+            return Ok(());
+        };
+        if keys.is_empty() || keys.iter().any(Secret::is_empty) {
+            return Err(invalid(KEY, "the referenced keys are empty"));
+        }
+        self.symmetric_encryption_keys = keys;
+        Ok(())
+    }
+
     pub fn membership_refresh_interval(&self) -> Duration {
         self.membership_refresh
             .unwrap_or_else(|| Duration::from_millis(self.group_expiry.saturating_mul(1000) / 4))
@@ -661,6 +772,7 @@ impl LayerConfig {
 pub struct EventsConfig {
     /// Event types other than `send_notification` forwarded as
     /// `{"type": ..., ...rest}`; all others are dropped and counted.
+    #[serde(deserialize_with = "one_or_many")]
     pub passthrough_types: Vec<String>,
 }
 
@@ -725,7 +837,8 @@ impl Config {
             }
             figment = figment.merge(Toml::string(&line));
         }
-        let config: Config = figment.extract()?;
+        let mut config: Config = figment.extract()?;
+        config.layer.resolve_encryption_key_references()?;
         config.validate()?;
         Ok(config)
     }
@@ -1161,6 +1274,156 @@ mod tests {
             ]
         );
         config.validate().expect("all forms are valid");
+    }
+
+    /// Figment's environment provider for one variable, as `Config::load`
+    /// reads them, without touching the process environment.
+    fn from_env_value(key: &str, value: &str) -> Result<Config, ConfigError> {
+        let figment = Figment::new().merge(figment::providers::Serialized::default(
+            key,
+            figment::value::Value::from(value),
+        ));
+        Ok(figment.extract::<Config>()?)
+    }
+
+    #[test]
+    fn one_host_url_is_a_list_of_one_from_every_source() {
+        let url = "redis://u:p@127.0.0.1:6390/2";
+        let want = vec![HostSetting::Url(url.into())];
+        let set = Config::load(None, &[format!("layer.hosts={url}")]).expect("--set bare URL");
+        assert_eq!(set.layer.hosts, want);
+        let quoted = Config::load(None, &[format!("layer.hosts=\"{url}\"")]).expect("--set string");
+        assert_eq!(quoted.layer.hosts, want);
+        let listed = Config::load(None, &[format!("layer.hosts=[\"{url}\"]")]).expect("--set list");
+        assert_eq!(listed.layer.hosts, want);
+        let env = from_env_value("layer.hosts", url).expect("env string");
+        assert_eq!(env.layer.hosts, want);
+        let file: Config = Figment::new()
+            .merge(Toml::string(&format!("[layer]\nhosts = \"{url}\"")))
+            .extract()
+            .expect("file string");
+        assert_eq!(file.layer.hosts, want);
+        let table: Config = Figment::new()
+            .merge(Toml::string(
+                "[layer]\nhosts = { address = \"redis://c:3\" }",
+            ))
+            .extract()
+            .expect("one table");
+        assert_eq!(table.layer.hosts.len(), 1);
+        // A URL holding a comma stays one host: nothing splits a string.
+        let comma = Config::load(None, &["layer.hosts=redis://:a,b@h:1".into()]).expect("comma");
+        assert_eq!(comma.layer.hosts.len(), 1);
+    }
+
+    #[test]
+    fn every_list_setting_takes_one_value() {
+        let config = Config::load(
+            None,
+            &[
+                "auth.algorithms=HS512".into(),
+                "auth.audience=web".into(),
+                "auth.user_id_claims=uid".into(),
+                "auth.allowed_origins=https://app.example.com".into(),
+                "limits.trusted_proxies=10.0.0.1".into(),
+                "events.passthrough_types=task.update".into(),
+                "layer.symmetric_encryption_keys=k1".into(),
+            ],
+        )
+        .expect("single values");
+        assert_eq!(config.auth.algorithms, ["HS512"]);
+        assert_eq!(config.auth.audience, ["web"]);
+        assert_eq!(config.auth.user_id_claims, ["uid"]);
+        assert_eq!(config.auth.allowed_origins, ["https://app.example.com"]);
+        assert_eq!(config.limits.trusted_proxies, ["10.0.0.1"]);
+        assert_eq!(config.events.passthrough_types, ["task.update"]);
+        assert_eq!(config.layer.symmetric_encryption_keys.len(), 1);
+        let env = from_env_value("auth.algorithms", "RS256").expect("env single value");
+        assert_eq!(env.auth.algorithms, ["RS256"]);
+    }
+
+    #[test]
+    fn a_list_setting_of_the_wrong_type_names_its_key() {
+        for (set, key) in [
+            ("layer.hosts=6379", "layer.hosts"),
+            ("auth.algorithms=true", "auth.algorithms"),
+            ("layer.hosts=[6379]", "layer.hosts"),
+        ] {
+            let error = Config::load(None, &[set.into()]).unwrap_err().to_string();
+            assert!(error.contains(key), "{set}: {error}");
+        }
+    }
+
+    #[test]
+    fn encryption_keys_come_from_a_file_or_an_environment_variable() {
+        let dir = std::env::temp_dir().join(format!("gateway-config-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let lines = dir.join("keys");
+        std::fs::write(&lines, "first key\nsecond,key\n\n").expect("write keys");
+        let config = Config::load(
+            None,
+            &[format!(
+                "layer.symmetric_encryption_keys_file=\"{}\"",
+                lines.display()
+            )],
+        )
+        .expect("file of lines");
+        let keys: Vec<&str> = config
+            .layer
+            .symmetric_encryption_keys
+            .iter()
+            .map(Secret::expose)
+            .collect();
+        assert_eq!(keys, ["first key", "second,key"]);
+        assert!(config.layer.encryption().is_some());
+        let json = dir.join("keys.json");
+        std::fs::write(&json, "[\"a\", \"b\"]").expect("write json");
+        let config = Config::load(
+            None,
+            &[format!(
+                "layer.symmetric_encryption_keys_file=\"{}\"",
+                json.display()
+            )],
+        )
+        .expect("JSON list");
+        assert_eq!(config.layer.symmetric_encryption_keys.len(), 2);
+        assert!(!config.to_redacted_toml().contains("\"a\""));
+
+        let error = Config::load(
+            None,
+            &["layer.symmetric_encryption_keys_env=\"GATEWAY_UNIT_TEST_SURELY_UNSET\"".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("layer.symmetric_encryption_keys_env"),
+            "{error}"
+        );
+        let error = Config::load(
+            None,
+            &[
+                "layer.symmetric_encryption_keys=k".into(),
+                format!(
+                    "layer.symmetric_encryption_keys_file=\"{}\"",
+                    json.display()
+                ),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("set only one of"), "{error}");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").expect("write empty");
+        let error = Config::load(
+            None,
+            &[format!(
+                "layer.symmetric_encryption_keys_file=\"{}\"",
+                empty.display()
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("layer.symmetric_encryption_keys"), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

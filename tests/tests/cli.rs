@@ -47,6 +47,71 @@ fn check_config_prints_the_effective_config_with_secrets_redacted() {
 }
 
 #[test]
+fn one_host_url_as_people_type_it_is_a_list_of_one() {
+    for (env, set) in [
+        (Some("redis://user:hunter2@10.0.0.5:6380/2"), None),
+        (
+            None,
+            Some("layer.hosts=redis://user:hunter2@10.0.0.5:6380/2"),
+        ),
+    ] {
+        let mut args = vec!["check-config"];
+        let mut vars = vec![
+            ("GATEWAY_AUTH_JWT_SECRET", "x"),
+            ("GATEWAY_AUTH_ALGORITHMS", "HS512"),
+        ];
+        if let Some(url) = env {
+            vars.push(("GATEWAY_LAYER_HOSTS", url));
+        }
+        if let Some(set) = set {
+            args.extend(["--set", set]);
+        }
+        let output = gateway(&args, &vars);
+        let stdout = text(&output.stdout);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert!(
+            stdout.contains("hosts = [\"redis://user:<redacted>@10.0.0.5:6380/2\"]"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("algorithms = [\"HS512\"]"), "{stdout}");
+    }
+    // Still named when one value is of the wrong kind.
+    let output = gateway(
+        &["check-config"],
+        &[
+            ("GATEWAY_AUTH_JWT_SECRET", "x"),
+            ("GATEWAY_LAYER_HOSTS", "6379"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("layer.hosts"));
+}
+
+#[test]
+fn encryption_keys_from_an_environment_variable() {
+    let vars = [
+        ("GATEWAY_AUTH_JWT_SECRET", "x"),
+        (
+            "GATEWAY_LAYER_SYMMETRIC_ENCRYPTION_KEYS_ENV",
+            "GATEWAY_TEST_FERNET_KEYS",
+        ),
+        ("GATEWAY_TEST_FERNET_KEYS", "[\"key one\", \"key two\"]"),
+    ];
+    let output = gateway(&["check-config"], &vars);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!stdout.contains("key one"), "{stdout}");
+    assert!(
+        stdout.contains("symmetric_encryption_keys = [\n    \"<redacted>\",\n    \"<redacted>\",")
+            || stdout.contains("symmetric_encryption_keys = [\"<redacted>\", \"<redacted>\"]"),
+        "{stdout}"
+    );
+    let output = gateway(&["check-config"], &vars[..2]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("layer.symmetric_encryption_keys_env"));
+}
+
+#[test]
 fn a_bad_value_fails_with_its_key_and_a_non_zero_exit() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
     let cases: [Case; 5] = [

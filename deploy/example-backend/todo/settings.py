@@ -12,7 +12,6 @@ from datetime import timedelta
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-REPO_DIR = BASE_DIR.parent.parent
 
 
 def env(name, default):
@@ -32,6 +31,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "django_gateway",  # django-gateway/: gateway_config, checks, views, helpers, the browser client
     "todos",
 ]
 
@@ -82,23 +82,23 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "login"
 
 STATIC_URL = "static/"
-# The browser client is served straight from the gateway's source tree
-# (gateway/static/notifications.js) as /static/gateway/notifications.js.
-STATICFILES_DIRS = [
-    ("gateway", env("GATEWAY_STATIC_DIR", str(REPO_DIR / "gateway" / "static"))),
-]
+# The browser client comes with the django_gateway app's static files, as
+# /static/gateway/notifications.js.
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Redis: one server for the channel layer and (another db) Celery ----------
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379")
 
 # As in the seed guide (core layer), plus room for the gateway's channels:
-# every socket of one gateway process shares one queue key.
+# every socket of one gateway process shares one queue key. socket_timeout
+# None: redis-py 8 would time blocking reads out after 5 s (check
+# django_gateway.W001); `manage.py gateway_config` leaves it out of the
+# gateway's configuration.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [REDIS_URL],
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
             "channel_capacity": {"specific.gw-*": 10000},
         },
     },
@@ -134,6 +134,17 @@ SIMPLE_JWT = {
 
 # Where the page's JavaScript connects: the gateway's public WebSocket URL.
 GATEWAY_WS_URL = env("GATEWAY_WS_URL", "ws://127.0.0.1:8000/ws/notifications/")
+# A gateway in session mode (auth.session_url = <this backend>/gateway/session/),
+# for the /live/?mode=session page; unset: that page uses GATEWAY_WS_URL.
+GATEWAY_SESSION_WS_URL = env("GATEWAY_SESSION_WS_URL", GATEWAY_WS_URL)
+
+# The django_gateway app: the template tag's default URL, and the variable
+# the generated gateway configuration reads the JWT secret from (the one
+# this file reads SIGNING_KEY from).
+GATEWAY = {
+    "WS_URL": GATEWAY_WS_URL,
+    "JWT_SECRET_ENV": "JWT_SIGNING_KEY",
+}
 
 LOGGING = {
     "version": 1,

@@ -10,5 +10,8 @@ urlpatterns = [
     # API login: username + password → SimpleJWT access + refresh tokens.
     path("api/token/", TokenObtainPairView.as_view(), name="token_obtain_pair"),
     path("api/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
+    # The gateway's token view (gateway/token/, the page's getToken) and
+    # session view (gateway/session/, the gateway's auth.session_url).
+    path("gateway/", include("django_gateway.urls")),
     path("", include("todos.urls")),
 ]

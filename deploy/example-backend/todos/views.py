@@ -2,10 +2,9 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.cache import never_cache
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 from rest_framework import generics, serializers
-from rest_framework_simplejwt.tokens import AccessToken
 
 from .forms import TaskForm
 from .models import Task
@@ -38,7 +37,7 @@ def index(request):
             "tasks": request.user.tasks.all(),
             "client_config": {
                 "wsUrl": settings.GATEWAY_WS_URL,
-                "tokenUrl": "/api/ws-token/",
+                "tokenUrl": reverse("django_gateway:token"),
                 "tasksUrl": "/api/tasks/",
             },
         },
@@ -56,13 +55,14 @@ def mark_done(request, pk):
     return redirect("index")
 
 
-@never_cache
-def ws_token(request):
-    """A fresh SimpleJWT access token for the logged-in session, for the
-    gateway's ?token=. The page asks again before every (re)connect."""
-    if not request.user.is_authenticated:
-        return JsonResponse({"detail": "not logged in"}, status=401)
-    return JsonResponse({"access": str(AccessToken.for_user(request.user))})
+@login_required
+def live(request):
+    """The few lines a page needs, from the django_gateway template tag:
+    ?mode=token (the package's token view) or ?mode=session (the gateway in
+    session mode asks the package's session view)."""
+    mode = "session" if request.GET.get("mode") == "session" else "token"
+    ws_url = settings.GATEWAY_SESSION_WS_URL if mode == "session" else settings.GATEWAY_WS_URL
+    return render(request, "todos/live.html", {"mode": mode, "ws_url": ws_url})
 
 
 class TaskSerializer(serializers.ModelSerializer):

@@ -16,7 +16,7 @@ export function backendPython() {
   return python;
 }
 
-export async function startBackend({ redisUrl, wsUrl, reminderScanSeconds = 1 }) {
+export async function startBackend({ redisUrl, wsUrl, reminderScanSeconds = 1, extraEnv = {}, celery = true, name = "django" }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "todo-e2e-"));
   const port = await freePort();
   const env = {
@@ -27,6 +27,7 @@ export async function startBackend({ redisUrl, wsUrl, reminderScanSeconds = 1 })
     REMINDER_SCAN_SECONDS: String(reminderScanSeconds),
     DUE_SOON_MINUTES: "60",
     PYTHONUNBUFFERED: "1",
+    ...extraEnv,
   };
   const python = backendPython();
   const manage = (args) =>
@@ -40,10 +41,23 @@ export async function startBackend({ redisUrl, wsUrl, reminderScanSeconds = 1 })
   manage(["seed_demo"]);
   const workerLog = path.join(REPO, "tests", "artifacts", "celery.log");
   fs.rmSync(workerLog, { force: true });
-  const web = start("django", python, ["manage.py", "runserver", "--noreload", `127.0.0.1:${port}`], {
+  const web = start(name, python, ["manage.py", "runserver", "--noreload", `127.0.0.1:${port}`], {
     cwd: BACKEND_DIR,
     env,
   });
+  const url = `http://127.0.0.1:${port}`;
+  const webReady = () =>
+    waitFor(
+      async () => {
+        if (web.exitCode !== null) throw fatal(`runserver exited (see tests/artifacts/${name}.log)`);
+        return (await fetch(`${url}/accounts/login/`)).ok;
+      },
+      { timeoutMs: 30000, what: "django runserver" },
+    );
+  if (!celery) {
+    await webReady();
+    return { url, web, worker: null, dir, env, manage };
+  }
   const worker = start(
     "celery",
     python,
@@ -51,14 +65,7 @@ export async function startBackend({ redisUrl, wsUrl, reminderScanSeconds = 1 })
       "--schedule", path.join(dir, "celerybeat-schedule"), "--without-gossip", "--without-mingle"],
     { cwd: BACKEND_DIR, env },
   );
-  const url = `http://127.0.0.1:${port}`;
-  await waitFor(
-    async () => {
-      if (web.exitCode !== null) throw fatal("runserver exited (see tests/artifacts/django.log)");
-      return (await fetch(`${url}/accounts/login/`)).ok;
-    },
-    { timeoutMs: 30000, what: "django runserver" },
-  );
+  await webReady();
   await waitFor(() => {
     if (worker.exitCode !== null) throw fatal("celery worker exited (see tests/artifacts/celery.log)");
     return fs.readFileSync(workerLog, "utf8").includes("ready.");
@@ -67,5 +74,5 @@ export async function startBackend({ redisUrl, wsUrl, reminderScanSeconds = 1 })
     intervalMs: 200,
     what: "celery worker ready",
   });
-  return { url, web, worker, dir, env };
+  return { url, web, worker, dir, env, manage };
 }
