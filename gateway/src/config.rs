@@ -183,8 +183,8 @@ pub struct ServerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key_file: Option<PathBuf>,
     /// Socket worker threads; 0 means one per CPU core but one, at least
-    /// one ([`ServerConfig::socket_workers`]). The first one to start also
-    /// runs the Redis receiver and the router.
+    /// one ([`ServerConfig::socket_workers`]). The Redis receiver and the
+    /// router run on a thread of their own (`relay`).
     pub workers: usize,
     /// Who speaks WebSocket on accepted sockets: `direct` (the gateway owns
     /// the connection after the upgrade and keeps no buffers while idle) or
@@ -225,11 +225,9 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// How many socket worker threads to start: `workers`, or for 0 one per
     /// core the process may use but one, at least one. The receiver routes
-    /// on the first socket thread and writes frames to waiting sockets of
-    /// every thread itself; on 2 cores shared with Redis and the clients,
-    /// one socket thread and two deliver about as many broadcast frames
-    /// (`docs/benchmarks.md`), and the main thread keeps the membership
-    /// writer, the keeper and the canary.
+    /// on its own thread and writes frames to waiting sockets of every
+    /// socket thread itself, so the core left over is its; the main thread
+    /// keeps the membership writer, the keeper and the canary.
     pub fn socket_workers(&self) -> usize {
         if self.workers > 0 {
             return self.workers;

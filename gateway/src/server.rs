@@ -4,8 +4,8 @@
 //! Build ([`build`]): every concern checks its own settings as it is built
 //! (token keys, origin patterns, limits, event types), so `check-config`,
 //! `gen-token` and `serve` judge a setting once, in one place. Start: raise the open-files limit, wire registry, router and layer, bind
-//! the public and admin listeners, then start the layer's receiver on the
-//! first socket worker's runtime. Stop (SIGTERM / SIGINT): readiness goes
+//! the public and admin listeners, then start the layer's receiver on a
+//! thread of its own (`relay`, see `ops::runtime_thread`). Stop (SIGTERM / SIGINT): readiness goes
 //! false and new sockets are refused at once, the listener stops accepting
 //! after `drain_delay`, sockets are closed with 1001 in batches over
 //! `drain_window` (see `drain`), this process's memberships are removed from
@@ -29,8 +29,6 @@ use anyhow::Context;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use shared_proto::payload::{PayloadCodec, SerializerFormat};
-use tokio::runtime::Handle;
-use tokio::sync::oneshot;
 
 use crate::auth::groups::GroupPolicy;
 use crate::auth::session::SessionAuth;
@@ -50,15 +48,12 @@ use crate::layer::{CanarySending, HostRing, Layer};
 use crate::ops::canary::Canary;
 use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
+use crate::ops::runtime_thread::RuntimeThread;
 use crate::ops::shutdown::termination_signal;
 use crate::relay::events::EventMapper;
 use crate::relay::outbox::Outbox;
 use crate::relay::registry::{ChannelNaming, ConnId, Registry};
 use crate::relay::router::Router;
-
-/// How long the first socket worker may take to start before the receiver
-/// starts on the main thread instead.
-const WORKER_START: Duration = Duration::from_secs(10);
 
 /// What a configuration builds before anything runs or binds: each part
 /// checked its own settings.
@@ -151,48 +146,12 @@ fn public_listener(config: &Config) -> anyhow::Result<std::net::TcpListener> {
         .with_context(|| format!("server.listen: cannot bind {}", config.server.listen))
 }
 
-/// Passes the runtime of the first socket worker to start to the layer,
-/// whose receiver then runs there: a message is popped, routed and written
-/// to its sockets on one thread, without a hand-off between threads.
-#[derive(Clone)]
-struct SocketRuntimeReport {
-    report: Arc<parking_lot::Mutex<Option<oneshot::Sender<Handle>>>>,
-    /// The thread that builds the server: a factory called there (rather
-    /// than on a worker) must not claim the place.
-    builder_thread: std::thread::ThreadId,
-}
-
-impl SocketRuntimeReport {
-    fn new() -> (SocketRuntimeReport, oneshot::Receiver<Handle>) {
-        let (report, reported) = oneshot::channel();
-        let report = SocketRuntimeReport {
-            report: Arc::new(parking_lot::Mutex::new(Some(report))),
-            builder_thread: std::thread::current().id(),
-        };
-        (report, reported)
-    }
-
-    /// Called by the service factory, which actix-server runs on each worker.
-    fn offer_current(&self) {
-        if std::thread::current().id() == self.builder_thread {
-            return;
-        }
-        let Ok(runtime) = Handle::try_current() else {
-            return;
-        };
-        if let Some(report) = self.report.lock().take() {
-            let _ = report.send(runtime);
-        }
-    }
-}
-
 /// The public listener: HTTP/1.1 only, over TLS when configured (no ALPN
 /// is offered, so no client can pick h2 there), on the socket workers.
 /// What serves each connection depends on the driver ([`public_http1`]).
 fn public_server(
     config: &Config,
     gateway: web::Data<Gateway>,
-    socket_runtime: SocketRuntimeReport,
 ) -> anyhow::Result<actix_server::Server> {
     let request_timeout = config.server.handshake_timeout;
     let driver = config.server.websocket_driver;
@@ -206,7 +165,6 @@ fn public_server(
         (Some(cert), Some(key)) => {
             let tls = tls_config(cert, key)?;
             builder.listen("public", listener, move || {
-                socket_runtime.offer_current();
                 let http1 =
                     public_http1::<TlsStream<TcpStream>>(driver, gateway.clone(), request_timeout);
                 TlsAcceptor::new(tls.clone())
@@ -220,7 +178,6 @@ fn public_server(
             })
         }
         _ => builder.listen("public", listener, move || {
-            socket_runtime.offer_current();
             let http1 = public_http1::<TcpStream>(driver, gateway.clone(), request_timeout);
             fn_service(|stream: TcpStream| {
                 let peer = stream.peer_addr().ok();
@@ -276,6 +233,8 @@ fn public_http1<T: Connection>(
 
 /// What a started gateway holds until it stops.
 struct Running {
+    /// The thread the layer's receiver runs on; stopped last.
+    relay: RuntimeThread,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
@@ -447,8 +406,7 @@ async fn start(config: &Config, built: Built) -> anyhow::Result<Running> {
         }),
     });
 
-    let (socket_runtime, socket_runtime_reported) = SocketRuntimeReport::new();
-    let public = public_server(config, gateway.clone(), socket_runtime)?;
+    let public = public_server(config, gateway.clone())?;
     let admin_data = gateway.clone();
     let admin = HttpServer::new(move || {
         App::new()
@@ -470,15 +428,12 @@ async fn start(config: &Config, built: Built) -> anyhow::Result<Running> {
     let admin_handle = admin.handle();
     let public_task = actix_web::rt::spawn(public);
     let admin_task = actix_web::rt::spawn(admin);
-    let receive_runtime = match tokio::time::timeout(WORKER_START, socket_runtime_reported).await {
-        Ok(Ok(runtime)) => runtime,
-        _ => {
-            tracing::warn!("no socket worker reported its runtime; receiving on the main thread");
-            Handle::current()
-        }
-    };
-    layer.start_receiving(&receive_runtime);
+    // The receiver has a thread of its own: what the socket threads do for
+    // new connections never waits in line with routing.
+    let relay = RuntimeThread::start("relay").context("cannot start the relay thread")?;
+    layer.start_receiving(relay.handle());
     Ok(Running {
+        relay,
         health,
         metrics,
         registry,
@@ -512,6 +467,7 @@ impl Running {
     /// memberships removed; listeners stopped.
     async fn stop(self, config: &Config) {
         let Running {
+            relay,
             health,
             metrics,
             registry,
@@ -540,7 +496,11 @@ impl Running {
         )
         .await;
         let deadline = stop_started + config.server.shutdown_timeout;
-        while registry.socket_count() > 0 && tokio::time::Instant::now() < deadline {
+        // Handshakes already past the draining check finish (and are closed
+        // with 1001 once registered) before the layer and listeners stop.
+        while (registry.socket_count() > 0 || health.handshakes_in_flight() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tracing::info!(
@@ -549,6 +509,7 @@ impl Running {
             "sockets closed"
         );
         layer.shutdown().await;
+        drop(relay);
         public.stop(false).await;
         admin.stop(false).await;
         tracing::info!("gateway stopped");
@@ -611,40 +572,5 @@ mod tests {
             error.to_string().contains("auth.jwt_secret"),
             "HMAC key, no HS: {error}"
         );
-    }
-
-    #[test]
-    fn the_first_worker_with_a_runtime_gets_the_receiver() {
-        let (report, mut reported) = SocketRuntimeReport::new();
-
-        // The thread that builds the server is not a socket thread.
-        report.offer_current();
-        assert!(reported.try_recv().is_err());
-
-        // A thread without a runtime has nothing to offer.
-        let no_runtime = report.clone();
-        std::thread::spawn(move || no_runtime.offer_current())
-            .join()
-            .expect("thread ran");
-        assert!(reported.try_recv().is_err());
-
-        let worker = |report: SocketRuntimeReport| {
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .expect("runtime");
-                runtime.block_on(async { report.offer_current() });
-            })
-            .join()
-            .expect("worker ran");
-        };
-        worker(report.clone());
-        let runtime = reported.try_recv().expect("the first worker reported");
-        assert_eq!(
-            runtime.runtime_flavor(),
-            tokio::runtime::RuntimeFlavor::CurrentThread
-        );
-        // Later workers (or a restarted service) leave the place as it is.
-        worker(report);
     }
 }

@@ -6,7 +6,8 @@ the gateway and the Daphne peer side by side, ratios) and
 rate) and ``docs/benchmarks-soak.svg`` (the soak run's samples over time),
 drawn by hand: no plotting library, no network.
 
-Usage: report.py RESULTS_DIR META_JSON DOCS_DIR [--merge-recovery | --merge-capacity]
+Usage: report.py RESULTS_DIR META_JSON DOCS_DIR [--merge-recovery | --merge-capacity |
+                                                 --merge-handshake-storm]
        report.py --render-only DOCS_DIR
 It only reads what the run wrote; it starts nothing and measures nothing.
 With --render-only it renders DOCS_DIR/benchmarks.json's run again (after
@@ -15,7 +16,8 @@ With --merge-recovery (``BENCH_ONLY=recovery``) the run's ``recovery-*``
 results replace those of DOCS_DIR/benchmarks.json, whose other results and
 meta are kept, and the whole report is rendered again from the merged data;
 --merge-capacity (``BENCH_ONLY=capacity``) does the same with the ramps at
-Django's default capacity.
+Django's default capacity, --merge-handshake-storm
+(``BENCH_ONLY=handshake-storm``) with the handshake storm.
 """
 
 import json
@@ -700,6 +702,48 @@ def default_capacity_lines(res, meta):
 
 RECOVERY_PREFIX = "recovery-"
 CAPACITY_PREFIX = "gateway-per-user-default-capacity"
+HANDSHAKE_STORM_PREFIX = "handshake-storm"
+
+
+def handshake_storm_lines(res, meta):
+    """The running sockets' latency, quiet and during a handshake storm."""
+    runs = [res[k] for k in sorted(res, key=lambda k: (len(k), k)) if k.startswith(HANDSHAKE_STORM_PREFIX)]
+    if not runs:
+        return []
+    run = meta.get("handshake storm run") or {}
+    knobs = run.get("knobs") or {}
+    lines = ["### Delivery during a reconnect storm", ""]
+    lines += [f"From the run of {run.get('date', '?')}, commit **{run.get('commit', '?')}** "
+              f"({run.get('gateway', 'release build')}; {run.get('cpu speed', 'cpu speed not measured')}), "
+              f"which took {run.get('took', '?')}. "
+              f"{knobs.get('BENCH_HANDSHAKE_STORM_SOCKETS', '?')} sockets of one user stay connected and get "
+              f"{knobs.get('BENCH_HANDSHAKE_STORM_MESSAGES', '?')} messages at "
+              f"{knobs.get('BENCH_HANDSHAKE_STORM_RATE', '?')} msgs/s, first with nothing else going on, then "
+              f"while {knobs.get('BENCH_HANDSHAKE_STORM_CLIENTS', '?')} other clients connect all at once "
+              "(512 handshakes in flight), are dropped and connect again, round after round, each with an "
+              "RS256 token the gateway verifies with its public key and a join written to Redis. The target: "
+              "the running sockets' p99 during the storm within 2× of the quiet one.", ""]
+    lines += ["| run | quiet p50 / p99 ms | during the storm p50 / p99 ms | p99 ratio | lost (quiet / storm) "
+              "| storm handshakes/s | rounds | failed handshakes |", "|---|---|---|---|---|---|---|---|"]
+    ratios = []
+    for i, r in enumerate(runs, 1):
+        storm = r.get("storm") or {}
+        if "error" in r or not storm:
+            lines.append(f"| {i} | no result (see `benchmarks.json`) | — | — | — | — | — | — |")
+            continue
+        quiet, stormy = storm.get("quiet") or {}, storm.get("during_storm") or {}
+        q99, s99 = p99_ms(quiet), p99_ms(stormy)
+        ratio_ = (s99 / q99) if q99 and s99 is not None else None
+        if ratio_ is not None:
+            ratios.append(ratio_)
+        lat_q, lat_s = quiet.get("latency") or {}, stormy.get("latency") or {}
+        hs = storm.get("storm") or {}
+        lines.append(f"| {i} | {fmt(lat_q.get('p50_ms'), 2)} / {fmt(q99, 2)} | {fmt(lat_s.get('p50_ms'), 2)} / "
+                     f"{fmt(s99, 2)} | {fmt(ratio_, 2)}× | {fmt(quiet.get('lost'))} / {fmt(stormy.get('lost'))} | "
+                     f"{fmt(hs.get('handshakes_per_s'), 0)} | {fmt(hs.get('rounds'))} | {fmt(hs.get('failed'))} |")
+    if ratios:
+        lines += ["", f"Median p99 ratio: {fmt(median(ratios), 2)}×."]
+    return lines + [""]
 
 
 def merged(res, meta, docs: Path, prefix: str, run_key: str):
@@ -733,6 +777,8 @@ def main() -> int:
             res, meta = merged(res, meta, docs, RECOVERY_PREFIX, "recovery run")
         if "--merge-capacity" in sys.argv[1:]:
             res, meta = merged(res, meta, docs, CAPACITY_PREFIX, "capacity run")
+        if "--merge-handshake-storm" in sys.argv[1:]:
+            res, meta = merged(res, meta, docs, HANDSHAKE_STORM_PREFIX, "handshake storm run")
     soak = res.get("gateway-soak")
     report = {"meta": meta, "results": res}
     if soak and "error" not in soak:
@@ -1063,6 +1109,9 @@ def main() -> int:
     default_capacity = default_capacity_lines(res, meta)
     if default_capacity:
         lines += [""] + default_capacity
+    storm_section = handshake_storm_lines(res, meta)
+    if storm_section:
+        lines += [""] + storm_section
     if gateway_fixed:
         lines += ["", "### Fixed rate, repeated: the gateway and the bare relay alternated", "",
                   "Each gateway run is followed by a bare relay run with the same publisher, Redis "

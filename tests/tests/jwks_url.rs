@@ -20,7 +20,7 @@ use tests::gateway_bin;
 use tests::procs::scratch_dir;
 use tests::tokens::now_secs;
 use tests::{
-    ConnectError, GatewayConfig, GatewayLauncher, GatewayProcess, LayerDriver, RedisServer,
+    ConnectError, GatewayConfig, GatewayLauncher, GatewayProcess, LayerDriver, RedisServer, Signal,
     TokenIn, WsClient,
 };
 
@@ -564,4 +564,62 @@ fn check_config_refuses_plain_http_to_a_remote_host_and_two_jwks_sources() {
         r#"auth.jwks_url="http://127.0.0.1:1/jwks.json""#,
     ]);
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// A handshake still verifying when the drain takes its list of sockets
+/// (here: waiting on a slow fetch for a new kid) is still closed with 1001
+/// and a hint once it has joined, instead of staying open until the
+/// process exits.
+#[tokio::test]
+async fn a_socket_that_joins_after_the_drain_began_is_closed_with_1001() {
+    let material = Material::new();
+    let (ca, cert, key) = material.certificates("ca");
+    let (redis, mut driver) = redis_and_driver().await;
+    let first = json!({"keys": [jwk(&mut driver, &material, "rsa", "first", "RS256").await]});
+    let server = JwksServer::start(&cert, &key, material.path("state"), &first);
+    let mut config = GatewayConfig::new(&redis.url())
+        .expect("config")
+        .line("auth", r#"algorithms = ["HS256", "RS256"]"#)
+        .line("auth", format!("jwks_url = {}", toml_string(&server.url())))
+        .line(
+            "auth",
+            format!("jwks_ca_file = {}", toml_string(&ca.to_string_lossy())),
+        )
+        .line("auth", "jwks_reload_interval = \"1s\"")
+        .line("server", "drain_delay = \"200ms\"")
+        .line("server", "drain_window = \"100ms\"")
+        .line("server", "shutdown_timeout = \"20s\"");
+    let mut gateway = GatewayLauncher::new()
+        .bin(gateway_bin!())
+        .start_config(&mut config)
+        .await
+        .expect("gateway starts and becomes ready");
+    let token = driver
+        .mint_jwt(
+            claims(7),
+            &material.private("rsa2"),
+            "RS256",
+            Some(json!({ "kid": "late" })),
+        )
+        .await
+        .expect("PyJWT encode");
+    server.serve(&json!({"keys": [
+        jwk(&mut driver, &material, "rsa", "first", "RS256").await,
+        jwk(&mut driver, &material, "rsa2", "late", "RS256").await,
+    ]}));
+    server.set("delay_ms", "1500");
+    // Past the reload interval, so the new kid may be fetched.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let url = gateway.ws_url("/ws/notifications/");
+    let handshake =
+        tokio::spawn(async move { WsClient::connect(&url, TokenIn::Header(token)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gateway.signal(Signal::Term).expect("SIGTERM");
+    let mut socket = handshake
+        .await
+        .expect("handshake task")
+        .expect("accepted once the key arrived");
+    assert_eq!(socket.wait_close(WAIT).await.expect("closed"), 1001);
+    let reason = socket.close_reason().unwrap_or_default();
+    assert!(reason.contains("retry_after_ms="), "{reason}");
 }

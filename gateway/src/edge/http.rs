@@ -230,6 +230,9 @@ pub(crate) async fn decide(gateway: &Gateway, head: &RequestHead) -> Verdict {
             "server is shutting down",
         ));
     }
+    // From here to the verdict the stop waits for this handshake, so if it
+    // registers after the drain's list was taken it still gets its 1001.
+    let _in_flight = gateway.health.handshake_started();
 
     // Before any token is looked at: with cookie auth the browser attaches
     // the user's cookie to a socket opened by any site, so only the origin

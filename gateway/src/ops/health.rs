@@ -7,7 +7,7 @@
 //! recently, and the process is not draining. It only keeps and judges flags set by others; it
 //! must not probe Redis itself.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Health {
@@ -20,6 +20,10 @@ pub struct Health {
     /// Wakes what waits for the drain outside the registry (sockets still
     /// waiting for their first-message token).
     drain_started: tokio::sync::Notify,
+    /// Handshakes past the draining check and not yet decided: the stop
+    /// waits for them, so one that registers after the drain's list was
+    /// taken is still closed with 1001 rather than cut off.
+    handshakes_in_flight: AtomicUsize,
     /// Milliseconds since `started` of the last canary that came back.
     canary_beat_ms: AtomicU64,
     /// `None` when the canary is disabled.
@@ -75,6 +79,7 @@ impl Health {
             redis_connected: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             drain_started: tokio::sync::Notify::new(),
+            handshakes_in_flight: AtomicUsize::new(0),
             canary_beat_ms: AtomicU64::new(u64::MAX),
             canary_stale_after,
             subscriptions_missing_ms: AtomicU64::new(u64::MAX),
@@ -129,6 +134,16 @@ impl Health {
         self.drain_started.notify_waiters();
     }
 
+    /// Counts a handshake as in flight until the guard is dropped.
+    pub fn handshake_started(&self) -> HandshakeInFlight<'_> {
+        self.handshakes_in_flight.fetch_add(1, Ordering::SeqCst);
+        HandshakeInFlight(self)
+    }
+
+    pub fn handshakes_in_flight(&self) -> usize {
+        self.handshakes_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Resolves once the process drains (at once if it already does).
     pub async fn draining_started(&self) {
         let notified = self.drain_started.notified();
@@ -179,6 +194,15 @@ impl Health {
     }
 }
 
+/// A handshake in flight; dropping it counts it done.
+pub struct HandshakeInFlight<'a>(&'a Health);
+
+impl Drop for HandshakeInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.handshakes_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +238,17 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), health.draining_started())
             .await
             .expect("already draining: at once");
+    }
+
+    #[test]
+    fn handshakes_in_flight_are_counted_until_their_guard_drops() {
+        let health = Health::new(Duration::from_secs(5), None);
+        let first = health.handshake_started();
+        let second = health.handshake_started();
+        assert_eq!(health.handshakes_in_flight(), 2);
+        drop(first);
+        drop(second);
+        assert_eq!(health.handshakes_in_flight(), 0);
     }
 
     #[test]

@@ -2,13 +2,14 @@
 //!
 //! Metrics (a leaf: every label enum lives there), health verdicts, the
 //! canary that proves the Redis path end to end, the shutdown signal, log
-//! output and the memory allocator. Nothing here knows about sockets,
-//! tokens or Redis keys.
+//! output, the memory allocator and the thread the receiver runs on.
+//! Nothing here knows about sockets, tokens or Redis keys.
 
 pub mod allocator;
 pub(crate) mod canary;
 pub mod clock;
 pub mod health;
 pub mod metrics;
+pub(crate) mod runtime_thread;
 pub(crate) mod shutdown;
 pub(crate) mod telemetry;

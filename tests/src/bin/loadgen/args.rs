@@ -26,6 +26,11 @@ pub(crate) enum Mode {
     /// with their positions, and time until each has its replay and status
     /// frame; checks that every socket got every missed message exactly once.
     RecoveryStorm,
+    /// The connected sockets (one user) are the running ones: measure their
+    /// latency at `--broadcast-rate` for `--messages`, quiet, then again
+    /// while `--storm-clients` others, with RS256 tokens, connect all at
+    /// once, are dropped and connect again, over and over.
+    HandshakeStorm,
 }
 
 #[derive(Parser, Debug)]
@@ -135,6 +140,17 @@ pub(crate) struct Args {
     /// delivery's work and only the gateway and the sockets are missing.
     #[arg(long, default_value_t = 0)]
     pub(crate) ceiling_members: u64,
+    /// Handshake storm: clients that connect, are dropped and connect
+    /// again while the running sockets are measured.
+    #[arg(long, default_value_t = 15_000)]
+    pub(crate) storm_clients: usize,
+    /// Handshake storm: the PEM RSA private key the storm's RS256 tokens
+    /// are signed with (the gateway verifies with its public key).
+    #[arg(long)]
+    pub(crate) storm_rsa_key: Option<PathBuf>,
+    /// Handshake storm: distinct tokens (users) the storm clients share.
+    #[arg(long, default_value_t = 500)]
+    pub(crate) storm_tokens: usize,
     /// Seconds to wait for stragglers after the last publish.
     #[arg(long, default_value_t = 5.0)]
     pub(crate) drain_secs: f64,
@@ -166,6 +182,9 @@ impl Args {
         }
         if (self.mode != Mode::Idle || self.probe) && self.redis.is_empty() {
             bail!("--redis is required for {:?}", self.mode);
+        }
+        if self.mode == Mode::HandshakeStorm && self.storm_rsa_key.is_none() {
+            bail!("--storm-rsa-key is required for the handshake storm");
         }
         Ok(())
     }

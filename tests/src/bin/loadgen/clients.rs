@@ -133,7 +133,7 @@ pub(crate) struct Fleet {
 
 pub(crate) struct ConnectReport {
     pub(crate) ok: usize,
-    failed: usize,
+    pub(crate) failed: usize,
     retries: u64,
     elapsed: Duration,
 }

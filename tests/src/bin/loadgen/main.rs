@@ -23,7 +23,8 @@
 //! which `tests::tool_result` writes. The rest has one module per concern:
 //! `args`; the sockets, `clients` (connecting) and `reader` (receiving);
 //! `publish`; `step` (one measured step); the modes, `modes` and
-//! `recovery_storm`; the Redis-alone `ceiling`; and the measurements,
+//! `recovery_storm` and `handshake_storm`; the Redis-alone `ceiling`; and
+//! the measurements,
 //! `measure`, `proc_stats`, `redis_stats` and `gateway_lag`.
 
 /// The publisher builds and drops many short-lived buffers per message;
@@ -37,6 +38,7 @@ mod args;
 mod ceiling;
 mod clients;
 mod gateway_lag;
+mod handshake_storm;
 mod measure;
 mod modes;
 mod proc_stats;
@@ -77,6 +79,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
     }
     let steps_needed = match args.mode {
         Mode::PerUser => args.rates.len().max(1),
+        Mode::HandshakeStorm => 2,
         _ => 1,
     };
     let n = args.sockets;
@@ -155,6 +158,10 @@ async fn run(args: Args) -> Result<serde_json::Value> {
                 user_of,
             )
             .await?;
+        }
+        Mode::HandshakeStorm => {
+            out["storm"] =
+                handshake_storm::handshake_storm(&args, &config, &shared, fleet, &connect).await?;
         }
         Mode::ReconnectStorm => {
             out["storm"] = modes::reconnect_storm(
