@@ -83,6 +83,11 @@ impl LeanStream {
 /// A TLS client (ring, TLS 1.2 and 1.3) that trusts only the CA
 /// certificates in the PEM file `ca_file` (the tests' own CA).
 pub fn tls_connector(ca_file: &Path) -> Result<TlsConnector, LeanWsError> {
+    Ok(TlsConnector::from(tls_client_config(ca_file)?))
+}
+
+/// [`tls_connector`]'s rustls configuration, for blocking clients.
+pub fn tls_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, LeanWsError> {
     let bad = |what: String| LeanWsError::Io(io::Error::new(io::ErrorKind::InvalidData, what));
     let mut roots = rustls::RootCertStore::empty();
     let certificates = CertificateDer::pem_file_iter(ca_file)
@@ -99,7 +104,7 @@ pub fn tls_connector(ca_file: &Path) -> Result<TlsConnector, LeanWsError> {
         .map_err(|error| bad(error.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+    Ok(Arc::new(config))
 }
 
 impl AsyncRead for LeanStream {
