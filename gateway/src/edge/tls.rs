@@ -409,8 +409,13 @@ fn process(
             _ => return Err(TlsError::State("continue (unknown state)")),
         };
         done += taken;
-        if let Some(reached) = reached {
-            return Ok((done, reached));
+        match reached {
+            // Whatever else happened, a reader that got bytes must be told.
+            Some(Reached::NeedInput | Reached::Closed) if delivered => {
+                return Ok((done, Reached::Delivered))
+            }
+            Some(reached) => return Ok((done, reached)),
+            None => {}
         }
     }
 }
