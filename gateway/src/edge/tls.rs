@@ -115,15 +115,17 @@ pub(crate) async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Res
     let conn = UnbufferedServerConnection::new(config).map_err(TlsError::from)?;
     let mut stream = TlsStream {
         tcp,
-        conn,
-        incoming: Vec::new(),
-        outgoing: Vec::new(),
-        outgoing_sent: 0,
-        plaintext: Vec::new(),
-        plaintext_read: 0,
-        peer_closed: false,
-        close_sent: false,
-        failed: false,
+        state: Box::new(TlsState {
+            conn,
+            incoming: Vec::new(),
+            outgoing: Vec::new(),
+            outgoing_sent: 0,
+            plaintext: Vec::new(),
+            plaintext_read: 0,
+            peer_closed: false,
+            close_sent: false,
+            failed: false,
+        }),
     };
     poll_fn(|cx| stream.poll_handshake(cx)).await?;
     Ok(stream)
@@ -133,6 +135,14 @@ pub(crate) async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Res
 /// record is in flight (module docs).
 pub(crate) struct TlsStream {
     tcp: TcpStream,
+    /// Boxed: rustls' state is 1 KiB, and a future holding the stream (the
+    /// socket task's keeps its transport in more than one of its states)
+    /// would hold it inline, once per state.
+    state: Box<TlsState>,
+}
+
+/// Everything of a [`TlsStream`] but its TCP connection.
+struct TlsState {
     conn: UnbufferedServerConnection,
     /// Received TLS bytes not yet processed: a partial record (or, in a
     /// handshake, a message spanning records). Unallocated when empty.
@@ -162,7 +172,9 @@ impl TlsStream {
     /// must hold none of).
     #[cfg(test)]
     fn held_capacity(&self) -> usize {
-        self.incoming.capacity() + self.outgoing.capacity() + self.plaintext.capacity()
+        self.state.incoming.capacity()
+            + self.state.outgoing.capacity()
+            + self.state.plaintext.capacity()
     }
 
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -181,7 +193,7 @@ impl TlsStream {
                     if read == 0 {
                         return Poll::Ready(Err(TlsError::ClosedInHandshake.into()));
                     }
-                    self.incoming.extend_from_slice(&scratch[..read]);
+                    self.state.incoming.extend_from_slice(&scratch[..read]);
                 }
             }
         }
@@ -201,29 +213,30 @@ impl TlsStream {
     }
 
     fn outgoing_is_empty(&self) -> bool {
-        self.outgoing_sent >= self.outgoing.len()
+        self.state.outgoing_sent >= self.state.outgoing.len()
     }
 
     /// Writes what `outgoing` holds; ready once all of it is written (and
     /// the buffer freed).
     fn poll_send_outgoing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while let Some(unsent) = self
+            .state
             .outgoing
-            .get(self.outgoing_sent..)
+            .get(self.state.outgoing_sent..)
             .filter(|b| !b.is_empty())
         {
             ready!(self.tcp.poll_write_ready(cx))?;
             match self.tcp.try_write(unsent) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Ok(written) => self.outgoing_sent += written,
+                Ok(written) => self.state.outgoing_sent += written,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
                 Err(error) => return Poll::Ready(Err(error)),
             }
         }
-        if self.outgoing.capacity() > 0 {
-            self.outgoing = Vec::new();
+        if self.state.outgoing.capacity() > 0 {
+            self.state.outgoing = Vec::new();
         }
-        self.outgoing_sent = 0;
+        self.state.outgoing_sent = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -240,7 +253,7 @@ impl TlsStream {
             0
         };
         if let Some(rest) = record.get(written..).filter(|rest| !rest.is_empty()) {
-            self.outgoing.extend_from_slice(rest);
+            self.state.outgoing.extend_from_slice(rest);
         }
         Ok(())
     }
@@ -248,10 +261,10 @@ impl TlsStream {
     /// Processes the TLS bytes held in `incoming` toward `goal`, dropping
     /// those done with.
     fn process_held(&mut self, goal: Goal<'_, '_>) -> io::Result<Reached> {
-        let mut incoming = std::mem::take(&mut self.incoming);
+        let mut incoming = std::mem::take(&mut self.state.incoming);
         let result = self.process(&mut incoming, goal);
         let done = result.as_ref().map_or(0, |(done, _)| *done);
-        self.incoming = keep_unprocessed(incoming, done);
+        self.state.incoming = keep_unprocessed(incoming, done);
         result.map(|(_, reached)| reached)
     }
 
@@ -262,21 +275,21 @@ impl TlsStream {
         input: &mut [u8],
         mut goal: Goal<'_, '_>,
     ) -> io::Result<(usize, Reached)> {
-        if self.failed {
+        if self.state.failed {
             return Err(TlsError::Failed.into());
         }
         let outcome = process(
-            &mut self.conn,
+            &mut self.state.conn,
             input,
             &mut Held {
-                outgoing: &mut self.outgoing,
-                plaintext: &mut self.plaintext,
-                peer_closed: &mut self.peer_closed,
+                outgoing: &mut self.state.outgoing,
+                plaintext: &mut self.state.plaintext,
+                peer_closed: &mut self.state.peer_closed,
             },
             &mut goal,
         );
         if outcome.is_err() {
-            self.failed = true;
+            self.state.failed = true;
         }
         Ok(outcome?)
     }
@@ -284,18 +297,19 @@ impl TlsStream {
     /// Hands the reader what an earlier record left; true if there was any.
     fn take_plaintext(&mut self, buffer: &mut ReadBuf<'_>) -> bool {
         let Some(left) = self
+            .state
             .plaintext
-            .get(self.plaintext_read..)
+            .get(self.state.plaintext_read..)
             .filter(|left| !left.is_empty())
         else {
             return false;
         };
         let taken = left.len().min(buffer.remaining());
         buffer.put_slice(&left[..taken]);
-        self.plaintext_read += taken;
-        if self.plaintext_read >= self.plaintext.len() {
-            self.plaintext = Vec::new();
-            self.plaintext_read = 0;
+        self.state.plaintext_read += taken;
+        if self.state.plaintext_read >= self.state.plaintext.len() {
+            self.state.plaintext = Vec::new();
+            self.state.plaintext_read = 0;
         }
         true
     }
@@ -497,13 +511,13 @@ impl AsyncRead for TlsStream {
             if let Poll::Ready(Err(error)) = this.poll_send_outgoing(cx) {
                 return Poll::Ready(Err(error));
             }
-            if !this.incoming.is_empty() {
+            if !this.state.incoming.is_empty() {
                 match this.process_held(Goal::Read(buffer))? {
                     Reached::Delivered | Reached::Closed => return Poll::Ready(Ok(())),
                     Reached::NeedInput | Reached::Writable | Reached::Encrypted(_) => {}
                 }
             }
-            if this.peer_closed {
+            if this.state.peer_closed {
                 return Poll::Ready(Ok(()));
             }
             let mut scratch = [0u8; READ_SCRATCH];
@@ -511,11 +525,11 @@ impl AsyncRead for TlsStream {
             if read == 0 {
                 // An end without close_notify: the layers above see an end
                 // either way, and nothing here is worth a different error.
-                this.peer_closed = true;
+                this.state.peer_closed = true;
                 return Poll::Ready(Ok(()));
             }
-            if !this.incoming.is_empty() {
-                this.incoming.extend_from_slice(&scratch[..read]);
+            if !this.state.incoming.is_empty() {
+                this.state.incoming.extend_from_slice(&scratch[..read]);
                 continue;
             }
             // Nothing held: the records are decrypted in the stack array,
@@ -523,7 +537,7 @@ impl AsyncRead for TlsStream {
             let input = &mut scratch[..read];
             let (done, reached) = this.process(input, Goal::Read(buffer))?;
             if let Some(rest) = input.get(done..).filter(|rest| !rest.is_empty()) {
-                this.incoming.extend_from_slice(rest);
+                this.state.incoming.extend_from_slice(rest);
             }
             match reached {
                 Reached::Delivered | Reached::Closed => return Poll::Ready(Ok(())),
@@ -552,7 +566,7 @@ impl AsyncWrite for TlsStream {
         // Earlier records first; and nothing is encrypted that could not
         // leave now, so `outgoing` holds at most one record.
         ready!(this.poll_send_outgoing(cx))?;
-        if this.close_sent {
+        if this.state.close_sent {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         let total: usize = slices.iter().map(|slice| slice.len()).sum();
@@ -603,13 +617,14 @@ impl AsyncWrite for TlsStream {
     /// Sends close_notify (once), then ends the TCP connection's write side.
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.close_sent && !this.failed {
-            this.close_sent = true;
+        if !this.state.close_sent && !this.state.failed {
+            this.state.close_sent = true;
             let mut alert = [0u8; ALERT_ROOM];
             if let Ok(Reached::Encrypted(length)) =
                 this.process_held(Goal::CloseNotify { into: &mut alert })
             {
-                this.outgoing
+                this.state
+                    .outgoing
                     .extend_from_slice(alert.get(..length).unwrap_or_default());
             }
         }
@@ -771,7 +786,7 @@ mod tests {
                     answer[written..].chunks(1000).map(IoSlice::new).collect();
                 written += server.write_vectored(&rest).await.unwrap();
                 assert!(
-                    server.outgoing.len() <= RECORD_ROOM,
+                    server.state.outgoing.len() <= RECORD_ROOM,
                     "{name}: at most one record held"
                 );
             }
