@@ -783,3 +783,77 @@ async fn recovery_stage_runs_alone_and_merges_into_the_report() {
     assert!(markdown.contains("### The recovery storm"), "{markdown}");
     let _ = std::fs::remove_dir_all(&docs);
 }
+
+/// `--tls-ca`: the idle and broadcast modes over `wss://`, against a
+/// gateway serving a certificate of the test CA.
+#[tokio::test]
+async fn idle_and_broadcast_modes_run_over_wss() {
+    let dir = tests::procs::scratch_dir("smoke-wss").expect("dir");
+    let (ca, cert, key) = tests::certs::test_ca_and_server_certificate(&dir, "smoke");
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = GatewayConfig::new(&redis.url())
+        .expect("config")
+        .line(
+            "server",
+            format!(
+                "tls_cert_file = {}",
+                tests::gateway_proc::toml_str(&cert.to_string_lossy())
+            ),
+        )
+        .line(
+            "server",
+            format!(
+                "tls_key_file = {}",
+                tests::gateway_proc::toml_str(&key.to_string_lossy())
+            ),
+        );
+    let gateway = GatewayLauncher::new()
+        .bin(gateway_bin!())
+        .start_config(&mut config)
+        .await
+        .expect("gateway starts");
+    let ca = ca.to_string_lossy().into_owned();
+    let idle = loadgen(
+        &redis,
+        &gateway,
+        &[
+            "--mode",
+            "idle",
+            "--sockets",
+            "20",
+            "--hold-secs",
+            "0.5",
+            "--settle-secs",
+            "0.5",
+            "--tls-ca",
+            &ca,
+            "--probe",
+        ],
+    )
+    .await;
+    assert_connected(&idle, 20);
+    assert_eq!(idle["tls"], true, "{idle}");
+    assert_eq!(idle["probe"]["received"], 20, "{idle}");
+    let broadcast = loadgen(
+        &redis,
+        &gateway,
+        &[
+            "--mode",
+            "broadcast",
+            "--sockets",
+            "20",
+            "--messages",
+            "10",
+            "--broadcast-rate",
+            "50",
+            "--tls-ca",
+            &ca,
+        ],
+    )
+    .await;
+    assert_connected(&broadcast, 20);
+    let step = &broadcast["steps"][0];
+    assert_clean_step(step);
+    assert_eq!(step["expected"], 20 * 10, "{broadcast}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
