@@ -908,6 +908,146 @@ mod tests {
         half.join().unwrap();
     }
 
+    /// What `accept` makes of `bytes` sent in `chunks` pieces and then the
+    /// client's end: it must end (with an error) and never panic.
+    fn handshake_with(server: Arc<ServerConfig>, bytes: Vec<u8>, chunks: usize) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (listener, address) = listen().await;
+            let client = tokio::spawn(async move {
+                let mut tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+                let size = bytes.len().div_ceil(chunks.max(1)).max(1);
+                for piece in bytes.chunks(size) {
+                    if tcp.write_all(piece).await.is_err() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                let _ = tcp.shutdown().await;
+                let mut rest = Vec::new();
+                let _ = tcp.read_to_end(&mut rest).await;
+            });
+            let (tcp, _) = listener.accept().await.unwrap();
+            let accepted =
+                tokio::time::timeout(std::time::Duration::from_secs(5), accept(tcp, server))
+                    .await
+                    .expect("the handshake ends by itself");
+            assert!(accepted.is_err(), "no handshake out of these bytes");
+            client.await.unwrap();
+        });
+    }
+
+    /// A real ClientHello, for the mutation test.
+    fn client_hello(config: Arc<rustls::ClientConfig>) -> Vec<u8> {
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).unwrap();
+        hello
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Arbitrary bytes in place of a handshake end in an error.
+        #[test]
+        fn arbitrary_bytes_end_the_handshake_without_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+            chunks in 1usize..8,
+        ) {
+            handshake_with(fuzz_pair().server.clone(), bytes, chunks);
+        }
+
+        /// A real ClientHello with bytes changed, cut short or not: an
+        /// error at most, never a panic.
+        #[test]
+        fn a_damaged_client_hello_ends_the_handshake_without_panic(
+            flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..8),
+            cut in 0usize..4096,
+            chunks in 1usize..8,
+        ) {
+            let pair = fuzz_pair();
+            let mut hello = client_hello(pair.client.clone());
+            for (at, value) in flips {
+                let at = at % hello.len();
+                hello[at] ^= value.max(1);
+            }
+            hello.truncate(cut.max(1).min(hello.len()));
+            handshake_with(pair.server.clone(), hello, chunks);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// After a good handshake and one good record, arbitrary bytes on
+        /// the wire: reads end with an error (or the end), never a panic,
+        /// and a write after that fails cleanly.
+        #[test]
+        fn arbitrary_bytes_after_the_handshake_end_the_connection_without_panic(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..3000),
+            chunks in 1usize..6,
+        ) {
+            let pair = fuzz_pair();
+            let (client_config, server_config) = (pair.client.clone(), pair.server.clone());
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let (listener, address) = listen().await;
+                let (go, wait) = std::sync::mpsc::channel::<()>();
+                let client = std::thread::spawn(move || {
+                    let mut stream = client_stream(client_config, address);
+                    stream.write_all(b"good").unwrap();
+                    stream.flush().unwrap();
+                    // The garbage comes once the server has read "good".
+                    wait.recv().unwrap();
+                    let size = garbage.len().div_ceil(chunks).max(1);
+                    for piece in garbage.chunks(size) {
+                        if stream.sock.write_all(piece).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = stream.sock.shutdown(std::net::Shutdown::Write);
+                    let mut rest = Vec::new();
+                    let _ = stream.sock.read_to_end(&mut rest);
+                });
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut server = accept(tcp, server_config).await.unwrap();
+                let mut good = [0u8; 4];
+                server.read_exact(&mut good).await.unwrap();
+                assert_eq!(&good, b"good");
+                go.send(()).unwrap();
+                let mut buffer = [0u8; 64];
+                loop {
+                    let read = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        server.read(&mut buffer),
+                    )
+                    .await
+                    .expect("reads end by themselves");
+                    // Garbage that happens to be a record of ours is
+                    // impossible (it would need our keys): nothing is read.
+                    match read {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => panic!("{n} bytes read out of garbage"),
+                    }
+                }
+                let _ = server.write_all(b"after").await;
+                let _ = server.shutdown().await;
+                drop(server);
+                client.join().unwrap();
+            });
+        }
+    }
+
+    /// One certificate pair for every fuzz case (openssl runs once).
+    fn fuzz_pair() -> &'static Pair {
+        static PAIR: std::sync::OnceLock<Pair> = std::sync::OnceLock::new();
+        PAIR.get_or_init(|| configs("fuzz", &rustls::version::TLS13))
+    }
+
     #[test]
     fn unprocessed_bytes_keep_their_order_and_empty_buffers_are_freed() {
         let kept = keep_unprocessed(vec![1, 2, 3, 4], 1);
