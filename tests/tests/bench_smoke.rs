@@ -857,3 +857,58 @@ async fn idle_and_broadcast_modes_run_over_wss() {
     assert_eq!(step["expected"], 20 * 10, "{broadcast}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The wss stage of `scripts/bench` by itself (`BENCH_ONLY=wss`), once at
+/// smoke scale and with the A/B against an "older" binary (the same one
+/// here), merged into a copy of the committed report: ws and wss runs
+/// connect and deliver everything, the wss ones over TLS, the report shows
+/// both tables, and no binary's path reaches it.
+#[tokio::test]
+async fn wss_stage_runs_alone_and_merges_into_the_report() {
+    let old_bin = gateway_bin!().to_string_lossy().into_owned();
+    let (docs, committed, report) = run_bench_alone(
+        "wss",
+        &[
+            ("BENCH_WSS_REPEATS", "1"),
+            ("BENCH_WSS_IDLE_SOCKETS", "20"),
+            ("BENCH_WSS_BROADCAST_SOCKETS", "20"),
+            ("BENCH_BROADCAST_MESSAGES", "10"),
+            ("BENCH_BROADCAST_RATE", "50"),
+            ("BENCH_WSS_OLD_GATEWAY_BIN", &old_bin),
+            ("BENCH_WSS_OLD_LABEL", "the same build"),
+        ],
+    )
+    .await;
+    let results = report["results"].as_object().expect("results");
+    let run = assert_merged(&report, &committed, "wss-", "wss run");
+    assert_eq!(run["old gateway"], "the same build", "{run}");
+    for (key, tls) in [
+        ("wss-idle-ws-r1", false),
+        ("wss-idle-wss-r1", true),
+        ("wss-ab-old-idle-r1", true),
+        ("wss-ab-new-idle-r1", true),
+    ] {
+        assert_connected(&results[key], 20);
+        assert_eq!(results[key]["tls"], tls, "{key}");
+    }
+    for key in [
+        "wss-broadcast-ws-r1",
+        "wss-broadcast-wss-r1",
+        "wss-ab-old-broadcast-r1",
+        "wss-ab-new-broadcast-r1",
+    ] {
+        assert_connected(&results[key], 20);
+        assert_clean_step(&results[key]["steps"][0]);
+    }
+    let markdown = std::fs::read_to_string(docs.join("benchmarks.md")).expect("benchmarks.md");
+    for needle in [
+        "## wss: TLS against plain WebSocket",
+        "run by itself (`BENCH_ONLY=wss`)",
+        "Before and after over wss: the same build",
+    ] {
+        assert!(markdown.contains(needle), "{needle}: {markdown}");
+    }
+    let written = std::fs::read_to_string(docs.join("benchmarks.json")).expect("report");
+    assert!(!written.contains(&old_bin), "a binary's path in the report");
+    let _ = std::fs::remove_dir_all(&docs);
+}
