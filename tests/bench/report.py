@@ -802,8 +802,9 @@ def wss_lines(res, meta):
         "unallocated while the socket is idle. That is ≈ 3.9 KiB over ws, so this design cannot reach "
         "5 KiB per socket: that would take the keys out of the process (kernel TLS, whose `tls` "
         "upper-layer protocol this machine's kernel does not offer) and is not done. Before this "
-        "stream, tokio-rustls' buffered connection kept its receive buffer, grown to a record, for the "
-        "connection's life (the table below).",
+        "stream, tokio-rustls' buffered connection kept a receive buffer of at least 4 KiB for the "
+        "connection's life, and its state sat inline in the socket task's future as this stream's first "
+        "version did (`tests/bench/changes.md`), which held 10.8 KiB per socket (the table below).",
         "- **CPU per frame.** Every wss frame is encrypted (AES-GCM, 22 bytes of record header and tag "
         "per record) and written by the socket's own task, which the receiver wakes: a TLS socket has "
         "no `Wire`, since its record state has one writer. A plain socket gets the receiver's own "

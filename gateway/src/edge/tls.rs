@@ -13,8 +13,8 @@
 //! what the kernel did not take is kept (`outgoing`); a decrypted record
 //! larger than the reader's buffer keeps its rest (`plaintext`). Each is
 //! freed as soon as it is empty, so an idle `wss://` socket holds rustls'
-//! connection state and nothing else (a buffered `ServerConnection` keeps
-//! its receive buffer, grown to a whole record, for the connection's life).
+//! connection state and nothing else (a buffered `ServerConnection` keeps a
+//! receive buffer of at least 4 KiB for the connection's life).
 //! It must not parse HTTP or WebSocket frames, choose a protocol, or call
 //! rustls again once rustls reported an error (the connection is over).
 
