@@ -1,6 +1,6 @@
 //! `wss://` end to end on the gateway's own TLS stream (`edge::tls`): events
 //! published through the real channels_redis reach TLS clients on both
-//! drivers, frames larger than a TLS record arrive whole, a client whose
+//! drivers and over TLS 1.2 as well as 1.3, frames larger than a TLS record arrive whole, a client whose
 //! bytes trickle in (partial records) or that stops reading is served, and
 //! bad TLS input (garbage, a half handshake, garbage after the upgrade)
 //! closes that connection only: no panic, other sockets keep receiving.
@@ -148,6 +148,52 @@ async fn events_through_channels_redis_reach_wss_clients_on_both_drivers() {
         socket.close().await.expect("clean close");
         stack.assert_unharmed();
     }
+}
+
+/// A client that speaks TLS 1.2 only gets its events as well.
+#[tokio::test]
+async fn a_tls_1_2_client_is_served() {
+    use rustls_pki_types::pem::PemObject;
+
+    let mut stack = wss_stack("wss-tls12", "direct").await;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pki_types::CertificateDer::pem_file_iter(&stack.ca).expect("ca") {
+        roots.add(certificate.expect("certificate")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .expect("TLS 1.2")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(stack.address())
+        .await
+        .expect("tcp");
+    let stream = LeanStream::tls(&connector, "127.0.0.1", tcp)
+        .await
+        .expect("TLS 1.2 handshake");
+    let LeanStream::Tls(tls) = &stream else {
+        panic!("a TLS stream");
+    };
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let mut socket = LeanWs::handshake(
+        stream,
+        stack.gateway.listen_addr(),
+        &format!("/ws/notifications/?token={}", token(47)),
+    )
+    .await
+    .expect("upgrade");
+    stack.notify(47, r#""over TLS 1.2""#).await;
+    assert_eq!(
+        next_text(&mut socket).await,
+        r#"{"message": "over TLS 1.2"}"#
+    );
+    stack.assert_unharmed();
 }
 
 /// A client that stops reading while a megabyte of events is published:
