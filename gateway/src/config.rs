@@ -200,7 +200,8 @@ pub struct ServerConfig {
     pub outbound_queue: usize,
     /// Largest frame a client may send, in bytes.
     pub max_inbound_frame: usize,
-    /// How long a client may take to send its complete handshake request.
+    /// How long a client may take to send its complete handshake request
+    /// (and, with TLS, as long again for the TLS handshake before it).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// How long a connect may wait for its group memberships to be written.

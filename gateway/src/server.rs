@@ -12,7 +12,6 @@
 //! Redis, then the process exits 0 — all within `shutdown_timeout`. It owns
 //! that order and nothing else.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,13 +20,10 @@ use actix_http::error::DispatchError;
 use actix_http::{h1, HttpService, Request};
 use actix_service::boxed::BoxServiceFactory;
 use actix_service::{fn_service, map_config, ServiceFactoryExt};
-use actix_tls::accept::rustls_0_23::{Acceptor as TlsAcceptor, TlsStream};
 use actix_web::dev::AppConfig;
 use actix_web::rt::net::TcpStream;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use shared_proto::payload::{PayloadCodec, SerializerFormat};
 
 use crate::auth::groups::GroupPolicy;
@@ -41,6 +37,7 @@ use crate::edge::listener::{self, ConnectionOptions};
 use crate::edge::origin::OriginPolicy;
 use crate::edge::recovery::Recovery;
 use crate::edge::socket::SocketSettings;
+use crate::edge::tls::{self, TlsStream};
 use crate::edge::upgrade::{take_over, Connection};
 use crate::layer::core::{CoreLayer, CoreSettings, RECEIVE_BLOCK};
 use crate::layer::pubsub::PubSubLayer;
@@ -87,21 +84,6 @@ pub(crate) fn serve(config: Config, built: Built) -> anyhow::Result<()> {
         running.stop(&config).await;
         Ok(())
     })
-}
-
-/// The rustls server configuration for `wss://` (ring, TLS 1.2 and 1.3).
-fn tls_config(cert_file: &Path, key_file: &Path) -> anyhow::Result<rustls::ServerConfig> {
-    let certificates = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("server.tls_cert_file: cannot read {}", cert_file.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key_file)
-        .with_context(|| format!("server.tls_key_file: cannot read {}", key_file.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certificates, key)
-        .context("server.tls_cert_file / server.tls_key_file do not form a usable pair")
 }
 
 fn raise_open_files_limit() {
@@ -163,18 +145,32 @@ fn public_server(
     let listener = public_listener(config)?;
     let builder = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
         (Some(cert), Some(key)) => {
-            let tls = tls_config(cert, key)?;
+            let tls = Arc::new(tls::server_config(cert, key)?);
+            // The whole handshake, slow or stalled clients included.
+            let handshake_timeout = config.server.handshake_timeout;
             builder.listen("public", listener, move || {
-                let http1 =
-                    public_http1::<TlsStream<TcpStream>>(driver, gateway.clone(), request_timeout);
-                TlsAcceptor::new(tls.clone())
-                    .map_init_err(|_| ())
-                    .map_err(|_| ())
-                    .map(|stream: TlsStream<TcpStream>| {
-                        let peer = stream.get_ref().0.peer_addr().ok();
-                        (stream, peer)
-                    })
-                    .and_then(http1.map_err(|_| ()))
+                let http1 = public_http1::<TlsStream>(driver, gateway.clone(), request_timeout);
+                let tls = tls.clone();
+                fn_service(move |tcp: TcpStream| {
+                    let accepting = tls::accept(tcp, tls.clone());
+                    async move {
+                        match tokio::time::timeout(handshake_timeout, accepting).await {
+                            Ok(Ok(stream)) => {
+                                let peer = stream.peer_addr().ok();
+                                Ok((stream, peer))
+                            }
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, "TLS handshake failed");
+                                Err(())
+                            }
+                            Err(_) => {
+                                tracing::debug!("TLS handshake timed out");
+                                Err(())
+                            }
+                        }
+                    }
+                })
+                .and_then(http1.map_err(|_| ()))
             })
         }
         _ => builder.listen("public", listener, move || {

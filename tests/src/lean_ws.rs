@@ -1,6 +1,7 @@
 //! A lean client WebSocket for the load generator: the opening handshake and
-//! the frame reader written out by hand over a plain `TcpStream`, with one
-//! reusable read buffer per socket and no allocation per frame.
+//! the frame reader written out by hand over a `TcpStream` (plain, or TLS
+//! with rustls for `wss://`: [`LeanStream`]), with one reusable read buffer
+//! per socket and no allocation per frame.
 //!
 //! It exists so the load generator's own cost per received frame stays small
 //! next to the server's: with tungstenite each frame was copied into a fresh
@@ -11,10 +12,18 @@
 //! test (tests use [`crate::ws_client`]).
 
 use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 /// Room for the handshake answer and the frames of one read.
 const INITIAL_BUFFER: usize = 4096;
@@ -44,8 +53,102 @@ pub enum LeanWsError {
     Protocol(&'static str),
 }
 
+/// The connection under a [`LeanWs`]: plain TCP (`ws://`) or TLS (`wss://`).
+pub enum LeanStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl From<TcpStream> for LeanStream {
+    fn from(stream: TcpStream) -> LeanStream {
+        LeanStream::Plain(stream)
+    }
+}
+
+impl LeanStream {
+    /// TLS over `tcp` with `connector`, checking the server's certificate
+    /// for `server_name` (an IP address for the test certificates).
+    pub async fn tls(
+        connector: &TlsConnector,
+        server_name: &str,
+        tcp: TcpStream,
+    ) -> Result<LeanStream, LeanWsError> {
+        let name = ServerName::try_from(server_name.to_string())
+            .map_err(|_| LeanWsError::Protocol("not a server name"))?;
+        let stream = connector.connect(name, tcp).await?;
+        Ok(LeanStream::Tls(Box::new(stream)))
+    }
+}
+
+/// A TLS client (ring, TLS 1.2 and 1.3) that trusts only the CA
+/// certificates in the PEM file `ca_file` (the tests' own CA).
+pub fn tls_connector(ca_file: &Path) -> Result<TlsConnector, LeanWsError> {
+    Ok(TlsConnector::from(tls_client_config(ca_file)?))
+}
+
+/// [`tls_connector`]'s rustls configuration, for blocking clients.
+pub fn tls_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, LeanWsError> {
+    let bad = |what: String| LeanWsError::Io(io::Error::new(io::ErrorKind::InvalidData, what));
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|error| bad(format!("{}: {error}", ca_file.display())))?;
+    for certificate in certificates {
+        let certificate = certificate.map_err(|error| bad(error.to_string()))?;
+        roots
+            .add(certificate)
+            .map_err(|error| bad(error.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| bad(error.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+impl AsyncRead for LeanStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LeanStream::Plain(stream) => Pin::new(stream).poll_read(cx, buffer),
+            LeanStream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buffer),
+        }
+    }
+}
+
+impl AsyncWrite for LeanStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            LeanStream::Plain(stream) => Pin::new(stream).poll_write(cx, bytes),
+            LeanStream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, bytes),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LeanStream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            LeanStream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            LeanStream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            LeanStream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 pub struct LeanWs {
-    stream: TcpStream,
+    stream: LeanStream,
     buffer: Vec<u8>,
     /// Unread bytes are `buffer[start..end]`.
     start: usize,
@@ -59,10 +162,11 @@ impl LeanWs {
     /// Sends the opening handshake for `path_and_query` and reads the 101
     /// answer, checking its `Sec-WebSocket-Accept`.
     pub async fn handshake(
-        mut stream: TcpStream,
+        stream: impl Into<LeanStream>,
         host: &str,
         path_and_query: &str,
     ) -> Result<LeanWs, LeanWsError> {
+        let mut stream = stream.into();
         let nonce: [u8; 16] = rand::random();
         let key = base64::engine::general_purpose::STANDARD.encode(nonce);
         let request = format!(
@@ -70,6 +174,7 @@ impl LeanWs {
              Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await?;
+        stream.flush().await?;
         let mut socket = LeanWs {
             stream,
             buffer: vec![0; INITIAL_BUFFER],
@@ -207,7 +312,8 @@ impl LeanWs {
                 .enumerate()
                 .map(|(i, byte)| byte ^ mask[i % 4]),
         );
-        self.stream.write_all(&frame).await
+        self.stream.write_all(&frame).await?;
+        self.stream.flush().await
     }
 }
 

@@ -783,3 +783,132 @@ async fn recovery_stage_runs_alone_and_merges_into_the_report() {
     assert!(markdown.contains("### The recovery storm"), "{markdown}");
     let _ = std::fs::remove_dir_all(&docs);
 }
+
+/// `--tls-ca`: the idle and broadcast modes over `wss://`, against a
+/// gateway serving a certificate of the test CA.
+#[tokio::test]
+async fn idle_and_broadcast_modes_run_over_wss() {
+    let dir = tests::procs::scratch_dir("smoke-wss").expect("dir");
+    let (ca, cert, key) = tests::certs::test_ca_and_server_certificate(&dir, "smoke");
+    let redis = RedisServer::start().expect("redis starts");
+    let mut config = GatewayConfig::new(&redis.url())
+        .expect("config")
+        .line(
+            "server",
+            format!(
+                "tls_cert_file = {}",
+                tests::gateway_proc::toml_str(&cert.to_string_lossy())
+            ),
+        )
+        .line(
+            "server",
+            format!(
+                "tls_key_file = {}",
+                tests::gateway_proc::toml_str(&key.to_string_lossy())
+            ),
+        );
+    let gateway = GatewayLauncher::new()
+        .bin(gateway_bin!())
+        .start_config(&mut config)
+        .await
+        .expect("gateway starts");
+    let ca = ca.to_string_lossy().into_owned();
+    let idle = loadgen(
+        &redis,
+        &gateway,
+        &[
+            "--mode",
+            "idle",
+            "--sockets",
+            "20",
+            "--hold-secs",
+            "0.5",
+            "--settle-secs",
+            "0.5",
+            "--tls-ca",
+            &ca,
+            "--probe",
+        ],
+    )
+    .await;
+    assert_connected(&idle, 20);
+    assert_eq!(idle["tls"], true, "{idle}");
+    assert_eq!(idle["probe"]["received"], 20, "{idle}");
+    let broadcast = loadgen(
+        &redis,
+        &gateway,
+        &[
+            "--mode",
+            "broadcast",
+            "--sockets",
+            "20",
+            "--messages",
+            "10",
+            "--broadcast-rate",
+            "50",
+            "--tls-ca",
+            &ca,
+        ],
+    )
+    .await;
+    assert_connected(&broadcast, 20);
+    let step = &broadcast["steps"][0];
+    assert_clean_step(step);
+    assert_eq!(step["expected"], 20 * 10, "{broadcast}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The wss stage of `scripts/bench` by itself (`BENCH_ONLY=wss`), once at
+/// smoke scale and with the A/B against an "older" binary (the same one
+/// here), merged into a copy of the committed report: ws and wss runs
+/// connect and deliver everything, the wss ones over TLS, the report shows
+/// both tables, and no binary's path reaches it.
+#[tokio::test]
+async fn wss_stage_runs_alone_and_merges_into_the_report() {
+    let old_bin = gateway_bin!().to_string_lossy().into_owned();
+    let (docs, committed, report) = run_bench_alone(
+        "wss",
+        &[
+            ("BENCH_WSS_REPEATS", "1"),
+            ("BENCH_WSS_IDLE_SOCKETS", "20"),
+            ("BENCH_WSS_BROADCAST_SOCKETS", "20"),
+            ("BENCH_BROADCAST_MESSAGES", "10"),
+            ("BENCH_BROADCAST_RATE", "50"),
+            ("BENCH_WSS_OLD_GATEWAY_BIN", &old_bin),
+            ("BENCH_WSS_OLD_LABEL", "the same build"),
+        ],
+    )
+    .await;
+    let results = report["results"].as_object().expect("results");
+    let run = assert_merged(&report, &committed, "wss-", "wss run");
+    assert_eq!(run["old gateway"], "the same build", "{run}");
+    for (key, tls) in [
+        ("wss-idle-ws-r1", false),
+        ("wss-idle-wss-r1", true),
+        ("wss-ab-old-idle-r1", true),
+        ("wss-ab-new-idle-r1", true),
+    ] {
+        assert_connected(&results[key], 20);
+        assert_eq!(results[key]["tls"], tls, "{key}");
+    }
+    for key in [
+        "wss-broadcast-ws-r1",
+        "wss-broadcast-wss-r1",
+        "wss-ab-old-broadcast-r1",
+        "wss-ab-new-broadcast-r1",
+    ] {
+        assert_connected(&results[key], 20);
+        assert_clean_step(&results[key]["steps"][0]);
+    }
+    let markdown = std::fs::read_to_string(docs.join("benchmarks.md")).expect("benchmarks.md");
+    for needle in [
+        "## wss: TLS against plain WebSocket",
+        "run by itself (`BENCH_ONLY=wss`)",
+        "Before and after over wss: the same build",
+    ] {
+        assert!(markdown.contains(needle), "{needle}: {markdown}");
+    }
+    let written = std::fs::read_to_string(docs.join("benchmarks.json")).expect("report");
+    assert!(!written.contains(&old_bin), "a binary's path in the report");
+    let _ = std::fs::remove_dir_all(&docs);
+}

@@ -42,8 +42,8 @@ async fn same_behaviour(driver: &str) {
     expect_frame(&mut second, r#"{"message": "due soon"}"#).await;
     let threads = receiver_threads(&stack.gateway, 1).await;
     assert!(
-        threads.len() == 1 && is_socket_worker(&threads[0]),
-        "{driver}: the receiver runs on the socket worker: {threads:?}"
+        threads.len() == 1 && is_relay_thread(&threads[0]),
+        "{driver}: the receiver runs on the relay thread: {threads:?}"
     );
 
     // A client ping is answered; so is the application ping.

@@ -14,5 +14,6 @@ pub(crate) mod listener;
 pub mod origin;
 pub(crate) mod recovery;
 pub(crate) mod socket;
+pub(crate) mod tls;
 pub mod transport;
 pub(crate) mod upgrade;

@@ -285,8 +285,10 @@ impl WireSource for SharedTcp {
     }
 }
 
-/// A TLS stream's record state belongs to one writer: the socket's task.
-impl<IO> WireSource for actix_tls::accept::rustls_0_23::TlsStream<IO> {}
+/// A TLS connection's record state (sequence numbers, keys) belongs to one
+/// writer, the socket's task: the receiver hands it its frames instead
+/// (docs/benchmarks.md, "wss").
+impl WireSource for crate::edge::tls::TlsStream {}
 
 #[cfg(test)]
 impl WireSource for tokio::io::DuplexStream {}

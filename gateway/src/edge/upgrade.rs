@@ -22,12 +22,12 @@ use actix_codec::Framed;
 use actix_http::body::BodySize;
 use actix_http::h1::{Codec, Message};
 use actix_http::{Request, Response};
-use actix_tls::accept::rustls_0_23::TlsStream;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::edge::http::{decide, switching_protocols, Gateway, Refused, Verdict};
+use crate::edge::tls::TlsStream;
 use crate::edge::transport::{DirectTransport, SharedTcp, WireSource};
 
 /// A connection the direct driver accepts, and how its socket keeps it
@@ -45,7 +45,7 @@ impl Connection for TcpStream {
     }
 }
 
-impl Connection for TlsStream<TcpStream> {
+impl Connection for TlsStream {
     type Kept = Self;
     fn keep(self, already_read: BytesMut, max_frame: usize) -> DirectTransport<Self> {
         DirectTransport::new(self, already_read, max_frame)

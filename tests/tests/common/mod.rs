@@ -223,8 +223,9 @@ pub async fn receiver_threads(gateway: &GatewayProcess, expected: usize) -> Vec<
     }
 }
 
-/// Whether `thread` is one of actix-server's socket workers (arbiter
-/// threads), not the process's main thread.
-pub fn is_socket_worker(thread: &str) -> bool {
-    thread.starts_with("actix-rt|system:") && thread.contains("|arbiter:")
+/// Whether `thread` is the receiver's own thread (`relay`): neither the
+/// main thread nor one of actix-server's socket workers (arbiter threads),
+/// where handshakes run.
+pub fn is_relay_thread(thread: &str) -> bool {
+    thread == "relay"
 }

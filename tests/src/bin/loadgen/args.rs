@@ -46,6 +46,11 @@ pub(crate) struct Args {
     pub(crate) target: SocketAddr,
     #[arg(long, default_value = "/ws/notifications/")]
     pub(crate) path: String,
+    /// Connect over TLS (`wss://`), trusting only the CA certificates in
+    /// this PEM file (the tests' own CA; the server's certificate must name
+    /// the target's IP address).
+    #[arg(long)]
+    pub(crate) tls_ca: Option<PathBuf>,
     /// HS256 secret the server verifies tokens with.
     #[arg(long, env = "LOADGEN_SECRET")]
     pub(crate) secret: String,

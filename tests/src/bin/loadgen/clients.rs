@@ -1,7 +1,7 @@
 //! The sockets: opening each from its own source address with its token
 //! (and, with recovery, its position), in bounded concurrency with retries
 //! until a deadline, starting its reader task, and closing or dropping them
-//! all at once ([`Fleet`]). It must not connect anywhere but the loopback
+//! all at once ([`Fleet`]); over TLS with `--tls-ca`. It must not connect anywhere but the loopback
 //! target it is given, and it leaves reading frames to `reader`.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use tests::lean_ws::LeanWs;
+use tests::lean_ws::{tls_connector, LeanStream, LeanWs};
 use tokio::net::TcpSocket;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
 
 use crate::args::Args;
 use crate::reader::{run_socket, Shared, SocketSlot};
@@ -32,6 +33,8 @@ pub(crate) struct Connector {
     timeout: Duration,
     /// Sockets ask for recovery, from the position their slot holds.
     recover_from: Option<Arc<Shared>>,
+    /// `wss://`: TLS trusting `--tls-ca`.
+    tls: Option<TlsConnector>,
 }
 
 impl Connector {
@@ -41,8 +44,14 @@ impl Connector {
         args: &Args,
         tokens: Vec<String>,
         recover_from: Option<Arc<Shared>>,
-    ) -> Connector {
-        Connector {
+    ) -> Result<Connector> {
+        let tls = match &args.tls_ca {
+            Some(ca) => {
+                Some(tls_connector(ca).with_context(|| format!("--tls-ca {}", ca.display()))?)
+            }
+            None => None,
+        };
+        Ok(Connector {
             target: args.target,
             path: args.path.clone(),
             tokens,
@@ -50,7 +59,8 @@ impl Connector {
             src_count: usize::from(args.src_last - args.src_first) + 1,
             timeout: Duration::from_secs_f64(args.connect_timeout_secs),
             recover_from,
-        }
+            tls,
+        })
     }
 
     /// TCP from 127.0.0.X (port chosen at connect time), then the handshake.
@@ -102,7 +112,13 @@ impl Connector {
             }
             None => format!("{}?token={token}", self.path),
         };
-        LeanWs::handshake(tcp, &self.target.to_string(), &path)
+        let stream = match &self.tls {
+            Some(connector) => LeanStream::tls(connector, &self.target.ip().to_string(), tcp)
+                .await
+                .context("TLS handshake")?,
+            None => LeanStream::from(tcp),
+        };
+        LeanWs::handshake(stream, &self.target.to_string(), &path)
             .await
             .context("websocket handshake")
     }

@@ -40,7 +40,7 @@ pub(crate) async fn handshake_storm(
         target_of: Arc::new(move |_| base),
         fan_out: connect.ok as u64,
     };
-    let connector = Arc::new(Connector::new(args, storm_tokens(args)?, None));
+    let connector = Arc::new(Connector::new(args, storm_tokens(args)?, None)?);
     let (quiet, _, _) = measured_step(args, config, shared, plan(0)).await?;
 
     let stop = Arc::new(AtomicBool::new(false));

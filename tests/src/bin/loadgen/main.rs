@@ -106,7 +106,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         &args,
         tokens,
         recover.then(|| Arc::clone(&shared)),
-    ));
+    )?);
     let config = publisher_config(&args)?;
     let rss_before: Vec<(u32, Option<u64>)> = args
         .server_pid
@@ -121,6 +121,7 @@ async fn run(args: Args) -> Result<serde_json::Value> {
         "fd_limit": fd_limit,
         "target": args.target.to_string(),
         "recover": recover,
+        "tls": args.tls_ca.is_some(),
     });
     let (fleet, connect, connect_json) =
         measured_connect(&args, &shared, Arc::clone(&connector), user_of, recover).await?;
