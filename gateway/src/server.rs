@@ -47,6 +47,7 @@ use crate::ops::health::Health;
 use crate::ops::metrics::Metrics;
 use crate::ops::runtime_thread::RuntimeThread;
 use crate::ops::shutdown::termination_signal;
+use crate::ops::thread_priority::{lower_current_thread, SOCKET_THREAD_NICE};
 use crate::relay::events::EventMapper;
 use crate::relay::outbox::Outbox;
 use crate::relay::registry::{ChannelNaming, ConnId, Registry};
@@ -143,12 +144,16 @@ fn public_server(
     builder = builder.workers(config.server.socket_workers());
     let listen = config.server.listen;
     let listener = public_listener(config)?;
+    // actix-server may call the factories on this thread too (the main
+    // thread, which must keep its priority) before the workers start.
+    let builder_thread = std::thread::current().id();
     let builder = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
         (Some(cert), Some(key)) => {
             let tls = Arc::new(tls::server_config(cert, key)?);
             // The whole handshake, slow or stalled clients included.
             let handshake_timeout = config.server.handshake_timeout;
             builder.listen("public", listener, move || {
+                lower_socket_thread(builder_thread);
                 let http1 = public_http1::<TlsStream>(driver, gateway.clone(), request_timeout);
                 let tls = tls.clone();
                 fn_service(move |tcp: TcpStream| {
@@ -174,6 +179,7 @@ fn public_server(
             })
         }
         _ => builder.listen("public", listener, move || {
+            lower_socket_thread(builder_thread);
             let http1 = public_http1::<TcpStream>(driver, gateway.clone(), request_timeout);
             fn_service(|stream: TcpStream| {
                 let peer = stream.peer_addr().ok();
@@ -184,6 +190,18 @@ fn public_server(
     }
     .with_context(|| format!("server.listen: cannot bind {listen}"))?;
     Ok(builder.run())
+}
+
+/// Called by the service factory, which actix-server runs on each socket
+/// worker as it starts: the worker runs below the relay thread from then
+/// on (`ops::thread_priority`).
+fn lower_socket_thread(builder_thread: std::thread::ThreadId) {
+    if std::thread::current().id() == builder_thread {
+        return;
+    }
+    if let Err(error) = lower_current_thread(SOCKET_THREAD_NICE) {
+        tracing::warn!(%error, "cannot lower the socket thread's priority; it keeps the process's");
+    }
 }
 
 /// A connection on the public listener, with its peer address.

@@ -2,7 +2,8 @@
 //!
 //! Metrics (a leaf: every label enum lives there), health verdicts, the
 //! canary that proves the Redis path end to end, the shutdown signal, log
-//! output, the memory allocator and the thread the receiver runs on.
+//! output, the memory allocator, the thread the receiver runs on and the
+//! socket threads' priority.
 //! Nothing here knows about sockets, tokens or Redis keys.
 
 pub mod allocator;
@@ -13,3 +14,4 @@ pub mod metrics;
 pub(crate) mod runtime_thread;
 pub(crate) mod shutdown;
 pub(crate) mod telemetry;
+pub(crate) mod thread_priority;
