@@ -123,6 +123,11 @@ struct State {
     /// The client asked for positions (recovery): it gets every message
     /// frame with its position first.
     positioned: bool,
+    /// The final take ([`Outbox::take_unsent`]) happened: nothing is queued
+    /// again. The receiver runs on another thread than the socket's task,
+    /// so it may have found the socket in the registry just before the
+    /// socket left it; such a push is refused, and the router counts it.
+    finished: bool,
     /// Messages at or before this position reached the client by replay:
     /// a live copy is dropped. Cleared by the first live message past it
     /// (messages arrive in position order), so it is rarely allocated.
@@ -205,6 +210,7 @@ impl Outbox {
                 unpaced: false,
                 discarded: 0,
                 positioned,
+                finished: false,
                 replayed_through: None,
             }),
             waker: AtomicWaker::new(),
@@ -274,7 +280,7 @@ impl Outbox {
         frame: ByteString,
         wakeups: &mut Wakeups,
     ) -> Pushed {
-        if state.close.is_some() {
+        if state.close.is_some() || state.finished {
             return Pushed::Closed;
         }
         if state.frames.len() >= self.capacity {
@@ -365,6 +371,7 @@ impl Outbox {
     /// queue and says what was never sent and why.
     pub fn take_unsent(&self) -> Unsent {
         let mut state = self.state.lock();
+        state.finished = true;
         let left = std::mem::take(&mut state.frames).len();
         state.head_sent = 0;
         Unsent {
@@ -1021,6 +1028,19 @@ mod tests {
         assert_eq!(outbox.take_discarded(), 2);
         assert_eq!(outbox.take_discarded(), 0);
         assert_eq!(outbox.take_unsent().discarded, 0);
+    }
+
+    /// A receiver on another thread may push to a socket it found in the
+    /// registry just before the socket left: after the final take such a
+    /// push is refused (the router counts it), never queued uncounted.
+    #[tokio::test]
+    async fn nothing_is_queued_after_the_final_take() {
+        let outbox = Arc::new(Outbox::new(8));
+        let wakeups = &mut Wakeups::new();
+        outbox.push("a".into(), wakeups);
+        assert_eq!(outbox.take_unsent().left, 1);
+        assert_eq!(outbox.push("late".into(), wakeups), Pushed::Closed);
+        assert_eq!(outbox.take_unsent().left, 0);
     }
 
     #[tokio::test]
