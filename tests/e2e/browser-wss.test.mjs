@@ -10,21 +10,9 @@ import { execFileSync } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./lib/browser.mjs";
 import { startRedis, startGateway, genToken, publisher, stop } from "./lib/procs.mjs";
 
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const FLAGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-quic",
-  // The certificate is made for this test, by no CA the browser knows.
-  "--ignore-certificate-errors",
-];
 
 /** A self-signed ECDSA P-256 certificate for 127.0.0.1, made with openssl. */
 function certificate(dir) {
@@ -54,7 +42,8 @@ describe("wss: headless Chromium against the gateway's TLS stream", { timeout: 1
       extra: { GATEWAY_SERVER_TLS_CERT_FILE: cert, GATEWAY_SERVER_TLS_KEY_FILE: key },
     });
     pub = await publisher(redis.url);
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
+    // The certificate is made for this test, by no CA the browser knows.
+    browser = await launchChromium(["--ignore-certificate-errors"]);
   });
 
   after(async () => {

@@ -6,20 +6,10 @@ import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./lib/browser.mjs";
 import { ARTIFACTS, startRedis, startGateway, stop, sleep } from "./lib/procs.mjs";
 import { startBackend } from "./lib/backend.mjs";
 
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const FLAGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--disable-quic",
-];
 // The drain hint's range: each page waits a random 0..2 s (+ up to 1 s of
 // client jitter) before reconnecting after the gateway's SIGTERM.
 const GATEWAY_EXTRA = { GATEWAY_SERVER_DRAIN_RECONNECT_JITTER: "2s" };
@@ -37,7 +27,7 @@ describe("ToDo page in headless Chromium", { timeout: 240000 }, () => {
     gateway = await startGateway({ redisUrl: redis.url, extra: GATEWAY_EXTRA });
     backend = await startBackend({ redisUrl: redis.url, wsUrl: gateway.url });
     // launch() gives Chromium a fresh, temporary --user-data-dir of its own.
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
+    browser = await launchChromium();
     demo = await browser.newContext({ timezoneId: "UTC", viewport: { width: 1000, height: 900 } });
     other = await browser.newContext({ timezoneId: "UTC" });
   });

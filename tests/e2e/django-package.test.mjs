@@ -7,13 +7,10 @@
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./lib/browser.mjs";
 import { freePort, startRedis, startGateway, stop } from "./lib/procs.mjs";
 import { startBackend } from "./lib/backend.mjs";
 
-const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
-const FLAGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--disable-quic"];
 
 describe("django-gateway: template tag, token view and session view in headless Chromium", { timeout: 180000 }, () => {
   let redis;
@@ -44,7 +41,7 @@ describe("django-gateway: template tag, token view and session view in headless 
         GATEWAY_AUTH_ALLOWED_ORIGINS: backend.url,
       },
     });
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
+    browser = await launchChromium();
     context = await browser.newContext();
   });
 
