@@ -130,6 +130,17 @@ impl GatewayConfig {
         self.jwt_algorithm = alg.into();
         self
     }
+    /// Serves the public listener over TLS with `cert` and `key` (PEM).
+    pub fn tls(self, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        self.line(
+            "server",
+            format!("tls_cert_file = {}", toml_str(&cert.to_string_lossy())),
+        )
+        .line(
+            "server",
+            format!("tls_key_file = {}", toml_str(&key.to_string_lossy())),
+        )
+    }
     /// Turns the cookie transport on (it is off by default); the gateway
     /// then also needs `allowed_origins` (or the explicit waiver).
     pub fn token_cookie(mut self, name: impl Into<String>) -> Self {

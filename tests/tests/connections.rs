@@ -29,19 +29,6 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     tests::certs::test_ca_and_server_certificate(dir, "test")
 }
 
-/// `config` serving its public listener over TLS with `cert` and `key`.
-fn serving_tls(config: GatewayConfig, cert: &Path, key: &Path) -> GatewayConfig {
-    config
-        .line(
-            "server",
-            format!("tls_cert_file = {}", toml_string(&cert.to_string_lossy())),
-        )
-        .line(
-            "server",
-            format!("tls_key_file = {}", toml_string(&key.to_string_lossy())),
-        )
-}
-
 /// Connects `user`, proves a group_send reaches the socket, and hands the
 /// still-open socket back.
 async fn delivers(
@@ -313,11 +300,9 @@ async fn the_public_listener_serves_wss_with_its_own_certificate() {
     let dir = scratch_dir("wss").expect("dir");
     let (ca, cert, key) = make_certificates(&dir);
     let redis = RedisServer::start().expect("redis");
-    let mut config = serving_tls(
-        GatewayConfig::new(&redis.url()).expect("config"),
-        &cert,
-        &key,
-    );
+    let mut config = GatewayConfig::new(&redis.url())
+        .expect("config")
+        .tls(&cert, &key);
     let gateway = start_gateway(&mut config).await;
     let url = format!(
         "{}?token={}",
@@ -386,13 +371,10 @@ with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10) as ra
         print(tls.selected_alpn_protocol(), flush=True)
 "#;
     for driver in ["direct", "actix-ws"] {
-        let mut config = serving_tls(
-            GatewayConfig::new(&redis.url())
-                .expect("config")
-                .line("server", format!("websocket_driver = \"{driver}\"")),
-            &cert,
-            &key,
-        );
+        let mut config = GatewayConfig::new(&redis.url())
+            .expect("config")
+            .line("server", format!("websocket_driver = \"{driver}\""))
+            .tls(&cert, &key);
         let _gateway = start_gateway(&mut config).await;
         let port = config
             .listen

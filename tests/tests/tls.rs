@@ -33,10 +33,6 @@ impl Drop for WssStack {
     }
 }
 
-fn toml_string(text: &str) -> String {
-    toml::Value::String(text.to_string()).to_string()
-}
-
 /// A gateway serving `wss://` with a certificate of the test CA, on
 /// `driver`, and the real channels_redis publishing to its Redis.
 async fn wss_stack(name: &str, driver: &str) -> WssStack {
@@ -46,14 +42,7 @@ async fn wss_stack(name: &str, driver: &str) -> WssStack {
     let mut config = GatewayConfig::new(&redis.url())
         .expect("config")
         .line("server", format!("websocket_driver = \"{driver}\""))
-        .line(
-            "server",
-            format!("tls_cert_file = {}", toml_string(&cert.to_string_lossy())),
-        )
-        .line(
-            "server",
-            format!("tls_key_file = {}", toml_string(&key.to_string_lossy())),
-        );
+        .tls(&cert, &key);
     let gateway = start_gateway(&mut config).await;
     let publisher = publisher_for(&redis, json!({})).await;
     WssStack {

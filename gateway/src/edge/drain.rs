@@ -11,7 +11,6 @@
 
 use std::time::Duration;
 
-use rand::Rng;
 use shared_proto::close::CloseCode;
 
 use crate::ops::metrics::{DropReason, Metrics};
@@ -35,7 +34,6 @@ pub async fn close_all(registry: &Registry, plan: &DrainPlan, metrics: &Metrics)
     let batches = (plan.window.as_millis() / BATCH_EVERY.as_millis()).max(1) as usize;
     let per_batch = total.div_ceil(batches).max(1);
     metrics.drain_remaining.set(total as i64);
-    let mut rng = rand::rng();
     let mut closed = 0;
     for (index, batch) in outboxes.chunks(per_batch).enumerate() {
         if index > 0 {
@@ -43,8 +41,7 @@ pub async fn close_all(registry: &Registry, plan: &DrainPlan, metrics: &Metrics)
         }
         let mut discarded = 0;
         for outbox in batch {
-            let jitter_ms = plan.reconnect_jitter.as_millis() as u64;
-            let retry_after = Duration::from_millis(rng.random_range(0..=jitter_ms));
+            let retry_after = retry_after(plan.reconnect_jitter);
             outbox.close_with(CloseCode::GoingAway, CloseNote::RetryAfter(retry_after));
             // Counted now, not when the socket's task ends: a client that
             // does not read may keep it until after the process has gone.
@@ -57,6 +54,12 @@ pub async fn close_all(registry: &Registry, plan: &DrainPlan, metrics: &Metrics)
         metrics.drain_remaining.set((total - closed) as i64);
     }
     total
+}
+
+/// A random reconnect delay for one drained client, up to `jitter`.
+pub(crate) fn retry_after(jitter: Duration) -> Duration {
+    let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::random_range(0..=jitter_ms))
 }
 
 /// The close reason a draining socket gets: the table's reason plus a

@@ -547,7 +547,7 @@ async fn attach(
     if gateway.health.is_draining() {
         outbox.close_with(
             CloseCode::GoingAway,
-            CloseNote::RetryAfter(reconnect_hint(gateway)),
+            CloseNote::RetryAfter(drain::retry_after(gateway.drain_reconnect_jitter)),
         );
     }
     Ok(Attached {
@@ -560,13 +560,6 @@ async fn attach(
         preface,
         span,
     })
-}
-
-/// A random reconnect delay, up to `drain_reconnect_jitter`, for a
-/// socket a drain closes outside its batches.
-fn reconnect_hint(gateway: &Gateway) -> Duration {
-    let jitter_ms = u64::try_from(gateway.drain_reconnect_jitter.as_millis()).unwrap_or(u64::MAX);
-    Duration::from_millis(rand::random_range(0..=jitter_ms))
 }
 
 /// Who is on the other end of a socket upgraded without credentials.
@@ -606,7 +599,10 @@ async fn serve_after_authentication<T: Transport>(
         Err(NoFirstToken::Missing) => Err(Rejection::Unauthorized(AuthError::MissingToken)),
         Err(NoFirstToken::TooFast) => Err(Rejection::Limited(Refusal::InboundRate)),
         Err(NoFirstToken::Draining) => {
-            let hint = drain::reason_with_hint(CloseCode::GoingAway, reconnect_hint(gateway));
+            let hint = drain::reason_with_hint(
+                CloseCode::GoingAway,
+                drain::retry_after(gateway.drain_reconnect_jitter),
+            );
             let close = CloseReason {
                 code: actix_http::ws::CloseCode::Away,
                 description: Some(hint),

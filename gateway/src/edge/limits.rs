@@ -105,16 +105,14 @@ impl Drop for Admission {
 }
 
 impl Admission {
-    /// Names the user of an anonymous admission once its token verified:
-    /// the process's connect budget and the per-user count apply now. On a
-    /// refusal the admission is dropped (and given back).
+    /// Names the user of an anonymous admission (the only kind there is
+    /// before this) once its token verified: the process's connect budget
+    /// and the per-user count apply now. On a refusal the admission is
+    /// dropped (and given back).
     pub fn identify(mut self, user: &str) -> Result<Admission, Refusal> {
         let limits = self.limits.clone();
         limits.take_connect()?;
         let mut counts = limits.counts.lock();
-        if let Some(previous) = self.user.take() {
-            release(&mut counts.per_user, &previous);
-        }
         if over(
             counts.per_user.get(user).copied().unwrap_or(0),
             limits.config.max_sockets_per_user,
