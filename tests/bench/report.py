@@ -795,30 +795,30 @@ def wss_lines(res, meta):
         "",
         "Where the difference comes from:",
         "",
-        "- **Memory.** An idle wss socket holds what a ws socket holds, plus rustls' state for its "
-        "connection: the connection itself (1,088 bytes, boxed with the handles of the stream's buffers "
-        "into one 1,280-byte allocation) and what rustls allocates during the handshake and keeps, "
-        "about 2.5 KB with TLS 1.3 (2.2 KB with 1.2): one AES-GCM key per direction (560 bytes each in "
-        "ring), the key schedule's secrets (kept for key updates) and small bookkeeping, counted with a "
-        "counting allocator around one handshake (rustls 0.23). The stream's own buffers are "
-        "unallocated while the socket is idle. That is ≈ 3.9 KiB over ws, so while rustls keeps the "
-        "connection after the handshake, 5 KiB per socket is out of reach. Two ways remain, neither "
-        "built yet: kernel TLS (whose `tls` upper-layer protocol this machine's kernel does not "
-        "offer), or a record layer of the gateway's own on the traffic secrets rustls hands over after "
-        "the handshake (its `dangerous_into_kernel_connection`), keeping the two AEAD keys alone "
-        "(≈ 1.1 KiB with ring's AES-GCM) and the small state key updates need. Before this "
-        "stream, tokio-rustls' buffered connection kept a receive buffer of at least 4 KiB for the "
-        "connection's life, and its state sat inline in the socket task's future as this stream's first "
-        "version did (`tests/bench/changes.md`), which held 10.8 KiB per socket (the table below).",
+        "- **Memory.** An idle wss socket holds what a ws socket holds, plus its record layer: the "
+        "stream's state (248 bytes: both directions' raw traffic keys, IVs and sequence numbers, and "
+        "the handles of buffers that are unallocated while the socket is idle) and, on TLS 1.3, "
+        "rustls' `KernelConnection` (560 bytes and its 224-byte key schedule: the traffic secrets "
+        "the next keys derive from, kept for key updates; a TLS 1.2 connection drops it). rustls' "
+        "connection itself (1,088 bytes, and about 2 KB it allocated during the handshake, ring's "
+        "expanded AES-GCM keys among them) is dropped when the handshake ends: rustls hands the "
+        "traffic keys over (`dangerous_into_kernel_connection`) and `edge::tls::records` seals and "
+        "opens every record itself, expanding the AEAD key on the stack for each record (about "
+        "120 ns with ring's AES-GCM on this machine) instead of keeping 544 bytes per direction. "
+        "Kernel TLS, the other way to drop rustls' state, is not offered by this machine's kernel "
+        "(no `tls` upper-layer protocol). The first own TLS stream kept rustls' connection for the "
+        "socket's life (the before-and-after table below); before it, tokio-rustls' buffered "
+        "connection kept a receive buffer of at least 4 KiB for the connection's life, and its "
+        "state sat inline in the socket task's future (`tests/bench/changes.md`).",
         "- **CPU per frame.** Every wss frame is encrypted (AES-GCM, 22 bytes of record header and tag "
-        "per record) and written by the socket's own task, which the receiver wakes: a TLS socket has "
+        "per record, and the key's expansion) and written by the socket's own task, which the receiver wakes: a TLS socket has "
         "no `Wire`, since its record state has one writer. A plain socket gets the receiver's own "
         "vectored write at the end of each run instead. Encryption and the task's poll cost user-space "
         "time; but by the time the task runs, more frames have queued, and one record and one write "
         "carry them all, so the kernel's share of a wss frame is smaller. On these 2 cores, saturated "
         "by the server, Redis, the publisher and a load generator decrypting every frame, the two "
         "balance out. A `Wire` for TLS sockets (the receiver encrypting under a lock shared with the "
-        "socket's reads) was not built: wss is within the target (below ws on this machine), and a wire "
+        "socket's reads) was not built: wss is within the target, and a wire "
         "would trade the batching the task's writes get for the wake-up it saves, which the kernel "
         "rows above do not suggest is a gain here.",
         "- **Connects.** A TLS handshake (X25519 and an ECDSA P-256 signature on the server, a "
@@ -828,8 +828,7 @@ def wss_lines(res, meta):
     ]
     if any(key.startswith("wss-ab-") for key in res):
         label = (run or {}).get("old gateway") or "the older build"
-        lines += [f"Before and after over wss: {label} (actix-tls's acceptor, tokio-rustls' buffered "
-                  "stream) against this build (`edge::tls`, rustls' unbuffered API), alternated, the same "
+        lines += [f"Before and after over wss: {label} against this build, alternated, the same "
                   "load generator.", "",
                   "| scenario | before | after | after ÷ before (medians) |", "|---|---|---|---|"]
         for name, kind, read, digits, _ in scenarios:
@@ -959,7 +958,7 @@ def main() -> int:
         "",
     ]
     for key, value in meta.items():
-        if key not in ("knobs", "notes", "recovery run", "capacity run", "wss run"):
+        if key not in ("knobs", "notes", "recovery run", "capacity run", "wss run", "handshake storm run"):
             lines.append(f"- **{key}**: {value}")
     lines += ["", "Scale knobs of this run:", "", "```"]
     for key, value in sorted(meta.get("knobs", {}).items()):

@@ -136,6 +136,7 @@ pub(crate) async fn accept(tcp: TcpStream, config: Arc<ServerConfig>) -> io::Res
             peer_closed: false,
             close_sent: false,
             failed: false,
+            deferred_error: None,
         }),
     })
 }
@@ -304,6 +305,9 @@ struct TlsState {
     close_sent: bool,
     /// A record failed: nothing more is read or written.
     failed: bool,
+    /// The error of a record that failed behind records the reader got
+    /// data from: the reader gets that data first, then this.
+    deferred_error: Option<RecordError>,
 }
 
 impl TlsStream {
@@ -336,6 +340,15 @@ impl TlsStream {
         TlsError::Record(error).into()
     }
 
+    /// The error a read gets once a record failed: the failed record's,
+    /// the first time it was deferred, later a plain "failed earlier".
+    fn failure(&mut self) -> io::Error {
+        match self.state.deferred_error.take() {
+            Some(error) => TlsError::Record(error).into(),
+            None => TlsError::Failed.into(),
+        }
+    }
+
     /// Opens the whole records at the front of `input`, handing application
     /// data to the reader (the rest of a record it has no room for goes to
     /// `plaintext`): how many bytes of `input` are done with, and whether
@@ -346,17 +359,17 @@ impl TlsStream {
         buffer: &mut ReadBuf<'_>,
     ) -> io::Result<(usize, bool)> {
         if self.state.failed {
-            return Err(TlsError::Failed.into());
+            return Err(self.failure());
         }
         let mut done = 0;
         let mut delivered = false;
         let state = &mut *self.state;
-        loop {
+        let error = loop {
             let rest = input.get_mut(done..).unwrap_or_default();
             let length = match state.records.next_record(rest) {
                 Ok(Some(length)) => length,
                 Ok(None) => return Ok((done, delivered)),
-                Err(error) => return Err(self.fail(error)),
+                Err(error) => break error,
             };
             let record = rest.get_mut(..length).unwrap_or_default();
             done += length;
@@ -370,9 +383,17 @@ impl TlsStream {
                     state.peer_closed = true;
                     return Ok((input.len(), delivered));
                 }
-                Err(error) => return Err(self.fail(error)),
+                Err(error) => break error,
             }
+        };
+        if !delivered {
+            return Err(self.fail(error));
         }
+        // A read that got data must not fail (the data would be lost):
+        // the error waits for the next read.
+        let _ = self.fail(error.clone());
+        self.state.deferred_error = Some(error);
+        Ok((input.len(), true))
     }
 }
 
@@ -416,6 +437,9 @@ impl AsyncRead for TlsStream {
         loop {
             if this.state.buffers.take_plaintext(buffer) {
                 return Poll::Ready(Ok(()));
+            }
+            if this.state.failed {
+                return Poll::Ready(Err(this.failure()));
             }
             if !this.state.buffers.incoming.is_empty() {
                 let mut incoming = std::mem::take(&mut this.state.buffers.incoming);
@@ -1198,6 +1222,28 @@ mod tests {
         }
     }
 
+    /// A raw client on a thread of its own and the server's end of its
+    /// connection: the client's `send` runs once the server's handshake is
+    /// over (so its records reach the record layer; rustls would judge
+    /// those that come with the client's Finished), then the client takes
+    /// what the server sends until it closes.
+    async fn raw_connection(
+        send: impl FnOnce(&mut RawClient) + Send + 'static,
+    ) -> (TlsStream, std::thread::JoinHandle<Vec<(u8, Vec<u8>)>>) {
+        let (listener, address) = listen().await;
+        let (handshake_done, wait) = std::sync::mpsc::channel::<()>();
+        let client = std::thread::spawn(move || {
+            let mut client = RawClient::connect(address);
+            wait.recv().unwrap();
+            send(&mut client);
+            client.receive_all()
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let server = accept(tcp, raw_pair().server.clone()).await.unwrap();
+        handshake_done.send(()).unwrap();
+        (server, client)
+    }
+
     /// What the server must make of a raw client's records.
     #[derive(Debug)]
     enum Expect {
@@ -1237,6 +1283,17 @@ mod tests {
                     let mut record = client.seal(23, b"hello", 0);
                     record[7] ^= 1;
                     record
+                },
+                Expect::Alert(Some(alert::BAD_RECORD_MAC)),
+            ),
+            (
+                // The data before the bad record is read, then the error.
+                "data, then a changed byte",
+                |client| {
+                    let good = client.seal(23, b"good", 0);
+                    let mut bad = client.seal(23, b"hello", 0);
+                    bad[7] ^= 1;
+                    [good, bad].concat()
                 },
                 Expect::Alert(Some(alert::BAD_RECORD_MAC)),
             ),
@@ -1297,15 +1354,11 @@ mod tests {
             ),
         ];
         for (name, records, expect) in cases {
-            let (listener, address) = listen().await;
-            let client = std::thread::spawn(move || {
-                let mut client = RawClient::connect(address);
-                let wire = records(&mut client);
+            let (mut server, client) = raw_connection(move |client| {
+                let wire = records(client);
                 client.tcp.write_all(&wire).unwrap();
-                client.receive_all()
-            });
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut server = accept(tcp, raw_pair().server.clone()).await.unwrap();
+            })
+            .await;
             match expect {
                 Expect::Read(expected) => {
                     let mut got = vec![0u8; expected.len()];
@@ -1316,13 +1369,20 @@ mod tests {
                 }
                 Expect::Alert(alert) => {
                     let mut buffer = [0u8; 64];
+                    let mut read = Vec::new();
                     let error = loop {
                         match server.read(&mut buffer).await {
                             Ok(0) => panic!("{name}: the read ended without an error"),
-                            Ok(_) => {}
+                            Ok(got) => read.extend_from_slice(&buffer[..got]),
                             Err(error) => break error,
                         }
                     };
+                    let before = if name.starts_with("data") {
+                        &b"good"[..]
+                    } else {
+                        b""
+                    };
+                    assert_eq!(read, before, "{name}: what came before the bad record");
                     assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{name}: {error}");
                     let again = server.write_all(b"more").await;
                     assert!(again.is_err(), "{name}: nothing is written after a failure");
@@ -1335,6 +1395,179 @@ mod tests {
                     assert_eq!(sent_back, expected, "{name}: {error}");
                 }
             }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Records sealed under the right key but holding anything (any
+        /// content type, content and padding): what is read is a prefix of
+        /// the application data sent, reads end by themselves, nothing
+        /// panics.
+        #[test]
+        fn any_sealed_records_read_as_a_prefix_of_their_data_or_end_the_connection(
+            records in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![20u8, 21, 22, 23, 23, 23, 24, 99]),
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+                    0usize..8,
+                ),
+                1..12,
+            ),
+        ) {
+            let data: Vec<u8> = records
+                .iter()
+                .filter(|(typ, _, _)| *typ == 23)
+                .flat_map(|(_, content, _)| content.clone())
+                .collect();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let (mut server, client) = raw_connection(move |client| {
+                    let mut wire = Vec::new();
+                    for (typ, content, padding) in &records {
+                        wire.extend(client.seal(*typ, content, *padding));
+                    }
+                    client.tcp.write_all(&wire).unwrap();
+                    let _ = client.tcp.shutdown(std::net::Shutdown::Write);
+                })
+                .await;
+                let mut read = Vec::new();
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    server.read_to_end(&mut read),
+                )
+                .await
+                .expect("reads end by themselves");
+                assert!(data.starts_with(&read), "read {read:?} of {data:?}");
+                drop(server);
+                client.join().unwrap();
+            });
+        }
+    }
+
+    /// Another TLS implementation against the record layer: OpenSSL's
+    /// s_client over TLS 1.3 (AES-GCM and ChaCha20, with a key update of
+    /// its own and one asking for ours) and TLS 1.2 (AES-GCM and ChaCha20),
+    /// talking to an echo.
+    #[tokio::test]
+    async fn openssl_s_client_talks_to_the_record_layer() {
+        let runs: [(&str, &[&str], bool); 4] = [
+            ("ossl13", &["-tls1_3"], true),
+            (
+                "ossl13-chacha",
+                &["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"],
+                true,
+            ),
+            (
+                "ossl12-gcm",
+                &["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384"],
+                false,
+            ),
+            (
+                "ossl12-chacha",
+                &["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305"],
+                false,
+            ),
+        ];
+        for (name, flags, key_updates) in runs {
+            let (ca, cert, key) = certificates(name);
+            let config = Arc::new(server_config(&cert, &key).unwrap());
+            let (listener, address) = listen().await;
+            let mut child = Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-no_ign_eof",
+                    "-verify_return_error",
+                    "-connect",
+                ])
+                .arg(address.to_string())
+                .arg("-CAfile")
+                .arg(&ca)
+                .args(flags)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Both of its outputs: the echoes come on stdout, the
+            // KEYUPDATE of each key update on stderr.
+            let output = Arc::new(std::sync::Mutex::new(String::new()));
+            let readers: Vec<_> = [
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+                Box::new(child.stderr.take().unwrap()),
+            ]
+            .into_iter()
+            .map(|mut stream| {
+                let collected = output.clone();
+                std::thread::spawn(move || {
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(read @ 1..) = stream.read(&mut chunk) {
+                        collected
+                            .lock()
+                            .unwrap()
+                            .push_str(&String::from_utf8_lossy(&chunk[..read]));
+                    }
+                })
+            })
+            .collect();
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut server = accept(tcp, config).await.unwrap();
+            let echo = tokio::spawn(async move {
+                let mut buffer = [0u8; 1024];
+                loop {
+                    let read = server.read(&mut buffer).await?;
+                    if read == 0 {
+                        return server.shutdown().await;
+                    }
+                    server.write_all(&buffer[..read]).await?;
+                    server.flush().await?;
+                }
+            });
+            let mut stdin = child.stdin.take().unwrap();
+            let mut lines = vec!["echo one"];
+            if key_updates {
+                // Lines of one command letter: a key update of its own, then
+                // one asking for ours.
+                lines.extend(["k", "echo two", "K", "echo three"]);
+            }
+            let mut key_updates_sent = 0;
+            for line in &lines {
+                stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+                stdin.flush().unwrap();
+                // s_client takes a command from the start of what it read
+                // and drops the rest: each line waits for the last one's
+                // effect (its echo, or one more KEYUPDATE).
+                let (awaited, count) = if line.starts_with("echo") {
+                    (format!("{line}\n"), 1)
+                } else {
+                    key_updates_sent += 1;
+                    ("KEYUPDATE\n".to_string(), key_updates_sent)
+                };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while output.lock().unwrap().matches(&awaited).count() < count {
+                    let seen = output.lock().unwrap().clone();
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{name}: no {awaited:?} after {line}: {seen}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+            drop(stdin);
+            let status = tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .unwrap()
+                .unwrap();
+            for reader in readers {
+                reader.join().unwrap();
+            }
+            let output = output.lock().unwrap().clone();
+            if key_updates {
+                assert_eq!(output.matches("KEYUPDATE").count(), 2, "{name}: {output}");
+            }
+            assert!(status.success(), "{name}: {output}");
+            echo.await.unwrap().unwrap();
         }
     }
 

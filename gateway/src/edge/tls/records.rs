@@ -73,7 +73,7 @@ const WARNING: u8 = 1;
 const FATAL: u8 = 2;
 
 /// Why a record could not be opened or sealed; the connection is over.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq)]
 pub(crate) enum RecordError {
     #[error("a record failed authentication (wrong key, or changed on the way)")]
     BadRecordMac,
