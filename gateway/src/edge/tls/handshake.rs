@@ -26,6 +26,13 @@ pub(super) enum Step {
 
 /// Drives `conn` over `input`: returns how many of its bytes are done with
 /// (to drop from its front) and where it stopped.
+///
+/// rustls sees one whole record at a time (the next one too only while it
+/// waits for the rest of a message spanning records), so it stops where
+/// the handshake ends and every record after the client's Finished is the
+/// record layer's. Given more, rustls would handle what a client sends
+/// right behind its Finished itself, and a key update among it would leave
+/// rustls' answer queued where the hand-over of the keys loses it.
 pub(super) fn advance(
     conn: &mut UnbufferedServerConnection,
     input: &mut [u8],
@@ -33,9 +40,14 @@ pub(super) fn advance(
     plaintext: &mut Vec<u8>,
 ) -> Result<(usize, Step), TlsError> {
     let mut done = 0;
+    // The end of what rustls may see: one more record each time it waits
+    // for more, never while it is still busy with what it was shown (the
+    // session tickets it sends after the client's Finished, say).
+    let mut shown = next_record(input);
     loop {
+        let after = next_record(input.get(shown..).unwrap_or_default());
         let UnbufferedStatus { discard, state } =
-            conn.process_tls_records(input.get_mut(done..).unwrap_or_default());
+            conn.process_tls_records(input.get_mut(done..shown).unwrap_or_default());
         let mut taken = discard;
         let step = match state? {
             ConnectionState::ReadTraffic(mut traffic) => {
@@ -56,6 +68,11 @@ pub(super) fn advance(
                 transmit.done();
                 None
             }
+            ConnectionState::BlockedHandshake if after > 0 => {
+                // It needs more than it was shown: the next record.
+                shown += after;
+                None
+            }
             ConnectionState::BlockedHandshake => Some(Step::NeedInput),
             ConnectionState::WriteTraffic(_) => Some(Step::Done),
             ConnectionState::PeerClosed | ConnectionState::Closed => Some(Step::Closed),
@@ -66,6 +83,22 @@ pub(super) fn advance(
         if let Some(step) = step {
             return Ok((done, step));
         }
+    }
+}
+
+/// The length of the first whole record in `input`, or all of `input`
+/// when it holds no whole record (rustls then judges the header it has).
+fn next_record(input: &[u8]) -> usize {
+    match input {
+        [_, _, _, high, low, body @ ..] => {
+            let length = usize::from(u16::from_be_bytes([*high, *low]));
+            if body.len() >= length {
+                5 + length
+            } else {
+                input.len()
+            }
+        }
+        _ => input.len(),
     }
 }
 

@@ -18,8 +18,10 @@
 //! 1.3, the secrets its key updates derive from) and nothing else: no
 //! buffer, no expanded key, none of rustls' handshake state.
 //! It must not parse HTTP or WebSocket frames or choose a protocol, and
-//! after a TLS error it reads and writes nothing more (the connection is
-//! over; the client got the alert that says why, if the kernel took it).
+//! after a TLS error it reads and writes nothing more on the connection
+//! (it is over; the client got the alert that says why, if the kernel took
+//! it): the reader gets the data of the records before the bad one, then
+//! the error.
 
 mod handshake;
 mod records;
@@ -1077,6 +1079,52 @@ mod tests {
         let got = client.join().unwrap();
         assert_eq!(&got[..5], b"reply");
         assert!(got[5..].chunks(5).all(|chunk| chunk == b"count"));
+    }
+
+    /// A client whose Finished, data, a key update asking for ours and
+    /// more data leave in one write: rustls stops at the Finished, and the
+    /// record layer follows the key update and answers it.
+    #[tokio::test]
+    async fn a_key_update_right_behind_the_clients_finished_is_answered() {
+        let pair = configs("keyupdate-finished", &rustls::version::TLS13);
+        let (listener, address) = listen().await;
+        let client = std::thread::spawn(move || {
+            let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut conn = rustls::ClientConnection::new(pair.client, name).unwrap();
+            let mut tcp = std::net::TcpStream::connect(address).unwrap();
+            tcp.set_nodelay(true).unwrap();
+            // The ClientHello; then the server's flight, until the client
+            // has queued its Finished (and stops handshaking).
+            conn.write_tls(&mut tcp).unwrap();
+            while conn.is_handshaking() {
+                conn.read_tls(&mut tcp).unwrap();
+                conn.process_new_packets().unwrap();
+            }
+            conn.writer().write_all(b"before").unwrap();
+            conn.refresh_traffic_keys().unwrap();
+            conn.writer().write_all(b"after!").unwrap();
+            let mut wire = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut wire).unwrap();
+            }
+            tcp.write_all(&wire).unwrap();
+            let mut stream = rustls::StreamOwned::new(conn, tcp);
+            let mut reply = [0u8; 5];
+            stream.read_exact(&mut reply).unwrap();
+            reply
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut server = accept(tcp, pair.server).await.unwrap();
+        let mut got = [0u8; 12];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"beforeafter!");
+        server.write_all(b"reply").await.unwrap();
+        assert_eq!(
+            server.state.records.records_under_sending_key(),
+            1,
+            "the reply went under a new key"
+        );
+        assert_eq!(&client.join().unwrap(), b"reply");
     }
 
     /// TLS 1.2 has no key update: at the sending key's limit the

@@ -3,10 +3,10 @@
 //! with the traffic keys rustls derived in the handshake and handed over
 //! (`dangerous_into_kernel_connection`).
 //!
-//! Each direction keeps its raw key, IV and sequence number (under 60
-//! bytes); ring's expanded AEAD key (544 bytes) is built on the stack for
-//! each record and dropped with it, so an idle connection holds no
-//! expanded key. TLS 1.3 key updates go both ways: rustls'
+//! Each direction keeps its raw key, IV and sequence number (64 bytes);
+//! ring's expanded AEAD key (544 bytes) is built on the stack for each
+//! record and dropped with it, so an idle connection holds no expanded
+//! key. TLS 1.3 key updates go both ways: rustls'
 //! `KernelConnection` keeps the traffic secrets and derives the next keys;
 //! a TLS 1.2 connection drops it (it has no key updates).
 //! It must not do I/O or hold a buffer (callers pass the record's bytes),
