@@ -211,10 +211,11 @@ async def socket_steps(urls, token):
 
     import django_gateway
 
-    async def online_becomes(value):
+    async def becomes(probe, value):
+        """Whether ``await probe(USER)`` equals ``value`` within 10 s."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if await django_gateway.ais_online(USER) == value:
+            if await probe(USER) == value:
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -240,21 +241,16 @@ async def socket_steps(urls, token):
     step("is_online after the last socket closes")
     await first.close()
     await first.wait_closed()
-    count_one = False
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not count_one:
-        count_one = await django_gateway.asocket_count(USER) == 1
-        await asyncio.sleep(0.05)
-    expect(count_one, "socket_count is 1 once one of two sockets closed")
+    expect(await becomes(django_gateway.asocket_count, 1), "socket_count is 1 once one of two sockets closed")
     expect(await django_gateway.ais_online(USER) is True, "is_online stays True while a socket is open")
     await second.close()
     await second.wait_closed()
-    expect(await online_becomes(False), "is_online is False once the last socket closed")
+    expect(await becomes(django_gateway.ais_online, False), "is_online is False once the last socket closed")
 
     step("disconnect() closes the user's sockets on both gateway processes")
     sockets = [await websockets.connect(f"{url}?token={token}") for url in urls]
     bystander = await websockets.connect(f"{urls[0]}?token={BYSTANDER_TOKEN}")
-    expect(await online_becomes(True), "is_online is True again")
+    expect(await becomes(django_gateway.ais_online, True), "is_online is True again")
     await sync_to_async(django_gateway.disconnect)(USER, code=4003, reason="password changed")
     for index, ws in enumerate(sockets):
         try:
@@ -263,7 +259,7 @@ async def socket_steps(urls, token):
         except websockets.ConnectionClosed as closed:
             expect((closed.rcvd.code, closed.rcvd.reason) == (4003, "password changed"),
                    f"process {index + 1} closed the socket with 4003 'password changed' ({closed.rcvd})")
-    expect(await online_becomes(False), "is_online is False after disconnect()")
+    expect(await becomes(django_gateway.ais_online, False), "is_online is False after disconnect()")
     await django_gateway.adisconnect(USER)  # nobody left: harmless
     await django_gateway.anotify(USER + 1, "still here")
     expect((await recv_json(bystander))["message"] == "still here", "another user's socket stays open")

@@ -62,6 +62,17 @@ impl From<figment::Error> for ConfigError {
     }
 }
 
+/// A setting given as a value, `_file` or `_env`: at most one of them.
+fn only_one_of(key: &'static str, set: [bool; 3]) -> Result<(), ConfigError> {
+    if set.iter().filter(|set| **set).count() > 1 {
+        return Err(invalid(
+            key,
+            format!("set only one of {key}, {key}_file and {key}_env"),
+        ));
+    }
+    Ok(())
+}
+
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key,
@@ -733,12 +744,7 @@ impl LayerConfig {
             self.symmetric_encryption_keys_env.is_some(),
             self.symmetric_encryption_keys_file.is_some(),
         ];
-        if set.iter().filter(|set| **set).count() > 1 {
-            return Err(invalid(
-                KEY,
-                format!("set only one of {KEY}, {KEY}_env and {KEY}_file"),
-            ));
-        }
+        only_one_of(KEY, set)?;
         let keys = if let Some(name) = &self.symmetric_encryption_keys_env {
             const ENV_KEY: &str = "layer.symmetric_encryption_keys_env";
             let text = std::env::var(name).map_err(|error| {
@@ -914,12 +920,7 @@ impl Config {
                 "auth.public_key",
             ),
         ] {
-            if set.iter().filter(|set| **set).count() > 1 {
-                return Err(invalid(
-                    key,
-                    format!("set only one of {key}, {key}_file and {key}_env"),
-                ));
-            }
+            only_one_of(key, set)?;
         }
         if auth.jwks_reload_interval < Duration::from_secs(1) {
             return Err(invalid("auth.jwks_reload_interval", "must be at least 1s"));

@@ -247,7 +247,8 @@ fn public_http1<T: Connection>(
 
 /// What a started gateway holds until it stops.
 struct Running {
-    /// The thread the layer's receiver runs on; stopped last.
+    /// The thread the layer's receiver runs on; stopped once the layer has
+    /// shut down, before the listeners.
     relay: RuntimeThread,
     health: Arc<Health>,
     metrics: Arc<Metrics>,

@@ -3,7 +3,7 @@
 //   import { connect } from "./notifications.js";
 //   const notifications = connect({
 //     url: "wss://notify.example.com/ws/notifications/",
-//     getToken: async () => (await fetch("/api/ws-token/")).json().then((b) => b.access),
+//     getToken: async () => (await fetch("/gateway/token/")).json().then((b) => b.access),
 //     onMessage: (message) => showNotification(message),
 //     onStateChange: (state, detail) => console.debug(state, detail),
 //   });

@@ -151,7 +151,7 @@ close_codes! {
     DisconnectedByBackend = 4006, Never, "disconnected by backend",
         "The backend asked for this connection to be closed; do not reconnect automatically.";
     RateLimited = 4007, Backoff, "rate limited",
-        "The client sent frames too often; reconnect with backoff.";
+        "The client sent frames too often, or its token arrived (first message) over a connect rate or connection limit; reconnect with backoff.";
 }
 
 impl CloseCode {

@@ -848,7 +848,7 @@ HANDSHAKE_STORM_PREFIX = "handshake-storm"
 
 def handshake_storm_lines(res, meta):
     """The running sockets' latency, quiet and during a handshake storm."""
-    runs = [res[k] for k in sorted(res, key=lambda k: (len(k), k)) if k.startswith(HANDSHAKE_STORM_PREFIX)]
+    runs = repeated(res, "handshake", "storm")
     if not runs:
         return []
     run = meta.get("handshake storm run") or {}

@@ -88,6 +88,15 @@ pub fn tls_connector(ca_file: &Path) -> Result<TlsConnector, LeanWsError> {
 
 /// [`tls_connector`]'s rustls configuration, for blocking clients.
 pub fn tls_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, LeanWsError> {
+    tls_client_config_with(ca_file, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`tls_client_config`] offering only the protocol `versions` (e.g.
+/// `&[&rustls::version::TLS12]`).
+pub fn tls_client_config_with(
+    ca_file: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<rustls::ClientConfig>, LeanWsError> {
     let bad = |what: String| LeanWsError::Io(io::Error::new(io::ErrorKind::InvalidData, what));
     let mut roots = rustls::RootCertStore::empty();
     let certificates = CertificateDer::pem_file_iter(ca_file)
@@ -100,7 +109,7 @@ pub fn tls_client_config(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, Le
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .map_err(|error| bad(error.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();

@@ -793,20 +793,7 @@ async fn idle_and_broadcast_modes_run_over_wss() {
     let redis = RedisServer::start().expect("redis starts");
     let mut config = GatewayConfig::new(&redis.url())
         .expect("config")
-        .line(
-            "server",
-            format!(
-                "tls_cert_file = {}",
-                tests::gateway_proc::toml_str(&cert.to_string_lossy())
-            ),
-        )
-        .line(
-            "server",
-            format!(
-                "tls_key_file = {}",
-                tests::gateway_proc::toml_str(&key.to_string_lossy())
-            ),
-        );
+        .tls(&cert, &key);
     let gateway = GatewayLauncher::new()
         .bin(gateway_bin!())
         .start_config(&mut config)

@@ -20,8 +20,8 @@ use tests::gateway_bin;
 use tests::procs::scratch_dir;
 use tests::tokens::now_secs;
 use tests::{
-    ConnectError, GatewayConfig, GatewayLauncher, GatewayProcess, LayerDriver, RedisServer, Signal,
-    TokenIn, WsClient,
+    ConnectError, GatewayConfig, GatewayProcess, LayerDriver, RedisServer, Signal, TokenIn,
+    WsClient,
 };
 
 /// A query parameter standing in for credentials in the URL: it must reach
@@ -196,6 +196,18 @@ impl Fixture {
         ca: &Path,
         extra: &[&str],
     ) -> Fixture {
+        Fixture::start_with_server(redis, driver, url, ca, extra, &[]).await
+    }
+
+    /// [`Fixture::start`], with `server` adding `[server]` lines.
+    async fn start_with_server(
+        redis: RedisServer,
+        driver: LayerDriver,
+        url: &str,
+        ca: &Path,
+        extra: &[&str],
+        server: &[&str],
+    ) -> Fixture {
         let mut config = GatewayConfig::new(&redis.url())
             .expect("config")
             .line(
@@ -211,11 +223,10 @@ impl Fixture {
         for line in extra {
             config = config.line("auth", *line);
         }
-        let gateway = GatewayLauncher::new()
-            .bin(gateway_bin!())
-            .start_config(&mut config)
-            .await
-            .expect("gateway starts and becomes ready");
+        for line in server {
+            config = config.line("server", *line);
+        }
+        let gateway = start_gateway(&mut config).await;
         Fixture {
             _redis: redis,
             gateway,
@@ -577,44 +588,32 @@ async fn a_socket_that_joins_after_the_drain_began_is_closed_with_1001() {
     let (redis, mut driver) = redis_and_driver().await;
     let first = json!({"keys": [jwk(&mut driver, &material, "rsa", "first", "RS256").await]});
     let server = JwksServer::start(&cert, &key, material.path("state"), &first);
-    let mut config = GatewayConfig::new(&redis.url())
-        .expect("config")
-        .line("auth", r#"algorithms = ["HS256", "RS256"]"#)
-        .line("auth", format!("jwks_url = {}", toml_string(&server.url())))
-        .line(
-            "auth",
-            format!("jwks_ca_file = {}", toml_string(&ca.to_string_lossy())),
-        )
-        .line("auth", "jwks_reload_interval = \"1s\"")
-        .line("server", "drain_delay = \"200ms\"")
-        .line("server", "drain_window = \"100ms\"")
-        .line("server", "shutdown_timeout = \"20s\"");
-    let mut gateway = GatewayLauncher::new()
-        .bin(gateway_bin!())
-        .start_config(&mut config)
-        .await
-        .expect("gateway starts and becomes ready");
-    let token = driver
-        .mint_jwt(
-            claims(7),
-            &material.private("rsa2"),
-            "RS256",
-            Some(json!({ "kid": "late" })),
-        )
-        .await
-        .expect("PyJWT encode");
+    let mut fixture = Fixture::start_with_server(
+        redis,
+        driver,
+        &server.url(),
+        &ca,
+        &[],
+        &[
+            "drain_delay = \"200ms\"",
+            "drain_window = \"100ms\"",
+            "shutdown_timeout = \"20s\"",
+        ],
+    )
+    .await;
+    let token = fixture.token(&material, "rsa2", "RS256", "late").await;
     server.serve(&json!({"keys": [
-        jwk(&mut driver, &material, "rsa", "first", "RS256").await,
-        jwk(&mut driver, &material, "rsa2", "late", "RS256").await,
+        jwk(&mut fixture.driver, &material, "rsa", "first", "RS256").await,
+        jwk(&mut fixture.driver, &material, "rsa2", "late", "RS256").await,
     ]}));
     server.set("delay_ms", "1500");
     // Past the reload interval, so the new kid may be fetched.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let url = gateway.ws_url("/ws/notifications/");
+    let url = fixture.url();
     let handshake =
         tokio::spawn(async move { WsClient::connect(&url, TokenIn::Header(token)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    gateway.signal(Signal::Term).expect("SIGTERM");
+    fixture.gateway.signal(Signal::Term).expect("SIGTERM");
     let mut socket = handshake
         .await
         .expect("handshake task")

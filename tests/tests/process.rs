@@ -10,14 +10,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The name of each thread of `pid` (see [`thread_priorities`]).
 fn thread_names(pid: u32) -> Vec<String> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|task| std::fs::read_to_string(task.path().join("comm")).ok())
-        .map(|name| name.trim().to_string())
+    thread_priorities(pid)
+        .into_iter()
+        .map(|(_, name, _)| name)
         .collect()
 }
 
@@ -78,13 +75,8 @@ async fn the_socket_threads_run_below_the_relay_thread() {
             .map(|(_, _, nice)| *nice)
     };
     let relay = nice_of("relay").expect("a relay thread");
-    let socket_threads: Vec<i64> = threads
-        .iter()
-        .filter(|(_, _, nice)| *nice == relay + 10)
-        .map(|(_, _, nice)| *nice)
-        .collect();
     assert!(
-        !socket_threads.is_empty(),
+        threads.iter().any(|(_, _, nice)| *nice == relay + 10),
         "a socket thread ten below the relay thread: {threads:?}"
     );
     let pid = stack.gateway.pid().to_string();

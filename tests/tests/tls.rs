@@ -1,8 +1,8 @@
 //! `wss://` end to end on the gateway's own TLS stream (`edge::tls`): events
 //! published through the real channels_redis reach TLS clients on both
-//! drivers and over TLS 1.2 as well as 1.3, frames larger than a TLS record arrive whole, a client whose
-//! bytes trickle in (partial records) or that stops reading is served, and
-//! bad TLS input (garbage, a half handshake, garbage after the upgrade)
+//! drivers and over TLS 1.2 as well as 1.3, frames larger than a TLS record
+//! arrive whole, a client whose bytes trickle in (partial records) or that
+//! stops reading is served, and bad TLS input (garbage, a half handshake, garbage after the upgrade)
 //! closes that connection only: no panic, other sockets keep receiving.
 
 mod common;
@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::json;
-use tests::lean_ws::{tls_client_config, tls_connector, LeanStream, LeanWs};
+use tests::lean_ws::{
+    tls_client_config, tls_client_config_with, tls_connector, LeanStream, LeanWs,
+};
 use tests::procs::scratch_dir;
 use tests::{GatewayConfig, GatewayProcess, LayerDriver, RedisServer};
 
@@ -66,12 +68,22 @@ impl WssStack {
     /// tokio-rustls).
     async fn connect(&self, user: u32) -> LeanWs {
         let connector = tls_connector(&self.ca).expect("client TLS config");
+        let stream = self.tls_stream(&connector).await;
+        self.upgrade(stream, user).await
+    }
+
+    /// A TLS connection to the gateway made with `connector`, not upgraded.
+    async fn tls_stream(&self, connector: &tokio_rustls::TlsConnector) -> LeanStream {
         let tcp = tokio::net::TcpStream::connect(self.address())
             .await
             .expect("tcp");
-        let stream = LeanStream::tls(&connector, "127.0.0.1", tcp)
+        LeanStream::tls(connector, "127.0.0.1", tcp)
             .await
-            .expect("TLS handshake");
+            .expect("TLS handshake")
+    }
+
+    /// The WebSocket upgrade of `user` over `stream`.
+    async fn upgrade(&self, stream: LeanStream, user: u32) -> LeanWs {
         LeanWs::handshake(
             stream,
             self.gateway.listen_addr(),
@@ -142,27 +154,11 @@ async fn events_through_channels_redis_reach_wss_clients_on_both_drivers() {
 /// A client that speaks TLS 1.2 only gets its events as well.
 #[tokio::test]
 async fn a_tls_1_2_client_is_served() {
-    use rustls_pki_types::pem::PemObject;
-
     let mut stack = wss_stack("wss-tls12", "direct").await;
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in rustls_pki_types::CertificateDer::pem_file_iter(&stack.ca).expect("ca") {
-        roots.add(certificate.expect("certificate")).expect("root");
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS12])
-    .expect("TLS 1.2")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(stack.address())
-        .await
-        .expect("tcp");
-    let stream = LeanStream::tls(&connector, "127.0.0.1", tcp)
-        .await
-        .expect("TLS 1.2 handshake");
+    let config =
+        tls_client_config_with(&stack.ca, &[&rustls::version::TLS12]).expect("TLS 1.2 config");
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let stream = stack.tls_stream(&connector).await;
     let LeanStream::Tls(tls) = &stream else {
         panic!("a TLS stream");
     };
@@ -170,13 +166,7 @@ async fn a_tls_1_2_client_is_served() {
         tls.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
-    let mut socket = LeanWs::handshake(
-        stream,
-        stack.gateway.listen_addr(),
-        &format!("/ws/notifications/?token={}", token(47)),
-    )
-    .await
-    .expect("upgrade");
+    let mut socket = stack.upgrade(stream, 47).await;
     stack.notify(47, r#""over TLS 1.2""#).await;
     assert_eq!(
         next_text(&mut socket).await,

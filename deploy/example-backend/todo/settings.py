@@ -138,12 +138,11 @@ GATEWAY_WS_URL = env("GATEWAY_WS_URL", "ws://127.0.0.1:8000/ws/notifications/")
 # for the /live/?mode=session page; unset: that page uses GATEWAY_WS_URL.
 GATEWAY_SESSION_WS_URL = env("GATEWAY_SESSION_WS_URL", GATEWAY_WS_URL)
 
-# The django_gateway app: the template tag's default URL, and the variable
-# the generated gateway configuration reads the JWT secret from (the one
-# this file reads SIGNING_KEY from).
+# The django_gateway app: the template tag's default URL. The variable the
+# generated gateway configuration reads the JWT secret from is the package's
+# default, JWT_SIGNING_KEY (the one this file reads SIGNING_KEY from).
 GATEWAY = {
     "WS_URL": GATEWAY_WS_URL,
-    "JWT_SECRET_ENV": "JWT_SIGNING_KEY",
 }
 
 LOGGING = {

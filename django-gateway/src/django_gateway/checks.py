@@ -59,7 +59,7 @@ def gateway_settings(app_configs, **kwargs):
     problems = []
     alias = gateway_setting("CHANNEL_LAYER")
     try:
-        desired_configuration()
+        desired = desired_configuration()
     except ConfigurationProblem as problem:
         return [
             Error(
@@ -69,7 +69,10 @@ def gateway_settings(app_configs, **kwargs):
                 id="django_gateway.E001",
             )
         ]
-    backend, config = channel_layer()
+    layer = desired.values["layer"]
+    # What desired does not carry: the hosts as written (with their client
+    # options) and channel_capacity.
+    _, config = channel_layer()
     hosts = config.get("hosts") or [("localhost", 6379)]
 
     major = redis_py_major()
@@ -89,8 +92,8 @@ def gateway_settings(app_configs, **kwargs):
                 )
             )
 
-    if backend.endswith("RedisChannelLayer"):
-        group_expiry = int(config.get("group_expiry", 86400))
+    if layer["backend"] == "core":
+        group_expiry = layer["group_expiry"]
         if gateway_setting("AUTH_MODE") == "session":
             session_seconds, what = settings.SESSION_COOKIE_AGE, "SESSION_COOKIE_AGE"
         else:

@@ -379,7 +379,7 @@ def read_reference(section, base, parsed, parse):
                 return parse(handle.read(), literal=False), None
         except OSError as error:
             return None, f"{section}.{base}_file {path}: {error.strerror}"
-    return [] if base == "symmetric_encryption_keys" else None, None
+    return None, None
 
 
 def parse_secret(value, literal):
@@ -407,9 +407,10 @@ def compare(desired, text):
         have = parsed.get(section, {})
         defaults = GATEWAY_DEFAULTS[section]
         wanted_keys = list(desired.values[section])
-        for key in defaults:
-            if key not in wanted_keys and key in ("public_key", "jwks_url", "issuer"):
-                wanted_keys.append(key)
+        # The auth keys that are only present for some setups: compared
+        # against their defaults when Django leaves them out.
+        wanted_keys += [key for key in ("issuer", "public_key", "jwks_url")
+                        if key in defaults and key not in wanted_keys]
         for key in wanted_keys:
             want = desired.values[section].get(key, defaults.get(key))
             got = have.get(key, defaults.get(key))
@@ -439,6 +440,8 @@ def compare(desired, text):
                 differences.append(f"{section}.{key}: Django has {json.dumps(want)}, the gateway {json.dumps(got)}")
     layer = parsed.get("layer", {})
     keys, why = read_reference("layer", "symmetric_encryption_keys", layer, parse_key_list)
+    if keys is None:
+        keys = []
     if why:
         unverified.append(f"layer.symmetric_encryption_keys not verified: {why}")
     elif keys != desired.encryption_keys:

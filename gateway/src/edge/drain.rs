@@ -4,8 +4,11 @@
 //! Sockets are closed in batches spread evenly over the drain window (sized
 //! to the pod's termination grace period), each close carrying a randomized
 //! "retry after" hint in its reason, so clients come back to the other pods
-//! gradually instead of all at once. This module owns the pacing and the
-//! hint, and counts the frames a drain's close discards (`draining`); it
+//! gradually instead of all at once. A socket that registers after the
+//! drain took its list, or that still waits for its first-message token,
+//! is closed the same way at once (`close_one`). This module owns the
+//! pacing and the hint, and counts the frames a drain's close discards
+//! (`draining`); it
 //! must not decide when draining starts or touch Redis (`server` orders the
 //! shutdown, the layers remove memberships).
 
@@ -14,7 +17,7 @@ use std::time::Duration;
 use shared_proto::close::CloseCode;
 
 use crate::ops::metrics::{DropReason, Metrics};
-use crate::relay::outbox::CloseNote;
+use crate::relay::outbox::{CloseNote, Outbox};
 use crate::relay::registry::Registry;
 
 /// How often a batch of sockets is closed while draining.
@@ -41,8 +44,7 @@ pub async fn close_all(registry: &Registry, plan: &DrainPlan, metrics: &Metrics)
         }
         let mut discarded = 0;
         for outbox in batch {
-            let retry_after = retry_after(plan.reconnect_jitter);
-            outbox.close_with(CloseCode::GoingAway, CloseNote::RetryAfter(retry_after));
+            close_one(outbox, plan.reconnect_jitter);
             // Counted now, not when the socket's task ends: a client that
             // does not read may keep it until after the process has gone.
             discarded += outbox.take_discarded();
@@ -54,6 +56,15 @@ pub async fn close_all(registry: &Registry, plan: &DrainPlan, metrics: &Metrics)
         metrics.drain_remaining.set((total - closed) as i64);
     }
     total
+}
+
+/// Closes one socket for the drain: 1001, with a reconnect hint of its own
+/// up to `jitter`.
+pub(crate) fn close_one(outbox: &Outbox, jitter: Duration) {
+    outbox.close_with(
+        CloseCode::GoingAway,
+        CloseNote::RetryAfter(retry_after(jitter)),
+    );
 }
 
 /// A random reconnect delay for one drained client, up to `jitter`.

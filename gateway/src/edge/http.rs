@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::ws::CloseReason;
 use actix_http::RequestHead;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -24,10 +23,10 @@ use crate::auth::session::{SessionAuth, SessionError};
 use crate::auth::verify::{AuthError, Identity, TokenVerifier};
 use crate::edge::drain;
 use crate::edge::frames::Inbound;
-use crate::edge::limits::{Admission, Limits, TokenBucket};
+use crate::edge::limits::{Admission, Limits};
 use crate::edge::origin::{OriginPolicy, OriginVerdict};
 use crate::edge::recovery::{Recovery, Since};
-use crate::edge::socket::{self, Holder, Membership, SocketSettings};
+use crate::edge::socket::{self, close_reason, Holder, InboundBudget, Membership, SocketSettings};
 use crate::edge::transport::{ActixWsTransport, Transport};
 use crate::layer::Layer;
 use crate::ops::health::Health;
@@ -545,10 +544,7 @@ async fn attach(
     // of sockets before this one registered had set the flag already, so
     // no socket misses its 1001.
     if gateway.health.is_draining() {
-        outbox.close_with(
-            CloseCode::GoingAway,
-            CloseNote::RetryAfter(drain::retry_after(gateway.drain_reconnect_jitter)),
-        );
+        drain::close_one(&outbox, gateway.drain_reconnect_jitter);
     }
     Ok(Attached {
         outbox,
@@ -599,15 +595,10 @@ async fn serve_after_authentication<T: Transport>(
         Err(NoFirstToken::Missing) => Err(Rejection::Unauthorized(AuthError::MissingToken)),
         Err(NoFirstToken::TooFast) => Err(Rejection::Limited(Refusal::InboundRate)),
         Err(NoFirstToken::Draining) => {
-            let hint = drain::reason_with_hint(
-                CloseCode::GoingAway,
-                drain::retry_after(gateway.drain_reconnect_jitter),
-            );
-            let close = CloseReason {
-                code: actix_http::ws::CloseCode::Away,
-                description: Some(hint),
-            };
-            transport.close(Some(close)).await;
+            let note = CloseNote::RetryAfter(drain::retry_after(gateway.drain_reconnect_jitter));
+            transport
+                .close(Some(close_reason(CloseCode::GoingAway, &note)))
+                .await;
             return;
         }
         Ok(token) => match gateway.verifier.verify_fetching(&token).await {
@@ -635,11 +626,7 @@ async fn serve_after_authentication<T: Transport>(
         }
         Err(rejection) => {
             rejection.count(gateway, client.peer);
-            let code = rejection.close_code();
-            let close = CloseReason {
-                code: actix_http::ws::CloseCode::Other(code.as_u16()),
-                description: Some(code.reason().to_string()),
-            };
+            let close = close_reason(rejection.close_code(), &CloseNote::Standard);
             transport.close(Some(close)).await;
         }
     }
@@ -651,11 +638,10 @@ async fn first_token<T: Transport>(
     transport: &mut T,
     settings: &SocketSettings,
 ) -> Result<String, NoFirstToken> {
-    let mut budget = TokenBucket::new(settings.inbound_rate, settings.inbound_burst);
+    let mut budget = InboundBudget::new(settings);
     loop {
         let message = transport.recv().await.ok_or(NoFirstToken::Missing)?;
-        let counted = matches!(&message, Ok(inbound) if !matches!(inbound, Inbound::Close(_)));
-        if counted && settings.inbound_rate > 0.0 && !budget.try_take(std::time::Instant::now()) {
+        if !budget.spend(&message) {
             return Err(NoFirstToken::TooFast);
         }
         match message {

@@ -49,9 +49,9 @@ impl TokenBucket {
     }
 
     /// Whether the bucket has refilled to its burst by `now`.
-    fn is_full(&self, now: Instant, rate: f64, burst: f64) -> bool {
+    fn is_full(&self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens + elapsed * rate >= burst
+        self.tokens + elapsed * self.rate >= self.burst
     }
 
     /// Takes one token if there is one.
@@ -146,9 +146,7 @@ impl AddressBuckets {
     fn try_take(&mut self, address: IpAddr, now: Instant) -> bool {
         if self.buckets.len() >= 1024 && now.saturating_duration_since(self.swept).as_secs() >= 1 {
             self.swept = now;
-            let (rate, burst) = (self.rate, self.burst);
-            self.buckets
-                .retain(|_, bucket| !bucket.is_full(now, rate, burst));
+            self.buckets.retain(|_, bucket| !bucket.is_full(now));
         }
         let key = rate_key(address);
         if let Some(bucket) = self.buckets.get_mut(&key) {

@@ -241,7 +241,7 @@ async fn run<T: Transport>(
     settings: &SocketSettings,
     mut holder: Holder,
 ) -> Ending {
-    let mut inbound = TokenBucket::new(settings.inbound_rate, settings.inbound_burst);
+    let mut inbound = InboundBudget::new(settings);
     let expiry = tokio::time::sleep_until(expiry_instant(holder.expires_at, settings.leeway));
     tokio::pin!(expiry);
     let mut pings = interval_at(
@@ -278,10 +278,9 @@ async fn run<T: Transport>(
             message = transport.recv() => {
                 last_heard = Instant::now();
                 // Every message a client sends costs a turn of this loop on
-                // the thread that also routes Redis messages: pongs (a
-                // browser sends one per ping) are under the same budget.
-                let counted = matches!(&message, Some(Ok(inbound)) if !matches!(inbound, Inbound::Close(_)));
-                if counted && settings.inbound_rate > 0.0 && !inbound.try_take(std::time::Instant::now()) {
+                // a socket thread: pongs (a browser sends one per ping) are
+                // under the same budget.
+                if message.as_ref().is_some_and(|message| !inbound.spend(message)) {
                     break Ending::Closed(CloseCode::RateLimited, CloseNote::Standard);
                 }
                 match message {
@@ -343,19 +342,50 @@ async fn run<T: Transport>(
         }
     };
     if let Ending::Closed(code, note) = &ending {
-        let description = match note {
-            CloseNote::Standard => code.reason().to_string(),
-            CloseNote::RetryAfter(retry_after) => reason_with_hint(*code, *retry_after),
-            CloseNote::Reason(reason) => reason.to_string(),
-        };
-        let close = CloseReason {
-            code: actix_http::ws::CloseCode::Other(code.as_u16()),
-            // The close frame's payload limit; actix would cut it too.
-            description: Some(truncate_reason(description)),
-        };
+        let close = close_reason(*code, note);
         send_close_in_time(&mut transport, outbox, metrics, Some(close), send_timeout).await;
     }
     ending
+}
+
+/// The close frame for `code` with the reason `note` gives.
+pub(crate) fn close_reason(code: CloseCode, note: &CloseNote) -> CloseReason {
+    let description = match note {
+        CloseNote::Standard => code.reason().to_string(),
+        CloseNote::RetryAfter(retry_after) => reason_with_hint(code, *retry_after),
+        CloseNote::Reason(reason) => reason.to_string(),
+    };
+    CloseReason {
+        code: actix_http::ws::CloseCode::Other(code.as_u16()),
+        // The close frame's payload limit; actix would cut it too.
+        description: Some(truncate_reason(description)),
+    }
+}
+
+/// A socket's inbound budget (`limits.inbound_rate`): every message but a
+/// close spends from it, pings and pongs too, before its token and after.
+pub(crate) struct InboundBudget {
+    /// None when no rate is set.
+    bucket: Option<TokenBucket>,
+}
+
+impl InboundBudget {
+    pub(crate) fn new(settings: &SocketSettings) -> InboundBudget {
+        InboundBudget {
+            bucket: (settings.inbound_rate > 0.0)
+                .then(|| TokenBucket::new(settings.inbound_rate, settings.inbound_burst)),
+        }
+    }
+
+    /// Spends for `message`; false when it goes over the budget.
+    pub(crate) fn spend<E>(&mut self, message: &Result<Inbound, E>) -> bool {
+        match (&mut self.bucket, message) {
+            (Some(bucket), Ok(inbound)) if !matches!(inbound, Inbound::Close(_)) => {
+                bucket.try_take(std::time::Instant::now())
+            }
+            _ => true,
+        }
+    }
 }
 
 /// A frame of the socket task's own, besides the outbox's.

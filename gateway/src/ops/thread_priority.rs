@@ -4,8 +4,9 @@
 //! Socket threads do the work new connections bring (TLS handshakes, token
 //! signatures, upgrades); the `relay` thread delivers. When a reconnect
 //! storm takes every core, the kernel should give the relay thread its
-//! slice first, so the socket threads run at nice [`SOCKET_THREAD_NICE`]:
-//! a lower priority any process may take for itself, never a higher one.
+//! slice first, so the socket threads run [`SOCKET_THREAD_NICE`] nice
+//! steps below the rest of the process: a lower priority any process may
+//! take for itself, never a higher one.
 //! It owns that one call; it must not know what runs on the thread.
 
 /// How far below the relay and main threads the socket threads run (nice
@@ -16,14 +17,22 @@
 /// storm, ten at 1.6–1.9× (`tests/bench/changes.md`).
 pub(crate) const SOCKET_THREAD_NICE: i32 = 10;
 
-/// Lowers the calling thread's priority to nice `nice`; an error (a
-/// system that refuses it) leaves the thread as it was.
-pub(crate) fn lower_current_thread(nice: i32) -> std::io::Result<()> {
+/// Lowers the calling thread's priority by `by` nice steps from where it
+/// is (at most to 19, the lowest); an error (a system that refuses it)
+/// leaves the thread as it was.
+pub(crate) fn lower_current_thread(by: i32) -> std::io::Result<()> {
     // SAFETY: plain system calls on the calling thread's own id; no memory
-    // is passed.
+    // is passed but errno's, which `getpriority` needs cleared (it may
+    // return -1 as a nice value).
     let result = unsafe {
-        let thread = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, nice)
+        let thread = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, thread);
+        if nice == -1 && *libc::__errno_location() != 0 {
+            -1
+        } else {
+            libc::setpriority(libc::PRIO_PROCESS, thread, (nice + by).min(19))
+        }
     };
     if result == 0 {
         Ok(())
@@ -46,7 +55,7 @@ mod tests {
         let main = unsafe { libc::gettid() };
         let before = nice_of(main);
         let lowered = std::thread::spawn(move || {
-            lower_current_thread(before + SOCKET_THREAD_NICE).expect("lowering is allowed");
+            lower_current_thread(SOCKET_THREAD_NICE).expect("lowering is allowed");
             // SAFETY: the calling thread's own id.
             nice_of(unsafe { libc::gettid() })
         })

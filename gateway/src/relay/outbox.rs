@@ -366,9 +366,10 @@ impl Outbox {
         std::mem::take(&mut self.state.lock().discarded) as usize
     }
 
-    /// The final take, once nothing can push to the outbox any more (the
-    /// socket's task has ended and it is out of the registry): empties the
-    /// queue and says what was never sent and why.
+    /// The final take, once the socket's task has ended and it is out of
+    /// the registry: empties the queue, says what was never sent and why,
+    /// and refuses pushes from then on (the receiver, on its own thread,
+    /// may still hold the outbox from a run it began before).
     pub fn take_unsent(&self) -> Unsent {
         let mut state = self.state.lock();
         state.finished = true;

@@ -38,5 +38,5 @@ def gateway_client(url=None, mode=None):
     }
     return {
         "config": json_script(config, "gateway-client-config"),
-        "src": static(CLIENT_PATH),
+        "src": gateway_client_src(),
     }

@@ -3,14 +3,16 @@
 //! carry application data.
 //!
 //! [`advance`] turns received bytes into the records rustls asks to send
-//! (appended to the caller's outgoing buffer) and the application data a
-//! client sends right behind its Finished (appended to the caller's
-//! plaintext buffer). It must not do I/O (the stream in `super` does), and
-//! nothing may call rustls for a connection after it reported an error.
+//! (appended to the caller's outgoing buffer); it stops at the client's
+//! Finished, so rustls decrypts no application data (whatever its traffic
+//! state yields would go to the caller's plaintext buffer). It must not do
+//! I/O (the stream in `super` does), and nothing may call rustls for a
+//! connection after it reported an error.
 
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
 
+use super::records::HEADER;
 use super::TlsError;
 
 /// Where a handshake step stopped.
@@ -93,7 +95,7 @@ fn next_record(input: &[u8]) -> usize {
         [_, _, _, high, low, body @ ..] => {
             let length = usize::from(u16::from_be_bytes([*high, *low]));
             if body.len() >= length {
-                5 + length
+                HEADER + length
             } else {
                 input.len()
             }

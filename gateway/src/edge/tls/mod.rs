@@ -360,9 +360,6 @@ impl TlsStream {
         input: &mut [u8],
         buffer: &mut ReadBuf<'_>,
     ) -> io::Result<(usize, bool)> {
-        if self.state.failed {
-            return Err(self.failure());
-        }
         let mut done = 0;
         let mut delivered = false;
         let state = &mut *self.state;

@@ -78,10 +78,11 @@ pub(crate) async fn handshake_storm(
 
 /// RS256 tokens for `--storm-tokens` users, repeated for every client.
 fn storm_tokens(args: &Args) -> Result<Vec<String>> {
+    // `Args::check` already refused a handshake storm without the key.
     let path = args
         .storm_rsa_key
         .as_ref()
-        .context("--storm-rsa-key is required for the handshake storm")?;
+        .context("no --storm-rsa-key past Args::check")?;
     let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let key = EncodingKey::from_rsa_pem(&pem).context("--storm-rsa-key is no RSA private key")?;
     let header = Header::new(Algorithm::RS256);

@@ -24,8 +24,8 @@
 //! `args`; the sockets, `clients` (connecting) and `reader` (receiving);
 //! `publish`; `step` (one measured step); the modes, `modes` and
 //! `recovery_storm` and `handshake_storm`; the Redis-alone `ceiling`; and
-//! the measurements,
-//! `measure`, `proc_stats`, `redis_stats` and `gateway_lag`.
+//! the measurements, `measure`, `proc_stats`, `redis_stats` and
+//! `gateway_lag`.
 
 /// The publisher builds and drops many short-lived buffers per message;
 /// under glibc's allocator half of its time went to malloc and free (and
